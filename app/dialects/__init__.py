@@ -1,0 +1,4 @@
+"""Pure wire-dialect modules: validation, errors, SSE framing, usage, model lists.
+
+Nothing here imports Tornado, aiohttp or SQLAlchemy.
+"""

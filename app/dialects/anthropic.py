@@ -1,0 +1,207 @@
+"""The Anthropic Messages dialect: request validation, error envelope, model-list pages.
+
+Error types and statuses follow the SDK's ``_make_status_error`` (PROTOCOL.md §3.2).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from app.errors import GatewayError, InvalidRequestError
+
+_TYPE_BY_KIND = {
+    "invalid_request": "invalid_request_error",
+    "authentication": "authentication_error",
+    "billing": "billing_error",
+    "permission": "permission_error",
+    "not_found": "not_found_error",
+    "request_too_large": "request_too_large",
+    "rate_limit": "rate_limit_error",
+    "api_error": "api_error",
+    "timeout": "timeout_error",
+    "overloaded": "overloaded_error",
+}
+
+_ROLES = ("user", "assistant", "system")
+_NUMBER = (int, float)
+
+
+def error_type(err: GatewayError) -> str:
+    return _TYPE_BY_KIND.get(err.kind, "api_error")
+
+
+def error_status(err: GatewayError) -> int:
+    return err.status
+
+
+def error_body(err: GatewayError, request_id: str | None = None) -> dict[str, Any]:
+    """``{"type":"error","error":{...},"request_id":...}`` with the message verbatim."""
+    body: dict[str, Any] = {
+        "type": "error",
+        "error": {"type": error_type(err), "message": err.message},
+    }
+    if request_id:
+        body["request_id"] = request_id
+    return body
+
+
+def error_event(err: GatewayError) -> dict[str, Any]:
+    """The in-stream ``error`` event for a failure after the first byte."""
+    return {"type": "error", "error": {"type": error_type(err), "message": err.message}}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, _NUMBER) and not isinstance(value, bool)
+
+
+def validate_request(body: Any, *, count_tokens: bool = False) -> dict[str, Any]:
+    """Check the top-level shape of a Messages (or count_tokens) body; returns it.
+
+    Raises InvalidRequestError naming the field, in the wording of Anthropic's own
+    errors (``max_tokens: Field required``). Block-level checks happen during
+    translation, where each block type is understood.
+    """
+    if not isinstance(body, dict):
+        raise InvalidRequestError("Request body must be a JSON object")
+    model = body.get("model")
+    if model is None:
+        raise InvalidRequestError("model: Field required")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequestError("model: Input should be a non-empty string")
+    messages = body.get("messages")
+    if messages is None:
+        raise InvalidRequestError("messages: Field required")
+    if not isinstance(messages, list):
+        raise InvalidRequestError("messages: Input should be a valid list")
+    if not count_tokens and not messages:
+        raise InvalidRequestError("messages: at least one message is required")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise InvalidRequestError(f"messages.{i}: Input should be an object")
+        role = message.get("role")
+        if role not in _ROLES:
+            raise InvalidRequestError(
+                f"messages.{i}.role: Input should be 'user' or 'assistant' (got {role!r})"
+            )
+        content = message.get("content")
+        if not isinstance(content, str | list):
+            raise InvalidRequestError(
+                f"messages.{i}.content: Input should be a string or a list of content blocks"
+            )
+        if isinstance(content, list):
+            for j, block in enumerate(content):
+                if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+                    raise InvalidRequestError(
+                        f"messages.{i}.content.{j}: each content block must be an object "
+                        "with a string 'type'"
+                    )
+    if not count_tokens:
+        max_tokens = body.get("max_tokens")
+        if max_tokens is None:
+            raise InvalidRequestError("max_tokens: Field required")
+        if not _is_int(max_tokens):
+            raise InvalidRequestError("max_tokens: Input should be a valid integer")
+        if max_tokens < 0:
+            raise InvalidRequestError("max_tokens: Input should be greater than or equal to 0")
+    system = body.get("system")
+    if system is not None and not isinstance(system, str | list):
+        raise InvalidRequestError("system: Input should be a string or a list of text blocks")
+    if "stream" in body and body["stream"] is not None and not isinstance(body["stream"], bool):
+        raise InvalidRequestError("stream: Input should be a valid boolean")
+    temperature = body.get("temperature")
+    if temperature is not None:
+        if not _is_number(temperature):
+            raise InvalidRequestError("temperature: Input should be a valid number")
+        if not 0 <= temperature <= 1:
+            raise InvalidRequestError("temperature: Input should be between 0 and 1")
+    for field in ("top_p",):
+        value = body.get(field)
+        if value is not None and (not _is_number(value) or not 0 <= value <= 1):
+            raise InvalidRequestError(f"{field}: Input should be a number between 0 and 1")
+    top_k = body.get("top_k")
+    if top_k is not None and (not _is_int(top_k) or top_k < 0):
+        raise InvalidRequestError("top_k: Input should be a non-negative integer")
+    stops = body.get("stop_sequences")
+    if stops is not None and (
+        not isinstance(stops, list) or not all(isinstance(s, str) for s in stops)
+    ):
+        raise InvalidRequestError("stop_sequences: Input should be a list of strings")
+    tools = body.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise InvalidRequestError("tools: Input should be a valid list")
+        for i, tool in enumerate(tools):
+            if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
+                raise InvalidRequestError(f"tools.{i}: each tool must be an object with a 'name'")
+    tool_choice = body.get("tool_choice")
+    if tool_choice is not None and (
+        not isinstance(tool_choice, dict)
+        or tool_choice.get("type") not in ("auto", "any", "tool", "none")
+    ):
+        raise InvalidRequestError(
+            "tool_choice: Input should be an object with type 'auto', 'any', 'tool' or 'none'"
+        )
+    if isinstance(tool_choice, dict) and tool_choice.get("type") == "tool":
+        if not isinstance(tool_choice.get("name"), str):
+            raise InvalidRequestError("tool_choice.name: Field required")
+    metadata = body.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise InvalidRequestError("metadata: Input should be an object")
+    thinking = body.get("thinking")
+    if thinking is not None and (
+        not isinstance(thinking, dict)
+        or thinking.get("type") not in ("enabled", "disabled", "adaptive")
+    ):
+        raise InvalidRequestError(
+            "thinking: Input should be an object with type 'enabled', 'disabled' or 'adaptive'"
+        )
+    return body
+
+
+def _rfc3339(epoch: int | float | None) -> str:
+    return datetime.fromtimestamp(epoch or 0, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def model_info(model_id: str, created: int | float | None = None) -> dict[str, Any]:
+    return {
+        "type": "model",
+        "id": model_id,
+        "display_name": model_id,
+        "created_at": _rfc3339(created),
+    }
+
+
+def models_page(
+    ids: list[str],
+    *,
+    limit: int = 20,
+    after_id: str | None = None,
+    before_id: str | None = None,
+    created: int | float | None = None,
+) -> dict[str, Any]:
+    """One page of ``GET /v1/models`` over a stable order (PROTOCOL.md §1.10, §6.12)."""
+    limit = max(1, min(limit, 1000))
+    start, end = 0, len(ids)
+    if after_id is not None:
+        start = ids.index(after_id) + 1 if after_id in ids else len(ids)
+        end = min(len(ids), start + limit)
+        has_more = end < len(ids)
+    elif before_id is not None:
+        end = ids.index(before_id) if before_id in ids else 0
+        start = max(0, end - limit)
+        has_more = start > 0
+    else:
+        end = min(len(ids), limit)
+        has_more = end < len(ids)
+    page = ids[start:end]
+    return {
+        "data": [model_info(i, created) for i in page],
+        "has_more": has_more,
+        "first_id": page[0] if page else None,
+        "last_id": page[-1] if page else None,
+    }

@@ -1,0 +1,100 @@
+"""Server-sent events: an incremental, tolerant parser and the two framings.
+
+The parser accepts what real upstreams send: ``\\r\\n`` or ``\\n`` line ends,
+multi-line ``data:``, ``data:`` without the space, comment lines, and a last
+event with no blank line after it (PROTOCOL.md §7.0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+
+@dataclass(frozen=True, slots=True)
+class SSEEvent:
+    """One parsed event: its ``event:`` name (None when absent) and joined ``data``."""
+
+    event: str | None
+    data: str
+
+    def json(self) -> Any:
+        return orjson.loads(self.data)
+
+
+class SSEParser:
+    """Feed raw bytes as they arrive; get back the complete events in them."""
+
+    __slots__ = ("_buf", "_event", "_data")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._event: str | None = None
+        self._data: list[str] = []
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        buf = self._buf + chunk
+        out: list[SSEEvent] = []
+        start = 0
+        while True:
+            nl = buf.find(b"\n", start)
+            if nl < 0:
+                break
+            line = buf[start:nl]
+            start = nl + 1
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            self._line(line.decode("utf-8", "replace"), out)
+        self._buf = buf[start:]
+        return out
+
+    def finish(self) -> list[SSEEvent]:
+        """Flush a trailing line and an event that was not followed by a blank line."""
+        out: list[SSEEvent] = []
+        if self._buf:
+            line = self._buf.rstrip(b"\r")
+            self._buf = b""
+            self._line(line.decode("utf-8", "replace"), out)
+        self._dispatch(out)
+        return out
+
+    def _line(self, line: str, out: list[SSEEvent]) -> None:
+        if not line:
+            self._dispatch(out)
+            return
+        if line.startswith(":"):
+            return
+        field, sep, value = line.partition(":")
+        if sep and value.startswith(" "):
+            value = value[1:]
+        if field == "data":
+            self._data.append(value)
+        elif field == "event":
+            self._event = value
+
+    def _dispatch(self, out: list[SSEEvent]) -> None:
+        if self._data:
+            out.append(SSEEvent(self._event, "\n".join(self._data)))
+        self._event = None
+        self._data = []
+
+
+def _dumps(data: Any) -> bytes:
+    return orjson.dumps(data)
+
+
+def anthropic_event(name: str, data: dict[str, Any]) -> bytes:
+    """One Anthropic SSE event: both the ``event:`` line and ``data.type`` (PROTOCOL.md §2.4)."""
+    return b"event: " + name.encode() + b"\ndata: " + _dumps(data) + b"\n\n"
+
+
+def openai_chunk(data: dict[str, Any]) -> bytes:
+    """One OpenAI SSE chunk: ``data:`` only, no ``event:`` line (PROTOCOL.md §5.3)."""
+    return b"data: " + _dumps(data) + b"\n\n"
+
+
+OPENAI_DONE = b"data: [DONE]\n\n"
+OPENAI_KEEPALIVE = b": keep-alive\n\n"
+ANTHROPIC_PING = b'event: ping\ndata: {"type":"ping"}\n\n'

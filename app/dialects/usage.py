@@ -1,0 +1,112 @@
+"""The neutral token-usage record and its extraction from both dialects' usage objects.
+
+Anthropic's ``input_tokens`` excludes cache reads and writes; OpenAI's
+``prompt_tokens`` includes them (PROTOCOL.md §6.9). ``Usage.input_tokens`` here
+follows Anthropic: uncached input only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(slots=True)
+class Usage:
+    """Tokens of one request; ``estimated`` when the upstream reported none."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    estimated: bool = False
+
+    @property
+    def prompt_tokens(self) -> int:
+        """All input, cached or not: OpenAI's ``prompt_tokens``."""
+        return self.input_tokens + self.cache_read_tokens + self.cache_write_tokens
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.output_tokens
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def from_anthropic(usage: dict[str, Any] | None, into: Usage | None = None) -> Usage:
+    """Merge an Anthropic ``usage`` (message, message_start or cumulative message_delta)."""
+    u = into if into is not None else Usage()
+    if not isinstance(usage, dict):
+        return u
+    if usage.get("input_tokens") is not None:
+        u.input_tokens = _int(usage.get("input_tokens"))
+    if usage.get("cache_read_input_tokens") is not None:
+        u.cache_read_tokens = _int(usage.get("cache_read_input_tokens"))
+    if usage.get("cache_creation_input_tokens") is not None:
+        u.cache_write_tokens = _int(usage.get("cache_creation_input_tokens"))
+    if usage.get("output_tokens") is not None:
+        u.output_tokens = _int(usage.get("output_tokens"))
+    details = usage.get("output_tokens_details")
+    if isinstance(details, dict) and details.get("thinking_tokens") is not None:
+        u.reasoning_tokens = _int(details.get("thinking_tokens"))
+    u.estimated = False
+    return u
+
+
+def from_openai(usage: dict[str, Any] | None) -> Usage | None:
+    """An OpenAI ``usage`` object as neutral Usage (None when absent).
+
+    Reads DeepSeek's ``prompt_cache_hit_tokens`` when ``cached_tokens`` is missing.
+    """
+    if not isinstance(usage, dict):
+        return None
+    prompt = _int(usage.get("prompt_tokens"))
+    details = usage.get("prompt_tokens_details")
+    cached = 0
+    cache_write = 0
+    if isinstance(details, dict):
+        cached = _int(details.get("cached_tokens"))
+        cache_write = _int(details.get("cache_write_tokens"))
+    if not cached:
+        cached = _int(usage.get("prompt_cache_hit_tokens"))
+    completion_details = usage.get("completion_tokens_details")
+    reasoning = 0
+    if isinstance(completion_details, dict):
+        reasoning = _int(completion_details.get("reasoning_tokens"))
+    return Usage(
+        input_tokens=max(prompt - cached - cache_write, 0),
+        output_tokens=_int(usage.get("completion_tokens")),
+        cache_read_tokens=cached,
+        cache_write_tokens=cache_write,
+        reasoning_tokens=reasoning,
+    )
+
+
+def to_anthropic(u: Usage) -> dict[str, Any]:
+    """Anthropic ``usage`` with all four integer fields present (Claude Code requires them)."""
+    out: dict[str, Any] = {
+        "input_tokens": u.input_tokens,
+        "cache_creation_input_tokens": u.cache_write_tokens,
+        "cache_read_input_tokens": u.cache_read_tokens,
+        "output_tokens": u.output_tokens,
+    }
+    if u.reasoning_tokens:
+        out["output_tokens_details"] = {"thinking_tokens": u.reasoning_tokens}
+    return out
+
+
+def to_openai(u: Usage) -> dict[str, Any]:
+    """OpenAI ``usage``: prompt includes cache reads and writes; total is the sum."""
+    prompt_details: dict[str, Any] = {"cached_tokens": u.cache_read_tokens}
+    if u.cache_write_tokens:
+        prompt_details["cache_write_tokens"] = u.cache_write_tokens
+    return {
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.output_tokens,
+        "total_tokens": u.total_tokens,
+        "prompt_tokens_details": prompt_details,
+        "completion_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
+    }

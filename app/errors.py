@@ -1,0 +1,148 @@
+"""The gateway's one error tree.
+
+Every failure the gateway reports to a client is one of these. Each carries an
+HTTP status and a neutral ``kind``; the dialect modules (`app.dialects.anthropic`,
+`app.dialects.openai`) render it in their own envelope and status.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base of every error a client may see; never rendered with a traceback."""
+
+    status: int = 500
+    kind: str = "api_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+        self.param = param
+        self.code = code
+        self.headers = dict(headers or {})
+
+
+class InvalidRequestError(GatewayError):
+    """The request is malformed or asks for something impossible (400)."""
+
+    status = 400
+    kind = "invalid_request"
+
+
+class UnauthorizedError(GatewayError):
+    """No proxy key, or an unknown, revoked or expired one (401)."""
+
+    status = 401
+    kind = "authentication"
+
+
+class BillingError(GatewayError):
+    """The upstream account cannot pay for the request (402)."""
+
+    status = 402
+    kind = "billing"
+
+
+class ForbiddenError(GatewayError):
+    """The key may not use what it asked for (403)."""
+
+    status = 403
+    kind = "permission"
+
+
+class NotFoundError(GatewayError):
+    """Unknown path or model (404)."""
+
+    status = 404
+    kind = "not_found"
+
+
+class MethodNotAllowedError(GatewayError):
+    """The path exists but not for this HTTP method (405)."""
+
+    status = 405
+    kind = "invalid_request"
+
+
+class PayloadTooLargeError(GatewayError):
+    """The request body is larger than the configured limit (413)."""
+
+    status = 413
+    kind = "request_too_large"
+
+
+class RateLimitedError(GatewayError):
+    """A proxy key's RPM/TPM window, or every upstream key, is exhausted (429)."""
+
+    status = 429
+    kind = "rate_limit"
+
+
+class InternalError(GatewayError):
+    """A fault inside the gateway itself (500); logged with its traceback."""
+
+    status = 500
+    kind = "api_error"
+
+
+class UpstreamError(GatewayError):
+    """The upstream failed in a way that is not the client's fault (502)."""
+
+    status = 502
+    kind = "api_error"
+
+
+class UpstreamConnectError(UpstreamError):
+    """The upstream could not be reached (refused, unresolvable, TLS)."""
+
+
+class UpstreamTimeoutError(UpstreamError):
+    """The upstream did not answer, or stopped streaming, within the timeout (504)."""
+
+    status = 504
+    kind = "timeout"
+
+
+class OverloadedError(UpstreamError):
+    """The upstream is overloaded (Anthropic 529, OpenAI 503)."""
+
+    status = 529
+    kind = "overloaded"
+
+
+_BY_UPSTREAM_STATUS: dict[int, type[GatewayError]] = {
+    400: InvalidRequestError,
+    401: UnauthorizedError,
+    402: BillingError,
+    403: ForbiddenError,
+    404: NotFoundError,
+    408: UpstreamTimeoutError,
+    413: PayloadTooLargeError,
+    422: InvalidRequestError,
+    429: RateLimitedError,
+    503: OverloadedError,
+    504: UpstreamTimeoutError,
+    529: OverloadedError,
+}
+
+
+def from_upstream_status(
+    status: int, message: str, *, retry_after: float | None = None, code: str | None = None
+) -> GatewayError:
+    """The error a client sees for an upstream's non-2xx answer; the message is kept verbatim."""
+    cls = _BY_UPSTREAM_STATUS.get(status)
+    if cls is None:
+        cls = UpstreamError if status >= 500 else InvalidRequestError
+    err = cls(message, retry_after=retry_after, code=code)
+    if cls is UpstreamError and status == 500:
+        err.status = 500
+    return err

@@ -1,0 +1,27 @@
+"""What a translator needs to know about the backend it writes for.
+
+Built by the gateway from the route and the upstream's settings; the
+translators read it and never look anything up themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class BackendOptions:
+    """Per-request facts about the target: model name and the upstream's quirks."""
+
+    target_model: str
+    # OpenAI backends: "max_tokens" or "max_completion_tokens" (o-series, newer APIs).
+    max_tokens_field: str = "max_tokens"
+    # OpenAI backends: "replay" sends earlier thinking back as reasoning_content,
+    # "strip" drops it, "off" drops it and never asks the backend to reason.
+    reasoning: str = "strip"
+    # OpenAI backends: forward Anthropic top_k (vLLM, SGLang, llama.cpp accept it).
+    top_k: bool = False
+    # Anthropic backends: max_tokens when an OpenAI client sends none (Anthropic requires it).
+    default_max_tokens: int = 4096
+    # Anthropic backends: add cache_control breakpoints for OpenAI clients.
+    prompt_cache: bool = False
