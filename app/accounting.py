@@ -1,0 +1,300 @@
+"""Rate limits (RPM/TPM per proxy key) and the buffered usage recorder.
+
+Limits are exact within one process: a sliding 60-second window of admitted
+requests and of tokens (an estimate reserved at admission, trued up with the
+upstream's real usage when the request ends). The recorder buffers usage
+events in memory and writes them in batches from one writer thread, so the
+event loop never waits on the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from app.auth import KeyRecord
+from app.db.usage import UsageRecord
+from app.errors import RateLimitedError
+from app.upstreams.keyring import KeyState
+
+log = logging.getLogger("bridgekeeper.accounting")
+WINDOW = 60.0
+
+
+def _rfc3339(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _duration(seconds: float) -> str:
+    """OpenAI's reset format: ``"1s"``, ``"6m0s"``, ``"12ms"``."""
+    if seconds < 1:
+        return f"{max(int(seconds * 1000), 0)}ms"
+    whole = int(seconds + 0.999)
+    minutes, secs = divmod(whole, 60)
+    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
+
+
+@dataclass(slots=True)
+class _Window:
+    requests: deque[float] = field(default_factory=deque)
+    tokens: deque[list[float]] = field(default_factory=deque)  # [time, tokens]
+
+    def expire(self, now: float) -> None:
+        cutoff = now - WINDOW
+        while self.requests and self.requests[0] <= cutoff:
+            self.requests.popleft()
+        while self.tokens and self.tokens[0][0] <= cutoff:
+            self.tokens.popleft()
+
+    def used_tokens(self) -> int:
+        return int(sum(entry[1] for entry in self.tokens))
+
+
+@dataclass(slots=True)
+class Admission:
+    """A request let in: its token reservation and the limit headers to send."""
+
+    key_id: int | None
+    entry: list[float] | None
+    headers: dict[str, str]
+
+
+class RateLimiter:
+    """Per-key RPM and TPM over a sliding 60-second window."""
+
+    def __init__(
+        self,
+        *,
+        default_rpm: int | None = None,
+        default_tpm: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._default_rpm = default_rpm
+        self._default_tpm = default_tpm
+        self._clock = clock
+        self._windows: dict[int, _Window] = {}
+
+    def limits(self, key: KeyRecord) -> tuple[int | None, int | None]:
+        rpm = key.rpm if key.rpm is not None else self._default_rpm
+        tpm = key.tpm if key.tpm is not None else self._default_tpm
+        return (rpm or None), (tpm or None)
+
+    def admit(self, key: KeyRecord, estimate: int, dialect: str) -> Admission:
+        """Count the request and reserve ``estimate`` tokens, or raise RateLimitedError."""
+        rpm, tpm = self.limits(key)
+        if rpm is None and tpm is None:
+            return Admission(key.id, None, {})
+        now = self._clock()
+        window = self._windows.get(key.id)
+        if window is None:
+            window = self._windows[key.id] = _Window()
+        window.expire(now)
+        used = window.used_tokens()
+        if rpm is not None and len(window.requests) >= rpm:
+            wait = window.requests[0] + WINDOW - now
+            raise self._refuse(
+                f"Rate limit reached: {rpm} requests per minute for key {key.name!r}",
+                wait, rpm, tpm, window, used, dialect, now,
+            )
+        if tpm is not None and used > 0 and used + estimate > tpm:
+            wait = self._token_wait(window, tpm, estimate, now)
+            raise self._refuse(
+                f"Rate limit reached: {tpm} tokens per minute for key {key.name!r} "
+                f"({used} used in the last minute, about {estimate} requested)",
+                wait, rpm, tpm, window, used, dialect, now,
+            )
+        window.requests.append(now)
+        entry = [now, float(estimate)]
+        if tpm is not None:
+            window.tokens.append(entry)
+        headers = self._headers(dialect, rpm, tpm, window, used + estimate, now)
+        return Admission(key.id, entry, headers)
+
+    def settle(self, admission: Admission, actual_tokens: int) -> None:
+        """Replace the reservation with what the request really used."""
+        if admission.entry is not None:
+            admission.entry[1] = float(max(actual_tokens, 0))
+
+    def _token_wait(self, window: _Window, tpm: int, estimate: int, now: float) -> float:
+        remaining = window.used_tokens() + estimate - tpm
+        for when, tokens in window.tokens:
+            remaining -= tokens
+            if remaining <= 0:
+                return when + WINDOW - now
+        return WINDOW
+
+    def _refuse(
+        self,
+        message: str,
+        wait: float,
+        rpm: int | None,
+        tpm: int | None,
+        window: _Window,
+        used: int,
+        dialect: str,
+        now: float,
+    ) -> RateLimitedError:
+        headers = self._headers(dialect, rpm, tpm, window, used, now)
+        return RateLimitedError(message, retry_after=max(wait, 0.001), headers=headers)
+
+    def _headers(
+        self,
+        dialect: str,
+        rpm: int | None,
+        tpm: int | None,
+        window: _Window,
+        used_tokens: int,
+        now: float,
+    ) -> dict[str, str]:
+        out: dict[str, str] = {}
+        if rpm is not None:
+            remaining = max(rpm - len(window.requests), 0)
+            reset = (window.requests[0] + WINDOW) if window.requests else now
+            if dialect == "anthropic":
+                out["anthropic-ratelimit-requests-limit"] = str(rpm)
+                out["anthropic-ratelimit-requests-remaining"] = str(remaining)
+                out["anthropic-ratelimit-requests-reset"] = _rfc3339(reset)
+            else:
+                out["x-ratelimit-limit-requests"] = str(rpm)
+                out["x-ratelimit-remaining-requests"] = str(remaining)
+                out["x-ratelimit-reset-requests"] = _duration(reset - now)
+        if tpm is not None:
+            remaining = max(tpm - used_tokens, 0)
+            reset = (window.tokens[0][0] + WINDOW) if window.tokens else now
+            if dialect == "anthropic":
+                out["anthropic-ratelimit-tokens-limit"] = str(tpm)
+                out["anthropic-ratelimit-tokens-remaining"] = str(remaining)
+                out["anthropic-ratelimit-tokens-reset"] = _rfc3339(reset)
+            else:
+                out["x-ratelimit-limit-tokens"] = str(tpm)
+                out["x-ratelimit-remaining-tokens"] = str(remaining)
+                out["x-ratelimit-reset-tokens"] = _duration(reset - now)
+        return out
+
+
+WriteBatch = Callable[[Sequence[UsageRecord], Sequence[KeyState]], None]
+PurgeBatch = Callable[[datetime], int]
+
+
+class UsageRecorder:
+    """Buffers usage events and upstream-key state, written in batches by one thread.
+
+    Flushed at least every ``interval`` seconds and on `close`. When the database
+    is busy or unreachable, batches stay in the buffer and are retried; when the
+    buffer is full, `record` waits (back-pressure) rather than dropping events.
+    """
+
+    def __init__(
+        self,
+        write: WriteBatch,
+        *,
+        interval: float = 1.0,
+        max_buffer: int = 10000,
+        purge: PurgeBatch | None = None,
+        retention_days: int | None = None,
+    ) -> None:
+        self._write = write
+        self._interval = interval
+        self._max = max_buffer
+        self._purge = purge
+        self._retention_days = retention_days
+        self._buffer: deque[UsageRecord] = deque()
+        self._keys: dict[int, KeyState] = {}
+        self._space = asyncio.Event()
+        self._space.set()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="usage-writer")
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._last_purge = 0.0
+        self.written = 0
+        self.failures = 0
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    @property
+    def pending(self) -> int:
+        return len(self._buffer)
+
+    async def record(self, event: UsageRecord) -> None:
+        """Queue one event; waits only while the buffer is full."""
+        while len(self._buffer) >= self._max and not self._stopping:
+            self._space.clear()
+            await self._space.wait()
+        self._buffer.append(event)
+
+    def key_changed(self, key: KeyState) -> None:
+        if key.id is not None:
+            self._keys[key.id] = key
+
+    async def flush(self) -> bool:
+        """Write what is buffered now; False when the database refused it (it stays queued)."""
+        if not self._buffer and not self._keys:
+            return True
+        batch = list(self._buffer)
+        keys = list(self._keys.values())
+        self._keys = {}
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, self._write, batch, keys)
+        except Exception as exc:  # the database's own errors: keep everything, retry later
+            self.failures += 1
+            for key in keys:
+                self._keys.setdefault(key.id or 0, key)
+            log.warning("usage write failed (%d events kept for retry): %s", len(batch), exc)
+            return False
+        for _ in range(len(batch)):
+            self._buffer.popleft()
+        self.written += len(batch)
+        self._space.set()
+        return True
+
+    async def _run(self) -> None:
+        backoff = self._interval
+        while not self._stopping:
+            await asyncio.sleep(backoff)
+            ok = await self.flush()
+            backoff = self._interval if ok else min(backoff * 2, 30.0)
+            if ok:
+                await self._maybe_purge()
+
+    async def _maybe_purge(self) -> None:
+        if self._purge is None or not self._retention_days:
+            return
+        now = time.monotonic()
+        if self._last_purge and now - self._last_purge < 3600:
+            return
+        self._last_purge = now
+        cutoff = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=self._retention_days)
+        loop = asyncio.get_running_loop()
+        try:
+            while await loop.run_in_executor(self._executor, self._purge, cutoff):
+                await asyncio.sleep(0)
+        except Exception as exc:
+            log.warning("usage retention purge failed: %s", exc)
+
+    async def close(self, attempts: int = 5) -> None:
+        """Stop the timer and write everything left, retrying a few times."""
+        self._stopping = True
+        self._space.set()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        for attempt in range(attempts):
+            if await self.flush():
+                break
+            await asyncio.sleep(0.2 * (attempt + 1))
+        if self._buffer:
+            log.error("%d usage events could not be written at shutdown", len(self._buffer))
+        self._executor.shutdown(wait=True)

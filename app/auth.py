@@ -1,0 +1,138 @@
+"""Proxy keys (generation, SHA-256 hashing, the in-memory lookup table) and admin passwords.
+
+The hot path never touches the database: `KeyTable` holds every key's hash and
+limits, and is replaced whole whenever keys change.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from fnmatch import fnmatchcase
+
+from app.errors import ForbiddenError, UnauthorizedError
+
+KEY_PREFIX = "bk-"
+DISPLAY_PREFIX_LEN = 10
+_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
+
+
+def generate_key() -> str:
+    """A new proxy key: ``bk-`` and 43 URL-safe characters (256 random bits)."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def display_prefix(key: str) -> str:
+    """The part of a key that may be shown again, e.g. ``bk-AbCdEfG``."""
+    return key[:DISPLAY_PREFIX_LEN]
+
+
+def hash_password(password: str) -> str:
+    """``scrypt$N$r$p$salt$hash`` (base64); slow on purpose: call it off the event loop."""
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(
+        password.encode("utf-8"), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P, dklen=32
+    )
+    return "scrypt${}${}${}${}${}".format(
+        _SCRYPT_N,
+        _SCRYPT_R,
+        _SCRYPT_P,
+        base64.b64encode(salt).decode(),
+        base64.b64encode(digest).decode(),
+    )
+
+
+def verify_password(password: str, stored: str) -> bool:
+    try:
+        scheme, n, r, p, salt_b64, digest_b64 = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        salt = base64.b64decode(salt_b64)
+        expected = base64.b64decode(digest_b64)
+        digest = hashlib.scrypt(
+            password.encode("utf-8"),
+            salt=salt,
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            dklen=len(expected),
+        )
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(digest, expected)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """What the gateway knows about one proxy key while serving."""
+
+    id: int
+    name: str
+    key_hash: str
+    prefix: str
+    rpm: int | None = None
+    tpm: int | None = None
+    models: tuple[str, ...] = ()
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+    def check_model(self, model: str) -> None:
+        """ForbiddenError unless ``model`` matches one of the key's globs (none = all)."""
+        if self.models and not any(fnmatchcase(model, glob) for glob in self.models):
+            raise ForbiddenError(
+                f"This key may not use model {model!r}; allowed: {', '.join(self.models)}"
+            )
+
+
+def presented_key(headers: Mapping[str, str]) -> str | None:
+    """The proxy key from ``Authorization: Bearer`` or ``x-api-key``."""
+    auth = headers.get("Authorization")
+    if auth:
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    key = headers.get("X-Api-Key")
+    if key and key.strip():
+        return key.strip()
+    return None
+
+
+class KeyTable:
+    """Key hash -> KeyRecord, replaced whole when keys change."""
+
+    __slots__ = ("_by_hash",)
+
+    def __init__(self, records: Iterable[KeyRecord] = ()) -> None:
+        self._by_hash: dict[str, KeyRecord] = {}
+        self.replace(records)
+
+    def replace(self, records: Iterable[KeyRecord]) -> None:
+        self._by_hash = {r.key_hash: r for r in records}
+
+    def __len__(self) -> int:
+        return len(self._by_hash)
+
+    def authenticate(self, key: str | None, now: datetime) -> KeyRecord:
+        """The active record for ``key``; UnauthorizedError when missing, unknown, revoked or expired."""
+        if not key:
+            raise UnauthorizedError(
+                "Missing API key: send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'"
+            )
+        digest = hash_key(key)
+        record = self._by_hash.get(digest)
+        if record is None or not hmac.compare_digest(record.key_hash, digest):
+            raise UnauthorizedError("Invalid API key")
+        if record.revoked_at is not None:
+            raise UnauthorizedError(f"API key {record.prefix}... has been revoked")
+        if record.expires_at is not None and record.expires_at <= now:
+            raise UnauthorizedError(f"API key {record.prefix}... expired on {record.expires_at:%Y-%m-%d}")
+        return record

@@ -1,0 +1,127 @@
+"""Queries on ``proxy_keys``: create (returns the key once), list, edit, revoke, load for auth."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, time, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.auth import KeyRecord, display_prefix, generate_key, hash_key
+from app.db.models import ProxyKey
+
+
+class KeyExistsError(ValueError):
+    """A key with that name already exists."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def end_of_day(day: date) -> datetime:
+    """A key that expires on D works through D (UTC) and stops at the next midnight."""
+    return datetime.combine(day, time.min) + timedelta(days=1)
+
+
+async def create_key(
+    session: AsyncSession,
+    name: str,
+    *,
+    rpm: int | None = None,
+    tpm: int | None = None,
+    models: Sequence[str] = (),
+    expires: date | None = None,
+    note: str = "",
+    source: str = "cli",
+    key: str | None = None,
+) -> tuple[ProxyKey, str]:
+    """A new key row and the full key, which is never stored and never shown again."""
+    name = name.strip()
+    if not name:
+        raise ValueError("a key needs a name")
+    existing = await session.scalar(select(ProxyKey).where(ProxyKey.name == name))
+    if existing is not None:
+        raise KeyExistsError(f"a key named {name!r} already exists")
+    secret = key or generate_key()
+    row = ProxyKey(
+        name=name,
+        key_hash=hash_key(secret),
+        prefix=display_prefix(secret),
+        note=note,
+        created_at=utcnow(),
+        expires_at=end_of_day(expires) if expires else None,
+        rpm=rpm,
+        tpm=tpm,
+        models=list(models),
+        source=source,
+    )
+    session.add(row)
+    await session.flush()
+    return row, secret
+
+
+async def list_keys(session: AsyncSession) -> list[ProxyKey]:
+    return list(await session.scalars(select(ProxyKey).order_by(ProxyKey.created_at, ProxyKey.id)))
+
+
+async def get_key(session: AsyncSession, key_id: int) -> ProxyKey | None:
+    return await session.get(ProxyKey, key_id)
+
+
+async def get_key_by_name(session: AsyncSession, name: str) -> ProxyKey | None:
+    return await session.scalar(select(ProxyKey).where(ProxyKey.name == name))
+
+
+async def revoke_key(session: AsyncSession, name: str) -> ProxyKey | None:
+    """Marks the key revoked; None when no key has that name."""
+    row = await get_key_by_name(session, name)
+    if row is not None and row.revoked_at is None:
+        row.revoked_at = utcnow()
+    return row
+
+
+async def upsert_config_key(
+    session: AsyncSession,
+    name: str,
+    key: str,
+    *,
+    rpm: int | None,
+    tpm: int | None,
+    models: Sequence[str],
+    expires: date | None,
+) -> ProxyKey:
+    """A key named in the config file: the file wins for every field it names."""
+    row = await get_key_by_name(session, name)
+    if row is None:
+        row, _ = await create_key(
+            session, name, rpm=rpm, tpm=tpm, models=models, expires=expires, source="config", key=key
+        )
+        return row
+    row.key_hash = hash_key(key)
+    row.prefix = display_prefix(key)
+    row.rpm, row.tpm, row.models = rpm, tpm, list(models)
+    row.expires_at = end_of_day(expires) if expires else None
+    row.revoked_at = None
+    row.source = "config"
+    return row
+
+
+def to_record(row: ProxyKey) -> KeyRecord:
+    return KeyRecord(
+        id=row.id,
+        name=row.name,
+        key_hash=row.key_hash,
+        prefix=row.prefix,
+        rpm=row.rpm,
+        tpm=row.tpm,
+        models=tuple(row.models or ()),
+        expires_at=row.expires_at,
+        revoked_at=row.revoked_at,
+    )
+
+
+async def load_key_records(session: AsyncSession) -> list[KeyRecord]:
+    """Every key, revoked ones included (so a revoked key gets 'revoked', not 'invalid')."""
+    return [to_record(row) for row in await list_keys(session)]

@@ -1,0 +1,215 @@
+"""Queries on ``usage_events`` and ``usage_daily``: batched inserts with the roll-up,
+filtered export (streamed in keyset pages), and retention.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, fields
+from datetime import date, datetime, time, timedelta
+from typing import Any
+
+from sqlalchemy import Select, delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
+
+from app.db.models import ProxyKey, UsageDaily, UsageEvent
+
+
+@dataclass(slots=True)
+class UsageRecord:
+    """One request's usage as the recorder buffers it (mirrors UsageEvent's columns)."""
+
+    time: datetime
+    request_id: str
+    client_dialect: str
+    endpoint: str = "messages"
+    key_id: int | None = None
+    key_name: str | None = None
+    requested_model: str | None = None
+    upstream: str | None = None
+    upstream_key: str | None = None
+    target_model: str | None = None
+    stream: bool = False
+    status: str = "ok"
+    http_status: int = 200
+    error_type: str | None = None
+    error_message: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    tokens_estimated: bool = False
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+
+    @property
+    def is_error(self) -> bool:
+        return self.status != "ok"
+
+
+_RECORD_FIELDS = [f.name for f in fields(UsageRecord)]
+
+EXPORT_COLUMNS = (
+    "time",
+    "request_id",
+    "key_name",
+    "client_dialect",
+    "requested_model",
+    "upstream",
+    "target_model",
+    "stream",
+    "status",
+    "http_status",
+    "error_type",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "tokens_estimated",
+    "latency_ms",
+    "ttft_ms",
+)
+
+
+def export_row(event: UsageEvent) -> dict[str, Any]:
+    """One export row: the columns of the dashboard CSV and ``usage export``."""
+    return {
+        "time": event.time.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+        "request_id": event.request_id,
+        "key_name": event.key_name or "",
+        "client_dialect": event.client_dialect,
+        "requested_model": event.requested_model or "",
+        "upstream": event.upstream or "",
+        "target_model": event.target_model or "",
+        "stream": bool(event.stream),
+        "status": event.status,
+        "http_status": event.http_status,
+        "error_type": event.error_type or "",
+        "input_tokens": event.input_tokens,
+        "output_tokens": event.output_tokens,
+        "cache_read_tokens": event.cache_read_tokens,
+        "cache_write_tokens": event.cache_write_tokens,
+        "tokens_estimated": bool(event.tokens_estimated),
+        "latency_ms": round(event.latency_ms, 1),
+        "ttft_ms": round(event.ttft_ms, 1) if event.ttft_ms is not None else None,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class UsageFilter:
+    """Filters shared by the usage page, its CSV export and ``usage export``.
+
+    ``since`` and ``until`` are inclusive UTC days.
+    """
+
+    key_name: str | None = None
+    model: str | None = None
+    upstream: str | None = None
+    status: str | None = None
+    since: date | None = None
+    until: date | None = None
+
+    def apply(self, stmt: Select[Any]) -> Select[Any]:
+        if self.key_name:
+            stmt = stmt.where(UsageEvent.key_name == self.key_name)
+        if self.model:
+            stmt = stmt.where(UsageEvent.requested_model == self.model)
+        if self.upstream:
+            stmt = stmt.where(UsageEvent.upstream == self.upstream)
+        if self.status:
+            stmt = stmt.where(UsageEvent.status == self.status)
+        if self.since:
+            stmt = stmt.where(UsageEvent.time >= datetime.combine(self.since, time.min))
+        if self.until:
+            stmt = stmt.where(
+                UsageEvent.time < datetime.combine(self.until + timedelta(days=1), time.min)
+            )
+        return stmt
+
+
+def insert_events(session: Session, records: Sequence[UsageRecord]) -> None:
+    """Insert a batch, add it to the daily roll-up, and bump keys' ``last_used_at``.
+
+    Synchronous on purpose: the recorder runs it in its own writer thread, so
+    neither the ORM's work nor the database's wait touches the event loop.
+    """
+    if not records:
+        return
+    session.execute(
+        insert(UsageEvent), [{name: getattr(r, name) for name in _RECORD_FIELDS} for r in records]
+    )
+    buckets: dict[tuple[date, str, str, str], list[UsageRecord]] = {}
+    last_used: dict[int, datetime] = {}
+    for r in records:
+        bucket = (r.time.date(), r.key_name or "", r.requested_model or "", r.upstream or "")
+        buckets.setdefault(bucket, []).append(r)
+        if r.key_id is not None and (r.key_id not in last_used or last_used[r.key_id] < r.time):
+            last_used[r.key_id] = r.time
+    for (day, key_name, model, upstream), rows in buckets.items():
+        totals = {
+            "requests": len(rows),
+            "errors": sum(1 for r in rows if r.is_error),
+            "input_tokens": sum(r.input_tokens for r in rows),
+            "output_tokens": sum(r.output_tokens for r in rows),
+            "cache_read_tokens": sum(r.cache_read_tokens for r in rows),
+            "cache_write_tokens": sum(r.cache_write_tokens for r in rows),
+            "latency_ms_total": sum(r.latency_ms for r in rows),
+        }
+        where = (
+            (UsageDaily.day == day)
+            & (UsageDaily.key_name == key_name)
+            & (UsageDaily.model == model)
+            & (UsageDaily.upstream == upstream)
+        )
+        result = session.execute(
+            update(UsageDaily)
+            .where(where)
+            .values({getattr(UsageDaily, k): getattr(UsageDaily, k) + v for k, v in totals.items()})
+        )
+        if result.rowcount == 0:  # type: ignore[attr-defined]
+            session.add(
+                UsageDaily(day=day, key_name=key_name, model=model, upstream=upstream, **totals)
+            )
+    for key_id, when in last_used.items():
+        session.execute(
+            update(ProxyKey)
+            .where(ProxyKey.id == key_id)
+            .where((ProxyKey.last_used_at.is_(None)) | (ProxyKey.last_used_at < when))
+            .values(last_used_at=when)
+        )
+
+
+async def iter_export(
+    session: AsyncSession, flt: UsageFilter, *, page_size: int = 1000
+) -> AsyncIterator[dict[str, Any]]:
+    """Export rows oldest first, read in keyset pages so memory stays flat."""
+    last_id = 0
+    while True:
+        stmt = flt.apply(select(UsageEvent)).where(UsageEvent.id > last_id)
+        rows = list(await session.scalars(stmt.order_by(UsageEvent.id).limit(page_size)))
+        if not rows:
+            return
+        for row in rows:
+            yield export_row(row)
+        last_id = rows[-1].id
+        session.expunge_all()
+
+
+async def count_events(session: AsyncSession, flt: UsageFilter | None = None) -> int:
+    stmt = select(func.count(UsageEvent.id))
+    if flt is not None:
+        stmt = flt.apply(stmt)
+    return int(await session.scalar(stmt) or 0)
+
+
+def delete_older_than(session: Session, cutoff: datetime, *, batch: int = 500) -> int:
+    """Delete one batch of raw events older than ``cutoff``; returns how many went.
+
+    Called repeatedly (each in its own short transaction, in the writer thread) so
+    a large purge never holds the write lock for long. Roll-ups are kept.
+    """
+    ids = list(session.scalars(select(UsageEvent.id).where(UsageEvent.time < cutoff).limit(batch)))
+    if ids:
+        session.execute(delete(UsageEvent).where(UsageEvent.id.in_(ids)))
+    return len(ids)

@@ -1,0 +1,657 @@
+"""The one pipeline every API request goes through.
+
+authenticate -> limit -> route -> translate -> call upstream (rotate keys, fail
+over) -> translate back -> account. Handlers hand it the raw body and headers
+and write back the `Reply` it returns; every failure becomes an error in the
+client's dialect, before the first byte as a status and envelope, after it as an
+in-stream error event. Exactly one usage event is recorded per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from app.accounting import Admission
+from app.auth import KeyRecord, presented_key
+from app.db.usage import UsageRecord
+from app.dialects import anthropic as anthropic_dialect
+from app.dialects import openai as openai_dialect
+from app.dialects.sse import (
+    ANTHROPIC_PING,
+    OPENAI_KEEPALIVE,
+    SSEEvent,
+    SSEParser,
+    anthropic_event,
+    openai_chunk,
+)
+from app.dialects.tokens import estimate_anthropic_input, estimate_openai_input
+from app.dialects.usage import Usage, from_anthropic, from_openai
+from app.errors import (
+    GatewayError,
+    InternalError,
+    InvalidRequestError,
+    OverloadedError,
+    RateLimitedError,
+    UpstreamError,
+    from_upstream_status,
+)
+from app.routing import Route
+from app.services import Services
+from app.translate import anthropic_to_openai as a2o
+from app.translate import anthropic_to_openai_stream as a2o_stream
+from app.translate import openai_to_anthropic as o2a
+from app.translate import openai_to_anthropic_stream as o2a_stream
+from app.translate import route_settings
+from app.translate.options import BackendOptions
+from app.translate.passthrough import AnthropicSniffer, OpenAISniffer, strip_unsigned_thinking
+from app.upstreams.base import UpstreamResponse, retry_after_seconds
+from app.upstreams.keyring import KeyState
+from app.upstreams.pool import Upstream
+
+log = logging.getLogger("bridgekeeper.gateway")
+
+HEARTBEAT_SECONDS = 15.0
+JSON_TYPE = "application/json"
+SSE_TYPE = "text/event-stream; charset=utf-8"
+
+
+@dataclass(slots=True)
+class ApiRequest:
+    """One API call as the handler received it."""
+
+    dialect: str  # "anthropic" | "openai": the client's dialect, from the endpoint
+    endpoint: str  # "messages" | "chat" | "count_tokens"
+    body: bytes
+    headers: Mapping[str, str]
+    request_id: str
+
+
+@dataclass(slots=True)
+class Reply:
+    """What the handler writes: a whole body, or a stream of already-framed bytes."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes = b""
+    stream: AsyncIterator[bytes] | None = None
+
+
+@dataclass(slots=True)
+class _Call:
+    """The bookkeeping of one request, turned into its usage event at the end."""
+
+    req: ApiRequest
+    started: float
+    key: KeyRecord | None = None
+    admission: Admission | None = None
+    model: str | None = None
+    route: Route | None = None
+    upstream: str | None = None
+    upstream_key: str | None = None
+    target: str | None = None
+    stream: bool = False
+    usage: Usage = field(default_factory=Usage)
+    ttft: float | None = None
+    recorded: bool = False
+
+
+def _dialect_module(dialect: str) -> Any:
+    return anthropic_dialect if dialect == "anthropic" else openai_dialect
+
+
+def error_reply(
+    dialect: str, err: GatewayError, request_id: str, extra: Mapping[str, str] | None = None
+) -> Reply:
+    """``err`` as a JSON error response in ``dialect``, with retry headers."""
+    module = _dialect_module(dialect)
+    headers = {"Content-Type": JSON_TYPE}
+    headers.update(extra or {})
+    headers.update(err.headers)
+    if err.retry_after is not None:
+        headers["retry-after"] = str(max(int(err.retry_after + 0.999), 1))
+        headers["retry-after-ms"] = str(max(int(err.retry_after * 1000), 1))
+    return Reply(
+        status=module.error_status(err),
+        headers=headers,
+        body=orjson.dumps(module.error_body(err, request_id)),
+    )
+
+
+def _stream_error_bytes(dialect: str, err: GatewayError) -> bytes:
+    if dialect == "anthropic":
+        return anthropic_event("error", anthropic_dialect.error_event(err))
+    return openai_chunk({"error": openai_dialect.error_object(err)})
+
+
+def _passthrough_error(status: int, body: bytes, retry_after: float | None) -> GatewayError:
+    """Only for deciding rotation and for the usage record; the client gets the body as is."""
+    message = body[:300].decode("utf-8", "replace")
+    try:
+        data = orjson.loads(body)
+        error = data.get("error") if isinstance(data, dict) else None
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            message = error["message"]
+    except orjson.JSONDecodeError:
+        pass
+    return from_upstream_status(status, message, retry_after=retry_after)
+
+
+class _Attempt:
+    """One prepared try: an upstream, the body in its dialect, and how to read its answer."""
+
+    __slots__ = ("upstream", "route", "dialect", "body", "ctx", "translated", "parsed")
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        route: Route,
+        dialect: str,
+        body: bytes,
+        ctx: Any,
+        translated: bool,
+        parsed: dict[str, Any],
+    ) -> None:
+        self.upstream = upstream
+        self.route = route
+        self.dialect = dialect
+        self.body = body
+        self.ctx = ctx
+        self.translated = translated
+        self.parsed = parsed
+
+
+class Gateway:
+    """Serves API requests with the shared services."""
+
+    def __init__(self, services: Services, *, perf_clock: Any = time.perf_counter) -> None:
+        self.services = services
+        self._perf = perf_clock
+
+    # -- entry points ------------------------------------------------------------------------
+
+    async def handle(self, req: ApiRequest) -> Reply:
+        """A Messages or Chat Completions request, streamed or not."""
+        call = _Call(req=req, started=self._perf())
+        try:
+            return await self._handle(call)
+        except GatewayError as err:
+            await self._record(call, err)
+            return error_reply(req.dialect, err, req.request_id, self._limit_headers(call))
+        except asyncio.CancelledError:
+            await self._record(call, None, status="client_closed", http_status=499)
+            raise
+        except Exception as exc:
+            log.exception("request %s failed inside the gateway", req.request_id)
+            err = InternalError(f"internal error: {type(exc).__name__}")
+            await self._record(call, err)
+            return error_reply(req.dialect, err, req.request_id)
+
+    async def count_tokens(self, req: ApiRequest) -> Reply:
+        """``POST /v1/messages/count_tokens``: the backend's own count, or a local estimate."""
+        call = _Call(req=req, started=self._perf())
+        try:
+            body = self._authenticate_and_parse(call, count_tokens=True)
+            route = self._route(call, body["model"])
+            upstream = self.services.pool.get(route.upstream)
+            call.upstream = upstream.name
+            count = await self._count(upstream, route, body, req)
+            await self._record(call, None)
+            return Reply(200, {"Content-Type": JSON_TYPE}, orjson.dumps({"input_tokens": count}))
+        except GatewayError as err:
+            await self._record(call, err)
+            return error_reply(req.dialect, err, req.request_id)
+        except Exception as exc:
+            log.exception("count_tokens %s failed inside the gateway", req.request_id)
+            err = InternalError(f"internal error: {type(exc).__name__}")
+            await self._record(call, err)
+            return error_reply(req.dialect, err, req.request_id)
+
+    # -- the pipeline ------------------------------------------------------------------------
+
+    def _authenticate_and_parse(self, call: _Call, *, count_tokens: bool = False) -> dict[str, Any]:
+        req = call.req
+        s = self.services
+        call.key = s.keys.authenticate(presented_key(req.headers), s.now())
+        try:
+            body = orjson.loads(req.body)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequestError(f"Request body is not valid JSON: {exc}") from None
+        if req.dialect == "anthropic":
+            anthropic_dialect.validate_request(body, count_tokens=count_tokens)
+        else:
+            openai_dialect.validate_request(body)
+        call.model = body["model"]
+        call.stream = bool(body.get("stream")) and not count_tokens
+        call.key.check_model(body["model"])
+        return body  # type: ignore[no-any-return]
+
+    def _route(self, call: _Call, model: str) -> Route:
+        route = self.services.router.resolve(model)
+        call.route = route
+        call.upstream = route.upstream
+        call.target = route.target
+        return route
+
+    async def _handle(self, call: _Call) -> Reply:
+        req = call.req
+        body = self._authenticate_and_parse(call)
+        route = self._route(call, body["model"])
+        if req.dialect == "anthropic":
+            estimate = estimate_anthropic_input(body)
+        else:
+            estimate = estimate_openai_input(body)
+        call.usage = Usage(input_tokens=estimate, estimated=True)
+        assert call.key is not None
+        call.admission = self.services.limiter.admit(call.key, estimate, req.dialect)
+
+        routes = [route] + self._fallback_routes(route)
+        last_error: GatewayError | None = None
+        soonest: float | None = None
+        for candidate in routes:
+            try:
+                upstream = self.services.pool.get(candidate.upstream)
+            except GatewayError as err:
+                last_error = err
+                continue
+            attempt = self._prepare(call, body, candidate, upstream, estimate)
+            for key in upstream.ring.candidates():
+                call.upstream = upstream.name
+                call.upstream_key = key.display or None
+                call.target = candidate.target
+                call.route = candidate
+                try:
+                    resp = await upstream.send(
+                        "messages" if attempt.dialect == "anthropic" else "chat",
+                        attempt.body,
+                        key,
+                        stream=call.stream,
+                        client_headers=req.headers if req.dialect == "anthropic" else None,
+                        parsed=attempt.parsed,
+                        client_dialect=req.dialect,
+                    )
+                except UpstreamError as err:
+                    upstream.ring.mark_failed(key, err.message)
+                    last_error = err
+                    continue
+                if resp.status < 400:
+                    upstream.ring.mark_success(key)
+                    if call.stream:
+                        return self._stream_reply(call, attempt, resp)
+                    return await self._whole_reply(call, attempt, resp)
+                err_body = await resp.read()
+                retry_after = retry_after_seconds(resp.headers)
+                err = self._upstream_error(attempt, resp.status, err_body, retry_after)
+                if resp.status == 429:
+                    upstream.ring.mark_rate_limited(key, retry_after, err.message)
+                elif resp.status in (401, 403):
+                    upstream.ring.mark_rejected(key, resp.status, err.message)
+                elif resp.status >= 500 or resp.status == 408:
+                    upstream.ring.mark_failed(key, err.message)
+                else:
+                    # The client's own mistake: another key or upstream would say the same.
+                    if not attempt.translated:
+                        await self._record(call, err)
+                        return self._relay_error(call, resp.status, resp.headers, err_body)
+                    raise err
+                last_error = err
+            wait = upstream.ring.soonest_recovery()
+            if wait is not None:
+                soonest = wait if soonest is None else min(soonest, wait)
+        raise self._exhausted(last_error, soonest)
+
+    def _fallback_routes(self, route: Route) -> list[Route]:
+        out = []
+        for name in route.fallbacks:
+            try:
+                out.append(self.services.router.resolve(name))
+            except GatewayError:
+                log.warning("fallback model %r of %r does not resolve", name, route.requested)
+        return out
+
+    def _exhausted(self, last: GatewayError | None, soonest: float | None) -> GatewayError:
+        """Every key of every candidate upstream failed or is cooling down."""
+        if last is None or soonest is not None and not isinstance(last, RateLimitedError | OverloadedError):
+            if soonest is not None:
+                return RateLimitedError(
+                    "All upstream keys for this model are cooling down; retry later",
+                    retry_after=soonest,
+                )
+        if last is None:
+            return OverloadedError("No upstream is available for this model")
+        if isinstance(last, RateLimitedError | OverloadedError) and soonest is not None:
+            last.retry_after = soonest
+        return last
+
+    def _options(self, upstream: Upstream, route: Route) -> BackendOptions:
+        spec = upstream.spec
+        return BackendOptions(
+            target_model=route.target,
+            max_tokens_field=spec.max_tokens_field,
+            reasoning=spec.reasoning,
+            top_k=spec.top_k,
+            default_max_tokens=route.settings.max_tokens or 4096,
+            prompt_cache=route.settings.prompt_cache,
+        )
+
+    def _prepare(
+        self, call: _Call, body: dict[str, Any], route: Route, upstream: Upstream, estimate: int
+    ) -> _Attempt:
+        client = call.req.dialect
+        settings = route.settings
+        apply = route_settings.apply_anthropic if client == "anthropic" else route_settings.apply_openai
+        adjusted = apply(
+            body,
+            temperature=settings.temperature,
+            max_tokens=settings.max_tokens,
+            context_window=settings.context_window,
+            params=settings.params,
+            input_tokens=estimate,
+        )
+        dialect = upstream.dialect(client)
+        if dialect == client:
+            out = dict(adjusted, model=route.target)
+            if client == "anthropic":
+                out = strip_unsigned_thinking(out)
+            drop_usage = False
+            if client == "openai" and call.stream:
+                options = out.get("stream_options")
+                if not (isinstance(options, dict) and options.get("include_usage")):
+                    # Ask for usage so it can be accounted; that chunk is not relayed.
+                    out["stream_options"] = dict(options or {}, include_usage=True)
+                    drop_usage = True
+            raw = call.req.body if out == body else orjson.dumps(out)
+            return _Attempt(upstream, route, dialect, raw, drop_usage, False, out)
+        opts = self._options(upstream, route)
+        if client == "anthropic":
+            translated, ctx = a2o.translate_request(adjusted, opts)
+        else:
+            translated, ctx = o2a.translate_request(adjusted, opts)
+        return _Attempt(upstream, route, dialect, orjson.dumps(translated), ctx, True, translated)
+
+    def _upstream_error(
+        self, attempt: _Attempt, status: int, body: bytes, retry_after: float | None
+    ) -> GatewayError:
+        if not attempt.translated:
+            return _passthrough_error(status, body, retry_after)
+        if attempt.dialect == "openai":
+            return a2o.upstream_error(status, body, retry_after)  # type: ignore[no-any-return]
+        return o2a.upstream_error(status, body, retry_after)  # type: ignore[no-any-return]
+
+    def _relay_error(
+        self, call: _Call, status: int, headers: Mapping[str, str], body: bytes
+    ) -> Reply:
+        out = {"Content-Type": headers.get("Content-Type", JSON_TYPE)}
+        for name in ("retry-after", "retry-after-ms", "x-should-retry"):
+            if name in headers:
+                out[name] = headers[name]
+        out.update(self._limit_headers(call))
+        return Reply(status, out, body)
+
+    def _limit_headers(self, call: _Call) -> dict[str, str]:
+        return dict(call.admission.headers) if call.admission is not None else {}
+
+    # -- answers -----------------------------------------------------------------------------
+
+    async def _whole_reply(self, call: _Call, attempt: _Attempt, resp: UpstreamResponse) -> Reply:
+        raw = await resp.read()
+        call.ttft = self._perf() - call.started
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise UpstreamError("upstream sent a response that is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise UpstreamError("upstream sent a response that is not a JSON object")
+        if attempt.dialect == "anthropic":
+            usage = from_anthropic(data.get("usage"))
+            if not isinstance(data.get("usage"), dict):
+                usage = Usage(input_tokens=call.usage.input_tokens, estimated=True)
+        else:
+            found = from_openai(data.get("usage"))
+            usage = found if found is not None else Usage(call.usage.input_tokens, estimated=True)
+        call.usage = usage
+        if attempt.translated:
+            if attempt.dialect == "openai":
+                out = a2o.translate_response(data, attempt.ctx)
+            else:
+                out = o2a.translate_response(data, attempt.ctx)
+            raw = orjson.dumps(out)
+        await self._record(call, None)
+        headers = {"Content-Type": JSON_TYPE}
+        headers.update(self._limit_headers(call))
+        return Reply(200, headers, raw)
+
+    def _stream_reply(self, call: _Call, attempt: _Attempt, resp: UpstreamResponse) -> Reply:
+        headers = {"Content-Type": SSE_TYPE, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        headers.update(self._limit_headers(call))
+        if attempt.translated:
+            body = self._translated_stream(call, attempt, resp)
+        else:
+            body = self._relayed_stream(call, attempt, resp)
+        return Reply(200, headers, stream=body)
+
+    async def _translated_stream(
+        self, call: _Call, attempt: _Attempt, resp: UpstreamResponse
+    ) -> AsyncIterator[bytes]:
+        client = call.req.dialect
+        if attempt.dialect == "openai":
+            translator: Any = a2o_stream.StreamTranslator(attempt.ctx)
+        else:
+            translator = o2a_stream.StreamTranslator(attempt.ctx)
+        parser = SSEParser()
+        status, err = "ok", None
+        try:
+            while not translator.done:
+                try:
+                    async with asyncio.timeout(HEARTBEAT_SECONDS):
+                        chunk = await resp.read_chunk()
+                except TimeoutError:
+                    out = translator.ping()
+                else:
+                    if not chunk:
+                        out = []
+                        for event in parser.finish():
+                            out += translator.feed(event)
+                        out += translator.finish()
+                        if out:
+                            self._first_byte(call)
+                            yield b"".join(out)
+                        break
+                    out = []
+                    for event in parser.feed(chunk):
+                        out += translator.feed(event)
+                if out:
+                    self._first_byte(call)
+                    yield b"".join(out)
+            if translator.error is not None:
+                status, err = "error", translator.error
+        except GatewayError as exc:
+            status, err = "error", exc
+            tail = translator.finish() if not translator.done else []
+            if not translator.done or not tail:
+                tail = [_stream_error_bytes(client, exc)]
+            yield b"".join(tail)
+        except (asyncio.CancelledError, GeneratorExit):
+            status = "client_closed"
+            raise
+        finally:
+            resp.close()
+            call.usage = translator.usage
+            await self._record(
+                call, err, status=status, http_status=499 if status == "client_closed" else 200
+            )
+
+    async def _relayed_stream(
+        self, call: _Call, attempt: _Attempt, resp: UpstreamResponse
+    ) -> AsyncIterator[bytes]:
+        client = call.req.dialect
+        sniffer: AnthropicSniffer | OpenAISniffer
+        if client == "anthropic":
+            sniffer = AnthropicSniffer()
+            keepalive = ANTHROPIC_PING
+        else:
+            sniffer = OpenAISniffer()
+            keepalive = OPENAI_KEEPALIVE
+        drop_usage_chunk = bool(attempt.ctx)
+        parser = SSEParser()
+        status, err = "ok", None
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(HEARTBEAT_SECONDS):
+                        chunk = await resp.read_chunk()
+                except TimeoutError:
+                    self._first_byte(call)
+                    yield keepalive
+                    continue
+                if not chunk:
+                    for event in parser.finish():
+                        sniffer.feed(event)
+                    break
+                events = parser.feed(chunk)
+                if drop_usage_chunk:
+                    assert isinstance(sniffer, OpenAISniffer)
+                    kept = [e for e in events if not sniffer.feed(e)]
+                    if len(kept) != len(events):
+                        chunk = b"".join(b"data: " + e.data.encode() + b"\n\n" for e in kept)
+                else:
+                    for event in events:
+                        sniffer.feed(event)
+                if chunk:
+                    self._first_byte(call)
+                    yield chunk
+            if sniffer.error is not None:
+                status = "error"
+                err = from_upstream_status(
+                    529 if sniffer.error.get("type") == "overloaded_error" else 502,
+                    str(sniffer.error.get("message", "upstream stream error")),
+                )
+            elif not sniffer.completed:
+                status = "error"
+                err = UpstreamError("upstream stream ended before completion")
+        except GatewayError as exc:
+            status, err = "error", exc
+            yield _stream_error_bytes(client, exc)
+        except (asyncio.CancelledError, GeneratorExit):
+            status = "client_closed"
+            raise
+        finally:
+            resp.close()
+            usage = sniffer.usage
+            if client == "openai" and not sniffer.saw_usage:
+                usage = Usage(input_tokens=call.usage.input_tokens, estimated=True)
+            call.usage = usage
+            await self._record(
+                call, err, status=status, http_status=499 if status == "client_closed" else 200
+            )
+
+    def _first_byte(self, call: _Call) -> None:
+        if call.ttft is None:
+            call.ttft = self._perf() - call.started
+
+    # -- count_tokens --------------------------------------------------------------------------
+
+    async def _count(
+        self, upstream: Upstream, route: Route, body: dict[str, Any], req: ApiRequest
+    ) -> int:
+        estimate = estimate_anthropic_input(body)
+        spec = upstream.spec
+        keys = upstream.ring.candidates()
+        if not keys:
+            return estimate
+        key = keys[0]
+        try:
+            if spec.kind == "anthropic":
+                out = dict(body, model=route.target)
+                resp = await upstream.send(
+                    "count_tokens",
+                    orjson.dumps(strip_unsigned_thinking(out)),
+                    key,
+                    stream=False,
+                    client_headers=req.headers,
+                )
+                raw = await resp.read()
+                if resp.status < 400:
+                    count = orjson.loads(raw).get("input_tokens")
+                    if isinstance(count, int) and count > 0:
+                        return count
+                elif 400 <= resp.status < 500 and resp.status not in (401, 403, 404, 429):
+                    raise _passthrough_error(resp.status, raw, None)
+            elif spec.kind == "openai" and spec.tokenize_url:
+                translated = a2o.count_tokens_request(body, self._options(upstream, route))
+                resp = await upstream.tokenize(orjson.dumps(translated), key)
+                raw = await resp.read()
+                if resp.status < 400:
+                    data = orjson.loads(raw)
+                    count = data.get("count")
+                    if not isinstance(count, int):
+                        tokens = data.get("tokens")
+                        count = len(tokens) if isinstance(tokens, list) else None
+                    if isinstance(count, int) and count > 0:
+                        return count
+        except (UpstreamError, orjson.JSONDecodeError, AttributeError) as exc:
+            log.info("token count from %s failed, using the local estimate: %s", upstream.name, exc)
+        return estimate
+
+    # -- accounting ----------------------------------------------------------------------------
+
+    async def _record(
+        self,
+        call: _Call,
+        err: GatewayError | None,
+        *,
+        status: str | None = None,
+        http_status: int | None = None,
+    ) -> None:
+        if call.recorded:
+            return
+        call.recorded = True
+        req = call.req
+        if status is None:
+            if err is None:
+                status = "ok"
+            elif isinstance(err, RateLimitedError):
+                status = "rate_limited"
+            else:
+                status = "error"
+        if http_status is None:
+            http_status = err.status if err is not None else 200
+        usage = call.usage
+        if call.admission is not None:
+            self.services.limiter.settle(call.admission, usage.prompt_tokens + usage.output_tokens)
+        error_type = None
+        if err is not None:
+            error_type = anthropic_dialect.error_type(err)
+        elif status == "client_closed":
+            error_type = "client_closed"
+        record = UsageRecord(
+            time=self.services.now(),
+            request_id=req.request_id,
+            client_dialect=req.dialect,
+            endpoint=req.endpoint,
+            key_id=call.key.id if call.key else None,
+            key_name=call.key.name if call.key else None,
+            requested_model=call.model,
+            upstream=call.upstream,
+            upstream_key=call.upstream_key,
+            target_model=call.target,
+            stream=call.stream,
+            status=status,
+            http_status=http_status,
+            error_type=error_type,
+            error_message=err.message[:1000] if err is not None else None,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_read_tokens=usage.cache_read_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            tokens_estimated=usage.estimated,
+            latency_ms=(self._perf() - call.started) * 1000,
+            ttft_ms=call.ttft * 1000 if call.ttft is not None else None,
+        )
+        await self.services.recorder.record(record)

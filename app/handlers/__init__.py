@@ -1,0 +1,1 @@
+"""Thin Tornado handlers: parse, call the gateway or a db function, write."""

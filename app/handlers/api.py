@@ -1,0 +1,271 @@
+"""The proxy API endpoints (both dialects), health, and the dialect-aware 404.
+
+Handlers only move bytes: the request body and headers go to `Gateway`, its
+`Reply` comes back out. A client that disconnects cancels its request, which
+cancels the upstream call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from typing import Any
+
+import orjson
+import tornado.web
+from tornado.iostream import StreamClosedError
+
+from app import __version__
+from app.auth import presented_key
+from app.dialects import anthropic as anthropic_dialect
+from app.dialects import openai as openai_dialect
+from app.errors import (
+    GatewayError,
+    InternalError,
+    MethodNotAllowedError,
+    NotFoundError,
+    PayloadTooLargeError,
+)
+from app.gateway import ApiRequest, Gateway, Reply, error_reply
+from app.services import Services
+
+
+def new_request_id() -> str:
+    return "req_" + secrets.token_hex(12)
+
+
+def guess_dialect(request: tornado.httputil.HTTPServerRequest) -> str:
+    """For paths that do not say: Anthropic when the client sends Anthropic's headers."""
+    path = request.path
+    if path.startswith("/anthropic/"):
+        return "anthropic"
+    if path.startswith("/openai/"):
+        return "openai"
+    headers = request.headers
+    if "anthropic-version" in headers or "X-Api-Key" in headers:
+        return "anthropic"
+    return "openai"
+
+
+class BaseApiHandler(tornado.web.RequestHandler):
+    """Knows its dialect; renders every error in that dialect's envelope."""
+
+    dialect = "openai"
+
+    def initialize(self, services: Services, gateway: Gateway, dialect: str | None = None) -> None:
+        self.services = services
+        self.gateway = gateway
+        if dialect is not None:
+            self.dialect = dialect
+        self.request_id = new_request_id()
+        self._task: asyncio.Task[Any] | None = None
+
+    def check_xsrf_cookie(self) -> None:
+        """API calls authenticate with keys, not cookies: no XSRF token to check."""
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.clear_header("Server")
+
+    def _id_headers(self) -> None:
+        self.set_header("request-id", self.request_id)
+        self.set_header("x-request-id", self.request_id)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Tornado-level failures (405, internal errors) in the dialect's envelope."""
+        err: GatewayError
+        if status_code == 405:
+            err = MethodNotAllowedError(f"Method {self.request.method} is not allowed on {self.request.path}")
+        elif status_code == 404:
+            err = NotFoundError(f"No such endpoint: {self.request.method} {self.request.path}")
+        elif status_code == 413:
+            err = PayloadTooLargeError("Request body is too large")
+        else:
+            err = InternalError("internal error")
+        self._write_plain(error_reply(self.dialect, err, self.request_id))
+
+    def _write_plain(self, reply: Reply) -> None:
+        self.set_status(reply.status)
+        self._id_headers()
+        for name, value in reply.headers.items():
+            self.set_header(name, value)
+        self.finish(reply.body)
+
+    async def write_reply(self, reply: Reply) -> None:
+        if reply.stream is None:
+            self._write_plain(reply)
+            return
+        self.set_status(reply.status)
+        self._id_headers()
+        for name, value in reply.headers.items():
+            self.set_header(name, value)
+        stream = reply.stream
+        try:
+            async for chunk in stream:
+                self.write(chunk)
+                await self.flush()
+        except StreamClosedError:
+            pass
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+        if not self.request.connection.stream.closed():  # type: ignore[union-attr]
+            self.finish()
+
+    def on_connection_close(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+
+@tornado.web.stream_request_body
+class ProxyHandler(BaseApiHandler):
+    """``POST /v1/messages``, ``/v1/chat/completions``, ``/v1/messages/count_tokens``."""
+
+    def initialize(  # type: ignore[override]
+        self, services: Services, gateway: Gateway, dialect: str, endpoint: str
+    ) -> None:
+        super().initialize(services, gateway, dialect)
+        self.endpoint = endpoint
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._too_large = False
+
+    def prepare(self) -> None:
+        limit = self.services.settings.max_body_bytes
+        length = self.request.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            self._too_large = True
+            self._write_plain(error_reply(self.dialect, self._payload_error(), self.request_id))
+            return
+        self.request.connection.set_max_body_size(limit + 1)  # type: ignore[union-attr]
+
+    def _payload_error(self) -> PayloadTooLargeError:
+        limit = self.services.settings.max_body_bytes
+        return PayloadTooLargeError(f"Request body exceeds the {limit // (1024 * 1024)} MiB limit")
+
+    def data_received(self, chunk: bytes) -> None:
+        self._size += len(chunk)
+        if self._size > self.services.settings.max_body_bytes:
+            self._too_large = True
+            self._chunks = []
+            return
+        self._chunks.append(chunk)
+
+    async def post(self) -> None:
+        if self._too_large:
+            if not self._finished:
+                self._write_plain(error_reply(self.dialect, self._payload_error(), self.request_id))
+            return
+        self._task = asyncio.current_task()
+        req = ApiRequest(
+            dialect=self.dialect,
+            endpoint=self.endpoint,
+            body=b"".join(self._chunks),
+            headers=self.request.headers,
+            request_id=self.request_id,
+        )
+        self._chunks = []
+        try:
+            if self.endpoint == "count_tokens":
+                reply = await self.gateway.count_tokens(req)
+            else:
+                reply = await self.gateway.handle(req)
+            await self.write_reply(reply)
+        except asyncio.CancelledError:
+            # The client went away; the gateway has recorded it and closed the upstream call.
+            return
+
+
+class ModelsHandler(BaseApiHandler):
+    """``GET /v1/models`` (shape by ``anthropic-version``) and ``GET /v1/models/{id}``."""
+
+    def initialize(  # type: ignore[override]
+        self, services: Services, gateway: Gateway, dialect: str | None = None
+    ) -> None:
+        super().initialize(services, gateway, dialect)
+        self.fixed = dialect is not None
+
+    def _authenticate(self) -> None:
+        self.services.keys.authenticate(presented_key(self.request.headers), self.services.now())
+
+    def _names(self) -> list[str]:
+        names = self.services.router.public_names()
+        if not names and self.services.settings.echo_default:
+            names = ["echo"]
+        return names
+
+    def get(self, model_id: str | None = None) -> None:
+        if not self.fixed:
+            self.dialect = "anthropic" if "anthropic-version" in self.request.headers else "openai"
+        try:
+            self._authenticate()
+            names = self._names()
+            if model_id is not None:
+                if model_id not in names:
+                    try:
+                        self.services.router.resolve(model_id)
+                    except GatewayError:
+                        raise NotFoundError(f"model {model_id!r} not found") from None
+                body: Any = (
+                    anthropic_dialect.model_info(model_id, self.services.started_at)
+                    if self.dialect == "anthropic"
+                    else openai_dialect.model_object(model_id, int(self.services.started_at))
+                )
+            elif self.dialect == "anthropic":
+                limit_raw = self.get_query_argument("limit", "20")
+                limit = int(limit_raw) if limit_raw.isdigit() else 20
+                body = anthropic_dialect.models_page(
+                    names,
+                    limit=limit,
+                    after_id=self.get_query_argument("after_id", None),
+                    before_id=self.get_query_argument("before_id", None),
+                    created=self.services.started_at,
+                )
+            else:
+                body = openai_dialect.models_list(
+                    [(n, "bridgekeeper") for n in names], created=int(self.services.started_at)
+                )
+        except GatewayError as err:
+            self._write_plain(error_reply(self.dialect, err, self.request_id))
+            return
+        self._id_headers()
+        self.finish(orjson.dumps(body))
+
+
+class HealthHandler(tornado.web.RequestHandler):
+    def initialize(self, services: Services) -> None:
+        self.services = services
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish(
+            orjson.dumps(
+                {
+                    "status": "ok",
+                    "version": __version__,
+                    "upstreams": self.services.pool.names(),
+                    "usage_pending": self.services.recorder.pending,
+                }
+            )
+        )
+
+
+class HelloHandler(tornado.web.RequestHandler):
+    """Claude Code warms its connection with ``HEAD /api/hello``."""
+
+    def head(self) -> None:
+        self.set_status(200)
+
+    def get(self) -> None:
+        self.finish({"status": "ok"})
+
+
+class NotFoundHandler(BaseApiHandler):
+    """Unknown paths: 404 in the dialect the path or headers suggest."""
+
+    def initialize(self, services: Services, gateway: Gateway, dialect: str | None = None) -> None:  # type: ignore[override]
+        super().initialize(services, gateway, dialect)
+        self.dialect = guess_dialect(self.request)
+
+    def prepare(self) -> None:
+        err = NotFoundError(f"No such endpoint: {self.request.method} {self.request.path}")
+        self._write_plain(error_reply(self.dialect, err, self.request_id))

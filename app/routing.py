@@ -1,0 +1,158 @@
+"""Public model name -> route: upstream, target model, per-model settings and fallbacks.
+
+Resolution order: an exact name, then globs in the admin's order, then an
+inline ``upstream:model?temperature=0.7&max_tokens=...``, then the default
+upstream. Everything here is in memory; the server rebuilds the Router when
+routes or upstreams change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Any
+from urllib.parse import parse_qsl
+
+from app.errors import NotFoundError
+
+_GLOB_CHARS = frozenset("*?[")
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSettings:
+    """Per-model settings applied on every path, translated or passed through."""
+
+    temperature: float | None = None
+    max_tokens: int | None = None
+    context_window: int | None = None
+    prompt_cache: bool = False
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSpec:
+    """One configured route (a row of ``model_routes`` or a ``[[models]]`` entry)."""
+
+    name: str
+    upstream: str
+    target: str | None = None
+    settings: RouteSettings = RouteSettings()
+    fallbacks: tuple[str, ...] = ()
+    enabled: bool = True
+
+    @property
+    def is_glob(self) -> bool:
+        return any(c in _GLOB_CHARS for c in self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where one requested model goes."""
+
+    requested: str
+    upstream: str
+    target: str
+    settings: RouteSettings
+    fallbacks: tuple[str, ...] = ()
+    matched: str = ""  # the route name or glob that matched, "inline" or "default"
+
+
+_INLINE_NUMBERS: dict[str, type] = {
+    "temperature": float,
+    "max_tokens": int,
+    "context_window": int,
+}
+
+
+def _parse_inline(name: str, upstreams: Iterable[str]) -> tuple[str, str, RouteSettings] | None:
+    upstream, sep, rest = name.partition(":")
+    if not sep or upstream not in set(upstreams) or not rest:
+        return None
+    model, _, query = rest.partition("?")
+    if not model:
+        return None
+    values: dict[str, Any] = {}
+    params: dict[str, Any] = {}
+    for key, raw in parse_qsl(query, keep_blank_values=False):
+        cast = _INLINE_NUMBERS.get(key)
+        try:
+            if cast is not None:
+                values[key] = cast(raw)
+            else:
+                params[key] = float(raw) if raw.replace(".", "", 1).isdigit() else raw
+        except ValueError:
+            raise NotFoundError(f"model {name!r}: parameter {key}={raw!r} is not a number") from None
+    return upstream, model, RouteSettings(params=params, **values)
+
+
+class Router:
+    """Resolves requested model names; built from route specs and the upstream names."""
+
+    def __init__(
+        self,
+        routes: Iterable[RouteSpec],
+        upstreams: Iterable[str],
+        *,
+        default_upstream: str | None = None,
+        default_model: str | None = None,
+        defaults: RouteSettings = RouteSettings(),
+    ) -> None:
+        enabled = [r for r in routes if r.enabled]
+        self._exact = {r.name: r for r in enabled if not r.is_glob}
+        self._globs = [r for r in enabled if r.is_glob]
+        self._routes = enabled
+        self._upstreams = tuple(upstreams)
+        self._default_upstream = default_upstream
+        self._default_model = default_model
+        self._defaults = defaults
+
+    def _with_defaults(self, s: RouteSettings) -> RouteSettings:
+        d = self._defaults
+        return RouteSettings(
+            temperature=s.temperature if s.temperature is not None else d.temperature,
+            max_tokens=s.max_tokens if s.max_tokens is not None else d.max_tokens,
+            context_window=s.context_window,
+            prompt_cache=s.prompt_cache,
+            params=s.params,
+        )
+
+    def _route(self, requested: str, spec: RouteSpec, matched: str) -> Route:
+        return Route(
+            requested=requested,
+            upstream=spec.upstream,
+            target=spec.target or requested,
+            settings=self._with_defaults(spec.settings),
+            fallbacks=spec.fallbacks,
+            matched=matched,
+        )
+
+    def resolve(self, model: str) -> Route:
+        """The route for ``model``; NotFoundError naming the models that exist."""
+        spec = self._exact.get(model)
+        if spec is not None:
+            return self._route(model, spec, spec.name)
+        for spec in self._globs:
+            if fnmatchcase(model, spec.name):
+                return self._route(model, spec, spec.name)
+        inline = _parse_inline(model, self._upstreams)
+        if inline is not None:
+            upstream, target, settings = inline
+            return Route(model, upstream, target, self._with_defaults(settings), (), "inline")
+        if self._default_upstream is not None:
+            return Route(
+                requested=model,
+                upstream=self._default_upstream,
+                target=self._default_model or model,
+                settings=self._with_defaults(RouteSettings()),
+                matched="default",
+            )
+        known = ", ".join(self.public_names()) or "none are configured"
+        raise NotFoundError(f"model {model!r} not found; available models: {known}")
+
+    def public_names(self) -> list[str]:
+        """Routable names without glob characters, in route order: what /v1/models lists."""
+        return [r.name for r in self._routes if not r.is_glob]
+
+    def routes(self) -> list[RouteSpec]:
+        return list(self._routes)

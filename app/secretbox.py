@@ -1,0 +1,56 @@
+"""Upstream API keys encrypted at rest with Fernet, and how they are masked for display.
+
+The Fernet key comes from ``BRIDGEKEEPER_SECRET_KEY`` or a file created with mode
+0600 beside the SQLite database (or in the working directory for other databases).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cryptography.fernet import Fernet, InvalidToken
+
+
+def mask(secret: str) -> str:
+    """Only the last 4 characters are ever shown again."""
+    return "…" + secret[-4:] if len(secret) > 4 else "…"
+
+
+def key_file_for(db_path: Path | None) -> Path:
+    if db_path is not None:
+        return db_path.with_name(db_path.name + ".secret")
+    return Path("bridgekeeper.secret")
+
+
+def load_or_create_key(configured: str | None, path: Path) -> bytes:
+    """The configured key, else the one in ``path``, else a new one written there as 0600."""
+    if configured:
+        return configured.encode()
+    if path.exists():
+        return path.read_bytes().strip()
+    key = Fernet.generate_key()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(key + b"\n")
+    return key
+
+
+class SecretBox:
+    """Encrypts and decrypts upstream secrets."""
+
+    def __init__(self, key: bytes) -> None:
+        self._fernet = Fernet(key)
+
+    def encrypt(self, secret: str) -> str:
+        return self._fernet.encrypt(secret.encode("utf-8")).decode("ascii")
+
+    def decrypt(self, token: str) -> str:
+        try:
+            return self._fernet.decrypt(token.encode("ascii")).decode("utf-8")
+        except InvalidToken:
+            raise ValueError(
+                "an upstream key cannot be decrypted: BRIDGEKEEPER_SECRET_KEY or the "
+                "secret file changed since it was stored"
+            ) from None

@@ -1,0 +1,543 @@
+"""Settings: the config file, the environment (and ``.env``) and command-line flags, merged once.
+
+Precedence, highest first: flags, environment, ``.env``, config file, defaults.
+Nothing else in the program reads ``os.environ``. A malformed file stops start-up
+with a one-line `ConfigError` naming the file, the entry and the problem.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+KINDS = ("openai", "anthropic", "echo")
+ROTATIONS = ("ordered", "round_robin")
+REASONING = ("replay", "strip", "off")
+MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens")
+DEFAULT_ANTHROPIC_URL = "https://api.anthropic.com"
+DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
+DEFAULT_REQUEST_TIMEOUT = 600.0
+
+
+class ConfigError(Exception):
+    """A configuration problem, printed as one line and exit status 2."""
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    name: str
+    kind: str
+    base_url: str = ""
+    keys: tuple[str, ...] = ()
+    rotation: str = "ordered"
+    timeout: float = 60.0
+    reasoning: str = "strip"
+    top_k: bool = False
+    tokenize_url: str | None = None
+    max_tokens_field: str = "max_tokens"
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    name: str
+    upstream: str
+    target: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    context_window: int | None = None
+    fallbacks: tuple[str, ...] = ()
+    prompt_cache: bool = False
+    params: Mapping[str, Any] = field(default_factory=dict)
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class KeyConfig:
+    name: str
+    key: str
+    rpm: int | None = None
+    tpm: int | None = None
+    models: tuple[str, ...] = ()
+    expires: date | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the gateway is configured with; built once by `load_settings`."""
+
+    host: str = field(default="127.0.0.1", metadata=_help("address the main listener binds"))
+    port: int = field(default=8000, metadata=_help("port of the main listener"))
+    anthropic_port: int | None = field(
+        default=None, metadata=_help("optional second port with the Anthropic dialect at the root")
+    )
+    database_url: str = field(
+        default="sqlite:///bridgekeeper.db", metadata=_help("any SQLAlchemy URL")
+    )
+    admin_password: str | None = field(
+        default=None, metadata=_help("password of the first admin; generated when unset")
+    )
+    default_upstream: str | None = field(
+        default=None, metadata=_help("upstream for model names no route matches")
+    )
+    default_model: str | None = field(
+        default=None,
+        metadata=_help("ANTHROPIC_MODEL: target model for names sent to the default upstream"),
+    )
+    max_body_mb: float = field(default=32, metadata=_help("request bodies above this get 413"))
+    grace_seconds: float = field(
+        default=30, metadata=_help("on SIGTERM, how long in-flight requests may finish")
+    )
+    secret_key: str | None = field(
+        default=None,
+        metadata=_help("Fernet key for upstream secrets at rest; else a 0600 file beside the db"),
+    )
+    request_timeout: float = field(
+        default=DEFAULT_REQUEST_TIMEOUT, metadata=_help("default upstream timeout in seconds (REQUEST_TIMEOUT)")
+    )
+    default_rpm: int | None = field(
+        default=None, metadata=_help("requests per minute for keys without their own limit")
+    )
+    default_tpm: int | None = field(
+        default=None, metadata=_help("tokens per minute for keys without their own limit")
+    )
+    default_temperature: float | None = field(
+        default=None, metadata=_help("MODEL_TEMPERATURE: temperature when neither client nor route sets one")
+    )
+    default_max_tokens: int | None = field(
+        default=None, metadata=_help("MAX_TOKENS: max-token cap when the route sets none")
+    )
+    usage_flush_seconds: float = field(
+        default=1.0, metadata=_help("how often buffered usage events are written")
+    )
+    usage_buffer_size: int = field(
+        default=10000, metadata=_help("usage events held in memory before back-pressure")
+    )
+    retention_days: int | None = field(
+        default=None, metadata=_help("delete raw usage events older than this (roll-ups stay)")
+    )
+    metrics_token: str | None = field(
+        default=None, metadata=_help("bearer token for /metrics; without it only loopback may read")
+    )
+    log_level: str = field(default="INFO", metadata=_help("logging level"))
+    proxy_key: str | None = field(
+        default=None, metadata=_help("CLAUDE_PROXY_API_KEY: one proxy key, upserted as 'default'")
+    )
+    config_path: str | None = field(default=None, metadata=_help("the TOML file read, if any"))
+    echo_default: bool = field(
+        default=False, metadata=_help("true when nothing was configured and echo serves all")
+    )
+    upstreams: tuple[UpstreamConfig, ...] = ()
+    models: tuple[ModelConfig, ...] = ()
+    keys: tuple[KeyConfig, ...] = ()
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+
+# -- parsing helpers ---------------------------------------------------------------------------
+
+
+class _Where:
+    """Formats ``file: entry: problem`` for ConfigError."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def error(self, entry: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.path}: {entry}: {problem}")
+
+
+def _expect(where: _Where, entry: str, value: Any, types: Any, what: str) -> Any:
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        raise where.error(entry, f"expected {what}, got {value!r}")
+    if not isinstance(value, types):
+        raise where.error(entry, f"expected {what}, got {value!r}")
+    return value
+
+
+def _opt_int(where: _Where, entry: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    return int(_expect(where, entry, value, int, "an integer"))
+
+
+def _opt_float(where: _Where, entry: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    return float(_expect(where, entry, value, (int, float), "a number"))
+
+
+def _choice(where: _Where, entry: str, value: Any, options: tuple[str, ...]) -> str:
+    if value not in options:
+        raise where.error(entry, f"unknown value {value!r} (expected {', '.join(options)})")
+    return str(value)
+
+
+def _strings(where: _Where, entry: str, value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise where.error(entry, f"expected a list of strings, got {value!r}")
+    return tuple(value)
+
+
+def _resolve_secret(where: _Where, entry: str, value: str, env: Mapping[str, str]) -> str:
+    if value.startswith("env:"):
+        name = value[4:]
+        if name not in env:
+            raise where.error(entry, f"environment variable {name} is not set")
+        return env[name]
+    return value
+
+
+def _check_keys(where: _Where, entry: str, table: dict[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise where.error(entry, f"unknown setting {unknown[0]!r}")
+
+
+_UPSTREAM_FIELDS = {f.name for f in fields(UpstreamConfig)}
+_MODEL_FIELDS = {f.name for f in fields(ModelConfig)}
+_KEY_FIELDS = {"name", "key", "rpm", "tpm", "models", "expires"}
+_SERVER_FIELDS = {
+    "host",
+    "port",
+    "anthropic_port",
+    "database_url",
+    "admin_password",
+    "default_upstream",
+    "default_model",
+    "max_body_mb",
+    "grace_seconds",
+    "secret_key",
+    "request_timeout",
+    "default_rpm",
+    "default_tpm",
+    "default_temperature",
+    "default_max_tokens",
+    "usage_flush_seconds",
+    "usage_buffer_size",
+    "retention_days",
+    "metrics_token",
+    "log_level",
+}
+
+
+def _parse_upstream(
+    where: _Where, i: int, table: Any, env: Mapping[str, str], default_timeout: float
+) -> UpstreamConfig:
+    entry = f"upstreams[{i}]"
+    if not isinstance(table, dict):
+        raise where.error(entry, "expected a table")
+    name = table.get("name")
+    if not isinstance(name, str) or not name:
+        raise where.error(entry, "'name' is required")
+    entry = f"upstreams[{i}] ({name})"
+    _check_keys(where, entry, table, _UPSTREAM_FIELDS)
+    kind = table.get("kind")
+    if kind not in KINDS:
+        raise where.error(entry, f"unknown kind {kind!r} (expected openai, anthropic or echo)")
+    base_url = table.get("base_url")
+    if base_url is None:
+        base_url = {"openai": DEFAULT_OPENAI_URL, "anthropic": DEFAULT_ANTHROPIC_URL}.get(kind, "")
+    _expect(where, f"{entry}.base_url", base_url, str, "a URL string")
+    keys = tuple(
+        _resolve_secret(where, f"{entry}.keys", k, env)
+        for k in _strings(where, f"{entry}.keys", table.get("keys"))
+    )
+    timeout = _opt_float(where, f"{entry}.timeout", table.get("timeout"))
+    tokenize_url = table.get("tokenize_url")
+    if tokenize_url is not None:
+        _expect(where, f"{entry}.tokenize_url", tokenize_url, str, "a URL string")
+    return UpstreamConfig(
+        name=name,
+        kind=kind,
+        base_url=base_url.rstrip("/"),
+        keys=keys,
+        rotation=_choice(where, f"{entry}.rotation", table.get("rotation", "ordered"), ROTATIONS),
+        timeout=timeout if timeout is not None else default_timeout,
+        reasoning=_choice(where, f"{entry}.reasoning", table.get("reasoning", "strip"), REASONING),
+        top_k=bool(_expect(where, f"{entry}.top_k", table.get("top_k", False), bool, "true/false")),
+        tokenize_url=tokenize_url,
+        max_tokens_field=_choice(
+            where,
+            f"{entry}.max_tokens_field",
+            table.get("max_tokens_field", "max_tokens"),
+            MAX_TOKENS_FIELDS,
+        ),
+        enabled=bool(
+            _expect(where, f"{entry}.enabled", table.get("enabled", True), bool, "true/false")
+        ),
+    )
+
+
+def _parse_model(where: _Where, i: int, table: Any) -> ModelConfig:
+    entry = f"models[{i}]"
+    if not isinstance(table, dict):
+        raise where.error(entry, "expected a table")
+    name = table.get("name")
+    if not isinstance(name, str) or not name:
+        raise where.error(entry, "'name' is required")
+    entry = f"models[{i}] ({name})"
+    _check_keys(where, entry, table, _MODEL_FIELDS)
+    upstream = table.get("upstream")
+    if not isinstance(upstream, str) or not upstream:
+        raise where.error(entry, "'upstream' is required")
+    target = table.get("target")
+    if target is not None:
+        _expect(where, f"{entry}.target", target, str, "a string")
+    params = table.get("params", {})
+    _expect(where, f"{entry}.params", params, dict, "a table")
+    return ModelConfig(
+        name=name,
+        upstream=upstream,
+        target=target,
+        max_tokens=_opt_int(where, f"{entry}.max_tokens", table.get("max_tokens")),
+        temperature=_opt_float(where, f"{entry}.temperature", table.get("temperature")),
+        context_window=_opt_int(where, f"{entry}.context_window", table.get("context_window")),
+        fallbacks=_strings(where, f"{entry}.fallbacks", table.get("fallbacks")),
+        prompt_cache=bool(
+            _expect(where, f"{entry}.prompt_cache", table.get("prompt_cache", False), bool, "true/false")
+        ),
+        params=dict(params),
+        enabled=bool(_expect(where, f"{entry}.enabled", table.get("enabled", True), bool, "true/false")),
+    )
+
+
+def parse_date(where: _Where, entry: str, value: Any) -> date | None:
+    if value is None or isinstance(value, date):
+        return value
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            pass
+    raise where.error(entry, f"expected a date YYYY-MM-DD, got {value!r}")
+
+
+def _parse_key(where: _Where, i: int, table: Any, env: Mapping[str, str]) -> KeyConfig:
+    entry = f"keys[{i}]"
+    if not isinstance(table, dict):
+        raise where.error(entry, "expected a table")
+    name = table.get("name")
+    if not isinstance(name, str) or not name:
+        raise where.error(entry, "'name' is required")
+    entry = f"keys[{i}] ({name})"
+    _check_keys(where, entry, table, _KEY_FIELDS)
+    key = table.get("key")
+    if not isinstance(key, str) or len(key) < 8:
+        raise where.error(entry, "'key' is required (at least 8 characters)")
+    return KeyConfig(
+        name=name,
+        key=_resolve_secret(where, f"{entry}.key", key, env),
+        rpm=_opt_int(where, f"{entry}.rpm", table.get("rpm")),
+        tpm=_opt_int(where, f"{entry}.tpm", table.get("tpm")),
+        models=_strings(where, f"{entry}.models", table.get("models")),
+        expires=parse_date(where, f"{entry}.expires", table.get("expires")),
+    )
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """``KEY=value`` lines of a ``.env`` file; quotes stripped, comments and blanks skipped."""
+    out: dict[str, str] = {}
+    if not path.is_file():
+        return out
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        if line.startswith("export "):
+            line = line[7:].lstrip()
+        key, _, value = line.partition("=")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        out[key.strip()] = value
+    return out
+
+
+def _numbered(env: Mapping[str, str], base: str) -> list[str]:
+    """``BASE`` then ``BASE_1..N`` in numeric order: the rotation order of env keys."""
+    found: list[tuple[int, str]] = []
+    pattern = re.compile(re.escape(base) + r"_(\d+)$")
+    for name, value in env.items():
+        match = pattern.match(name)
+        if match and value:
+            found.append((int(match.group(1)), value))
+    keys = [env[base]] if env.get(base) else []
+    return keys + [v for _, v in sorted(found)]
+
+
+def _env_number(env: Mapping[str, str], name: str, cast: Any) -> Any:
+    value = env.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        return cast(value)
+    except ValueError:
+        raise ConfigError(f"environment: {name}: expected a number, got {value!r}") from None
+
+
+def load_settings(
+    *,
+    config_path: str | None = None,
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Settings:
+    """Merge file, ``.env``, environment and flags into one frozen Settings."""
+    base_env = dict(os.environ if environ is None else environ)
+    env = {**read_dotenv((cwd or Path.cwd()) / ".env"), **base_env}
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+
+    path = flags.get("config") or config_path or env.get("BRIDGEKEEPER_CONFIG")
+    data: dict[str, Any] = {}
+    if path:
+        where = _Where(str(path))
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    where = _Where(str(path or "config"))
+
+    _check_keys(where, "top level", data, {"server", "upstreams", "models", "keys"})
+    server = data.get("server", {})
+    if not isinstance(server, dict):
+        raise where.error("server", "expected a table")
+    _check_keys(where, "server", server, _SERVER_FIELDS)
+
+    values: dict[str, Any] = {}
+    for name in _SERVER_FIELDS:
+        if name in server:
+            values[name] = server[name]
+    for name in ("host", "database_url", "admin_password", "default_upstream", "default_model",
+                 "secret_key", "metrics_token", "log_level"):
+        if name in values and values[name] is not None and not isinstance(values[name], str):
+            raise where.error(f"server.{name}", f"expected a string, got {values[name]!r}")
+    for name in ("port", "anthropic_port", "default_rpm", "default_tpm", "default_max_tokens",
+                 "usage_buffer_size", "retention_days"):
+        if name in values:
+            _opt_int(where, f"server.{name}", values[name])
+    for name in ("max_body_mb", "grace_seconds", "request_timeout", "default_temperature",
+                 "usage_flush_seconds"):
+        if name in values:
+            _opt_float(where, f"server.{name}", values[name])
+
+    env_map = {
+        "BRIDGEKEEPER_HOST": ("host", str),
+        "BRIDGEKEEPER_PORT": ("port", int),
+        "ANTHROPIC_PORT": ("anthropic_port", int),
+        "BRIDGEKEEPER_DATABASE_URL": ("database_url", str),
+        "BRIDGEKEEPER_ADMIN_PASSWORD": ("admin_password", str),
+        "BRIDGEKEEPER_SECRET_KEY": ("secret_key", str),
+        "BRIDGEKEEPER_METRICS_TOKEN": ("metrics_token", str),
+        "BRIDGEKEEPER_LOG_LEVEL": ("log_level", str),
+        "ANTHROPIC_MODEL": ("default_model", str),
+        "MODEL_TEMPERATURE": ("default_temperature", float),
+        "MAX_TOKENS": ("default_max_tokens", int),
+        "REQUEST_TIMEOUT": ("request_timeout", float),
+        "TOKENS_PER_MINUTE": ("default_tpm", int),
+        "REQUESTS_PER_MINUTE": ("default_rpm", int),
+        "CLAUDE_PROXY_API_KEY": ("proxy_key", str),
+    }
+    for var, (name, cast) in env_map.items():
+        value = _env_number(env, var, cast) if cast is not str else env.get(var) or None
+        if value is not None:
+            values[name] = value
+    flag_names = ("host", "port", "anthropic_port", "database_url")
+    for name in flag_names:
+        if name in flags:
+            values[name] = flags[name]
+
+    timeout = float(values.get("request_timeout", DEFAULT_REQUEST_TIMEOUT))
+    upstream_tables = data.get("upstreams", [])
+    if not isinstance(upstream_tables, list):
+        raise where.error("upstreams", "expected an array of tables ([[upstreams]])")
+    upstreams = [_parse_upstream(where, i, t, env, timeout) for i, t in enumerate(upstream_tables)]
+    names = [u.name for u in upstreams]
+    for name in names:
+        if names.count(name) > 1:
+            raise where.error(f"upstreams ({name})", "the name is used twice")
+
+    # Upstream bootstrap from the environment (the older single-purpose proxies' variables).
+    bootstrap: list[ModelConfig] = []
+    anthropic_keys = _numbered(env, "ANTHROPIC_API_KEY")
+    if anthropic_keys and "anthropic" not in names:
+        upstreams.append(
+            UpstreamConfig(
+                name="anthropic",
+                kind="anthropic",
+                base_url=(env.get("ANTHROPIC_BASE_URL") or DEFAULT_ANTHROPIC_URL).rstrip("/"),
+                keys=tuple(anthropic_keys),
+                timeout=timeout,
+            )
+        )
+        bootstrap.append(ModelConfig(name="claude-*", upstream="anthropic"))
+    openai_keys = _numbered(env, "OPENAI_API_KEY")
+    if (openai_keys or env.get("OPENAI_BASE_URL")) and "openai" not in names:
+        upstreams.append(
+            UpstreamConfig(
+                name="openai",
+                kind="openai",
+                base_url=(env.get("OPENAI_BASE_URL") or DEFAULT_OPENAI_URL).rstrip("/"),
+                keys=tuple(openai_keys),
+                timeout=timeout,
+            )
+        )
+        if "default_upstream" not in values and not anthropic_keys:
+            values["default_upstream"] = "openai"
+        for pattern in ("gpt-*", "o1*", "o3*", "o4*", "chatgpt-*"):
+            bootstrap.append(ModelConfig(name=pattern, upstream="openai"))
+
+    model_tables = data.get("models", [])
+    if not isinstance(model_tables, list):
+        raise where.error("models", "expected an array of tables ([[models]])")
+    models = [_parse_model(where, i, t) for i, t in enumerate(model_tables)]
+    all_names = {u.name for u in upstreams}
+    for i, model in enumerate(models):
+        if model.upstream not in all_names:
+            raise where.error(
+                f"models[{i}] ({model.name})", f"upstream {model.upstream!r} is not defined"
+            )
+    configured = {m.name for m in models}
+    models += [m for m in bootstrap if m.name not in configured]
+
+    key_tables = data.get("keys", [])
+    if not isinstance(key_tables, list):
+        raise where.error("keys", "expected an array of tables ([[keys]])")
+    keys = [_parse_key(where, i, t, env) for i, t in enumerate(key_tables)]
+
+    echo_default = False
+    if not upstreams:
+        upstreams.append(UpstreamConfig(name="echo", kind="echo"))
+        values.setdefault("default_upstream", "echo")
+        echo_default = True
+    default_upstream = values.get("default_upstream")
+    if default_upstream is not None and default_upstream not in {u.name for u in upstreams}:
+        raise where.error("server.default_upstream", f"upstream {default_upstream!r} is not defined")
+
+    return Settings(
+        **values,
+        config_path=str(path) if path else None,
+        echo_default=echo_default,
+        upstreams=tuple(upstreams),
+        models=tuple(models),
+        keys=tuple(keys),
+    )

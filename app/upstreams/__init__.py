@@ -1,0 +1,1 @@
+"""Upstream clients (one module per backend kind), the key ring and the echo backend."""

@@ -1,0 +1,132 @@
+"""What every upstream client returns, and the one place aiohttp's errors become ours.
+
+`UpstreamResponse` is an answer whose status and headers are known and whose
+body has not been read yet, so the gateway can stream it or read it whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import aiohttp
+import orjson
+
+from app.errors import UpstreamConnectError, UpstreamError, UpstreamTimeoutError
+
+
+class UpstreamResponse(Protocol):
+    status: int
+    headers: Mapping[str, str]
+
+    async def read(self) -> bytes: ...
+
+    async def read_chunk(self) -> bytes:
+        """The next piece of the body as it arrives; b"" at the end.
+
+        Safe to cancel (the gateway's heartbeat timer does): nothing is lost.
+        """
+        ...
+
+    def close(self) -> None: ...
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """``retry-after-ms`` or ``retry-after`` (seconds) as a float; HTTP dates are ignored."""
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        raw = headers.get(name)
+        if raw:
+            try:
+                value = float(raw) * scale
+            except ValueError:
+                continue
+            if value >= 0:
+                return value
+    return None
+
+
+class HttpResponse:
+    """An aiohttp response behind the UpstreamResponse interface, errors mapped."""
+
+    __slots__ = ("_resp", "status", "headers", "_timeout")
+
+    def __init__(self, resp: aiohttp.ClientResponse, timeout: float) -> None:
+        self._resp = resp
+        self.status = resp.status
+        self.headers: Mapping[str, str] = resp.headers
+        self._timeout = timeout
+
+    async def read(self) -> bytes:
+        try:
+            return await self._resp.read()
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            raise UpstreamTimeoutError(
+                f"upstream did not finish its answer within {self._timeout:g} s"
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"upstream connection failed while reading: {exc}") from None
+        finally:
+            self._resp.release()
+
+    async def read_chunk(self) -> bytes:
+        try:
+            return await self._resp.content.readany()
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            raise UpstreamTimeoutError(
+                f"upstream sent nothing for {self._timeout:g} s mid-stream"
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"upstream stream broke: {exc}") from None
+
+    def close(self) -> None:
+        self._resp.close()
+
+
+async def post(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    timeout: float,
+    stream: bool,
+) -> HttpResponse:
+    """POST and return once status and headers arrived; connection errors mapped."""
+    client_timeout = aiohttp.ClientTimeout(
+        total=None if stream else timeout,
+        connect=min(timeout, 10.0),
+        sock_read=timeout,
+    )
+    try:
+        resp = await session.post(url, data=body, headers=headers, timeout=client_timeout)
+    except (TimeoutError, aiohttp.ServerTimeoutError, asyncio.TimeoutError):
+        raise UpstreamTimeoutError(f"upstream did not answer within {timeout:g} s") from None
+    except aiohttp.ClientConnectorError as exc:
+        raise UpstreamConnectError(f"cannot connect to upstream {url}: {exc.os_error}") from None
+    except aiohttp.InvalidURL:
+        raise UpstreamConnectError(f"invalid upstream URL {url}") from None
+    except aiohttp.ClientError as exc:
+        raise UpstreamConnectError(f"upstream request failed: {exc}") from None
+    return HttpResponse(resp, timeout)
+
+
+async def get_json(
+    session: aiohttp.ClientSession, url: str, headers: Mapping[str, str], *, timeout: float
+) -> Any:
+    """GET a JSON document (model lists); errors mapped."""
+    client_timeout = aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 10.0))
+    try:
+        raw = await session.get(url, headers=headers, timeout=client_timeout)
+    except (TimeoutError, aiohttp.ServerTimeoutError):
+        raise UpstreamTimeoutError(f"upstream did not answer within {timeout:g} s") from None
+    except aiohttp.ClientError as exc:
+        raise UpstreamConnectError(f"cannot reach upstream {url}: {exc}") from None
+    resp = HttpResponse(raw, timeout)
+    body = await resp.read()
+    if resp.status >= 400:
+        raise UpstreamError(f"upstream answered {resp.status} for {url}")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise UpstreamError(f"upstream sent invalid JSON for {url}") from None

@@ -1,0 +1,121 @@
+"""One upstream's keys in the admin's rotation order, with cooldowns and auto-disable.
+
+``ordered`` tries the first healthy key first; ``round_robin`` starts one further
+along each request. A 429 cools a key down for ``retry-after`` (or a default),
+5xx, timeouts and connection errors cool it briefly, 401/403 disable it until an
+admin re-enables it. Every change is reported through ``on_change`` so it can
+be persisted and shown in the dashboard.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+RATE_LIMIT_COOLDOWN = 30.0
+FAILURE_COOLDOWN = 5.0
+MAX_COOLDOWN = 3600.0
+
+
+@dataclass(slots=True)
+class KeyState:
+    """One key's live state. ``secret`` is None for keyless upstreams (local servers)."""
+
+    id: int | None
+    secret: str | None
+    label: str = ""
+    enabled: bool = True
+    disabled_reason: str | None = None
+    disabled_at: float | None = None
+    cooldown_until: float = 0.0
+    last_error: str | None = None
+    last_error_at: float | None = None
+    requests: int = 0
+    errors: int = 0
+
+    @property
+    def last4(self) -> str:
+        return self.secret[-4:] if self.secret and len(self.secret) > 4 else ""
+
+    @property
+    def display(self) -> str:
+        """How logs and usage records name the key: label or ``…last4``, never the secret."""
+        if self.secret is None:
+            return ""
+        return self.label or ("…" + self.last4)
+
+    def state(self, now: float) -> str:
+        if not self.enabled:
+            return "disabled"
+        if self.cooldown_until > now:
+            return "cooling"
+        return "active"
+
+
+class KeyRing:
+    """The rotation of one upstream's keys."""
+
+    def __init__(
+        self,
+        keys: Iterable[KeyState],
+        rotation: str = "ordered",
+        *,
+        clock: Callable[[], float] = time.time,
+        on_change: Callable[[KeyState], None] | None = None,
+    ) -> None:
+        self.keys = list(keys) or [KeyState(id=None, secret=None)]
+        self.rotation = rotation
+        self._clock = clock
+        self._cursor = 0
+        self._on_change = on_change
+
+    def _changed(self, key: KeyState) -> None:
+        if self._on_change is not None and key.id is not None:
+            self._on_change(key)
+
+    def candidates(self) -> list[KeyState]:
+        """Healthy keys in the order to try them for one request."""
+        now = self._clock()
+        healthy = [k for k in self.keys if k.enabled and k.cooldown_until <= now]
+        if self.rotation == "round_robin" and len(healthy) > 1:
+            start = self._cursor % len(healthy)
+            self._cursor += 1
+            healthy = healthy[start:] + healthy[:start]
+        return healthy
+
+    def soonest_recovery(self) -> float | None:
+        """Seconds until the first cooling key is usable again (None if none is cooling)."""
+        now = self._clock()
+        waits = [k.cooldown_until - now for k in self.keys if k.enabled and k.cooldown_until > now]
+        return max(min(waits), 0.0) if waits else None
+
+    def mark_success(self, key: KeyState) -> None:
+        key.requests += 1
+        self._changed(key)
+
+    def _fail(self, key: KeyState, message: str, cooldown: float) -> None:
+        now = self._clock()
+        key.requests += 1
+        key.errors += 1
+        key.last_error = message[:500]
+        key.last_error_at = now
+        key.cooldown_until = now + min(max(cooldown, 0.0), MAX_COOLDOWN)
+        self._changed(key)
+
+    def mark_rate_limited(self, key: KeyState, retry_after: float | None, message: str) -> None:
+        self._fail(key, message, retry_after if retry_after else RATE_LIMIT_COOLDOWN)
+
+    def mark_failed(self, key: KeyState, message: str) -> None:
+        self._fail(key, message, FAILURE_COOLDOWN)
+
+    def mark_rejected(self, key: KeyState, status: int, message: str) -> None:
+        """401/403: the key itself is bad; disable it until an admin re-enables it."""
+        if key.secret is None:
+            self._fail(key, message, FAILURE_COOLDOWN)
+            return
+        self._fail(key, message, 0)
+        key.enabled = False
+        key.disabled_reason = f"HTTP {status}: {message[:300]}"
+        key.disabled_at = self._clock()
+        self._changed(key)
