@@ -1,0 +1,292 @@
+"""Anthropic Messages SSE events -> OpenAI ``chat.completion.chunk`` stream (PROTOCOL.md §7.2).
+
+`StreamTranslator` is fed one upstream event at a time and returns the framed chunks to
+write, ending with ``data: [DONE]`` or an in-band ``data: {"error": ...}``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+from app.dialects.openai import error_object
+from app.dialects.sse import OPENAI_DONE, OPENAI_KEEPALIVE, SSEEvent, openai_chunk
+from app.dialects.usage import Usage, from_anthropic, to_openai
+from app.errors import (
+    BillingError,
+    ForbiddenError,
+    GatewayError,
+    InvalidRequestError,
+    NotFoundError,
+    OverloadedError,
+    PayloadTooLargeError,
+    RateLimitedError,
+    UnauthorizedError,
+    UpstreamError,
+    UpstreamTimeoutError,
+)
+from app.translate.ids import new_tool_id
+from app.translate.openai_to_anthropic import (
+    FinishReason,
+    RequestContext,
+    completion_id_for,
+    finish_reason,
+    json_text,
+)
+
+# Anthropic error type of an ``event: error`` -> the error the OpenAI client sees.
+_STREAM_ERRORS: dict[str, type[GatewayError]] = {
+    "invalid_request_error": InvalidRequestError,
+    "authentication_error": UnauthorizedError,
+    "billing_error": BillingError,
+    "permission_error": ForbiddenError,
+    "not_found_error": NotFoundError,
+    "request_too_large": PayloadTooLargeError,
+    "rate_limit_error": RateLimitedError,
+    "api_error": UpstreamError,
+    "timeout_error": UpstreamTimeoutError,
+    "overloaded_error": OverloadedError,
+}
+_KNOWN_EVENTS = frozenset(
+    {
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+        "ping",
+        "error",
+    }
+)
+CUT_MESSAGE = "upstream stream ended before completion"
+
+BlockKind = Literal["text", "thinking", "tool", "json", "other"]
+
+
+@dataclass(slots=True)
+class _Block:
+    kind: BlockKind
+    tool_index: int = -1
+
+
+class StreamTranslator:
+    """One Anthropic stream in, one OpenAI chunk stream out.
+
+    Drops ``ping`` events, ``signature_delta``, ``citations_delta``, redacted thinking and
+    server-tool blocks; ``thinking_delta`` becomes ``reasoning_content`` only when
+    ``ctx.reasoning``. Invents the role chunk, ``logprobs: null``, ``usage: null`` on every
+    chunk and the final usage chunk when ``ctx.include_usage``, and ``toolu_`` ids for tool
+    blocks that arrive without one.
+    """
+
+    def __init__(
+        self, ctx: RequestContext, *, completion_id: str | None = None, created: int | None = None
+    ) -> None:
+        self.ctx = ctx
+        self._id = completion_id
+        self._created = created if created is not None else int(time.time())
+        self.usage = Usage()
+        self.finish_reason: FinishReason | None = None
+        self.error: GatewayError | None = None
+        self.done = False
+        self.started = False
+        self._blocks: dict[int, _Block] = {}
+        self._next_tool = 0
+        self._delta_seen = False
+
+    # -- framing ---------------------------------------------------------------------------
+
+    def _chunk(self, delta: dict[str, Any], finish: FinishReason | None = None) -> bytes:
+        if self._id is None:
+            self._id = completion_id_for(None)
+        data: dict[str, Any] = {
+            "id": self._id,
+            "object": "chat.completion.chunk",
+            "created": self._created,
+            "model": self.ctx.client_model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+        }
+        if self.ctx.include_usage:
+            data["usage"] = None
+        return openai_chunk(data)
+
+    def _start(self, message_id: Any = None) -> list[bytes]:
+        if self.started:
+            return []
+        if self._id is None:
+            self._id = completion_id_for(message_id)
+        self.started = True
+        return [self._chunk({"role": "assistant", "content": ""})]
+
+    def _fail(self, err: GatewayError) -> list[bytes]:
+        self.error = err
+        self.done = True
+        return [openai_chunk({"error": error_object(err)})]
+
+    def _finish_chunk(self, stop_reason: Any) -> list[bytes]:
+        self.finish_reason = finish_reason(stop_reason, tool_calls=self._next_tool > 0)
+        return [self._chunk({}, self.finish_reason)]
+
+    def _end(self) -> list[bytes]:
+        out: list[bytes] = []
+        if self.finish_reason is None:
+            out.extend(self._finish_chunk(None))
+        if self.ctx.include_usage:
+            data: dict[str, Any] = {
+                "id": self._id,
+                "object": "chat.completion.chunk",
+                "created": self._created,
+                "model": self.ctx.client_model,
+                "choices": [],
+                "usage": to_openai(self.usage),
+            }
+            out.append(openai_chunk(data))
+        out.append(OPENAI_DONE)
+        self.done = True
+        return out
+
+    # -- public ----------------------------------------------------------------------------
+
+    def feed(self, event: SSEEvent) -> list[bytes]:
+        """The chunks for one upstream event (none for pings and unrepresentable blocks)."""
+        if self.done:
+            return []
+        name = event.event
+        if name is not None and name not in _KNOWN_EVENTS:
+            return []
+        try:
+            data = orjson.loads(event.data)
+        except orjson.JSONDecodeError:
+            if name is None:
+                return []
+            return self._fail(UpstreamError(f"upstream sent malformed {name} event data"))
+        if not isinstance(data, dict):
+            return []
+        if name is None:
+            name = data.get("type") if isinstance(data.get("type"), str) else None
+        if name == "message_start":
+            message = data.get("message")
+            message = message if isinstance(message, dict) else {}
+            from_anthropic(message.get("usage"), into=self.usage)
+            return self._start(message.get("id"))
+        if name == "content_block_start":
+            return self._block_start(data)
+        if name == "content_block_delta":
+            return self._block_delta(data)
+        if name == "message_delta":
+            return self._message_delta(data)
+        if name == "message_stop":
+            return self._start() + self._end()
+        if name == "error":
+            return self._error(data.get("error"))
+        # content_block_stop, ping and unknown types carry nothing for the client.
+        return []
+
+    def finish(self) -> list[bytes]:
+        """Upstream EOF: finish normally after a message_delta, else report the cut stream."""
+        if self.done:
+            return []
+        if self._delta_seen:
+            return self._start() + self._end()
+        return self._fail(UpstreamError(CUT_MESSAGE))
+
+    def ping(self) -> list[bytes]:
+        """A keep-alive comment for a silent upstream (never a ``data:`` payload, §5.3)."""
+        return [] if self.done else [OPENAI_KEEPALIVE]
+
+    # -- events ----------------------------------------------------------------------------
+
+    def _block_start(self, data: dict[str, Any]) -> list[bytes]:
+        out = self._start()
+        index = data.get("index")
+        block = data.get("content_block")
+        if not isinstance(block, dict) or not isinstance(index, int):
+            return out
+        kind = block.get("type")
+        if kind == "text":
+            self._blocks[index] = _Block("text")
+            text = block.get("text")
+            if isinstance(text, str) and text:
+                out.append(self._chunk({"content": text}))
+        elif kind == "thinking":
+            self._blocks[index] = _Block("thinking")
+            thinking = block.get("thinking")
+            if self.ctx.reasoning and isinstance(thinking, str) and thinking:
+                out.append(self._chunk({"reasoning_content": thinking}))
+        elif kind == "tool_use":
+            raw_name = block.get("name")
+            name = raw_name if isinstance(raw_name, str) else ""
+            tool_input = block.get("input")
+            if self.ctx.json_tool is not None and name == self.ctx.json_tool:
+                self._blocks[index] = _Block("json")
+                if isinstance(tool_input, dict) and tool_input:
+                    out.append(self._chunk({"content": json_text(tool_input)}))
+                return out
+            k = self._next_tool
+            self._next_tool += 1
+            self._blocks[index] = _Block("tool", k)
+            tool_id = block.get("id")
+            call = {
+                "index": k,
+                "id": tool_id if isinstance(tool_id, str) and tool_id else new_tool_id(),
+                "type": "function",
+                "function": {"name": self.ctx.names.to_client(name), "arguments": ""},
+            }
+            out.append(self._chunk({"tool_calls": [call]}))
+            if isinstance(tool_input, dict) and tool_input:
+                out.append(self._arguments(k, json_text(tool_input)))
+        else:
+            self._blocks[index] = _Block("other")
+        return out
+
+    def _arguments(self, k: int, fragment: str) -> bytes:
+        return self._chunk({"tool_calls": [{"index": k, "function": {"arguments": fragment}}]})
+
+    def _block_delta(self, data: dict[str, Any]) -> list[bytes]:
+        out = self._start()
+        delta = data.get("delta")
+        if not isinstance(delta, dict):
+            return out
+        index = data.get("index")
+        block = self._blocks.get(index) if isinstance(index, int) else None
+        kind = delta.get("type")
+        if kind == "text_delta":
+            text = delta.get("text")
+            if isinstance(text, str) and text:
+                out.append(self._chunk({"content": text}))
+        elif kind == "thinking_delta":
+            thinking = delta.get("thinking")
+            if self.ctx.reasoning and isinstance(thinking, str) and thinking:
+                out.append(self._chunk({"reasoning_content": thinking}))
+        elif kind == "input_json_delta" and block is not None:
+            fragment = delta.get("partial_json")
+            if not isinstance(fragment, str) or not fragment:
+                return out
+            if block.kind == "json":
+                out.append(self._chunk({"content": fragment}))
+            elif block.kind == "tool":
+                out.append(self._arguments(block.tool_index, fragment))
+        # signature_delta, citations_delta and server-tool input have no OpenAI form.
+        return out
+
+    def _message_delta(self, data: dict[str, Any]) -> list[bytes]:
+        out = self._start()
+        from_anthropic(data.get("usage"), into=self.usage)
+        self._delta_seen = True
+        delta = data.get("delta")
+        stop_reason = delta.get("stop_reason") if isinstance(delta, dict) else None
+        if stop_reason is not None and self.finish_reason is None:
+            out.extend(self._finish_chunk(stop_reason))
+        return out
+
+    def _error(self, raw: Any) -> list[bytes]:
+        err = raw if isinstance(raw, dict) else {}
+        message = err.get("message")
+        cls = _STREAM_ERRORS.get(str(err.get("type")), UpstreamError)
+        return self._fail(
+            cls(message if isinstance(message, str) and message else "upstream stream error")
+        )
