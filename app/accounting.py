@@ -212,6 +212,7 @@ class UsageRecorder:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._last_purge = 0.0
+        self._flush_lock = asyncio.Lock()
         self.written = 0
         self.failures = 0
 
@@ -236,6 +237,10 @@ class UsageRecorder:
 
     async def flush(self) -> bool:
         """Write what is buffered now; False when the database refused it (it stays queued)."""
+        async with self._flush_lock:
+            return await self._flush()
+
+    async def _flush(self) -> bool:
         if not self._buffer and not self._keys:
             return True
         batch = list(self._buffer)

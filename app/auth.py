@@ -121,6 +121,12 @@ class KeyTable:
     def __len__(self) -> int:
         return len(self._by_hash)
 
+    def __contains__(self, key_hash: str) -> bool:
+        return key_hash in self._by_hash
+
+    def add(self, record: KeyRecord) -> None:
+        self._by_hash = {**self._by_hash, record.key_hash: record}
+
     def authenticate(self, key: str | None, now: datetime) -> KeyRecord:
         """The active record for ``key``; UnauthorizedError when missing, unknown, revoked or expired."""
         if not key:

@@ -197,7 +197,7 @@ class Gateway:
         """``POST /v1/messages/count_tokens``: the backend's own count, or a local estimate."""
         call = _Call(req=req, started=self._perf())
         try:
-            body = self._authenticate_and_parse(call, count_tokens=True)
+            body = await self._authenticate_and_parse(call, count_tokens=True)
             route = self._route(call, body["model"])
             upstream = self.services.pool.get(route.upstream)
             call.upstream = upstream.name
@@ -215,10 +215,11 @@ class Gateway:
 
     # -- the pipeline ------------------------------------------------------------------------
 
-    def _authenticate_and_parse(self, call: _Call, *, count_tokens: bool = False) -> dict[str, Any]:
+    async def _authenticate_and_parse(
+        self, call: _Call, *, count_tokens: bool = False
+    ) -> dict[str, Any]:
         req = call.req
-        s = self.services
-        call.key = s.keys.authenticate(presented_key(req.headers), s.now())
+        call.key = await self.services.authenticate(presented_key(req.headers))
         try:
             body = orjson.loads(req.body)
         except orjson.JSONDecodeError as exc:
@@ -241,7 +242,7 @@ class Gateway:
 
     async def _handle(self, call: _Call) -> Reply:
         req = call.req
-        body = self._authenticate_and_parse(call)
+        body = await self._authenticate_and_parse(call)
         route = self._route(call, body["model"])
         if req.dialect == "anthropic":
             estimate = estimate_anthropic_input(body)

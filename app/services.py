@@ -7,24 +7,31 @@ in-memory tables the hot path uses; the dashboard calls it after every change.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy.orm import Session
 
 from app.accounting import RateLimiter, UsageRecorder
-from app.auth import KeyTable
+from app.auth import KeyRecord, KeyTable, hash_key
 from app.db.catalog import load_catalog, save_key_states
 from app.db.engine import Database, make_sync_engine
-from app.db.keys import load_key_records
+from app.db.keys import get_key_by_hash, keys_fingerprint, load_key_records, to_record
+from app.errors import UnauthorizedError
 from app.db.usage import UsageRecord, delete_older_than, insert_events
 from app.routing import Router, RouteSettings
 from app.secretbox import SecretBox
 from app.settings import Settings
 from app.upstreams.keyring import KeyState
 from app.upstreams.pool import UpstreamPool
+
+log = logging.getLogger("bridgekeeper.services")
+KEY_REFRESH_SECONDS = 2.0
+MISS_TTL = 5.0
 
 
 @dataclass
@@ -40,8 +47,14 @@ class Services:
     limiter: RateLimiter
     recorder: UsageRecorder
     clock: Callable[[], float] = time.time
+    cookie_secret: str = ""
     started_at: float = field(default_factory=time.time)
+    inflight: set[asyncio.Task[Any]] = field(default_factory=set)
     _reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    _misses: dict[str, float] = field(default_factory=dict)
+    _fingerprint: tuple[Any, ...] | None = None
+    _refresher: asyncio.Task[None] | None = None
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC).replace(tzinfo=None)
@@ -53,6 +66,7 @@ class Services:
                 records = await load_key_records(session)
                 catalog = await load_catalog(session, self.secrets)
             self.keys.replace(records)
+            self._fingerprint = None
             self.pool.update(catalog.upstreams, catalog.keys)
             s = self.settings
             self.router = Router(
@@ -67,7 +81,55 @@ class Services:
                 ),
             )
 
+    async def authenticate(self, key: str | None) -> KeyRecord:
+        """The key's record; a key created by the CLI since the last refresh is looked up once.
+
+        Unknown keys are remembered for a few seconds so a client retrying a bad
+        key cannot turn every request into a database read.
+        """
+        try:
+            return self.keys.authenticate(key, self.now())
+        except UnauthorizedError:
+            if not key:
+                raise
+            digest = hash_key(key)
+            if digest in self.keys:
+                raise
+            now = self.clock()
+            if self._misses.get(digest, 0.0) > now:
+                raise
+            async with self.db.session() as session:
+                row = await get_key_by_hash(session, digest)
+            if row is None:
+                if len(self._misses) > 10000:
+                    self._misses.clear()
+                self._misses[digest] = now + MISS_TTL
+                raise
+            self.keys.add(to_record(row))
+            return self.keys.authenticate(key, self.now())
+
+    def start_refresh(self, interval: float = KEY_REFRESH_SECONDS) -> None:
+        """Poll for key changes made outside this process (the CLI) every ``interval`` s."""
+        if self._refresher is None:
+            self._refresher = asyncio.get_running_loop().create_task(self._refresh_loop(interval))
+
+    async def _refresh_loop(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                async with self.db.session() as session:
+                    fingerprint = await keys_fingerprint(session)
+                if self._fingerprint is not None and fingerprint != self._fingerprint:
+                    async with self.db.session() as session:
+                        self.keys.replace(await load_key_records(session))
+                self._fingerprint = fingerprint
+            except Exception as exc:  # a busy or unreachable database: keep serving from memory
+                log.warning("key refresh failed: %s", exc)
+
     async def close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            self._refresher = None
         await self.recorder.close()
         await self.pool.close()
         await self.db.close()

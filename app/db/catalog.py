@@ -107,9 +107,7 @@ async def sync_config(
         row = await upsert_upstream(session, cfg, box)
         await session.flush()
         ids[cfg.name] = row.id
-    for name, upstream_id in (
-        await session.execute(select(Upstream.name, Upstream.id))
-    ).tuples():
+    for name, upstream_id in await session.execute(select(Upstream.name, Upstream.id)):
         ids.setdefault(name, upstream_id)
     config_names = {m.name for m in models}
     others = list(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, time, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth import KeyRecord, display_prefix, generate_key, hash_key
@@ -125,3 +125,24 @@ def to_record(row: ProxyKey) -> KeyRecord:
 async def load_key_records(session: AsyncSession) -> list[KeyRecord]:
     """Every key, revoked ones included (so a revoked key gets 'revoked', not 'invalid')."""
     return [to_record(row) for row in await list_keys(session)]
+
+
+async def get_key_by_hash(session: AsyncSession, key_hash: str) -> ProxyKey | None:
+    return await session.scalar(select(ProxyKey).where(ProxyKey.key_hash == key_hash))
+
+
+async def keys_fingerprint(session: AsyncSession) -> tuple[object, ...]:
+    """Changes whenever a key is created, revoked or edited (cheap: one aggregate row)."""
+    row = (
+        await session.execute(
+            select(
+                func.count(ProxyKey.id),
+                func.max(ProxyKey.id),
+                func.count(ProxyKey.revoked_at),
+                func.max(ProxyKey.revoked_at),
+                func.max(ProxyKey.expires_at),
+                func.sum(func.coalesce(ProxyKey.rpm, 0) + func.coalesce(ProxyKey.tpm, 0)),
+            )
+        )
+    ).one()
+    return tuple(row)

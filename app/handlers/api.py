@@ -156,6 +156,8 @@ class ProxyHandler(BaseApiHandler):
                 self._write_plain(error_reply(self.dialect, self._payload_error(), self.request_id))
             return
         self._task = asyncio.current_task()
+        if self._task is not None:
+            self.services.inflight.add(self._task)
         req = ApiRequest(
             dialect=self.dialect,
             endpoint=self.endpoint,
@@ -173,6 +175,9 @@ class ProxyHandler(BaseApiHandler):
         except asyncio.CancelledError:
             # The client went away; the gateway has recorded it and closed the upstream call.
             return
+        finally:
+            if self._task is not None:
+                self.services.inflight.discard(self._task)
 
 
 class ModelsHandler(BaseApiHandler):
@@ -184,8 +189,8 @@ class ModelsHandler(BaseApiHandler):
         super().initialize(services, gateway, dialect)
         self.fixed = dialect is not None
 
-    def _authenticate(self) -> None:
-        self.services.keys.authenticate(presented_key(self.request.headers), self.services.now())
+    async def _authenticate(self) -> None:
+        await self.services.authenticate(presented_key(self.request.headers))
 
     def _names(self) -> list[str]:
         names = self.services.router.public_names()
@@ -193,11 +198,11 @@ class ModelsHandler(BaseApiHandler):
             names = ["echo"]
         return names
 
-    def get(self, model_id: str | None = None) -> None:
+    async def get(self, model_id: str | None = None) -> None:
         if not self.fixed:
             self.dialect = "anthropic" if "anthropic-version" in self.request.headers else "openai"
         try:
-            self._authenticate()
+            await self._authenticate()
             names = self._names()
             if model_id is not None:
                 if model_id not in names:

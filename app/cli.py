@@ -1,0 +1,286 @@
+"""The ``bridgekeeper`` command: argument parsing and sub-commands only."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import getpass
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import date
+from typing import Any, TextIO
+
+import orjson
+
+from app.auth import hash_password
+from app.db import admins as admin_queries
+from app.db import keys as key_queries
+from app.db.engine import Database, upgrade
+from app.db.usage import EXPORT_COLUMNS, UsageFilter, iter_export
+from app.settings import ConfigError, Settings, load_settings
+
+
+def _date(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected YYYY-MM-DD, got {value!r}") from None
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="TOML config file (or BRIDGEKEEPER_CONFIG)")
+    common.add_argument("--database-url", help="SQLAlchemy URL (or BRIDGEKEEPER_DATABASE_URL)")
+
+    parser = argparse.ArgumentParser(
+        prog="bridgekeeper",
+        description="A self-hosted LLM API gateway: Anthropic and OpenAI dialects, both directions.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", parents=[common], help="run the gateway")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument("--anthropic-port", type=int, help="extra port with Anthropic paths at the root")
+
+    keys = commands.add_parser("keys", help="proxy keys").add_subparsers(
+        dest="keys_command", required=True, metavar="ACTION"
+    )
+    create = keys.add_parser("create", parents=[common], help="issue a key (shown once)")
+    create.add_argument("name")
+    create.add_argument("--rpm", type=_positive, help="requests per minute")
+    create.add_argument("--tpm", type=_positive, help="tokens per minute")
+    create.add_argument("--models", help="allowed model globs, comma separated")
+    create.add_argument("--expires", type=_date, help="last day the key works (YYYY-MM-DD, UTC)")
+    keys.add_parser("list", parents=[common], help="list keys (never the keys themselves)")
+    revoke = keys.add_parser("revoke", parents=[common], help="revoke a key")
+    revoke.add_argument("name")
+
+    admin = commands.add_parser("admin", help="dashboard admins").add_subparsers(
+        dest="admin_command", required=True, metavar="ACTION"
+    )
+    setpw = admin.add_parser(
+        "set-password", parents=[common], help="set an admin's password, read from stdin"
+    )
+    setpw.add_argument("--username", default="admin")
+
+    db = commands.add_parser("db", help="database").add_subparsers(
+        dest="db_command", required=True, metavar="ACTION"
+    )
+    db.add_parser("upgrade", parents=[common], help="apply migrations (alembic upgrade head)")
+
+    usage = commands.add_parser("usage", help="usage records").add_subparsers(
+        dest="usage_command", required=True, metavar="ACTION"
+    )
+    export = usage.add_parser("export", parents=[common], help="one row per request to stdout")
+    export.add_argument("--since", type=_date, help="first day (UTC), inclusive")
+    export.add_argument("--until", type=_date, help="last day (UTC), inclusive")
+    export.add_argument("--key", help="only this key's requests")
+    export.add_argument("--format", choices=("csv", "json"), default="csv")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    flags = {
+        "config": getattr(args, "config", None),
+        "database_url": getattr(args, "database_url", None),
+        "host": getattr(args, "host", None),
+        "port": getattr(args, "port", None),
+        "anthropic_port": getattr(args, "anthropic_port", None),
+    }
+    return load_settings(flags=flags)
+
+
+async def _with_db(url: str, work: Any) -> Any:
+    db = Database(url)
+    try:
+        async with db.session() as session, session.begin():
+            return await work(session)
+    finally:
+        await db.close()
+
+
+def cmd_keys_create(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    models = [m.strip() for m in (args.models or "").split(",") if m.strip()]
+
+    async def work(session: Any) -> tuple[Any, str]:
+        return await key_queries.create_key(
+            session,
+            args.name,
+            rpm=args.rpm,
+            tpm=args.tpm,
+            models=models,
+            expires=args.expires,
+            source="cli",
+        )
+
+    try:
+        row, key = asyncio.run(_with_db(settings.database_url, work))
+    except key_queries.KeyExistsError as exc:
+        print(f"bridgekeeper: {exc}", file=sys.stderr)
+        return 1
+    print(f"Created key {row.name!r} ({row.prefix}...). It is shown only this once:", file=out)
+    print(key, file=out)
+    return 0
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if hasattr(value, "strftime"):
+        return str(value.strftime("%Y-%m-%d %H:%M"))
+    return str(value)
+
+
+def cmd_keys_list(settings: Settings, out: TextIO) -> int:
+    rows = asyncio.run(_with_db(settings.database_url, key_queries.list_keys))
+    header = ("NAME", "PREFIX", "STATUS", "RPM", "TPM", "MODELS", "CREATED", "EXPIRES", "LAST USED")
+    table = [header]
+    now = key_queries.utcnow()
+    for row in rows:
+        if row.revoked_at is not None:
+            status = "revoked"
+        elif row.expires_at is not None and row.expires_at <= now:
+            status = "expired"
+        else:
+            status = "active"
+        table.append(
+            (
+                row.name,
+                row.prefix + "...",
+                status,
+                _fmt(row.rpm),
+                _fmt(row.tpm),
+                ",".join(row.models or []) or "*",
+                _fmt(row.created_at),
+                _fmt(row.expires_at),
+                _fmt(row.last_used_at),
+            )
+        )
+    widths = [max(len(str(r[i])) for r in table) for i in range(len(header))]
+    for r in table:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip(), file=out)
+    return 0
+
+
+def cmd_keys_revoke(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    row = asyncio.run(
+        _with_db(settings.database_url, lambda s: key_queries.revoke_key(s, args.name))
+    )
+    if row is None:
+        print(f"bridgekeeper: no key named {args.name!r}", file=sys.stderr)
+        return 1
+    print(f"Revoked key {row.name!r} ({row.prefix}...)", file=out)
+    return 0
+
+
+def cmd_set_password(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    if sys.stdin.isatty():
+        password = getpass.getpass("New password: ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if len(password) < 8:
+        print("bridgekeeper: the password must have at least 8 characters", file=sys.stderr)
+        return 1
+    hashed = hash_password(password)
+    asyncio.run(
+        _with_db(
+            settings.database_url,
+            lambda s: admin_queries.set_admin_password(s, args.username, hashed),
+        )
+    )
+    print(f"Password set for admin {args.username!r}", file=out)
+    return 0
+
+
+def cmd_usage_export(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    flt = UsageFilter(key_name=args.key, since=args.since, until=args.until)
+
+    async def work(session: Any) -> None:
+        if args.format == "csv":
+            writer = csv.writer(out, lineterminator="\n")
+            writer.writerow(EXPORT_COLUMNS)
+            async for row in iter_export(session, flt):
+                writer.writerow(["" if row[c] is None else row[c] for c in EXPORT_COLUMNS])
+        else:
+            out.write("[")
+            first = True
+            async for row in iter_export(session, flt):
+                out.write(("" if first else ",") + "\n" + orjson.dumps(row).decode())
+                first = False
+            out.write("\n]\n" if not first else "]\n")
+
+    asyncio.run(_with_db(settings.database_url, work))
+    return 0
+
+
+def cmd_serve(settings: Settings) -> int:
+    from app.server import install_uvloop, serve_forever
+
+    logging.basicConfig(
+        level=getattr(logging, settings.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    upgrade(settings.database_url)
+    fast = install_uvloop()
+
+    def announce(server: Any, first: Any) -> None:
+        host = settings.host
+        base = f"http://{host}:{server.ports[0]}"
+        lines = [f"Bridgekeeper listening on {base}" + (" (uvloop)" if fast else "")]
+        if len(server.ports) > 1:
+            lines.append(f"Anthropic dialect at the root on http://{host}:{server.ports[1]}")
+        if settings.echo_default:
+            lines.append("No upstream configured: the built-in echo backend answers every model.")
+        lines.append(f"Dashboard: {base}/admin/")
+        if first.admin_password:
+            lines.append(f"Admin user: admin  password: {first.admin_password}  (shown once)")
+        if first.proxy_key:
+            lines.append("Proxy key (shown once):")
+            lines.append(first.proxy_key)
+        print("\n".join(lines), flush=True)
+
+    asyncio.run(serve_forever(settings, announce))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    args = build_parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+        if args.command == "serve":
+            return cmd_serve(settings)
+        if args.command == "db":
+            upgrade(settings.database_url)
+            print("Database is up to date", file=out)
+            return 0
+        upgrade(settings.database_url)
+        if args.command == "keys":
+            if args.keys_command == "create":
+                return cmd_keys_create(settings, args, out)
+            if args.keys_command == "list":
+                return cmd_keys_list(settings, out)
+            return cmd_keys_revoke(settings, args, out)
+        if args.command == "admin":
+            return cmd_set_password(settings, args, out)
+        return cmd_usage_export(settings, args, out)
+    except ConfigError as exc:
+        print(f"bridgekeeper: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"bridgekeeper: {exc.strerror or exc}", file=sys.stderr)
+        return 1

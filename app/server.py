@@ -1,0 +1,297 @@
+"""Builds the services and Tornado applications from settings; starts and stops listeners.
+
+`build_services` migrates, syncs the config file into the database and loads
+the in-memory tables; `build_app` (and `build_anthropic_app` for the optional
+dedicated port) wires handlers to their dependencies; `run` serves until
+SIGTERM/SIGINT, then stops accepting, lets in-flight requests finish within the
+grace period, flushes usage and closes upstream sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import secrets
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import tornado.httpserver
+import tornado.web
+
+from app.accounting import RateLimiter, UsageRecorder
+from app.auth import KeyTable, hash_password
+from app.db import admins as admin_queries
+from app.db import keys as key_queries
+from app.db.catalog import sync_config
+from app.db.engine import ROOT, Database, sqlite_path, upgrade
+from app.gateway import Gateway
+from app.handlers.api import (
+    HealthHandler,
+    HelloHandler,
+    ModelsHandler,
+    NotFoundHandler,
+    ProxyHandler,
+)
+from app.routing import Router
+from app.secretbox import SecretBox, key_file_for, load_or_create_key
+from app.services import Services, make_writer
+from app.settings import Settings
+from app.upstreams.pool import UpstreamPool
+
+log = logging.getLogger("bridgekeeper.server")
+
+
+@dataclass(slots=True)
+class FirstStart:
+    """What `serve` prints once: credentials generated on the first start."""
+
+    admin_password: str | None = None
+    proxy_key: str | None = None
+
+
+async def _bootstrap(services: Services, settings: Settings) -> FirstStart:
+    """Config sync, the first admin, and a first proxy key on an empty database."""
+    first = FirstStart()
+    loop = asyncio.get_running_loop()
+    async with services.db.session() as session, session.begin():
+        await sync_config(session, settings.upstreams, settings.models, services.secrets)
+        for key in settings.keys:
+            await key_queries.upsert_config_key(
+                session,
+                key.name,
+                key.key,
+                rpm=key.rpm,
+                tpm=key.tpm,
+                models=key.models,
+                expires=key.expires,
+            )
+        if settings.proxy_key:
+            await key_queries.upsert_config_key(
+                session, "default", settings.proxy_key, rpm=None, tpm=None, models=(), expires=None
+            )
+        no_admins = await admin_queries.count_admins(session) == 0
+        if settings.admin_password or no_admins:
+            password = settings.admin_password
+            if password is None:
+                password = secrets.token_urlsafe(12)
+                first.admin_password = password
+            hashed = await loop.run_in_executor(None, hash_password, password)
+            await admin_queries.set_admin_password(session, "admin", hashed)
+        if no_admins and not await key_queries.list_keys(session):
+            _, first.proxy_key = await key_queries.create_key(session, "default", source="serve")
+    return first
+
+
+async def build_services(
+    settings: Settings,
+    *,
+    clock: Callable[[], float] = time.time,
+    migrate: bool = True,
+) -> tuple[Services, FirstStart]:
+    """Everything the server shares, loaded and ready; the caller owns `Services.close`."""
+    loop = asyncio.get_running_loop()
+    if migrate:
+        await loop.run_in_executor(None, upgrade, settings.database_url)
+    key_path = key_file_for(sqlite_path(settings.database_url))
+    fernet_key = await loop.run_in_executor(None, load_or_create_key, settings.secret_key, key_path)
+    write, purge = make_writer(settings.database_url)
+    recorder = UsageRecorder(
+        write,
+        interval=settings.usage_flush_seconds,
+        max_buffer=settings.usage_buffer_size,
+        purge=purge,
+        retention_days=settings.retention_days,
+    )
+    services = Services(
+        settings=settings,
+        db=Database(settings.database_url),
+        secrets=SecretBox(fernet_key),
+        keys=KeyTable(),
+        router=Router([], []),
+        pool=UpstreamPool(clock=clock, on_key_change=recorder.key_changed),
+        limiter=RateLimiter(
+            default_rpm=settings.default_rpm, default_tpm=settings.default_tpm, clock=clock
+        ),
+        recorder=recorder,
+        clock=clock,
+        cookie_secret=hashlib.sha256(b"bridgekeeper-cookie:" + fernet_key).hexdigest(),
+    )
+    first = await _bootstrap(services, settings)
+    await services.reload()
+    recorder.start()
+    services.start_refresh()
+    return services, first
+
+
+def _api_routes(services: Services, gateway: Gateway, prefix: str, dialect: str | None) -> list[Any]:
+    deps: dict[str, Any] = {"services": services, "gateway": gateway}
+    routes: list[Any] = []
+    if dialect in (None, "openai"):
+        routes.append(
+            (prefix + r"/v1/chat/completions", ProxyHandler, dict(deps, dialect="openai", endpoint="chat"))
+        )
+    if dialect in (None, "anthropic"):
+        routes += [
+            (
+                prefix + r"/v1/messages",
+                ProxyHandler,
+                dict(deps, dialect="anthropic", endpoint="messages"),
+            ),
+            (
+                prefix + r"/v1/messages/count_tokens",
+                ProxyHandler,
+                dict(deps, dialect="anthropic", endpoint="count_tokens"),
+            ),
+        ]
+    routes += [
+        (prefix + r"/v1/models", ModelsHandler, dict(deps, dialect=dialect)),
+        (prefix + r"/v1/models/([^/]+)", ModelsHandler, dict(deps, dialect=dialect)),
+    ]
+    return routes
+
+
+def _common_settings(services: Services) -> dict[str, Any]:
+    return {
+        "default_handler_class": NotFoundHandler,
+        "default_handler_args": {"services": services, "gateway": None},
+        "compress_response": False,
+        "log_function": _log_request,
+    }
+
+
+def _log_request(handler: tornado.web.RequestHandler) -> None:
+    status = handler.get_status()
+    if status >= 500:
+        level = logging.WARNING
+    elif logging.getLogger("tornado.access").isEnabledFor(logging.DEBUG):
+        level = logging.DEBUG
+    else:
+        return
+    request = handler.request
+    logging.getLogger("tornado.access").log(
+        level,
+        "%d %s %s %.1fms",
+        status,
+        request.method,
+        request.path,  # never the query string or headers: keys may travel there
+        1000.0 * request.request_time(),
+    )
+
+
+def build_app(services: Services, gateway: Gateway | None = None) -> tornado.web.Application:
+    """The main listener: both dialects under /v1, /anthropic/v1 and /openai/v1, and the dashboard."""
+    gateway = gateway or Gateway(services)
+    routes: list[Any] = [
+        (r"/", tornado.web.RedirectHandler, {"url": "/admin/"}),
+        (r"/health", HealthHandler, {"services": services}),
+        (r"/api/hello", HelloHandler),
+    ]
+    routes += _api_routes(services, gateway, "", None)
+    routes += _api_routes(services, gateway, "/anthropic", "anthropic")
+    routes += _api_routes(services, gateway, "/openai", "openai")
+    settings = _common_settings(services)
+    settings["default_handler_args"] = {"services": services, "gateway": gateway}
+    return tornado.web.Application(
+        routes,
+        cookie_secret=services.cookie_secret,
+        xsrf_cookies=True,
+        static_path=str(ROOT / "static"),
+        static_url_prefix="/static/",
+        login_url="/admin/login",
+        **settings,
+    )
+
+
+def build_anthropic_app(services: Services, gateway: Gateway) -> tornado.web.Application:
+    """The optional dedicated port: the Anthropic dialect at the root."""
+    routes: list[Any] = [
+        (r"/health", HealthHandler, {"services": services}),
+        (r"/api/hello", HelloHandler),
+    ]
+    routes += _api_routes(services, gateway, "", "anthropic")
+    settings = _common_settings(services)
+    settings["default_handler_args"] = {"services": services, "gateway": gateway}
+    return tornado.web.Application(routes, **settings)
+
+
+class Server:
+    """The running listeners and how to stop them gracefully."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.gateway = Gateway(services)
+        self.http: list[tornado.httpserver.HTTPServer] = []
+        self.ports: list[int] = []
+
+    def listen(self, host: str, port: int, anthropic_port: int | None = None) -> None:
+        limit = self.services.settings.max_body_bytes + 1
+        main = tornado.httpserver.HTTPServer(
+            build_app(self.services, self.gateway), max_body_size=limit, idle_connection_timeout=75
+        )
+        self.ports.append(_bind(main, host, port))
+        self.http.append(main)
+        if anthropic_port is not None:
+            extra = tornado.httpserver.HTTPServer(
+                build_anthropic_app(self.services, self.gateway),
+                max_body_size=limit,
+                idle_connection_timeout=75,
+            )
+            self.ports.append(_bind(extra, host, anthropic_port))
+            self.http.append(extra)
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting, let in-flight requests finish up to ``grace`` s, then close everything."""
+        for server in self.http:
+            server.stop()
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*(s.close_all_connections() for s in self.http)), timeout=grace
+            )
+        except TimeoutError:
+            log.warning("grace period of %gs over; cancelling what is still running", grace)
+            tasks = [t for t in self.services.inflight if not t.done()]
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.wait(tasks, timeout=5)
+        await self.services.close()
+
+
+def _bind(server: tornado.httpserver.HTTPServer, host: str, port: int) -> int:
+    sockets = tornado.netutil.bind_sockets(port, address=host)
+    server.add_sockets(sockets)
+    return int(sockets[0].getsockname()[1])
+
+
+def install_uvloop() -> bool:
+    """Use uvloop when installed (the optional ``fast`` extra)."""
+    try:
+        import uvloop
+    except ImportError:
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
+
+
+async def serve_forever(settings: Settings, announce: Callable[[Server, FirstStart], None]) -> None:
+    """Start, announce, serve until SIGTERM/SIGINT, stop gracefully."""
+    services, first = await build_services(settings, migrate=False)
+    server = Server(services)
+    try:
+        server.listen(settings.host, settings.port, settings.anthropic_port)
+    except OSError:
+        await services.close()
+        raise
+    announce(server, first)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping: finishing in-flight requests (grace %gs)", settings.grace_seconds)
+    await server.stop(settings.grace_seconds)
+

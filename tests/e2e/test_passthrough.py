@@ -1,0 +1,202 @@
+"""Same-dialect passthrough through the real server, with the official SDKs as clients."""
+
+from __future__ import annotations
+
+import anthropic
+import openai
+import orjson
+import pytest
+from sqlalchemy import select
+
+from app.db.models import UsageEvent
+from tests.conftest import TEST_KEY, flushed, http
+from tests.fakes import FakeUpstream, SSEReply, anthropic_stream, openai_stream
+
+pytestmark = pytest.mark.gen_test(timeout=30)
+
+
+def openai_config(fake: FakeUpstream) -> str:
+    return f"""
+[[upstreams]]
+name = "local"
+kind = "openai"
+base_url = "{fake.url}"
+keys = ["sk-upstream-one"]
+
+[[models]]
+name = "gpt-test"
+upstream = "local"
+target = "qwen2.5:7b"
+"""
+
+
+def anthropic_config(fake: FakeUpstream) -> str:
+    return f"""
+[[upstreams]]
+name = "claude"
+kind = "anthropic"
+base_url = "{fake.url}"
+keys = ["sk-ant-upstream-one"]
+
+[[models]]
+name = "claude-*"
+upstream = "claude"
+"""
+
+
+async def usage_rows(live) -> list[UsageEvent]:  # type: ignore[no-untyped-def]
+    await flushed(live)
+    async with live.services.db.session() as session:
+        return list(await session.scalars(select(UsageEvent).order_by(UsageEvent.id)))
+
+
+async def test_openai_sdk_passthrough_rewrites_model_and_key(gateway, fake_openai):  # type: ignore[no-untyped-def]
+    live = await gateway(openai_config(fake_openai))
+    async with openai.AsyncOpenAI(base_url=live.url + "/v1", api_key=TEST_KEY, max_retries=0) as client:
+        completion = await client.chat.completions.create(
+            model="gpt-test", messages=[{"role": "user", "content": "hi"}], temperature=0.3
+        )
+    assert completion.choices[0].message.content == "fake reply"
+    sent = fake_openai.received[0]
+    assert sent.path == "/v1/chat/completions"
+    assert sent.json == {"model": "qwen2.5:7b", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.3}
+    assert sent.headers["Authorization"] == "Bearer sk-upstream-one"
+    assert TEST_KEY not in orjson.dumps(sent.headers).decode()
+    rows = await usage_rows(live)
+    assert [(r.key_name, r.requested_model, r.target_model, r.upstream, r.status) for r in rows] == [
+        ("tester", "gpt-test", "qwen2.5:7b", "local", "ok")
+    ]
+    assert (rows[0].input_tokens, rows[0].output_tokens, rows[0].tokens_estimated) == (11, 7, False)
+
+
+async def test_openai_stream_relayed_and_usage_chunk_hidden_when_not_asked(gateway, fake_openai):  # type: ignore[no-untyped-def]
+    live = await gateway(openai_config(fake_openai))
+    chunks = openai_stream(["Hel", "lo"], prompt=20, completion=3)
+    fake_openai.push(SSEReply(chunks))
+    if True:
+        resp = await http(
+            "POST",
+            live.url + "/v1/chat/completions",
+            headers={"Authorization": f"Bearer {TEST_KEY}"},
+            json={"model": "gpt-test", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+        )
+    assert resp.status == 200
+    assert resp.headers["content-type"].startswith("text/event-stream")
+    usage_chunk = chunks[-2]
+    assert resp.content == b"".join(c for c in chunks if c != usage_chunk)
+    assert fake_openai.received[0].json["stream_options"] == {"include_usage": True}
+    rows = await usage_rows(live)
+    assert (rows[0].input_tokens, rows[0].output_tokens, rows[0].stream) == (20, 3, True)
+
+
+async def test_openai_sdk_stream_with_include_usage(gateway, fake_openai):  # type: ignore[no-untyped-def]
+    live = await gateway(openai_config(fake_openai))
+    fake_openai.push(SSEReply(openai_stream(["a", "b", "c"], prompt=5, completion=3)))
+    async with openai.AsyncOpenAI(base_url=live.url + "/v1", api_key=TEST_KEY, max_retries=0) as client:
+        stream = await client.chat.completions.create(
+            model="gpt-test",
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        text, usage = "", None
+        async for chunk in stream:
+            if chunk.choices:
+                text += chunk.choices[0].delta.content or ""
+            if chunk.usage:
+                usage = chunk.usage
+    assert text == "abc"
+    assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (5, 3)
+
+
+async def test_anthropic_sdk_passthrough_forwards_version_and_beta(gateway, fake_anthropic):  # type: ignore[no-untyped-def]
+    live = await gateway(anthropic_config(fake_anthropic))
+    async with anthropic.AsyncAnthropic(base_url=live.url, api_key=TEST_KEY, max_retries=0) as client:
+        message = await client.messages.create(
+            model="claude-team-large",
+            max_tokens=100,
+            messages=[{"role": "user", "content": "hi"}],
+            extra_headers={
+                "anthropic-beta": "prompt-caching-2024-07-31,oauth-2025-04-20",
+                "anthropic-version": "2023-06-01",
+            },
+        )
+    assert message.content[0].text == "fake reply"  # type: ignore[union-attr]
+    sent = fake_anthropic.received[0]
+    assert sent.path == "/v1/messages"
+    assert sent.headers["X-Api-Key"] == "sk-ant-upstream-one"
+    assert sent.headers["Anthropic-Version"] == "2023-06-01"
+    assert sent.headers["Anthropic-Beta"] == "prompt-caching-2024-07-31,oauth-2025-04-20"
+    assert "Authorization" not in sent.headers
+    assert sent.json == {"model": "claude-team-large", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}
+
+
+async def test_anthropic_sdk_stream_bytes_relayed_untouched(gateway, fake_anthropic):  # type: ignore[no-untyped-def]
+    live = await gateway(anthropic_config(fake_anthropic))
+    chunks = anthropic_stream(["Hi", " there"], input_tokens=30, output_tokens=4)
+    fake_anthropic.push(SSEReply(chunks))
+    async with anthropic.AsyncAnthropic(base_url=live.url, auth_token=TEST_KEY, max_retries=0) as client:
+        async with client.messages.stream(
+            model="claude-team-small", max_tokens=50, messages=[{"role": "user", "content": "hi"}]
+        ) as stream:
+            final = await stream.get_final_message()
+    assert final.content[0].text == "Hi there"  # type: ignore[union-attr]
+    assert final.usage.input_tokens == 30 and final.usage.output_tokens == 4
+    rows = await usage_rows(live)
+    assert (rows[0].input_tokens, rows[0].output_tokens, rows[0].status) == (30, 4, "ok")
+
+
+async def test_anthropic_raw_stream_is_byte_identical(gateway, fake_anthropic):  # type: ignore[no-untyped-def]
+    live = await gateway(anthropic_config(fake_anthropic))
+    chunks = anthropic_stream(["x"])
+    fake_anthropic.push(SSEReply(chunks))
+    if True:
+        resp = await http(
+            "POST",
+            live.url + "/anthropic/v1/messages?beta=true",
+            headers={"x-api-key": TEST_KEY, "anthropic-version": "2023-06-01"},
+            json={"model": "claude-x", "max_tokens": 5, "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+        )
+    assert resp.content == b"".join(chunks)
+
+
+async def test_unsigned_thinking_blocks_are_stripped_for_anthropic_upstreams(gateway, fake_anthropic):  # type: ignore[no-untyped-def]
+    live = await gateway(anthropic_config(fake_anthropic))
+    history = [
+        {"role": "user", "content": "q"},
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "thinking", "thinking": "from a local model", "signature": ""},
+                {"type": "thinking", "thinking": "genuine", "signature": "EqQBsig"},
+                {"type": "text", "text": "answer"},
+            ],
+        },
+        {"role": "user", "content": "next"},
+    ]
+    if True:
+        resp = await http(
+            "POST",
+            live.url + "/v1/messages",
+            headers={"x-api-key": TEST_KEY},
+            json={"model": "claude-x", "max_tokens": 5, "messages": history},
+        )
+    assert resp.status == 200
+    assert fake_anthropic.received[0].json["messages"][1]["content"] == [
+        {"type": "thinking", "thinking": "genuine", "signature": "EqQBsig"},
+        {"type": "text", "text": "answer"},
+    ]
+
+
+async def test_upstream_client_error_is_relayed_verbatim_in_passthrough(gateway, fake_anthropic):  # type: ignore[no-untyped-def]
+    from tests.fakes import JsonReply
+
+    live = await gateway(anthropic_config(fake_anthropic))
+    body = {"type": "error", "error": {"type": "invalid_request_error", "message": "messages: bad"}}
+    fake_anthropic.push(JsonReply(400, body))
+    async with anthropic.AsyncAnthropic(base_url=live.url, api_key=TEST_KEY, max_retries=0) as client:
+        with pytest.raises(anthropic.BadRequestError) as info:
+            await client.messages.create(model="claude-x", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+    assert info.value.body == body
+    rows = await usage_rows(live)
+    assert (rows[0].status, rows[0].http_status, rows[0].error_type) == ("error", 400, "invalid_request_error")
