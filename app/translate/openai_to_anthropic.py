@@ -17,7 +17,7 @@ import orjson
 
 from app.dialects.usage import from_anthropic, to_openai
 from app.errors import GatewayError, InvalidRequestError, OverloadedError, from_upstream_status
-from app.translate.ids import ToolNames, new_completion_id
+from app.translate.ids import ToolNames, new_completion_id, new_tool_id
 from app.translate.openai_to_anthropic_messages import (
     AnthropicMessage,
     Block,
@@ -285,7 +285,7 @@ def _thinking(body: dict[str, Any]) -> dict[str, Any] | None:
     effort = body.get("reasoning_effort")
     if effort is None or effort == "none":
         return None
-    if effort not in THINKING_BUDGETS:
+    if not isinstance(effort, str) or effort not in THINKING_BUDGETS:
         raise _bad(
             f"Invalid value for 'reasoning_effort': {effort!r}; expected one of none, "
             + ", ".join(THINKING_BUDGETS)
@@ -356,6 +356,89 @@ def _add_cache_breakpoints(system: list[Block], turns: list[Turn]) -> None:
             return
 
 
+def _json_choice(
+    json_tool: str, tools: list[Block], choice: dict[str, Any] | None
+) -> dict[str, Any]:
+    """tool_choice in forced-tool JSON mode: the answer must be the JSON tool or a real tool call.
+
+    Without client tools (or with ``none``) the JSON tool itself is forced; with client tools
+    ``auto`` becomes ``any`` and ``any``/named choices stay, so real tool calls remain possible.
+    """
+    if not tools or (choice is not None and choice["type"] == "none"):
+        return {"type": "tool", "name": json_tool}
+    if choice is None or choice["type"] == "auto":
+        forced: dict[str, Any] = {"type": "any"}
+    else:
+        forced = {k: v for k, v in choice.items() if k != "disable_parallel_tool_use"}
+    if choice is not None and choice.get("disable_parallel_tool_use"):
+        forced["disable_parallel_tool_use"] = True
+    return forced
+
+
+def _response_format(
+    raw: Any,
+    system: list[Block],
+    tools: list[Block],
+    choice: dict[str, Any] | None,
+    *,
+    thinking: bool,
+) -> tuple[list[Block], dict[str, Any] | None, str | None]:
+    """Tools, tool_choice and JSON tool name after applying ``response_format`` (§6.8).
+
+    ``json_object`` appends an instruction to ``system``; ``json_schema`` adds a forced tool,
+    or (with thinking on, or a schema whose top type is not an object) the same instruction
+    plus the schema.
+    """
+    if raw is None:
+        return tools, choice, None
+    if not isinstance(raw, dict):
+        raise _bad("Invalid type for 'response_format': expected an object.", "response_format")
+    kind = raw.get("type")
+    if kind == "text":
+        return tools, choice, None
+    if kind == "json_object":
+        system.append({"type": "text", "text": JSON_OBJECT_INSTRUCTION})
+        return tools, choice, None
+    if kind != "json_schema":
+        raise _bad(
+            f"Invalid 'response_format.type': {kind!r}; expected text, json_object or json_schema.",
+            "response_format.type",
+        )
+    spec = raw.get("json_schema")
+    if not isinstance(spec, dict):
+        raise _bad(
+            "Missing required parameter: 'response_format.json_schema'.",
+            "response_format.json_schema",
+        )
+    schema = spec.get("schema")
+    if schema is None:
+        schema = {"type": "object"}
+    if not isinstance(schema, dict):
+        raise _bad(
+            "Invalid type for 'response_format.json_schema.schema': expected an object.",
+            "response_format.json_schema.schema",
+        )
+    if thinking or schema.get("type") != "object":
+        # Forced tool use is invalid with thinking, and tool input must be an object (§6.8).
+        text = (
+            JSON_OBJECT_INSTRUCTION
+            + "\nThe JSON must conform to this JSON Schema:\n"
+            + orjson.dumps(schema).decode()
+        )
+        system.append({"type": "text", "text": text})
+        return tools, choice, None
+    name = _json_tool_name(spec, tools)
+    description = spec.get("description")
+    json_def: Block = {
+        "name": name,
+        "description": description
+        if isinstance(description, str) and description
+        else JSON_TOOL_DESCRIPTION,
+        "input_schema": schema,
+    }
+    return [*tools, json_def], _json_choice(name, tools, choice), name
+
+
 def translate_request(
     body: dict[str, Any], opts: BackendOptions
 ) -> tuple[dict[str, Any], RequestContext]:
@@ -401,57 +484,9 @@ def translate_request(
     if _is_int(budget) and max_tokens <= budget:
         max_tokens = budget + THINKING_HEADROOM
 
-    json_tool: str | None = None
-    response_format = body.get("response_format")
-    if response_format is not None:
-        if not isinstance(response_format, dict):
-            raise _bad("Invalid type for 'response_format': expected an object.", "response_format")
-        kind = response_format.get("type")
-        if kind == "json_object":
-            system.append({"type": "text", "text": JSON_OBJECT_INSTRUCTION})
-        elif kind == "json_schema":
-            spec = response_format.get("json_schema")
-            if not isinstance(spec, dict):
-                raise _bad(
-                    "Missing required parameter: 'response_format.json_schema'.",
-                    "response_format.json_schema",
-                )
-            schema = spec.get("schema")
-            if schema is None:
-                schema = {"type": "object"}
-            if not isinstance(schema, dict):
-                raise _bad(
-                    "Invalid type for 'response_format.json_schema.schema': expected an object.",
-                    "response_format.json_schema.schema",
-                )
-            if thinking is None and schema.get("type") == "object":
-                json_tool = _json_tool_name(spec, tools)
-                description = spec.get("description")
-                json_def: Block = {
-                    "name": json_tool,
-                    "description": description
-                    if isinstance(description, str) and description
-                    else JSON_TOOL_DESCRIPTION,
-                    "input_schema": schema,
-                }
-                choice = _json_choice(json_tool, tools, choice)
-                tools = [*tools, json_def]
-            else:
-                # Forced tool use is invalid with thinking, and tool input must be an object (§6.8).
-                system.append(
-                    {
-                        "type": "text",
-                        "text": JSON_OBJECT_INSTRUCTION
-                        + "\nThe JSON must conform to this JSON Schema:\n"
-                        + orjson.dumps(schema).decode(),
-                    }
-                )
-        elif kind != "text":
-            raise _bad(
-                f"Invalid 'response_format.type': {kind!r}; "
-                "expected text, json_object or json_schema.",
-                "response_format.type",
-            )
+    tools, choice, json_tool = _response_format(
+        body.get("response_format"), system, tools, choice, thinking=thinking is not None
+    )
 
     if opts.prompt_cache:
         _add_cache_breakpoints(system, turns)
@@ -484,9 +519,9 @@ def translate_request(
     user_id = _user_id(body)
     if user_id is not None:
         out["metadata"] = {"user_id": user_id}
-    tier = _SERVICE_TIERS.get(body.get("service_tier") or "")
-    if tier is not None:
-        out["service_tier"] = tier
+    tier = body.get("service_tier")
+    if isinstance(tier, str) and tier in _SERVICE_TIERS:
+        out["service_tier"] = _SERVICE_TIERS[tier]
     if stream:
         out["stream"] = True
 
@@ -499,25 +534,6 @@ def translate_request(
         stream=stream,
     )
     return out, ctx
-
-
-def _json_choice(
-    json_tool: str, tools: list[Block], choice: dict[str, Any] | None
-) -> dict[str, Any]:
-    """tool_choice in forced-tool JSON mode: the answer must be the JSON tool or a real tool call.
-
-    Without client tools (or with ``none``) the JSON tool itself is forced; with client tools
-    ``auto`` becomes ``any`` and ``any``/named choices stay, so real tool calls remain possible.
-    """
-    if not tools or (choice is not None and choice["type"] == "none"):
-        return {"type": "tool", "name": json_tool}
-    if choice is None or choice["type"] == "auto":
-        forced: dict[str, Any] = {"type": "any"}
-    else:
-        forced = {k: v for k, v in choice.items() if k != "disable_parallel_tool_use"}
-    if choice is not None and choice.get("disable_parallel_tool_use"):
-        forced["disable_parallel_tool_use"] = True
-    return forced
 
 
 def finish_reason(stop_reason: Any, *, tool_calls: bool) -> FinishReason:
@@ -554,12 +570,15 @@ def translate_response(
 
     Drops ``redacted_thinking`` text, signatures (kept only inside ``thinking_blocks``),
     server-tool blocks, citations, ``stop_sequence``, ``container`` and the message id
-    (``chatcmpl-`` + its suffix when no ``completion_id`` is given). Invents
+    (``chatcmpl-`` + its suffix when no ``completion_id`` is given). Invents ``toolu_`` ids
+    for tool_use blocks without one,
     ``system_fingerprint: null``, ``refusal: null``, ``logprobs: null``, and in JSON mode
     replaces the forced tool call with its input as ``content``. ``reasoning_content`` and
     LiteLLM-style ``thinking_blocks`` (for round-trips) appear only when thinking was asked for.
     """
-    blocks = resp.get("content") if isinstance(resp, dict) else None
+    if not isinstance(resp, dict):
+        resp = {}
+    blocks = resp.get("content")
     texts: list[str] = []
     reasoning: list[str] = []
     thinking_blocks: list[Block] = []
@@ -593,9 +612,10 @@ def translate_response(
                 if json_content is None:
                     json_content = json_text(tool_input)
                 continue
+            tool_id = block.get("id")
             tool_calls.append(
                 {
-                    "id": str(block.get("id") or ""),
+                    "id": tool_id if isinstance(tool_id, str) and tool_id else new_tool_id(),
                     "type": "function",
                     "function": {
                         "name": ctx.names.to_client(name),
@@ -615,7 +635,7 @@ def translate_response(
         message["thinking_blocks"] = thinking_blocks
     if tool_calls:
         message["tool_calls"] = tool_calls
-    usage = from_anthropic(resp.get("usage") if isinstance(resp, dict) else None)
+    usage = from_anthropic(resp.get("usage"))
     completion: ChatCompletion = {
         "id": completion_id or completion_id_for(resp.get("id")),
         "object": "chat.completion",

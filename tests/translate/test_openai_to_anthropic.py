@@ -843,3 +843,152 @@ def test_stream_state_accumulates_parallel_tool_calls_directly() -> None:
     assert final.choices[0].finish_reason == "tool_calls"
     assert final.usage is not None and final.usage.prompt_tokens_details is not None
     assert final.usage.prompt_tokens_details.cached_tokens == 512
+
+
+# -- robustness: malformed input never escapes as KeyError/TypeError -------------------------
+
+JUNK: list[Any] = [
+    None, 0, -1, 2.5, True, "", " ", "x", "data:", "data:image/png;base64,", [], [None], [{}],
+    {}, {"type": None}, {"type": "text"}, {"type": "function"}, {"type": "image_url"},
+    "auto", "required", {"name": 5},
+]  # fmt: skip
+
+
+def json_paths(value: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    if prefix:
+        yield prefix
+    items = (
+        value.items()
+        if isinstance(value, dict)
+        else enumerate(value)
+        if isinstance(value, list)
+        else ()
+    )
+    for key, child in items:
+        yield from json_paths(child, (*prefix, key))
+
+
+def mutate(rng: Any, value: Any) -> Any:
+    """``value`` with one to three nested values replaced by junk of another type."""
+    value = orjson.loads(orjson.dumps(value))
+    for _ in range(rng.randint(1, 3)):
+        paths = list(json_paths(value))
+        if not paths:
+            break
+        *parents, last = rng.choice(paths)
+        target = value
+        for key in parents:
+            target = target[key]
+        target[last] = orjson.loads(orjson.dumps(rng.choice(JUNK)))
+    return value
+
+
+def test_mutated_requests_raise_only_invalid_request() -> None:
+    import random
+
+    rng = random.Random(20260827)
+    bodies = [load(FIXTURES / case / "request.json") for case in cases_with("request.json")]
+    checked = 0
+    for _ in range(4000):
+        body = mutate(rng, rng.choice(bodies))
+        try:
+            openai_dialect.validate_request(body)
+        except InvalidRequestError:
+            continue
+        checked += 1
+        try:
+            out, _ = translate_request(body, BackendOptions(target_model="t", prompt_cache=True))
+        except InvalidRequestError:
+            continue
+        orjson.dumps(out)
+    assert checked > 1000
+
+
+def test_mutated_upstream_responses_and_streams_never_raise() -> None:
+    import random
+
+    rng = random.Random(7)
+    responses = [
+        load(FIXTURES / case / "response_in.json") for case in cases_with("response_in.json")
+    ]
+    streams = []
+    for case in cases_with("stream_in.sse"):
+        parser = SSEParser()
+        events = parser.feed((FIXTURES / case / "stream_in.sse").read_bytes()) + parser.finish()
+        streams.append([(e.event, orjson.loads(e.data)) for e in events])
+    for i in range(2000):
+        ctx = ctx_of(
+            json_tool="Weather" if i % 2 else None, reasoning=i % 3 == 0, include_usage=i % 5 == 0
+        )
+        out = translate_response(mutate(rng, rng.choice(responses)), ctx)
+        ChatCompletion.model_validate(out)
+    for i in range(600):
+        ctx = ctx_of(
+            json_tool="Weather" if i % 2 else None, reasoning=i % 3 == 0, include_usage=i % 5 == 0
+        )
+        translator = StreamTranslator(ctx)
+        events = mutate(rng, rng.choice(streams))
+        chunks: list[bytes] = []
+        for item in events:
+            name, data = item if isinstance(item, list) and len(item) == 2 else (None, item)
+            chunks += translator.feed(
+                SSEEvent(name if isinstance(name, str) else None, orjson.dumps(data).decode())
+            )
+        chunks += translator.finish()
+        assert translator.done and chunks
+        assert chunks[-1] == OPENAI_DONE or chunks[-1].startswith(b'data: {"error":')
+
+
+def test_reasoning_tool_loop_round_trips_signed_thinking_through_the_sdk_message() -> None:
+    """A client that appends ``message.to_dict()`` keeps thinking on for the follow-up turn."""
+    tools = [load(FIXTURES / "r10_tool_roundtrip" / "request.json")["tools"][0]]
+    first = {
+        "model": "gpt-4o-mini",
+        "reasoning_effort": "medium",
+        "tools": tools,
+        "messages": [{"role": "user", "content": "Weather in Paris?"}],
+    }
+    body, ctx = translate_request(first, BackendOptions(target_model=TARGET_MODEL))
+    assert body["thinking"] == {"type": "enabled", "budget_tokens": 2048}
+    reply = {
+        "id": "msg_01Loop",
+        "type": "message",
+        "role": "assistant",
+        "model": TARGET_MODEL,
+        "content": [
+            {"type": "thinking", "thinking": "Call the tool.", "signature": "EqQBCkYIsig=="},
+            {
+                "type": "tool_use",
+                "id": "toolu_01L",
+                "name": "get_weather",
+                "input": {"city": "Paris"},
+            },
+        ],
+        "stop_reason": "tool_use",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 50, "output_tokens": 30},
+    }
+    completion = ChatCompletion.model_validate(translate_response(reply, ctx))
+    message = completion.choices[0].message
+    assert getattr(message, "reasoning_content", None) == "Call the tool."
+
+    second = {
+        **first,
+        "messages": [
+            *first["messages"],
+            message.to_dict(),
+            {"role": "tool", "tool_call_id": "toolu_01L", "content": "18C sunny"},
+        ],
+    }
+    body, ctx = translate_request(second, BackendOptions(target_model=TARGET_MODEL))
+    assert ctx.reasoning and body["thinking"]["type"] == "enabled"
+    assert body["messages"][1]["content"] == reply["content"]
+    assert body["messages"][2]["content"][0]["tool_use_id"] == "toolu_01L"
+    assert_valid_anthropic_request(body)
+
+    # Without the signed block (a client that keeps only role/content/tool_calls) thinking is off.
+    plain = {k: v for k, v in message.to_dict().items() if k in ("role", "content", "tool_calls")}
+    second["messages"][1] = plain
+    body, ctx = translate_request(second, BackendOptions(target_model=TARGET_MODEL))
+    assert "thinking" not in body and not ctx.reasoning
+    assert_valid_anthropic_request(body)
