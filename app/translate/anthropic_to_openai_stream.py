@@ -1,0 +1,427 @@
+"""The A→O stream state machine: OpenAI ``chat.completion.chunk`` events in, Anthropic SSE out.
+
+Follows PROTOCOL.md §7.1: one block open at a time with contiguous indices, thinking → text →
+tool order inside a chunk, tool blocks only once their name is known, and ``message_delta``
+held after ``finish_reason`` until usage, ``[DONE]`` or EOF. Thinking blocks are unsigned:
+they start with ``"signature": ""`` and get no ``signature_delta`` (there is nothing to sign;
+the SDK and Claude Code keep the ``""`` from the start event).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from app.dialects.anthropic import error_event
+from app.dialects.sse import ANTHROPIC_PING, SSEEvent, anthropic_event
+from app.dialects.usage import Usage, from_openai, to_anthropic
+from app.errors import GatewayError, UpstreamError
+from app.translate.anthropic_to_openai import (
+    RequestContext,
+    error_from_payload,
+    final_usage,
+    matched_stop,
+    reasoning_text,
+    stop_reason,
+)
+from app.translate.ids import new_message_id, new_tool_id, sanitize_tool_id
+
+log = logging.getLogger(__name__)
+
+CUT_STREAM_MESSAGE = "upstream stream ended before completion"
+
+
+@dataclass(slots=True)
+class _Tool:
+    """One backend tool call: buffered until its name is known, then one tool_use block."""
+
+    raw_id: str | None
+    name: str | None = None
+    buffered: str = ""  # fragments not emitted yet
+    received: str = ""  # every fragment, to tell when the arguments form a whole object
+    started: bool = False
+    waiting: bool = False
+    got_args: bool = False
+
+    def complete(self) -> bool:
+        try:
+            return isinstance(orjson.loads(self.received), dict)
+        except orjson.JSONDecodeError:
+            return False
+
+
+@dataclass(slots=True)
+class _Open:
+    kind: str  # "thinking" | "text" | "tool"
+    index: int
+    tool: _Tool | None = None
+
+
+@dataclass(slots=True)
+class _Chunk:
+    reasoning: str = ""
+    texts: list[str] = field(default_factory=list)
+    calls: list[dict[str, Any]] = field(default_factory=list)
+
+
+class StreamTranslator:
+    """Feed one upstream SSE event at a time; get back framed Anthropic events.
+
+    Invents: the ``msg_…`` id, ``toolu_…`` ids for calls without one, ``"{}"`` arguments for
+    tool blocks that received none, one empty text block for a stream with no content, and
+    estimated usage when the backend sent none. Drops: reasoning unless ``ctx.thinking``,
+    whitespace-only text that never turns into visible text, argument fragments for a call
+    whose block is already closed, anything after ``finish_reason`` except usage.
+    """
+
+    def __init__(self, ctx: RequestContext, *, message_id: str | None = None) -> None:
+        self.ctx = ctx
+        self.message_id = message_id or new_message_id()
+        self.started = False
+        self.done = False
+        self.error: GatewayError | None = None
+        self.stop_reason: str | None = None
+        self.stop_sequence: str | None = None
+        self._upstream: Usage | None = None
+        self._next_index = 0
+        self._open: _Open | None = None
+        self._tools: dict[int, _Tool] = {}
+        self._waiting: list[_Tool] = []
+        self._last_oa_index: int | None = None
+        self._had_tool_block = False
+        self._finish: str | None = None
+        self._matched: str | None = None
+        self._pending_ws = ""
+        self._pieces: list[str] = []
+
+    @property
+    def usage(self) -> Usage:
+        """The backend's last usage, or an estimate flagged ``estimated=True``."""
+        return final_usage(self._upstream, self.ctx.input_estimate, self._pieces)
+
+    # -- public API -------------------------------------------------------------------------
+
+    def feed(self, event: SSEEvent) -> list[bytes]:
+        if self.done:
+            return []
+        data = event.data.strip()
+        if not data:
+            return []
+        if data == "[DONE]":
+            return self._finalize()
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return self._fail(
+                UpstreamError(f"upstream sent an unparsable stream event: {data:.200}")
+            )
+        if not isinstance(chunk, dict):
+            return self._fail(
+                UpstreamError(f"upstream sent an unexpected stream event: {data:.200}")
+            )
+        if chunk.get("error"):
+            return self._fail(error_from_payload(chunk["error"]))
+        got_usage = self._record_usage(chunk)
+        out = [] if self.started else self._start()
+        choices = chunk.get("choices")
+        if self._finish is None and isinstance(choices, list) and choices:
+            choice = choices[0]
+            if isinstance(choice, dict):
+                out += self._choice(choice)
+        if self._finish is not None and got_usage:
+            out += self._finalize()
+        return out
+
+    def finish(self) -> list[bytes]:
+        """Upstream EOF: finalise after a finish_reason, else report the cut stream."""
+        if self.done:
+            return []
+        if self._finish is not None:
+            return self._finalize()
+        out = self._close()
+        return out + self._fail(UpstreamError(CUT_STREAM_MESSAGE))
+
+    def ping(self) -> list[bytes]:
+        if self.done:
+            return []
+        out = [] if self.started else self._start()
+        out.append(ANTHROPIC_PING)
+        return out
+
+    # -- chunks ------------------------------------------------------------------------------
+
+    def _record_usage(self, chunk: dict[str, Any]) -> bool:
+        raw = chunk.get("usage")
+        if not isinstance(raw, dict):
+            groq = chunk.get("x_groq")
+            raw = groq.get("usage") if isinstance(groq, dict) else None
+        usage = from_openai(raw)
+        # Some servers send an all-zero usage in every chunk; it must not replace a real one.
+        if usage is None or (usage.prompt_tokens == 0 and usage.output_tokens == 0):
+            return False
+        self._upstream = usage
+        return True
+
+    def _split(self, choice: dict[str, Any]) -> _Chunk:
+        delta = choice.get("delta")
+        if not isinstance(delta, dict):
+            return _Chunk()
+        parts = _Chunk(reasoning=reasoning_text(delta))
+        for key in ("content", "refusal"):
+            value = delta.get(key)
+            if isinstance(value, str) and value:
+                parts.texts.append(value)
+        calls = delta.get("tool_calls")
+        if isinstance(calls, list):
+            parts.calls = [c for c in calls if isinstance(c, dict)]
+        legacy = delta.get("function_call")
+        if isinstance(legacy, dict):
+            parts.calls.append({"index": 0, "function": legacy})
+        return parts
+
+    def _choice(self, choice: dict[str, Any]) -> list[bytes]:
+        parts = self._split(choice)
+        out: list[bytes] = []
+        if parts.reasoning:
+            self._pieces.append(parts.reasoning)
+            if self.ctx.thinking:
+                out += self._thinking(parts.reasoning)
+        for text in parts.texts:
+            self._pieces.append(text)
+            out += self._text(text)
+        for call in parts.calls:
+            out += self._tool_fragment(call)
+        finish = choice.get("finish_reason")
+        if isinstance(finish, str) and finish:
+            self._finish = finish
+            self._matched = matched_stop(choice, self.ctx.stop_sequences)
+            out += self._flush_waiting()
+            out += self._close()
+        return out
+
+    def _thinking(self, text: str) -> list[bytes]:
+        out: list[bytes] = []
+        if self._open is None or self._open.kind != "thinking":
+            out += self._flush_waiting()
+            out += self._close()
+            out += self._begin("thinking", {"type": "thinking", "thinking": "", "signature": ""})
+        out.append(self._delta({"type": "thinking_delta", "thinking": text}))
+        return out
+
+    def _text(self, text: str) -> list[bytes]:
+        if self._open is not None and self._open.kind == "text":
+            return [self._delta({"type": "text_delta", "text": text})]
+        pending = self._pending_ws + text
+        if not pending.strip():
+            # Backends send "" or "\n\n" ahead of tool calls; a block of nothing but whitespace
+            # is rejected by Anthropic when Claude Code replays it (anthropics/claude-code#88536).
+            self._pending_ws = pending
+            return []
+        out = self._flush_waiting()
+        out += self._close()
+        out += self._begin("text", {"type": "text", "text": ""})
+        out.append(self._delta({"type": "text_delta", "text": pending}))
+        return out
+
+    def _tool_fragment(self, call: dict[str, Any]) -> list[bytes]:
+        raw_index = call.get("index")
+        if isinstance(raw_index, int) and not isinstance(raw_index, bool):
+            oa_index = raw_index
+        else:
+            oa_index = self._last_oa_index if self._last_oa_index is not None else 0
+        self._last_oa_index = oa_index
+        raw_id = call.get("id") if isinstance(call.get("id"), str) and call.get("id") else None
+        function = call.get("function")
+        if not isinstance(function, dict):
+            function = {}
+        name = function.get("name") if isinstance(function.get("name"), str) else None
+        args = function.get("arguments")
+        if isinstance(args, dict | list):
+            args = orjson.dumps(args).decode()
+        elif not isinstance(args, str):
+            args = ""
+
+        tool = self._tools.get(oa_index)
+        new_id = raw_id is not None and tool is not None and tool.raw_id not in (None, raw_id)
+        # Without ids, a different name on a started call can only be the next call.
+        new_name = (
+            tool is not None
+            and raw_id is None
+            and tool.started
+            and bool(name)
+            and name != tool.name
+        )
+        if tool is None or new_id or new_name:
+            if tool is not None and not tool.started:
+                log.warning(
+                    "dropping tool call fragments that never got a name: %.200s", tool.buffered
+                )
+            tool = _Tool(raw_id)
+            self._tools[oa_index] = tool
+        elif raw_id is not None and tool.raw_id is None and not tool.started:
+            tool.raw_id = raw_id
+        if name and tool.name is None:
+            tool.name = name
+
+        tool.received += args
+        out: list[bytes] = []
+        if not tool.started:
+            tool.buffered += args
+            if tool.name is None or tool.waiting:
+                return out
+            open_tool = self._open.tool if self._open is not None else None
+            if open_tool is not None and not open_tool.complete():
+                # Another call is still streaming its arguments: some backends interleave
+                # fragments of parallel calls. Hold this one until that object is whole, so
+                # neither loses fragments (Claude Code rejects deltas after a block's stop).
+                tool.waiting = True
+                self._waiting.append(tool)
+                return out
+            out += self._close()
+            return out + self._start_tool(tool)
+        if self._open is None or self._open.tool is not tool:
+            if args:
+                # A call whose block is already closed: Claude Code parses a block's input at
+                # content_block_stop and rejects later deltas (PROTOCOL.md §7.1).
+                log.warning(
+                    "dropping a late argument fragment for a closed tool call: %.200s", args
+                )
+            return out
+        if args:
+            out.append(self._args_delta(tool, args))
+        if self._waiting and tool.complete():
+            out += self._flush_waiting(until_incomplete=True)
+        return out
+
+    def _args_delta(self, tool: _Tool, args: str) -> bytes:
+        tool.got_args = True
+        self._pieces.append(args)
+        return self._delta({"type": "input_json_delta", "partial_json": args})
+
+    def _start_tool(self, tool: _Tool) -> list[bytes]:
+        out = self._begin_tool(tool)
+        args, tool.buffered = tool.buffered, ""
+        if args:
+            out.append(self._args_delta(tool, args))
+        return out
+
+    def _flush_waiting(self, *, until_incomplete: bool = False) -> list[bytes]:
+        """Start the held calls in order; with ``until_incomplete``, stop at one still
+        receiving its arguments."""
+        out: list[bytes] = []
+        while self._waiting:
+            tool = self._waiting.pop(0)
+            tool.waiting = False
+            out += self._close()
+            out += self._start_tool(tool)
+            if until_incomplete and not tool.complete():
+                break
+        return out
+
+    # -- blocks ------------------------------------------------------------------------------
+
+    def _delta(self, delta: dict[str, Any]) -> bytes:
+        assert self._open is not None
+        return anthropic_event(
+            "content_block_delta",
+            {"type": "content_block_delta", "index": self._open.index, "delta": delta},
+        )
+
+    def _begin(self, kind: str, block: dict[str, Any], tool: _Tool | None = None) -> list[bytes]:
+        index = self._next_index
+        self._next_index += 1
+        self._open = _Open(kind, index, tool)
+        self._pending_ws = ""
+        return [
+            anthropic_event(
+                "content_block_start",
+                {"type": "content_block_start", "index": index, "content_block": block},
+            )
+        ]
+
+    def _begin_tool(self, tool: _Tool) -> list[bytes]:
+        assert tool.name is not None
+        tool.started = True
+        self._had_tool_block = True
+        block = {
+            "type": "tool_use",
+            "id": sanitize_tool_id(tool.raw_id) if tool.raw_id else new_tool_id(),
+            "name": self.ctx.names.to_client(tool.name),
+            "input": {},
+        }
+        return self._begin("tool", block, tool)
+
+    def _close(self) -> list[bytes]:
+        if self._open is None:
+            return []
+        out: list[bytes] = []
+        if self._open.tool is not None and not self._open.tool.got_args:
+            # Claude Code JSON-parses the concatenated fragments at content_block_stop; an empty
+            # string is not an object.
+            out.append(self._delta({"type": "input_json_delta", "partial_json": "{}"}))
+        out.append(
+            anthropic_event(
+                "content_block_stop", {"type": "content_block_stop", "index": self._open.index}
+            )
+        )
+        self._open = None
+        return out
+
+    # -- message -----------------------------------------------------------------------------
+
+    def _start(self) -> list[bytes]:
+        self.started = True
+        upstream = self._upstream
+        if upstream is not None and upstream.prompt_tokens > 0:
+            usage = Usage(
+                input_tokens=upstream.input_tokens,
+                cache_read_tokens=upstream.cache_read_tokens,
+                cache_write_tokens=upstream.cache_write_tokens,
+            )
+        else:
+            # A 0 here breaks Claude Code's context meter (router-for-me/CLIProxyAPI#1700).
+            usage = Usage(input_tokens=self.ctx.input_estimate)
+        message: dict[str, Any] = {
+            "id": self.message_id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.ctx.client_model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": to_anthropic(usage),
+        }
+        return [anthropic_event("message_start", {"type": "message_start", "message": message})]
+
+    def _finalize(self) -> list[bytes]:
+        out = [] if self.started else self._start()
+        out += self._close()
+        if self._next_index == 0:
+            # A stream without any block makes Claude Code re-issue the request without
+            # streaming (PROTOCOL.md §7.1); this empty block is dropped again on ingress.
+            out += self._begin("text", {"type": "text", "text": ""})
+            out += self._close()
+        reason, sequence = stop_reason(self._finish, self._had_tool_block, self._matched)
+        self.stop_reason = reason
+        self.stop_sequence = sequence
+        out.append(
+            anthropic_event(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": reason, "stop_sequence": sequence},
+                    "usage": to_anthropic(self.usage),
+                },
+            )
+        )
+        out.append(anthropic_event("message_stop", {"type": "message_stop"}))
+        self.done = True
+        return out
+
+    def _fail(self, err: GatewayError) -> list[bytes]:
+        self.error = err
+        self.done = True
+        return [anthropic_event("error", error_event(err))]
