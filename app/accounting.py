@@ -100,14 +100,26 @@ class RateLimiter:
             wait = window.requests[0] + WINDOW - now
             raise self._refuse(
                 f"Rate limit reached: {rpm} requests per minute for key {key.name!r}",
-                wait, rpm, tpm, window, used, dialect, now,
+                wait,
+                rpm,
+                tpm,
+                window,
+                used,
+                dialect,
+                now,
             )
         if tpm is not None and used > 0 and used + estimate > tpm:
             wait = self._token_wait(window, tpm, estimate, now)
             raise self._refuse(
                 f"Rate limit reached: {tpm} tokens per minute for key {key.name!r} "
                 f"({used} used in the last minute, about {estimate} requested)",
-                wait, rpm, tpm, window, used, dialect, now,
+                wait,
+                rpm,
+                tpm,
+                window,
+                used,
+                dialect,
+                now,
             )
         window.requests.append(now)
         entry = [now, float(estimate)]

@@ -42,13 +42,9 @@ def hash_password(password: str) -> str:
     digest = hashlib.scrypt(
         password.encode("utf-8"), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P, dklen=32
     )
-    return "scrypt${}${}${}${}${}".format(
-        _SCRYPT_N,
-        _SCRYPT_R,
-        _SCRYPT_P,
-        base64.b64encode(salt).decode(),
-        base64.b64encode(digest).decode(),
-    )
+    salt_b64 = base64.b64encode(salt).decode()
+    digest_b64 = base64.b64encode(digest).decode()
+    return f"scrypt${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${salt_b64}${digest_b64}"
 
 
 def verify_password(password: str, stored: str) -> bool:
@@ -128,7 +124,10 @@ class KeyTable:
         self._by_hash = {**self._by_hash, record.key_hash: record}
 
     def authenticate(self, key: str | None, now: datetime) -> KeyRecord:
-        """The active record for ``key``; UnauthorizedError when missing, unknown, revoked or expired."""
+        """The active record for ``key``.
+
+        UnauthorizedError when the key is missing, unknown, revoked or expired.
+        """
         if not key:
             raise UnauthorizedError(
                 "Missing API key: send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'"
@@ -140,5 +139,7 @@ class KeyTable:
         if record.revoked_at is not None:
             raise UnauthorizedError(f"API key {record.prefix}... has been revoked")
         if record.expires_at is not None and record.expires_at <= now:
-            raise UnauthorizedError(f"API key {record.prefix}... expired on {record.expires_at:%Y-%m-%d}")
+            raise UnauthorizedError(
+                f"API key {record.prefix}... expired on {record.expires_at:%Y-%m-%d}"
+            )
         return record

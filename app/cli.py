@@ -46,14 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="bridgekeeper",
-        description="A self-hosted LLM API gateway: Anthropic and OpenAI dialects, both directions.",
+        description="A self-hosted LLM API gateway speaking the Anthropic and OpenAI dialects.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", parents=[common], help="run the gateway")
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
-    serve.add_argument("--anthropic-port", type=int, help="extra port with Anthropic paths at the root")
+    serve.add_argument(
+        "--anthropic-port", type=int, help="extra port with Anthropic paths at the root"
+    )
 
     keys = commands.add_parser("keys", help="proxy keys").add_subparsers(
         dest="keys_command", required=True, metavar="ACTION"

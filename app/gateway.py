@@ -26,7 +26,6 @@ from app.dialects import openai as openai_dialect
 from app.dialects.sse import (
     ANTHROPIC_PING,
     OPENAI_KEEPALIVE,
-    SSEEvent,
     SSEParser,
     anthropic_event,
     openai_chunk,
@@ -52,7 +51,6 @@ from app.translate import route_settings
 from app.translate.options import BackendOptions
 from app.translate.passthrough import AnthropicSniffer, OpenAISniffer, strip_unsigned_thinking
 from app.upstreams.base import UpstreamResponse, retry_after_seconds
-from app.upstreams.keyring import KeyState
 from app.upstreams.pool import Upstream
 
 log = logging.getLogger("bridgekeeper.gateway")
@@ -318,7 +316,11 @@ class Gateway:
 
     def _exhausted(self, last: GatewayError | None, soonest: float | None) -> GatewayError:
         """Every key of every candidate upstream failed or is cooling down."""
-        if last is None or soonest is not None and not isinstance(last, RateLimitedError | OverloadedError):
+        if (
+            last is None
+            or soonest is not None
+            and not isinstance(last, RateLimitedError | OverloadedError)
+        ):
             if soonest is not None:
                 return RateLimitedError(
                     "All upstream keys for this model are cooling down; retry later",
@@ -346,7 +348,9 @@ class Gateway:
     ) -> _Attempt:
         client = call.req.dialect
         settings = route.settings
-        apply = route_settings.apply_anthropic if client == "anthropic" else route_settings.apply_openai
+        apply = (
+            route_settings.apply_anthropic if client == "anthropic" else route_settings.apply_openai
+        )
         adjusted = apply(
             body,
             temperature=settings.temperature,
@@ -473,11 +477,14 @@ class Gateway:
             if translator.error is not None:
                 status, err = "error", translator.error
         except GatewayError as exc:
-            status, err = "error", exc
+            # A transport failure mid-stream: if the upstream had already finished its
+            # answer, complete it normally; otherwise tell the client what went wrong.
             tail = translator.finish() if not translator.done else []
-            if not translator.done or not tail:
+            if translator.error is not None:
                 tail = [_stream_error_bytes(client, exc)]
-            yield b"".join(tail)
+                status, err = "error", exc
+            if tail:
+                yield b"".join(tail)
         except (asyncio.CancelledError, GeneratorExit):
             status = "client_closed"
             raise
@@ -655,4 +662,5 @@ class Gateway:
             latency_ms=(self._perf() - call.started) * 1000,
             ttft_ms=call.ttft * 1000 if call.ttft is not None else None,
         )
+        self.services.metrics.observe(record)
         await self.services.recorder.record(record)

@@ -82,7 +82,9 @@ def _parse_inline(name: str, upstreams: Iterable[str]) -> tuple[str, str, RouteS
             else:
                 params[key] = float(raw) if raw.replace(".", "", 1).isdigit() else raw
         except ValueError:
-            raise NotFoundError(f"model {name!r}: parameter {key}={raw!r} is not a number") from None
+            raise NotFoundError(
+                f"model {name!r}: parameter {key}={raw!r} is not a number"
+            ) from None
     return upstream, model, RouteSettings(params=params, **values)
 
 

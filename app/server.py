@@ -32,10 +32,12 @@ from app.gateway import Gateway
 from app.handlers.api import (
     HealthHandler,
     HelloHandler,
+    MetricsHandler,
     ModelsHandler,
     NotFoundHandler,
     ProxyHandler,
 )
+from app.metrics import Metrics
 from app.routing import Router
 from app.secretbox import SecretBox, key_file_for, load_or_create_key
 from app.services import Services, make_writer
@@ -106,17 +108,19 @@ async def build_services(
         purge=purge,
         retention_days=settings.retention_days,
     )
+    pool = UpstreamPool(clock=clock, on_key_change=recorder.key_changed)
     services = Services(
         settings=settings,
         db=Database(settings.database_url),
         secrets=SecretBox(fernet_key),
         keys=KeyTable(),
         router=Router([], []),
-        pool=UpstreamPool(clock=clock, on_key_change=recorder.key_changed),
+        pool=pool,
         limiter=RateLimiter(
             default_rpm=settings.default_rpm, default_tpm=settings.default_tpm, clock=clock
         ),
         recorder=recorder,
+        metrics=Metrics(pool),
         clock=clock,
         cookie_secret=hashlib.sha256(b"bridgekeeper-cookie:" + fernet_key).hexdigest(),
     )
@@ -127,12 +131,18 @@ async def build_services(
     return services, first
 
 
-def _api_routes(services: Services, gateway: Gateway, prefix: str, dialect: str | None) -> list[Any]:
+def _api_routes(
+    services: Services, gateway: Gateway, prefix: str, dialect: str | None
+) -> list[Any]:
     deps: dict[str, Any] = {"services": services, "gateway": gateway}
     routes: list[Any] = []
     if dialect in (None, "openai"):
         routes.append(
-            (prefix + r"/v1/chat/completions", ProxyHandler, dict(deps, dialect="openai", endpoint="chat"))
+            (
+                prefix + r"/v1/chat/completions",
+                ProxyHandler,
+                dict(deps, dialect="openai", endpoint="chat"),
+            )
         )
     if dialect in (None, "anthropic"):
         routes += [
@@ -183,12 +193,13 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
 
 
 def build_app(services: Services, gateway: Gateway | None = None) -> tornado.web.Application:
-    """The main listener: both dialects under /v1, /anthropic/v1 and /openai/v1, and the dashboard."""
+    """The main listener: both dialects under /v1, /anthropic/v1 and /openai/v1; the dashboard."""
     gateway = gateway or Gateway(services)
     routes: list[Any] = [
         (r"/", tornado.web.RedirectHandler, {"url": "/admin/"}),
         (r"/health", HealthHandler, {"services": services}),
         (r"/api/hello", HelloHandler),
+        (r"/metrics", MetricsHandler, {"services": services}),
     ]
     routes += _api_routes(services, gateway, "", None)
     routes += _api_routes(services, gateway, "/anthropic", "anthropic")
@@ -244,7 +255,7 @@ class Server:
             self.http.append(extra)
 
     async def stop(self, grace: float) -> None:
-        """Stop accepting, let in-flight requests finish up to ``grace`` s, then close everything."""
+        """Stop accepting, let in-flight requests finish for ``grace`` s, then close everything."""
         for server in self.http:
             server.stop()
         try:
@@ -294,4 +305,3 @@ async def serve_forever(settings: Settings, announce: Callable[[Server, FirstSta
     await stop.wait()
     log.info("stopping: finishing in-flight requests (grace %gs)", settings.grace_seconds)
     await server.stop(settings.grace_seconds)
-

@@ -21,8 +21,9 @@ from app.auth import KeyRecord, KeyTable, hash_key
 from app.db.catalog import load_catalog, save_key_states
 from app.db.engine import Database, make_sync_engine
 from app.db.keys import get_key_by_hash, keys_fingerprint, load_key_records, to_record
-from app.errors import UnauthorizedError
 from app.db.usage import UsageRecord, delete_older_than, insert_events
+from app.errors import UnauthorizedError
+from app.metrics import Metrics
 from app.routing import Router, RouteSettings
 from app.secretbox import SecretBox
 from app.settings import Settings
@@ -46,6 +47,7 @@ class Services:
     pool: UpstreamPool
     limiter: RateLimiter
     recorder: UsageRecorder
+    metrics: Metrics
     clock: Callable[[], float] = time.time
     cookie_secret: str = ""
     started_at: float = field(default_factory=time.time)
@@ -135,9 +137,9 @@ class Services:
         await self.db.close()
 
 
-def make_writer(database_url: str) -> tuple[
-    Callable[[Sequence[UsageRecord], Sequence[KeyState]], None], Callable[[datetime], int]
-]:
+def make_writer(
+    database_url: str,
+) -> tuple[Callable[[Sequence[UsageRecord], Sequence[KeyState]], None], Callable[[datetime], int]]:
     """The recorder's batch writer and retention purge, on a sync engine of their own."""
     engine = make_sync_engine(database_url)
 
@@ -151,4 +153,3 @@ def make_writer(database_url: str) -> tuple[
             return delete_older_than(session, cutoff)
 
     return write, purge
-

@@ -103,7 +103,8 @@ class Settings:
         metadata=_help("Fernet key for upstream secrets at rest; else a 0600 file beside the db"),
     )
     request_timeout: float = field(
-        default=DEFAULT_REQUEST_TIMEOUT, metadata=_help("default upstream timeout in seconds (REQUEST_TIMEOUT)")
+        default=DEFAULT_REQUEST_TIMEOUT,
+        metadata=_help("default upstream timeout in seconds (REQUEST_TIMEOUT)"),
     )
     default_rpm: int | None = field(
         default=None, metadata=_help("requests per minute for keys without their own limit")
@@ -112,7 +113,8 @@ class Settings:
         default=None, metadata=_help("tokens per minute for keys without their own limit")
     )
     default_temperature: float | None = field(
-        default=None, metadata=_help("MODEL_TEMPERATURE: temperature when neither client nor route sets one")
+        default=None,
+        metadata=_help("MODEL_TEMPERATURE: temperature when neither client nor route sets one"),
     )
     default_max_tokens: int | None = field(
         default=None, metadata=_help("MAX_TOKENS: max-token cap when the route sets none")
@@ -311,10 +313,14 @@ def _parse_model(where: _Where, i: int, table: Any) -> ModelConfig:
         context_window=_opt_int(where, f"{entry}.context_window", table.get("context_window")),
         fallbacks=_strings(where, f"{entry}.fallbacks", table.get("fallbacks")),
         prompt_cache=bool(
-            _expect(where, f"{entry}.prompt_cache", table.get("prompt_cache", False), bool, "true/false")
+            _expect(
+                where, f"{entry}.prompt_cache", table.get("prompt_cache", False), bool, "true/false"
+            )
         ),
         params=dict(params),
-        enabled=bool(_expect(where, f"{entry}.enabled", table.get("enabled", True), bool, "true/false")),
+        enabled=bool(
+            _expect(where, f"{entry}.enabled", table.get("enabled", True), bool, "true/false")
+        ),
     )
 
 
@@ -427,16 +433,36 @@ def load_settings(
     for name in _SERVER_FIELDS:
         if name in server:
             values[name] = server[name]
-    for name in ("host", "database_url", "admin_password", "default_upstream", "default_model",
-                 "secret_key", "metrics_token", "log_level"):
+    for name in (
+        "host",
+        "database_url",
+        "admin_password",
+        "default_upstream",
+        "default_model",
+        "secret_key",
+        "metrics_token",
+        "log_level",
+    ):
         if name in values and values[name] is not None and not isinstance(values[name], str):
             raise where.error(f"server.{name}", f"expected a string, got {values[name]!r}")
-    for name in ("port", "anthropic_port", "default_rpm", "default_tpm", "default_max_tokens",
-                 "usage_buffer_size", "retention_days"):
+    for name in (
+        "port",
+        "anthropic_port",
+        "default_rpm",
+        "default_tpm",
+        "default_max_tokens",
+        "usage_buffer_size",
+        "retention_days",
+    ):
         if name in values:
             _opt_int(where, f"server.{name}", values[name])
-    for name in ("max_body_mb", "grace_seconds", "request_timeout", "default_temperature",
-                 "usage_flush_seconds"):
+    for name in (
+        "max_body_mb",
+        "grace_seconds",
+        "request_timeout",
+        "default_temperature",
+        "usage_flush_seconds",
+    ):
         if name in values:
             _opt_float(where, f"server.{name}", values[name])
 
@@ -531,7 +557,9 @@ def load_settings(
         echo_default = True
     default_upstream = values.get("default_upstream")
     if default_upstream is not None and default_upstream not in {u.name for u in upstreams}:
-        raise where.error("server.default_upstream", f"upstream {default_upstream!r} is not defined")
+        raise where.error(
+            "server.default_upstream", f"upstream {default_upstream!r} is not defined"
+        )
 
     return Settings(
         **values,

@@ -62,7 +62,13 @@ def gateway(io_loop: tornado.ioloop.IOLoop, tmp_path: Path) -> Iterator[StartGat
     """``await gateway(config_text)`` starts a gateway; it is stopped after the test."""
     started: list[Live] = []
 
-    async def start(config: str = "", *, environ: dict[str, str] | None = None, clock: Any = None, with_key: bool = True) -> Live:
+    async def start(
+        config: str = "",
+        *,
+        environ: dict[str, str] | None = None,
+        clock: Any = None,
+        with_key: bool = True,
+    ) -> Live:
         path = write_config(tmp_path, config, with_key=with_key)
         settings = load_settings(config_path=str(path), environ=environ or {}, cwd=tmp_path)
         kwargs = {"clock": clock} if clock is not None else {}

@@ -58,7 +58,9 @@ class HangReply:
 Reply = JsonReply | SSEReply | HangReply
 
 
-def openai_completion(text: str = "fake reply", model: str = "fake-model", **usage: int) -> dict[str, Any]:
+def openai_completion(
+    text: str = "fake reply", model: str = "fake-model", **usage: int
+) -> dict[str, Any]:
     return {
         "id": "chatcmpl-fake",
         "object": "chat.completion",
@@ -80,19 +82,55 @@ def openai_completion(text: str = "fake reply", model: str = "fake-model", **usa
     }
 
 
-def openai_stream(pieces: list[str], model: str = "fake-model", usage: bool = True, prompt: int = 11, completion: int = 7) -> list[bytes]:
-    base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1700000000, "model": model}
-    out = [openai_chunk(dict(base, choices=[{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]))]
+def openai_stream(
+    pieces: list[str],
+    model: str = "fake-model",
+    usage: bool = True,
+    prompt: int = 11,
+    completion: int = 7,
+) -> list[bytes]:
+    base = {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": model,
+    }
+    out = [
+        openai_chunk(
+            dict(
+                base,
+                choices=[
+                    {
+                        "index": 0,
+                        "delta": {"role": "assistant", "content": ""},
+                        "finish_reason": None,
+                    }
+                ],
+            )
+        )
+    ]
     for piece in pieces:
-        out.append(openai_chunk(dict(base, choices=[{"index": 0, "delta": {"content": piece}, "finish_reason": None}])))
-    out.append(openai_chunk(dict(base, choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}])))
+        out.append(
+            openai_chunk(
+                dict(
+                    base, choices=[{"index": 0, "delta": {"content": piece}, "finish_reason": None}]
+                )
+            )
+        )
+    out.append(
+        openai_chunk(dict(base, choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}]))
+    )
     if usage:
         out.append(
             openai_chunk(
                 dict(
                     base,
                     choices=[],
-                    usage={"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+                    usage={
+                        "prompt_tokens": prompt,
+                        "completion_tokens": completion,
+                        "total_tokens": prompt + completion,
+                    },
                 )
             )
         )
@@ -100,7 +138,12 @@ def openai_stream(pieces: list[str], model: str = "fake-model", usage: bool = Tr
     return out
 
 
-def anthropic_message(text: str = "fake reply", model: str = "fake-model", input_tokens: int = 11, output_tokens: int = 7) -> dict[str, Any]:
+def anthropic_message(
+    text: str = "fake reply",
+    model: str = "fake-model",
+    input_tokens: int = 11,
+    output_tokens: int = 7,
+) -> dict[str, Any]:
     return {
         "id": "msg_fake",
         "type": "message",
@@ -118,20 +161,33 @@ def anthropic_message(text: str = "fake reply", model: str = "fake-model", input
     }
 
 
-def anthropic_stream(pieces: list[str], model: str = "fake-model", input_tokens: int = 11, output_tokens: int = 7) -> list[bytes]:
+def anthropic_stream(
+    pieces: list[str], model: str = "fake-model", input_tokens: int = 11, output_tokens: int = 7
+) -> list[bytes]:
     start = anthropic_message("", model, input_tokens, 1)
     start["content"] = []
     start["stop_reason"] = None
     out = [
         anthropic_event("message_start", {"type": "message_start", "message": start}),
-        anthropic_event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        anthropic_event(
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+        ),
         anthropic_event("ping", {"type": "ping"}),
     ]
     for piece in pieces:
         out.append(
             anthropic_event(
                 "content_block_delta",
-                {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}},
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "text_delta", "text": piece},
+                },
             )
         )
     out += [
@@ -234,7 +290,14 @@ class FakeUpstream:
         model = body.get("model", "fake-model") if isinstance(body, dict) else "fake-model"
         stream = isinstance(body, dict) and body.get("stream") is True
         if received.path.endswith("/models"):
-            return JsonReply(body={"object": "list", "data": [{"id": "fake-model", "object": "model", "created": 0, "owned_by": "fake"}]})
+            return JsonReply(
+                body={
+                    "object": "list",
+                    "data": [
+                        {"id": "fake-model", "object": "model", "created": 0, "owned_by": "fake"}
+                    ],
+                }
+            )
         if received.path.endswith("/count_tokens"):
             return JsonReply(body={"input_tokens": 42})
         if self.dialect == "openai":

@@ -112,7 +112,9 @@ async def sync_config(
     config_names = {m.name for m in models}
     others = list(
         await session.scalars(
-            select(ModelRoute).where(ModelRoute.name.not_in(config_names)).order_by(ModelRoute.position)
+            select(ModelRoute)
+            .where(ModelRoute.name.not_in(config_names))
+            .order_by(ModelRoute.position)
         )
     )
     for position, cfg in enumerate(models):
@@ -187,7 +189,9 @@ async def load_catalog(session: AsyncSession, box: SecretBox) -> Catalog:
             fallbacks=tuple(r.fallbacks or ()),
             enabled=r.enabled,
         )
-        for r in await session.scalars(select(ModelRoute).order_by(ModelRoute.position, ModelRoute.id))
+        for r in await session.scalars(
+            select(ModelRoute).order_by(ModelRoute.position, ModelRoute.id)
+        )
         if names.get(r.upstream_id) in enabled
     ]
     return Catalog(specs, keys, routes)

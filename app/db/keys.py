@@ -96,7 +96,14 @@ async def upsert_config_key(
     row = await get_key_by_name(session, name)
     if row is None:
         row, _ = await create_key(
-            session, name, rpm=rpm, tpm=tpm, models=models, expires=expires, source="config", key=key
+            session,
+            name,
+            rpm=rpm,
+            tpm=tpm,
+            models=models,
+            expires=expires,
+            source="config",
+            key=key,
         )
         return row
     row.key_hash = hash_key(key)

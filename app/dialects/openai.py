@@ -156,7 +156,9 @@ def validate_request(body: Any) -> dict[str, Any]:
             raise _bad("Invalid type for 'tools': expected an array.", "tools")
         for i, tool in enumerate(tools):
             if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):
-                raise _bad(f"Invalid 'tools[{i}]': expected an object with a 'type'.", f"tools[{i}]")
+                raise _bad(
+                    f"Invalid 'tools[{i}]': expected an object with a 'type'.", f"tools[{i}]"
+                )
     stream_options = body.get("stream_options")
     if stream_options is not None and not isinstance(stream_options, dict):
         raise _bad("Invalid type for 'stream_options': expected an object.", "stream_options")

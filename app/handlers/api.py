@@ -8,6 +8,7 @@ cancels the upstream call.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import secrets
 from typing import Any
 
@@ -27,6 +28,7 @@ from app.errors import (
     PayloadTooLargeError,
 )
 from app.gateway import ApiRequest, Gateway, Reply, error_reply
+from app.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from app.services import Services
 
 
@@ -75,7 +77,9 @@ class BaseApiHandler(tornado.web.RequestHandler):
         """Tornado-level failures (405, internal errors) in the dialect's envelope."""
         err: GatewayError
         if status_code == 405:
-            err = MethodNotAllowedError(f"Method {self.request.method} is not allowed on {self.request.path}")
+            err = MethodNotAllowedError(
+                f"Method {self.request.method} is not allowed on {self.request.path}"
+            )
         elif status_code == 404:
             err = NotFoundError(f"No such endpoint: {self.request.method} {self.request.path}")
         elif status_code == 413:
@@ -252,6 +256,25 @@ class HealthHandler(tornado.web.RequestHandler):
                 }
             )
         )
+
+
+class MetricsHandler(tornado.web.RequestHandler):
+    """``GET /metrics`` for Prometheus: with ``metrics_token`` set, that bearer token is
+    required; without it only loopback clients may read."""
+
+    def initialize(self, services: Services) -> None:
+        self.services = services
+
+    def get(self) -> None:
+        token = self.services.settings.metrics_token
+        if token:
+            given = self.request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                raise tornado.web.HTTPError(401)
+        elif self.request.remote_ip not in ("127.0.0.1", "::1"):
+            raise tornado.web.HTTPError(403)
+        self.set_header("Content-Type", METRICS_CONTENT_TYPE)
+        self.finish(self.services.metrics.render())
 
 
 class HelloHandler(tornado.web.RequestHandler):

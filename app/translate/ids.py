@@ -85,5 +85,7 @@ class ToolNames:
         """The client's original name for an upstream ``name``; unknown names pass as they are."""
         return self._to_client.get(name, name)
 
-    def __bool__(self) -> bool:
+    @property
+    def shortened(self) -> bool:
+        """True when at least one name had to change for the backend."""
         return any(k != v for k, v in self._to_backend.items())

@@ -31,9 +31,7 @@ def strip_unsigned_thinking(body: dict[str, Any]) -> dict[str, Any]:
                 b
                 for b in content
                 if not (
-                    isinstance(b, dict)
-                    and b.get("type") == "thinking"
-                    and not b.get("signature")
+                    isinstance(b, dict) and b.get("type") == "thinking" and not b.get("signature")
                 )
             ]
             if len(kept) != len(content):
@@ -76,7 +74,9 @@ class AnthropicSniffer:
             except orjson.JSONDecodeError:
                 data = {}
             error = data.get("error") if isinstance(data, dict) else None
-            self.error = error if isinstance(error, dict) else {"type": "api_error", "message": event.data}
+            self.error = (
+                error if isinstance(error, dict) else {"type": "api_error", "message": event.data}
+            )
 
 
 class OpenAISniffer:
@@ -97,7 +97,12 @@ class OpenAISniffer:
         if data_text.startswith("[DONE]"):
             self.completed = True
             return False
-        if '"usage"' not in data_text and '"error"' not in data_text and '"finish_reason":"' not in data_text and '"finish_reason": "' not in data_text:
+        if (
+            '"usage"' not in data_text
+            and '"error"' not in data_text
+            and '"finish_reason":"' not in data_text
+            and '"finish_reason": "' not in data_text
+        ):
             return False
         try:
             data = orjson.loads(data_text)

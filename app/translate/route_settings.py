@@ -21,11 +21,14 @@ MIN_THINKING_BUDGET = 1024
 def _context_error(input_tokens: int, max_tokens: int, window: int) -> InvalidRequestError:
     return InvalidRequestError(
         f"input length and `max_tokens` exceed context limit: "
-        f"{input_tokens} + {max_tokens} > {window}, decrease input length or `max_tokens` and try again"
+        f"{input_tokens} + {max_tokens} > {window}, "
+        "decrease input length or `max_tokens` and try again"
     )
 
 
-def _clamp(requested: int | None, cap: int | None, window: int | None, input_tokens: int) -> int | None:
+def _clamp(
+    requested: int | None, cap: int | None, window: int | None, input_tokens: int
+) -> int | None:
     """The max_tokens to send: requested (or the cap as a default) within cap and window."""
     value = requested if requested is not None else cap
     if value is not None and cap is not None:
@@ -71,7 +74,9 @@ def apply_anthropic(
             out["temperature"] = min(max(temperature, 0.0), 1.0)
     out.update(params)
     requested = out.get("max_tokens")
-    clamped = _clamp(requested if isinstance(requested, int) else None, max_tokens, context_window, input_tokens)
+    clamped = _clamp(
+        requested if isinstance(requested, int) else None, max_tokens, context_window, input_tokens
+    )
     if clamped is not None and clamped != requested:
         out["max_tokens"] = clamped
         _fit_thinking(out)
@@ -96,9 +101,13 @@ def apply_openai(
     if temperature is not None and out.get("temperature") is None:
         out["temperature"] = temperature
     out.update(params)
-    field = "max_completion_tokens" if out.get("max_completion_tokens") is not None else "max_tokens"
+    field = (
+        "max_completion_tokens" if out.get("max_completion_tokens") is not None else "max_tokens"
+    )
     requested = out.get(field)
-    clamped = _clamp(requested if isinstance(requested, int) else None, max_tokens, context_window, input_tokens)
+    clamped = _clamp(
+        requested if isinstance(requested, int) else None, max_tokens, context_window, input_tokens
+    )
     if clamped is not None and clamped != requested:
         out[field] = clamped
     return out

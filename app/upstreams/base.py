@@ -6,7 +6,6 @@ body has not been read yet, so the gateway can stream it or read it whole.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -100,7 +99,7 @@ async def post(
     )
     try:
         resp = await session.post(url, data=body, headers=headers, timeout=client_timeout)
-    except (TimeoutError, aiohttp.ServerTimeoutError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ServerTimeoutError):
         raise UpstreamTimeoutError(f"upstream did not answer within {timeout:g} s") from None
     except aiohttp.ClientConnectorError as exc:
         raise UpstreamConnectError(f"cannot connect to upstream {url}: {exc.os_error}") from None

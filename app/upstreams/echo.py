@@ -34,7 +34,9 @@ def _last_user_text(messages: Any) -> str:
             texts = [
                 b.get("text", "")
                 for b in content
-                if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)
+                if isinstance(b, dict)
+                and b.get("type") == "text"
+                and isinstance(b.get("text"), str)
             ]
             if texts:
                 return "\n".join(texts)
@@ -81,7 +83,11 @@ def anthropic_stream(body: Mapping[str, Any]) -> list[bytes]:
         anthropic_event("message_start", {"type": "message_start", "message": start}),
         anthropic_event(
             "content_block_start",
-            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
         ),
     ]
     for piece in _pieces(text):
@@ -154,7 +160,9 @@ def openai_stream(body: Mapping[str, Any], created: int = 0) -> list[bytes]:
     }
 
     def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-        data = dict(base, choices=[{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}])
+        data = dict(
+            base, choices=[{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
+        )
         if include_usage:
             data["usage"] = None
         return openai_chunk(data)

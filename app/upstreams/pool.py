@@ -100,7 +100,12 @@ class Upstream:
         assert self.session is not None and self.spec.tokenize_url
         headers = openai_kind.headers(key.secret)
         return await post(
-            self.session, self.spec.tokenize_url, body, headers, timeout=self.spec.timeout, stream=False
+            self.session,
+            self.spec.tokenize_url,
+            body,
+            headers,
+            timeout=self.spec.timeout,
+            stream=False,
         )
 
     async def model_ids(self) -> list[str]:
@@ -129,7 +134,9 @@ class Upstream:
 def _new_session(limit: int) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(limit=limit, ttl_dns_cache=300, keepalive_timeout=60)
     # The gateway reads raw bodies and relays them; it sets its own headers.
-    return aiohttp.ClientSession(connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",))
+    return aiohttp.ClientSession(
+        connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",)
+    )
 
 
 class UpstreamPool:
@@ -170,7 +177,9 @@ class UpstreamPool:
                     ring_keys.append(kept)
                 else:
                     ring_keys.append(key)
-            ring = KeyRing(ring_keys, spec.rotation, clock=self._clock, on_change=self._on_key_change)
+            ring = KeyRing(
+                ring_keys, spec.rotation, clock=self._clock, on_change=self._on_key_change
+            )
             session = None
             if spec.kind != "echo":
                 if previous is not None and previous.session is not None:

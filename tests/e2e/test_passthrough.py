@@ -52,20 +52,26 @@ async def usage_rows(live) -> list[UsageEvent]:  # type: ignore[no-untyped-def]
 
 async def test_openai_sdk_passthrough_rewrites_model_and_key(gateway, fake_openai):  # type: ignore[no-untyped-def]
     live = await gateway(openai_config(fake_openai))
-    async with openai.AsyncOpenAI(base_url=live.url + "/v1", api_key=TEST_KEY, max_retries=0) as client:
+    async with openai.AsyncOpenAI(
+        base_url=live.url + "/v1", api_key=TEST_KEY, max_retries=0
+    ) as client:
         completion = await client.chat.completions.create(
             model="gpt-test", messages=[{"role": "user", "content": "hi"}], temperature=0.3
         )
     assert completion.choices[0].message.content == "fake reply"
     sent = fake_openai.received[0]
     assert sent.path == "/v1/chat/completions"
-    assert sent.json == {"model": "qwen2.5:7b", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.3}
+    assert sent.json == {
+        "model": "qwen2.5:7b",
+        "messages": [{"role": "user", "content": "hi"}],
+        "temperature": 0.3,
+    }
     assert sent.headers["Authorization"] == "Bearer sk-upstream-one"
     assert TEST_KEY not in orjson.dumps(sent.headers).decode()
     rows = await usage_rows(live)
-    assert [(r.key_name, r.requested_model, r.target_model, r.upstream, r.status) for r in rows] == [
-        ("tester", "gpt-test", "qwen2.5:7b", "local", "ok")
-    ]
+    assert [
+        (r.key_name, r.requested_model, r.target_model, r.upstream, r.status) for r in rows
+    ] == [("tester", "gpt-test", "qwen2.5:7b", "local", "ok")]
     assert (rows[0].input_tokens, rows[0].output_tokens, rows[0].tokens_estimated) == (11, 7, False)
 
 
@@ -78,7 +84,11 @@ async def test_openai_stream_relayed_and_usage_chunk_hidden_when_not_asked(gatew
             "POST",
             live.url + "/v1/chat/completions",
             headers={"Authorization": f"Bearer {TEST_KEY}"},
-            json={"model": "gpt-test", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+            json={
+                "model": "gpt-test",
+                "stream": True,
+                "messages": [{"role": "user", "content": "hi"}],
+            },
         )
     assert resp.status == 200
     assert resp.headers["content-type"].startswith("text/event-stream")
@@ -92,7 +102,9 @@ async def test_openai_stream_relayed_and_usage_chunk_hidden_when_not_asked(gatew
 async def test_openai_sdk_stream_with_include_usage(gateway, fake_openai):  # type: ignore[no-untyped-def]
     live = await gateway(openai_config(fake_openai))
     fake_openai.push(SSEReply(openai_stream(["a", "b", "c"], prompt=5, completion=3)))
-    async with openai.AsyncOpenAI(base_url=live.url + "/v1", api_key=TEST_KEY, max_retries=0) as client:
+    async with openai.AsyncOpenAI(
+        base_url=live.url + "/v1", api_key=TEST_KEY, max_retries=0
+    ) as client:
         stream = await client.chat.completions.create(
             model="gpt-test",
             messages=[{"role": "user", "content": "hi"}],
@@ -111,7 +123,9 @@ async def test_openai_sdk_stream_with_include_usage(gateway, fake_openai):  # ty
 
 async def test_anthropic_sdk_passthrough_forwards_version_and_beta(gateway, fake_anthropic):  # type: ignore[no-untyped-def]
     live = await gateway(anthropic_config(fake_anthropic))
-    async with anthropic.AsyncAnthropic(base_url=live.url, api_key=TEST_KEY, max_retries=0) as client:
+    async with anthropic.AsyncAnthropic(
+        base_url=live.url, api_key=TEST_KEY, max_retries=0
+    ) as client:
         message = await client.messages.create(
             model="claude-team-large",
             max_tokens=100,
@@ -128,14 +142,20 @@ async def test_anthropic_sdk_passthrough_forwards_version_and_beta(gateway, fake
     assert sent.headers["Anthropic-Version"] == "2023-06-01"
     assert sent.headers["Anthropic-Beta"] == "prompt-caching-2024-07-31,oauth-2025-04-20"
     assert "Authorization" not in sent.headers
-    assert sent.json == {"model": "claude-team-large", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}
+    assert sent.json == {
+        "model": "claude-team-large",
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
 
 
 async def test_anthropic_sdk_stream_bytes_relayed_untouched(gateway, fake_anthropic):  # type: ignore[no-untyped-def]
     live = await gateway(anthropic_config(fake_anthropic))
     chunks = anthropic_stream(["Hi", " there"], input_tokens=30, output_tokens=4)
     fake_anthropic.push(SSEReply(chunks))
-    async with anthropic.AsyncAnthropic(base_url=live.url, auth_token=TEST_KEY, max_retries=0) as client:
+    async with anthropic.AsyncAnthropic(
+        base_url=live.url, auth_token=TEST_KEY, max_retries=0
+    ) as client:
         async with client.messages.stream(
             model="claude-team-small", max_tokens=50, messages=[{"role": "user", "content": "hi"}]
         ) as stream:
@@ -155,12 +175,19 @@ async def test_anthropic_raw_stream_is_byte_identical(gateway, fake_anthropic): 
             "POST",
             live.url + "/anthropic/v1/messages?beta=true",
             headers={"x-api-key": TEST_KEY, "anthropic-version": "2023-06-01"},
-            json={"model": "claude-x", "max_tokens": 5, "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+            json={
+                "model": "claude-x",
+                "max_tokens": 5,
+                "stream": True,
+                "messages": [{"role": "user", "content": "hi"}],
+            },
         )
     assert resp.content == b"".join(chunks)
 
 
-async def test_unsigned_thinking_blocks_are_stripped_for_anthropic_upstreams(gateway, fake_anthropic):  # type: ignore[no-untyped-def]
+async def test_unsigned_thinking_blocks_are_stripped_for_anthropic_upstreams(
+    gateway, fake_anthropic
+):  # type: ignore[no-untyped-def]
     live = await gateway(anthropic_config(fake_anthropic))
     history = [
         {"role": "user", "content": "q"},
@@ -194,9 +221,17 @@ async def test_upstream_client_error_is_relayed_verbatim_in_passthrough(gateway,
     live = await gateway(anthropic_config(fake_anthropic))
     body = {"type": "error", "error": {"type": "invalid_request_error", "message": "messages: bad"}}
     fake_anthropic.push(JsonReply(400, body))
-    async with anthropic.AsyncAnthropic(base_url=live.url, api_key=TEST_KEY, max_retries=0) as client:
+    async with anthropic.AsyncAnthropic(
+        base_url=live.url, api_key=TEST_KEY, max_retries=0
+    ) as client:
         with pytest.raises(anthropic.BadRequestError) as info:
-            await client.messages.create(model="claude-x", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+            await client.messages.create(
+                model="claude-x", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
+            )
     assert info.value.body == body
     rows = await usage_rows(live)
-    assert (rows[0].status, rows[0].http_status, rows[0].error_type) == ("error", 400, "invalid_request_error")
+    assert (rows[0].status, rows[0].http_status, rows[0].error_type) == (
+        "error",
+        400,
+        "invalid_request_error",
+    )
