@@ -21,12 +21,12 @@ from app.dialects.usage import Usage, from_openai, to_anthropic
 from app.errors import GatewayError, UpstreamError
 from app.translate.anthropic_to_openai import (
     RequestContext,
-    error_from_payload,
     final_usage,
     matched_stop,
     reasoning_text,
     stop_reason,
 )
+from app.translate.anthropic_to_openai_errors import error_from_payload
 from app.translate.ids import new_message_id, new_tool_id, sanitize_tool_id
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,8 @@ class StreamTranslator:
         try:
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError:
+            if event.event == "error":
+                return self._fail(UpstreamError(data[:2000]))
             return self._fail(
                 UpstreamError(f"upstream sent an unparsable stream event: {data:.200}")
             )
@@ -124,6 +126,9 @@ class StreamTranslator:
             )
         if chunk.get("error"):
             return self._fail(error_from_payload(chunk["error"]))
+        if event.event == "error":
+            # Some servers name the event instead of wrapping the payload in {"error": …}.
+            return self._fail(error_from_payload(chunk))
         got_usage = self._record_usage(chunk)
         out = [] if self.started else self._start()
         choices = chunk.get("choices")

@@ -603,6 +603,30 @@ def test_malformed_responses_raise_gateway_errors_only() -> None:
         anthropic.types.Message.model_validate(out)
 
 
+@pytest.mark.parametrize(
+    ("data", "expected_type", "expected_message"),
+    [
+        ('{"message": "engine overloaded", "code": 503}', "overloaded_error", "engine overloaded"),
+        ("upstream timed out", "api_error", "upstream timed out"),
+        (
+            '{"error": {"message": "slow down", "type": "rate_limit_exceeded"}}',
+            "rate_limit_error",
+            "slow down",
+        ),
+    ],
+)
+def test_stream_event_named_error(data: str, expected_type: str, expected_message: str) -> None:
+    translator = StreamTranslator(_ctx(), message_id=MESSAGE_ID)
+    out = translator.feed(_chunk({"content": "partial"}))
+    out += translator.feed(SSEEvent("error", data))
+    events = check_stream_grammar(b"".join(out))
+    assert events[-1] == (
+        "error",
+        {"type": "error", "error": {"type": expected_type, "message": expected_message}},
+    )
+    assert translator.done and translator.error is not None and translator.stop_reason is None
+
+
 def test_upstream_error_bodies_that_are_not_objects() -> None:
     assert upstream_error(400, b'"just a string"').message == "just a string"
     assert upstream_error(400, b"[1, 2]").message == "[1,2]"
