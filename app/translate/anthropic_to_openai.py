@@ -301,6 +301,7 @@ def matched_stop(choice: dict[str, Any], stop_sequences: list[str]) -> str | Non
 
 
 _FENCE = re.compile(r"\A\s*```(?:json)?\s*(.*?)\s*```\s*\Z", re.DOTALL)
+# orjson has no raw_decode; the stdlib decoder reads a complete object that has junk after it.
 _DECODER = json.JSONDecoder()
 _UNPARSABLE = object()
 
