@@ -187,9 +187,9 @@ class Gateway:
             raise
         except Exception as exc:
             log.exception("request %s failed inside the gateway", req.request_id)
-            err = InternalError(f"internal error: {type(exc).__name__}")
-            await self._record(call, err)
-            return error_reply(req.dialect, err, req.request_id)
+            internal = InternalError(f"internal error: {type(exc).__name__}")
+            await self._record(call, internal)
+            return error_reply(req.dialect, internal, req.request_id)
 
     async def count_tokens(self, req: ApiRequest) -> Reply:
         """``POST /v1/messages/count_tokens``: the backend's own count, or a local estimate."""
@@ -207,9 +207,9 @@ class Gateway:
             return error_reply(req.dialect, err, req.request_id)
         except Exception as exc:
             log.exception("count_tokens %s failed inside the gateway", req.request_id)
-            err = InternalError(f"internal error: {type(exc).__name__}")
-            await self._record(call, err)
-            return error_reply(req.dialect, err, req.request_id)
+            internal = InternalError(f"internal error: {type(exc).__name__}")
+            await self._record(call, internal)
+            return error_reply(req.dialect, internal, req.request_id)
 
     # -- the pipeline ------------------------------------------------------------------------
 
@@ -275,9 +275,9 @@ class Gateway:
                         parsed=attempt.parsed,
                         client_dialect=req.dialect,
                     )
-                except UpstreamError as err:
-                    upstream.ring.mark_failed(key, err.message)
-                    last_error = err
+                except UpstreamError as exc:
+                    upstream.ring.mark_failed(key, exc.message)
+                    last_error = exc
                     continue
                 if resp.status < 400:
                     upstream.ring.mark_success(key)
@@ -286,20 +286,20 @@ class Gateway:
                     return await self._whole_reply(call, attempt, resp)
                 err_body = await resp.read()
                 retry_after = retry_after_seconds(resp.headers)
-                err = self._upstream_error(attempt, resp.status, err_body, retry_after)
+                failure = self._upstream_error(attempt, resp.status, err_body, retry_after)
                 if resp.status == 429:
-                    upstream.ring.mark_rate_limited(key, retry_after, err.message)
+                    upstream.ring.mark_rate_limited(key, retry_after, failure.message)
                 elif resp.status in (401, 403):
-                    upstream.ring.mark_rejected(key, resp.status, err.message)
+                    upstream.ring.mark_rejected(key, resp.status, failure.message)
                 elif resp.status >= 500 or resp.status == 408:
-                    upstream.ring.mark_failed(key, err.message)
+                    upstream.ring.mark_failed(key, failure.message)
                 else:
                     # The client's own mistake: another key or upstream would say the same.
                     if not attempt.translated:
-                        await self._record(call, err)
+                        await self._record(call, failure)
                         return self._relay_error(call, resp.status, resp.headers, err_body)
-                    raise err
-                last_error = err
+                    raise failure
+                last_error = failure
             wait = upstream.ring.soonest_recovery()
             if wait is not None:
                 soonest = wait if soonest is None else min(soonest, wait)
@@ -374,6 +374,7 @@ class Gateway:
             raw = call.req.body if out == body else orjson.dumps(out)
             return _Attempt(upstream, route, dialect, raw, drop_usage, False, out)
         opts = self._options(upstream, route)
+        ctx: Any
         if client == "anthropic":
             translated, ctx = a2o.translate_request(adjusted, opts)
         else:
@@ -386,8 +387,8 @@ class Gateway:
         if not attempt.translated:
             return _passthrough_error(status, body, retry_after)
         if attempt.dialect == "openai":
-            return a2o.upstream_error(status, body, retry_after)  # type: ignore[no-any-return]
-        return o2a.upstream_error(status, body, retry_after)  # type: ignore[no-any-return]
+            return a2o.upstream_error(status, body, retry_after)
+        return o2a.upstream_error(status, body, retry_after)
 
     def _relay_error(
         self, call: _Call, status: int, headers: Mapping[str, str], body: bytes
@@ -552,7 +553,7 @@ class Gateway:
         finally:
             resp.close()
             usage = sniffer.usage
-            if client == "openai" and not sniffer.saw_usage:
+            if isinstance(sniffer, OpenAISniffer) and not sniffer.saw_usage:
                 usage = Usage(input_tokens=call.usage.input_tokens, estimated=True)
             call.usage = usage
             await self._record(

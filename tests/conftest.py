@@ -41,11 +41,15 @@ class Live:
         return self.services.settings.database_url
 
 
-def write_config(tmp_path: Path, body: str, *, with_key: bool = True) -> Path:
-    """A config file with a fresh SQLite database and (by default) the test key."""
+def write_config(tmp_path: Path, body: str, *, with_key: bool = True, server: str = "") -> Path:
+    """A config file with a fresh SQLite database and (by default) the test key.
+
+    ``server`` holds extra lines for the ``[server]`` table.
+    """
     db = tmp_path / "bridgekeeper.db"
     text = f'[server]\ndatabase_url = "sqlite:///{db}"\nadmin_password = "test-admin-pw"\n'
     text += f'secret_key = "{SECRET_KEY}"\nusage_flush_seconds = 0.05\n'
+    text += server.strip() + "\n" if server.strip() else ""
     text += body
     if with_key:
         text += f'\n[[keys]]\nname = "tester"\nkey = "{TEST_KEY}"\n'
@@ -68,8 +72,9 @@ def gateway(io_loop: tornado.ioloop.IOLoop, tmp_path: Path) -> Iterator[StartGat
         environ: dict[str, str] | None = None,
         clock: Any = None,
         with_key: bool = True,
+        server: str = "",
     ) -> Live:
-        path = write_config(tmp_path, config, with_key=with_key)
+        path = write_config(tmp_path, config, with_key=with_key, server=server)
         settings = load_settings(config_path=str(path), environ=environ or {}, cwd=tmp_path)
         kwargs = {"clock": clock} if clock is not None else {}
         services, _ = await build_services(settings, **kwargs)

@@ -1,0 +1,88 @@
+"""`bridgekeeper serve` on a fresh directory: generated credentials, echo backend, clean stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+
+def _post(url: str, body: dict, headers: dict[str, str]) -> tuple[int, bytes]:  # type: ignore[type-arg]
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json", **headers}
+    )
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        return resp.status, resp.read()
+
+
+def test_first_start_prints_credentials_and_echo_answers_both_dialects(tmp_path: Path) -> None:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("ANTHROPIC_", "OPENAI_", "BRIDGEKEEPER_", "CLAUDE_"))
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app", "serve", "--port", "0"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines: list[str] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line.rstrip("\n"))
+            if line.startswith("bk-"):
+                break
+        text = "\n".join(lines)
+        assert "echo backend" in text
+        assert "Admin user: admin  password: " in text
+        base = next(w for w in lines[0].split() if w.startswith("http://"))
+        key = lines[-1]
+        assert key.startswith("bk-")
+        assert base.startswith("http://127.0.0.1:")
+        with urllib.request.urlopen(base + "/health", timeout=10) as resp:
+            assert json.loads(resp.read())["status"] == "ok"
+        status, body = _post(
+            base + "/v1/messages",
+            {
+                "model": "claude-anything",
+                "max_tokens": 10,
+                "messages": [{"role": "user", "content": "hi"}],
+            },
+            {"x-api-key": key},
+        )
+        assert status == 200 and json.loads(body)["content"][0]["text"] == "echo: hi"
+        status, body = _post(
+            base + "/v1/chat/completions",
+            {
+                "model": "gpt-anything",
+                "stream": True,
+                "messages": [{"role": "user", "content": "yo"}],
+            },
+            {"Authorization": f"Bearer {key}"},
+        )
+        assert status == 200 and body.endswith(b"data: [DONE]\n\n") and b'"content":"yo"' in body
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        if proc.stdout:
+            proc.stdout.close()
+        if proc.stderr:
+            proc.stderr.close()
+    assert proc.returncode == 0
+    with sqlite3.connect(tmp_path / "bridgekeeper.db") as db:
+        statuses = [r[0] for r in db.execute("select status from usage_events order by id")]
+    assert statuses == ["ok", "ok"]

@@ -1,0 +1,288 @@
+"""The server's public surface: health, models, auth, routing errors, echo through both SDKs."""
+
+from __future__ import annotations
+
+import anthropic
+import openai
+import pytest
+
+from app.db import keys as key_queries
+from tests.conftest import TEST_KEY, http
+from tests.fakes import FakeUpstream
+
+pytestmark = pytest.mark.gen_test(timeout=30)
+
+ECHO = """
+[[upstreams]]
+name = "echo"
+kind = "echo"
+
+[[models]]
+name = "echo-model"
+upstream = "echo"
+
+[[models]]
+name = "claude-*"
+upstream = "echo"
+
+[[models]]
+name = "limited-model"
+upstream = "echo"
+"""
+
+
+async def test_health_hello_and_root_redirect(gateway):  # type: ignore[no-untyped-def]
+    live = await gateway(ECHO)
+    resp = await http("GET", live.url + "/health")
+    assert resp.status == 200 and resp.json()["status"] == "ok"
+    resp = await http("HEAD", live.url + "/api/hello")
+    assert resp.status == 200
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        async with session.get(live.url + "/", allow_redirects=False) as r:
+            assert r.status in (301, 302) and r.headers["Location"] == "/admin/"
+
+
+async def test_echo_through_both_sdks_stream_and_not(gateway):  # type: ignore[no-untyped-def]
+    live = await gateway(ECHO)
+    async with anthropic.AsyncAnthropic(
+        base_url=live.url, api_key=TEST_KEY, max_retries=0
+    ) as client:
+        message = await client.messages.create(
+            model="echo-model", max_tokens=50, messages=[{"role": "user", "content": "ping pong"}]
+        )
+        assert message.content[0].text == "echo: ping pong"  # type: ignore[union-attr]
+        async with client.messages.stream(
+            model="claude-team", max_tokens=50, messages=[{"role": "user", "content": "a b c"}]
+        ) as stream:
+            final = await stream.get_final_message()
+        assert final.content[0].text == "echo: a b c"  # type: ignore[union-attr]
+        assert final.usage.output_tokens > 0 and final.usage.input_tokens > 0
+    async with openai.AsyncOpenAI(base_url=live.url + "/v1", api_key=TEST_KEY, max_retries=0) as oc:
+        completion = await oc.chat.completions.create(
+            model="echo-model", messages=[{"role": "user", "content": "hello"}]
+        )
+        assert completion.choices[0].message.content == "echo: hello"
+        stream = await oc.chat.completions.create(
+            model="echo-model", messages=[{"role": "user", "content": "x y"}], stream=True
+        )
+        text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+        assert text == "echo: x y"
+
+
+async def test_models_in_both_shapes_with_anthropic_paging(gateway):  # type: ignore[no-untyped-def]
+    live = await gateway(ECHO)
+    auth = {"Authorization": f"Bearer {TEST_KEY}"}
+    body = (await http("GET", live.url + "/v1/models", headers=auth)).json()
+    assert body["object"] == "list"
+    assert [m["id"] for m in body["data"]] == ["echo-model", "limited-model"]
+    assert body["data"][0]["object"] == "model"
+    page = (
+        await http(
+            "GET",
+            live.url + "/v1/models?limit=1",
+            headers={**auth, "anthropic-version": "2023-06-01"},
+        )
+    ).json()
+    assert page["data"][0]["type"] == "model" and page["data"][0]["id"] == "echo-model"
+    assert (page["has_more"], page["first_id"], page["last_id"]) == (
+        True,
+        "echo-model",
+        "echo-model",
+    )
+    page2 = (
+        await http(
+            "GET", live.url + "/anthropic/v1/models?limit=1&after_id=echo-model", headers=auth
+        )
+    ).json()
+    assert [m["id"] for m in page2["data"]] == ["limited-model"] and page2["has_more"] is False
+    back = (
+        await http("GET", live.url + "/anthropic/v1/models?before_id=limited-model", headers=auth)
+    ).json()
+    assert [m["id"] for m in back["data"]] == ["echo-model"]
+    one = await http("GET", live.url + "/openai/v1/models/echo-model", headers=auth)
+    assert one.json()["id"] == "echo-model"
+    missing = await http("GET", live.url + "/anthropic/v1/models/nope", headers=auth)
+    assert missing.status == 404 and missing.json()["error"]["type"] == "not_found_error"
+    async with anthropic.AsyncAnthropic(
+        base_url=live.url, api_key=TEST_KEY, max_retries=0
+    ) as client:
+        ids = [m.id async for m in client.models.list(limit=1)]
+    assert ids == ["echo-model", "limited-model"]
+    async with openai.AsyncOpenAI(base_url=live.url + "/v1", api_key=TEST_KEY, max_retries=0) as oc:
+        assert [m.id async for m in oc.models.list()] == ["echo-model", "limited-model"]
+
+
+async def test_auth_errors_in_each_dialect(gateway):  # type: ignore[no-untyped-def]
+    live = await gateway(ECHO)
+    async with live.services.db.session() as session, session.begin():
+        _, revoked = await key_queries.create_key(session, "gone")
+        await key_queries.revoke_key(session, "gone")
+        from datetime import date
+
+        _, expired = await key_queries.create_key(session, "old", expires=date(2020, 1, 1))
+        _, limited = await key_queries.create_key(session, "narrow", models=["limited-*"])
+    await live.services.reload()
+    body = {"model": "echo-model", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    for key, fragment in (
+        (None, "Missing API key"),
+        ("bk-wrong", "Invalid API key"),
+        (revoked, "revoked"),
+        (expired, "expired"),
+    ):
+        headers = {"x-api-key": key} if key else {}
+        resp = await http("POST", live.url + "/v1/messages", json=body, headers=headers)
+        assert resp.status == 401
+        assert resp.json()["type"] == "error"
+        assert (
+            resp.json()["error"]["type"] == "authentication_error"
+            and fragment in resp.json()["error"]["message"]
+        )
+        resp = await http(
+            "POST",
+            live.url + "/v1/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {key}"} if key else {},
+        )
+        assert resp.status == 401
+        assert (
+            resp.json()["error"]["code"] == "invalid_api_key"
+            and fragment in resp.json()["error"]["message"]
+        )
+    resp = await http("POST", live.url + "/v1/messages", json=body, headers={"x-api-key": limited})
+    assert resp.status == 403 and resp.json()["error"]["type"] == "permission_error"
+    assert "'echo-model'" in resp.json()["error"]["message"]
+    ok = await http(
+        "POST",
+        live.url + "/v1/messages",
+        json=dict(body, model="limited-model"),
+        headers={"x-api-key": limited},
+    )
+    assert ok.status == 200
+
+
+async def test_unknown_model_without_default_upstream_is_404_naming_models(
+    gateway, fake_openai: FakeUpstream
+):  # type: ignore[no-untyped-def]
+    live = await gateway(
+        f'[[upstreams]]\nname = "o"\nkind = "openai"\nbase_url = "{fake_openai.url}"\n\n[[models]]\nname = "known"\nupstream = "o"\n'
+    )
+    resp = await http(
+        "POST",
+        live.url + "/v1/chat/completions",
+        json={"model": "mystery", "messages": [{"role": "user", "content": "x"}]},
+        headers={"Authorization": f"Bearer {TEST_KEY}"},
+    )
+    assert resp.status == 404
+    assert resp.json()["error"]["code"] == "model_not_found"
+    assert (
+        "mystery" in resp.json()["error"]["message"] and "known" in resp.json()["error"]["message"]
+    )
+    resp = await http(
+        "POST",
+        live.url + "/anthropic/v1/messages",
+        json={"model": "mystery", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}]},
+        headers={"x-api-key": TEST_KEY},
+    )
+    assert resp.status == 404 and resp.json()["error"]["type"] == "not_found_error"
+
+
+async def test_unknown_path_and_wrong_method_in_dialect(gateway):  # type: ignore[no-untyped-def]
+    live = await gateway(ECHO)
+    resp = await http("GET", live.url + "/v1/messages", headers={"x-api-key": TEST_KEY})
+    assert resp.status == 405 and resp.json()["error"]["type"] == "invalid_request_error"
+    resp = await http("GET", live.url + "/v1/chat/completions")
+    assert (
+        resp.status == 405
+        and "error" in resp.json()
+        and resp.json()["error"]["type"] == "invalid_request_error"
+    )
+    resp = await http("POST", live.url + "/anthropic/v1/nothing")
+    assert resp.status == 404 and resp.json()["type"] == "error"
+    resp = await http("POST", live.url + "/v1/nothing")
+    assert resp.status == 404 and resp.json()["error"]["type"] == "invalid_request_error"
+
+
+async def test_request_ids_on_every_response(gateway):  # type: ignore[no-untyped-def]
+    live = await gateway(ECHO)
+    resp = await http(
+        "POST",
+        live.url + "/v1/messages",
+        json={
+            "model": "echo-model",
+            "max_tokens": 5,
+            "messages": [{"role": "user", "content": "x"}],
+        },
+        headers={"x-api-key": TEST_KEY},
+    )
+    assert (
+        resp.headers["request-id"].startswith("req_")
+        and resp.headers["x-request-id"] == resp.headers["request-id"]
+    )
+
+
+async def test_count_tokens_estimate_and_anthropic_upstream(gateway, fake_anthropic: FakeUpstream):  # type: ignore[no-untyped-def]
+    config = (
+        ECHO
+        + f'\n[[upstreams]]\nname = "real"\nkind = "anthropic"\nbase_url = "{fake_anthropic.url}"\nkeys = ["sk-ant-x"]\n\n[[models]]\nname = "real-model"\nupstream = "real"\n'
+    )
+    live = await gateway(config)
+    body = {
+        "model": "echo-model",
+        "messages": [{"role": "user", "content": "count these words please"}],
+    }
+    resp = await http(
+        "POST",
+        live.url + "/v1/messages/count_tokens?beta=true",
+        json=body,
+        headers={"x-api-key": TEST_KEY},
+    )
+    assert resp.status == 200 and resp.json()["input_tokens"] > 0
+    async with anthropic.AsyncAnthropic(
+        base_url=live.url, api_key=TEST_KEY, max_retries=0
+    ) as client:
+        counted = await client.messages.count_tokens(
+            model="real-model", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert counted.input_tokens == 42
+    sent = fake_anthropic.received[-1]
+    assert sent.path == "/v1/messages/count_tokens" and sent.headers["X-Api-Key"] == "sk-ant-x"
+
+
+async def test_dedicated_anthropic_port(gateway):  # type: ignore[no-untyped-def]
+    live = await gateway(ECHO)
+    live.server.listen("127.0.0.1", 0, 0)
+    port = live.server.ports[-1]
+    resp = await http(
+        "POST",
+        f"http://127.0.0.1:{port}/v1/messages",
+        json={
+            "model": "echo-model",
+            "max_tokens": 5,
+            "messages": [{"role": "user", "content": "root"}],
+        },
+        headers={"x-api-key": TEST_KEY},
+    )
+    assert resp.status == 200 and resp.json()["content"][0]["text"] == "echo: root"
+    resp = await http(
+        "POST",
+        f"http://127.0.0.1:{port}/v1/chat/completions",
+        json={},
+        headers={"x-api-key": TEST_KEY},
+    )
+    assert resp.status == 404 and resp.json()["type"] == "error"
+
+
+async def test_body_over_the_limit_is_413_in_dialect(gateway):  # type: ignore[no-untyped-def]
+    live = await gateway(ECHO, server="max_body_mb = 0.001")
+    big = b'{"model":"echo-model","messages":[{"role":"user","content":"' + b"x" * 5000 + b'"}]}'
+    resp = await http(
+        "POST",
+        live.url + "/v1/chat/completions",
+        data=big,
+        headers={"Authorization": f"Bearer {TEST_KEY}", "Content-Type": "application/json"},
+    )
+    assert resp.status == 413 and resp.json()["error"]["code"] == "request_too_large"
+    resp = await http("POST", live.url + "/v1/messages", data=big, headers={"x-api-key": TEST_KEY})
+    assert resp.status == 413 and resp.json()["error"]["type"] == "request_too_large"

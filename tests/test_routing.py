@@ -1,0 +1,69 @@
+"""Routing: exact name, globs in order, inline ``upstream:model?params``, default upstream."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.errors import NotFoundError
+from app.routing import Router, RouteSettings, RouteSpec
+
+ROUTES = [
+    RouteSpec(
+        "claude-3-haiku", "local", target="qwen2.5:7b", settings=RouteSettings(max_tokens=4096)
+    ),
+    RouteSpec("claude-*", "anthropic", fallbacks=("claude-3-haiku",)),
+    RouteSpec("claude-3-*", "never"),  # shadowed by the glob above: order matters
+    RouteSpec("gpt-4o", "openai", enabled=False),
+    RouteSpec("gpt-*", "openai", target="gpt-4.1"),
+]
+UPSTREAMS = ["local", "anthropic", "openai", "never"]
+
+
+@pytest.mark.parametrize(
+    ("model", "upstream", "target", "matched"),
+    [
+        ("claude-3-haiku", "local", "qwen2.5:7b", "claude-3-haiku"),
+        ("claude-3-opus", "anthropic", "claude-3-opus", "claude-*"),
+        ("gpt-4o", "openai", "gpt-4.1", "gpt-*"),
+        ("local:llama3", "local", "llama3", "inline"),
+    ],
+)
+def test_resolution_order(model: str, upstream: str, target: str, matched: str) -> None:
+    route = Router(ROUTES, UPSTREAMS).resolve(model)
+    assert (route.upstream, route.target, route.matched) == (upstream, target, matched)
+
+
+def test_inline_parameters() -> None:
+    route = Router([], UPSTREAMS).resolve("local:qwen3?temperature=0.7&max_tokens=512&top_p=0.9")
+    assert (route.upstream, route.target) == ("local", "qwen3")
+    assert route.settings.temperature == 0.7 and route.settings.max_tokens == 512
+    assert dict(route.settings.params) == {"top_p": 0.9}
+
+
+def test_inline_bad_number_is_a_clear_error() -> None:
+    with pytest.raises(NotFoundError, match="temperature='hot'"):
+        Router([], UPSTREAMS).resolve("local:qwen3?temperature=hot")
+
+
+def test_default_upstream_and_model() -> None:
+    router = Router([], UPSTREAMS, default_upstream="local", default_model="qwen3")
+    route = router.resolve("anything")
+    assert (route.upstream, route.target, route.matched) == ("local", "qwen3", "default")
+
+
+def test_unknown_model_names_what_exists() -> None:
+    with pytest.raises(NotFoundError) as info:
+        Router(ROUTES, UPSTREAMS).resolve("mistral-large")
+    assert "mistral-large" in info.value.message
+    assert "claude-3-haiku" in info.value.message
+
+
+def test_defaults_fill_unset_settings() -> None:
+    router = Router(ROUTES, UPSTREAMS, defaults=RouteSettings(temperature=0.3, max_tokens=1000))
+    assert router.resolve("claude-3-haiku").settings.max_tokens == 4096
+    assert router.resolve("claude-3-haiku").settings.temperature == 0.3
+    assert router.resolve("gpt-5").settings.max_tokens == 1000
+
+
+def test_public_names_skip_globs_and_disabled() -> None:
+    assert Router(ROUTES, UPSTREAMS).public_names() == ["claude-3-haiku"]

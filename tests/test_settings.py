@@ -1,0 +1,217 @@
+"""Settings: file + .env + environment + flags merged once; clear one-line config errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from app.settings import ConfigError, load_settings
+
+DESIGN_EXAMPLE = """
+[server]
+host = "127.0.0.1"
+port = 8000
+anthropic_port = 8001
+database_url = "sqlite:///bridgekeeper.db"
+admin_password = "secret-pw"
+default_upstream = "local"
+max_body_mb = 32
+grace_seconds = 30
+
+[[upstreams]]
+name = "local"
+kind = "openai"
+base_url = "http://127.0.0.1:11434/v1"
+keys = ["sk-one", "env:SECOND_KEY"]
+rotation = "ordered"
+timeout = 60
+reasoning = "replay"
+top_k = false
+tokenize_url = "http://127.0.0.1:8080/tokenize"
+max_tokens_field = "max_tokens"
+
+[[models]]
+name = "claude-3-haiku-20240307"
+upstream = "local"
+target = "qwen2.5:7b"
+max_tokens = 4096
+temperature = 0.1
+context_window = 32768
+fallbacks = ["claude-3-5-haiku"]
+prompt_cache = true
+
+[[keys]]
+name = "alice"
+key = "bk-alice-0000000000"
+rpm = 60
+tpm = 100000
+models = ["claude-*"]
+expires = "2030-01-31"
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "bk.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_design_example_parses(tmp_path: Path) -> None:
+    path = write(tmp_path, DESIGN_EXAMPLE)
+    s = load_settings(config_path=str(path), environ={"SECOND_KEY": "sk-two"}, cwd=tmp_path)
+    assert (s.host, s.port, s.anthropic_port, s.default_upstream) == (
+        "127.0.0.1",
+        8000,
+        8001,
+        "local",
+    )
+    assert s.max_body_bytes == 32 * 1024 * 1024 and s.grace_seconds == 30
+    (up,) = s.upstreams
+    assert up.keys == ("sk-one", "sk-two") and up.reasoning == "replay"
+    assert up.tokenize_url == "http://127.0.0.1:8080/tokenize"
+    (model,) = s.models
+    assert (model.target, model.max_tokens, model.context_window, model.fallbacks) == (
+        "qwen2.5:7b",
+        4096,
+        32768,
+        ("claude-3-5-haiku",),
+    )
+    (key,) = s.keys
+    assert (key.rpm, key.tpm, key.models, key.expires) == (
+        60,
+        100000,
+        ("claude-*",),
+        date(2030, 1, 31),
+    )
+    assert not s.echo_default
+
+
+def test_precedence_flags_over_env_over_dotenv_over_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, '[server]\nport = 1111\nhost = "10.0.0.1"\ndatabase_url = "sqlite:///file.db"\n'
+    )
+    (tmp_path / ".env").write_text(
+        'BRIDGEKEEPER_PORT=2222\nBRIDGEKEEPER_HOST="0.0.0.0"\n# comment\n'
+    )
+    s = load_settings(config_path=str(path), environ={"BRIDGEKEEPER_PORT": "3333"}, cwd=tmp_path)
+    assert (s.port, s.host, s.database_url) == (3333, "0.0.0.0", "sqlite:///file.db")
+    s = load_settings(
+        config_path=str(path),
+        environ={"BRIDGEKEEPER_PORT": "3333"},
+        cwd=tmp_path,
+        flags={"port": 4444, "database_url": "sqlite:///flag.db"},
+    )
+    assert (s.port, s.database_url) == (4444, "sqlite:///flag.db")
+
+
+def test_config_path_from_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, "[server]\nport = 1234\n")
+    s = load_settings(environ={"BRIDGEKEEPER_CONFIG": str(path)}, cwd=tmp_path)
+    assert s.port == 1234 and s.config_path == str(path)
+
+
+def test_nothing_configured_means_echo(tmp_path: Path) -> None:
+    s = load_settings(environ={}, cwd=tmp_path)
+    assert s.echo_default and s.default_upstream == "echo"
+    assert [(u.name, u.kind) for u in s.upstreams] == [("echo", "echo")]
+
+
+def test_compatibility_variables(tmp_path: Path) -> None:
+    env = {
+        "ANTHROPIC_API_KEY": "sk-ant-a",
+        "ANTHROPIC_API_KEY_2": "sk-ant-c",
+        "ANTHROPIC_API_KEY_1": "sk-ant-b",
+        "ANTHROPIC_BASE_URL": "http://anthropic.local/",
+        "OPENAI_API_KEY_1": "sk-oa",
+        "OPENAI_BASE_URL": "http://vllm.local/v1",
+        "CLAUDE_PROXY_API_KEY": "bk-compat-key-000",
+        "ANTHROPIC_MODEL": "qwen3",
+        "MODEL_TEMPERATURE": "0.2",
+        "MAX_TOKENS": "8192",
+        "REQUEST_TIMEOUT": "90",
+        "TOKENS_PER_MINUTE": "50000",
+        "REQUESTS_PER_MINUTE": "30",
+    }
+    s = load_settings(environ=env, cwd=tmp_path)
+    anthropic, openai = s.upstreams
+    assert (anthropic.name, anthropic.base_url, anthropic.keys) == (
+        "anthropic",
+        "http://anthropic.local",
+        ("sk-ant-a", "sk-ant-b", "sk-ant-c"),
+    )
+    assert (openai.base_url, openai.keys, openai.timeout) == (
+        "http://vllm.local/v1",
+        ("sk-oa",),
+        90.0,
+    )
+    assert s.proxy_key == "bk-compat-key-000"
+    assert (s.default_model, s.default_temperature, s.default_max_tokens) == ("qwen3", 0.2, 8192)
+    assert (s.default_tpm, s.default_rpm, s.request_timeout) == (50000, 30, 90.0)
+    assert [m.name for m in s.models][:1] == ["claude-*"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[server\nport = 1", "not valid TOML"),
+        ('[[upstreams]]\nname = "x"\nkind = "grpc"\n', "upstreams[0] (x): unknown kind 'grpc'"),
+        ('[[upstreams]]\nkind = "openai"\n', "upstreams[0]: 'name' is required"),
+        (
+            '[[upstreams]]\nname = "x"\nkind = "openai"\nbogus = 1\n',
+            "upstreams[0] (x): unknown setting 'bogus'",
+        ),
+        (
+            '[[upstreams]]\nname = "x"\nkind = "openai"\nrotation = "random"\n',
+            "upstreams[0] (x).rotation: unknown value 'random'",
+        ),
+        (
+            '[[upstreams]]\nname = "x"\nkind = "openai"\ntimeout = "fast"\n',
+            "upstreams[0] (x).timeout: expected a number",
+        ),
+        (
+            '[[upstreams]]\nname = "x"\nkind = "openai"\nkeys = ["env:NOPE_NOT_SET"]\n',
+            "environment variable NOPE_NOT_SET is not set",
+        ),
+        (
+            '[[models]]\nname = "m"\nupstream = "ghost"\n',
+            "models[0] (m): upstream 'ghost' is not defined",
+        ),
+        ('[[keys]]\nname = "k"\nkey = "short"\n', "keys[0] (k): 'key' is required"),
+        (
+            '[[keys]]\nname = "k"\nkey = "bk-long-enough"\nexpires = "soon"\n',
+            "keys[0] (k).expires: expected a date",
+        ),
+        ('[server]\nport = "eighty"\n', "server.port: expected an integer"),
+        ("[server]\nwhatever = 1\n", "server: unknown setting 'whatever'"),
+        (
+            '[server]\ndefault_upstream = "ghost"\n',
+            "server.default_upstream: upstream 'ghost' is not defined",
+        ),
+    ],
+)
+def test_config_errors_name_file_entry_and_problem(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(config_path=str(path), environ={}, cwd=tmp_path)
+    assert str(info.value).startswith(str(path) + ": ")
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_serve_with_bad_config_prints_one_line_without_traceback(tmp_path: Path) -> None:
+    path = write(tmp_path, '[[upstreams]]\nname = "x"\nkind = "grpc"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "app", "serve", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "Traceback" not in result.stderr
+    assert "unknown kind 'grpc'" in result.stderr and str(path) in result.stderr
