@@ -122,16 +122,27 @@ class RateLimiter:
                 now,
             )
         window.requests.append(now)
-        entry = [now, float(estimate)]
+        entry: list[float] | None = None
         if tpm is not None:
+            entry = [now, float(estimate)]
             window.tokens.append(entry)
         headers = self._headers(dialect, rpm, tpm, window, used + estimate, now)
         return Admission(key.id, entry, headers)
 
     def settle(self, admission: Admission, actual_tokens: int) -> None:
-        """Replace the reservation with what the request really used."""
-        if admission.entry is not None:
-            admission.entry[1] = float(max(actual_tokens, 0))
+        """Replace the reservation with what the request really used, charged as of now.
+
+        Charged when the request ends rather than at admission: a stream longer than
+        the window would otherwise cost nothing, its reservation having expired.
+        """
+        entry = admission.entry
+        if entry is None or admission.key_id is None:
+            return
+        admission.entry = None
+        entry[1] = 0.0
+        window = self._windows.get(admission.key_id)
+        if window is not None and actual_tokens > 0:
+            window.tokens.append([self._clock(), float(actual_tokens)])
 
     def _token_wait(self, window: _Window, tpm: int, estimate: int, now: float) -> float:
         remaining = window.used_tokens() + estimate - tpm
