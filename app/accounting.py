@@ -203,6 +203,7 @@ class RateLimiter:
 
 WriteBatch = Callable[[Sequence[UsageRecord], Sequence[KeyState]], None]
 PurgeBatch = Callable[[datetime], int]
+PURGE_EVERY = 3600.0
 
 
 class UsageRecorder:
@@ -221,20 +222,23 @@ class UsageRecorder:
         max_buffer: int = 10000,
         purge: PurgeBatch | None = None,
         retention_days: int | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._write = write
         self._interval = interval
         self._max = max_buffer
         self._purge = purge
         self._retention_days = retention_days
+        self._clock = clock
         self._buffer: deque[UsageRecord] = deque()
         self._keys: dict[int, KeyState] = {}
         self._space = asyncio.Event()
         self._space.set()
+        self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="usage-writer")
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self._last_purge = 0.0
+        self._last_purge: float | None = None
         self._flush_lock = asyncio.Lock()
         self.written = 0
         self.failures = 0
@@ -287,7 +291,12 @@ class UsageRecorder:
     async def _run(self) -> None:
         backoff = self._interval
         while not self._stopping:
-            await asyncio.sleep(backoff)
+            try:
+                await asyncio.wait_for(self._wake.wait(), backoff)
+            except TimeoutError:
+                pass
+            if self._stopping:
+                return
             ok = await self.flush()
             backoff = self._interval if ok else min(backoff * 2, 30.0)
             if ok:
@@ -296,14 +305,18 @@ class UsageRecorder:
     async def _maybe_purge(self) -> None:
         if self._purge is None or not self._retention_days:
             return
-        now = time.monotonic()
-        if self._last_purge and now - self._last_purge < 3600:
+        now = self._clock()
+        if self._last_purge is not None and now - self._last_purge < PURGE_EVERY:
             return
         self._last_purge = now
-        cutoff = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=self._retention_days)
+        cutoff = datetime.fromtimestamp(now, UTC).replace(tzinfo=None) - timedelta(
+            days=self._retention_days
+        )
         loop = asyncio.get_running_loop()
         try:
-            while await loop.run_in_executor(self._executor, self._purge, cutoff):
+            while not self._stopping and await loop.run_in_executor(
+                self._executor, self._purge, cutoff
+            ):
                 await asyncio.sleep(0)
         except Exception as exc:
             log.warning("usage retention purge failed: %s", exc)
@@ -312,12 +325,14 @@ class UsageRecorder:
         """Stop the timer and write everything left, retrying a few times."""
         self._stopping = True
         self._space.set()
+        self._wake.set()
         if self._task is not None:
-            self._task.cancel()
+            # Not cancelled: a write already handed to the writer thread would carry on
+            # regardless, and its batch, still buffered, would be written a second time.
             try:
                 await self._task
-            except asyncio.CancelledError:
-                pass
+            except Exception:
+                log.exception("usage recorder timer failed")
             self._task = None
         for attempt in range(attempts):
             if await self.flush():

@@ -107,6 +107,7 @@ async def build_services(
         max_buffer=settings.usage_buffer_size,
         purge=purge,
         retention_days=settings.retention_days,
+        clock=clock,
     )
     pool = UpstreamPool(clock=clock, on_key_change=recorder.key_changed)
     services = Services(
