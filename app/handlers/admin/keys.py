@@ -1,0 +1,235 @@
+"""Proxy keys: list with usage totals, create (the key shown once), edit limits, revoke,
+and one key's usage over time and by model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+
+from markupsafe import Markup
+
+from app.charts import hbar_chart, stacked_bar_chart
+from app.db import dashboard, keys
+from app.db.dashboard import Ranked, Totals
+from app.db.models import ProxyKey
+from app.handlers.admin.base import AdminHandler, not_found
+from app.handlers.admin.forms import (
+    FormError,
+    names,
+    optional_date,
+    optional_int,
+    optional_text,
+    required,
+)
+
+CHART_DAYS = 30
+
+
+def key_state(row: ProxyKey, now: datetime) -> str:
+    if row.revoked_at is not None:
+        return "revoked"
+    if row.expires_at is not None and row.expires_at <= now:
+        return "expired"
+    return "active"
+
+
+def expiry_day(row: ProxyKey) -> date | None:
+    """The last day a key works (keys expire at the midnight after their date)."""
+    return (row.expires_at - timedelta(days=1)).date() if row.expires_at else None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRow:
+    key: ProxyKey
+    state: str
+    totals: Totals
+    expires: date | None
+
+
+@dataclass(slots=True)
+class KeysPage:
+    rows: list[KeyRow]
+    new_key: str | None = None
+    new_key_name: str | None = None
+    error: str | None = None
+    form: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLimits:
+    rpm: int | None
+    tpm: int | None
+    models: tuple[str, ...]
+    expires: date | None
+    note: str
+
+
+def describe(limits: KeyLimits) -> str:
+    """The audit detail of a key's limits (never the key itself)."""
+    return (
+        f"rpm={limits.rpm or '-'} tpm={limits.tpm or '-'} "
+        f"models={','.join(limits.models) or '*'} expires={limits.expires or '-'}"
+    )
+
+
+class KeyFormMixin(AdminHandler):
+    def read_limits(self) -> KeyLimits:
+        return KeyLimits(
+            rpm=optional_int(self.arg("rpm"), self.t("keys.rpm"), minimum=1),
+            tpm=optional_int(self.arg("tpm"), self.t("keys.tpm"), minimum=1),
+            models=names(self.arg("models")),
+            expires=optional_date(self.arg("expires"), self.t("keys.expires")),
+            note=optional_text(self.arg("note"), self.t("keys.note"), max_len=1000) or "",
+        )
+
+
+class KeysHandler(KeyFormMixin):
+    nav = "keys"
+    flashes = frozenset({"key_revoked"})
+
+    async def get(self) -> None:
+        await self._show(KeysPage(rows=[]))
+
+    async def _show(self, page: KeysPage, status: int = 200) -> None:
+        now = self.services.now()
+        async with self.services.db.session() as session:
+            rows = await keys.list_keys(session)
+            totals = await dashboard.key_totals(session)
+        page.rows = [
+            KeyRow(r, key_state(r, now), totals.get(r.name, Totals()), expiry_day(r)) for r in rows
+        ]
+        self.render_page("keys.html", page, title=self.t("keys.title"), status=status)
+
+    async def post(self) -> None:
+        form = {k: self.arg(k) for k in ("name", "rpm", "tpm", "models", "expires", "note")}
+        try:
+            name = required(form["name"], self.t("keys.name"))
+            limits = self.read_limits()
+        except FormError as exc:
+            await self._show(KeysPage([], error=self.t(exc.key, **exc.params), form=form), 400)
+            return
+        async with self.services.db.session() as session:
+            try:
+                row, secret = await keys.create_key(
+                    session,
+                    name,
+                    rpm=limits.rpm,
+                    tpm=limits.tpm,
+                    models=limits.models,
+                    expires=limits.expires,
+                    note=limits.note,
+                    source="dashboard",
+                )
+            except keys.KeyExistsError:
+                page = KeysPage([], error=self.t("keys.exists", name=name), form=form)
+                await self._show(page, 400)
+                return
+            await self.audit(session, "key_created", row.name, describe(limits))
+            await session.commit()
+        await self.services.reload()
+        await self._show(KeysPage([], new_key=secret, new_key_name=row.name), 201)
+
+
+class KeyRevokeHandler(AdminHandler):
+    nav = "keys"
+
+    async def post(self, key_id: str) -> None:
+        async with self.services.db.session() as session:
+            row = await keys.get_key(session, int(key_id))
+            if row is None:
+                not_found()
+            await keys.revoke_key(session, row.name)
+            await self.audit(session, "key_revoked", row.name)
+            await session.commit()
+        await self.services.reload()
+        self.redirect_with("/admin/keys", "key_revoked")
+
+
+@dataclass(slots=True)
+class KeyPage:
+    key: ProxyKey
+    state: str
+    expires: date | None
+    totals: Totals
+    requests_chart: Markup
+    tokens_chart: Markup
+    models_chart: Markup
+    models: list[Ranked]
+    error: str | None = None
+
+
+class KeyHandler(KeyFormMixin):
+    """One key: its limits (editable) and its usage over time and by model."""
+
+    nav = "keys"
+    flashes = frozenset({"key_updated"})
+
+    async def get(self, key_id: str) -> None:
+        await self._show(int(key_id))
+
+    async def _show(self, key_id: int, error: str | None = None) -> None:
+        today = self.services.now().date()
+        since = today - timedelta(days=CHART_DAYS - 1)
+        async with self.services.db.session() as session:
+            row = await keys.get_key(session, key_id)
+            if row is None:
+                not_found()
+            series = await dashboard.daily_series(session, since, today, key_name=row.name)
+            models = await dashboard.top_models(session, since, 10, key_name=row.name)
+            totals = (await dashboard.key_totals(session)).get(row.name, Totals())
+        t = self.t
+        labels = [p.day.strftime("%m-%d") for p in series]
+        page = KeyPage(
+            key=row,
+            state=key_state(row, self.services.now()),
+            expires=expiry_day(row),
+            totals=totals,
+            requests_chart=stacked_bar_chart(
+                "key-requests",
+                t("chart.requests_per_day"),
+                labels,
+                [
+                    (t("chart.ok"), [p.requests - p.errors for p in series]),
+                    (t("chart.errors"), [p.errors for p in series]),
+                ],
+                empty=t("chart.empty"),
+            ),
+            tokens_chart=stacked_bar_chart(
+                "key-tokens",
+                t("chart.tokens_per_day"),
+                labels,
+                [
+                    (t("chart.input"), [p.input_tokens for p in series]),
+                    (t("chart.output"), [p.output_tokens for p in series]),
+                ],
+                empty=t("chart.empty"),
+            ),
+            models_chart=hbar_chart(
+                "key-models",
+                t("chart.by_model"),
+                [(m.name, m.requests) for m in models],
+                empty=t("chart.empty"),
+            ),
+            models=models,
+            error=error,
+        )
+        self.render_page("key.html", page, title=row.name, status=400 if error else 200)
+
+    async def post(self, key_id: str) -> None:
+        try:
+            limits = self.read_limits()
+        except FormError as exc:
+            await self._show(int(key_id), self.t(exc.key, **exc.params))
+            return
+        async with self.services.db.session() as session:
+            row = await keys.get_key(session, int(key_id))
+            if row is None:
+                not_found()
+            row.rpm, row.tpm, row.models = limits.rpm, limits.tpm, list(limits.models)
+            row.expires_at = keys.end_of_day(limits.expires) if limits.expires else None
+            row.note = limits.note
+            await self.audit(session, "key_limits_edited", row.name, describe(limits))
+            await session.commit()
+        await self.services.reload()
+        self.redirect_with(f"/admin/keys/{key_id}", "key_updated")

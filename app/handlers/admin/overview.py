@@ -1,0 +1,108 @@
+"""The overview: totals for today, 7 and 30 days, charts from the daily roll-up, and the
+state of every upstream key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from markupsafe import Markup
+
+from app.charts import hbar_chart, line_chart, stacked_bar_chart
+from app.db import dashboard
+from app.db import upstreams_admin as ua
+from app.db.dashboard import Totals
+from app.handlers.admin.base import AdminHandler
+from app.handlers.admin.upstreams import UpstreamRow, key_views
+
+CHART_DAYS = 30
+WINDOWS = (1, 7, 30)
+
+
+@dataclass(frozen=True, slots=True)
+class OverviewPage:
+    windows: list[tuple[str, Totals]]
+    requests_chart: Markup
+    tokens_chart: Markup
+    errors_chart: Markup
+    latency_chart: Markup
+    keys_chart: Markup
+    models_chart: Markup
+    upstreams: list[UpstreamRow]
+
+
+class OverviewHandler(AdminHandler):
+    nav = "overview"
+
+    async def get(self) -> None:
+        t = self.t
+        today = self.services.now().date()
+        since = today - timedelta(days=CHART_DAYS - 1)
+        async with self.services.db.session() as session:
+            totals = await dashboard.window_totals(session, today, WINDOWS)
+            series = await dashboard.daily_series(session, since, today)
+            top_keys = await dashboard.top_keys(session, since)
+            top_models = await dashboard.top_models(session, since)
+            upstreams = await ua.list_upstreams(session)
+        labels = [p.day.strftime("%m-%d") for p in series]
+        pool = self.services.pool
+        page = OverviewPage(
+            windows=[
+                (t("overview.today"), totals[1]),
+                (t("overview.days", days=7), totals[7]),
+                (t("overview.days", days=30), totals[30]),
+            ],
+            requests_chart=stacked_bar_chart(
+                "chart-requests",
+                t("chart.requests_per_day"),
+                labels,
+                [
+                    (t("chart.ok"), [p.requests - p.errors for p in series]),
+                    (t("chart.errors"), [p.errors for p in series]),
+                ],
+                empty=t("chart.empty"),
+            ),
+            tokens_chart=stacked_bar_chart(
+                "chart-tokens",
+                t("chart.tokens_per_day"),
+                labels,
+                [
+                    (t("chart.input"), [p.input_tokens for p in series]),
+                    (t("chart.output"), [p.output_tokens for p in series]),
+                ],
+                empty=t("chart.empty"),
+            ),
+            errors_chart=line_chart(
+                "chart-errors",
+                t("chart.error_rate"),
+                labels,
+                [round(p.error_rate, 1) for p in series],
+                suffix="%",
+                empty=t("chart.no_errors"),
+            ),
+            latency_chart=line_chart(
+                "chart-latency",
+                t("chart.latency"),
+                labels,
+                [round(p.mean_latency_ms) for p in series],
+                suffix=" ms",
+                empty=t("chart.empty"),
+            ),
+            keys_chart=hbar_chart(
+                "chart-keys",
+                t("chart.top_keys"),
+                [(k.name, k.requests) for k in top_keys],
+                empty=t("chart.empty"),
+            ),
+            models_chart=hbar_chart(
+                "chart-models",
+                t("chart.top_models"),
+                [(m.name, m.requests) for m in top_models],
+                empty=t("chart.empty"),
+            ),
+            upstreams=[
+                UpstreamRow(u, key_views(u, pool.key_states(u.name), pool.now())) for u in upstreams
+            ],
+        )
+        self.render_page("overview.html", page, title=t("overview.title"))

@@ -1,0 +1,70 @@
+"""The upstream Test button: one tiny real request through an upstream, timed.
+
+It bypasses the key ring's bookkeeping (no cooldown, no counts), so testing a
+key never changes how the gateway rotates.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import orjson
+
+from app.errors import GatewayError
+from app.upstreams.keyring import KeyState
+from app.upstreams.pool import Upstream
+
+PROMPT = "Reply with the single word OK."
+PREVIEW_CHARS = 300
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    model: str
+    key: str  # the key's display name: label or …last4
+    status: int | None
+    latency_ms: float
+    preview: str
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.status is not None and self.status < 400
+
+
+def probe_body(upstream: Upstream, model: str) -> tuple[str, dict[str, object]]:
+    """The endpoint and body of the test request in the upstream's own dialect."""
+    messages = [{"role": "user", "content": PROMPT}]
+    if upstream.kind == "anthropic":
+        return "messages", {"model": model, "max_tokens": 16, "messages": messages}
+    field = upstream.spec.max_tokens_field or "max_tokens"
+    return "chat", {"model": model, "messages": messages, field: 16, "stream": False}
+
+
+def _redact(text: str, key: KeyState) -> str:
+    # An upstream that echoes request headers must not put the secret on the page.
+    if key.secret and len(key.secret) >= 4:
+        text = text.replace(key.secret, "…" + key.last4)
+    return text
+
+
+async def probe(upstream: Upstream, model: str, key: KeyState) -> ProbeResult:
+    endpoint, body = probe_body(upstream, model)
+    started = time.perf_counter()
+    try:
+        resp = await upstream.send(
+            endpoint,
+            orjson.dumps(body),
+            key,
+            stream=False,
+            parsed=body,
+            client_dialect="openai",
+        )
+        raw = await resp.read()
+    except GatewayError as exc:
+        elapsed = (time.perf_counter() - started) * 1000
+        return ProbeResult(model, key.display, None, elapsed, "", _redact(exc.message, key))
+    elapsed = (time.perf_counter() - started) * 1000
+    text = _redact(raw.decode("utf-8", "replace"), key)[:PREVIEW_CHARS]
+    return ProbeResult(model, key.display, resp.status, elapsed, text)

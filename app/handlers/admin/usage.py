@@ -1,0 +1,138 @@
+"""The usage audit trail: every request newest first, filtered and keyset-paged, with
+totals for the filter; and its CSV export, streamed page by page.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+from app.db import dashboard, keys
+from app.db.dashboard import Totals
+from app.db.models import UsageEvent
+from app.db.usage import EXPORT_COLUMNS, UsageFilter, iter_export
+from app.handlers.admin.base import AdminHandler
+from app.handlers.admin.forms import FormError, optional_date, optional_int
+
+PAGE_SIZE = 50
+CSV_FLUSH_ROWS = 500
+FILTER_FIELDS = ("key", "model", "upstream", "status", "since", "until")
+# What the gateway records in usage_events.status.
+STATUSES = ("ok", "error", "rate_limited", "client_closed")
+
+
+class UsageFilterMixin(AdminHandler):
+    def read_filter(self) -> tuple[UsageFilter, dict[str, str], str | None]:
+        """The filter from the query string, the raw values, and an error for a bad date."""
+        raw = {name: self.qarg(name) for name in FILTER_FIELDS}
+        error = None
+        try:
+            since = optional_date(raw["since"], self.t("usage.since"))
+            until = optional_date(raw["until"], self.t("usage.until"))
+        except FormError as exc:
+            error = self.t(exc.key, **exc.params)
+            since = until = None
+        flt = UsageFilter(
+            key_name=raw["key"] or None,
+            model=raw["model"] or None,
+            upstream=raw["upstream"] or None,
+            status=raw["status"] or None,
+            since=since,
+            until=until,
+        )
+        return flt, raw, error
+
+
+def query(raw: dict[str, str], **extra: Any) -> str:
+    """The filter's query string (empty fields left out) plus ``extra``."""
+    params = {k: v for k, v in raw.items() if v} | {k: v for k, v in extra.items() if v}
+    return ("?" + urlencode(params)) if params else ""
+
+
+@dataclass(frozen=True, slots=True)
+class UsagePage:
+    rows: list[UsageEvent]
+    totals: Totals
+    filters: dict[str, str]
+    key_names: list[str]
+    models: list[str]
+    upstreams: list[str]
+    statuses: tuple[str, ...]
+    export_url: str
+    newer_url: str | None
+    older_url: str | None
+    first_url: str | None
+    error: str | None
+
+
+class UsageHandler(UsageFilterMixin):
+    nav = "usage"
+
+    async def get(self) -> None:
+        flt, raw, error = self.read_filter()
+        try:
+            before = optional_int(self.qarg("before"), "before")
+            after = optional_int(self.qarg("after"), "after")
+        except FormError:
+            before = after = None
+        async with self.services.db.session() as session:
+            page = await dashboard.events_page(
+                session, flt, before=before, after=after, limit=PAGE_SIZE
+            )
+            totals = await dashboard.filter_totals(session, flt)
+            key_names = [k.name for k in await keys.list_keys(session)]
+            models, upstreams = await dashboard.filter_choices(session)
+        paged = before is not None or after is not None
+        context = UsagePage(
+            rows=page.rows,
+            totals=totals,
+            filters=raw,
+            key_names=key_names,
+            models=models,
+            upstreams=upstreams,
+            statuses=STATUSES + ((raw["status"],) if raw["status"] not in STATUSES + ("",) else ()),
+            export_url="/admin/usage.csv" + query(raw),
+            newer_url="/admin/usage" + query(raw, after=page.newer) if page.newer else None,
+            older_url="/admin/usage" + query(raw, before=page.older) if page.older else None,
+            first_url="/admin/usage" + query(raw) if paged else None,
+            error=error,
+        )
+        self.render_page("usage.html", context, title=self.t("usage.title"))
+
+
+def csv_cell(value: object) -> object:
+    return "" if value is None else value
+
+
+class UsageCsvHandler(UsageFilterMixin):
+    """Same filters as the page; oldest first, the columns of ``bridgekeeper usage export``."""
+
+    nav = "usage"
+
+    async def get(self) -> None:
+        flt, _, error = self.read_filter()
+        if error:
+            self.send_error(400)
+            return
+        stamp = self.services.now().strftime("%Y%m%d-%H%M%S")
+        self.set_header("Content-Type", "text/csv; charset=utf-8")
+        self.set_header("Content-Disposition", f'attachment; filename="usage-{stamp}.csv"')
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(EXPORT_COLUMNS)
+        pending = 0
+        async with self.services.db.session() as session:
+            async for row in iter_export(session, flt):
+                writer.writerow([csv_cell(row[c]) for c in EXPORT_COLUMNS])
+                pending += 1
+                if pending >= CSV_FLUSH_ROWS:
+                    self.write(buffer.getvalue())
+                    buffer.seek(0)
+                    buffer.truncate()
+                    pending = 0
+                    await self.flush()
+        self.write(buffer.getvalue())
+        self.finish()
