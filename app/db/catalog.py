@@ -117,10 +117,10 @@ async def sync_config(
             .order_by(ModelRoute.position)
         )
     )
-    for position, cfg in enumerate(models):
-        await upsert_route(session, cfg, position, ids)
-    for offset, row in enumerate(others):
-        row.position = len(models) + offset
+    for position, model in enumerate(models):
+        await upsert_route(session, model, position, ids)
+    for offset, route in enumerate(others):
+        route.position = len(models) + offset
     await session.flush()
 
 

@@ -187,7 +187,7 @@ class ProxyHandler(BaseApiHandler):
 class ModelsHandler(BaseApiHandler):
     """``GET /v1/models`` (shape by ``anthropic-version``) and ``GET /v1/models/{id}``."""
 
-    def initialize(  # type: ignore[override]
+    def initialize(
         self, services: Services, gateway: Gateway, dialect: str | None = None
     ) -> None:
         super().initialize(services, gateway, dialect)
@@ -290,7 +290,9 @@ class HelloHandler(tornado.web.RequestHandler):
 class NotFoundHandler(BaseApiHandler):
     """Unknown paths: 404 in the dialect the path or headers suggest."""
 
-    def initialize(self, services: Services, gateway: Gateway, dialect: str | None = None) -> None:  # type: ignore[override]
+    def initialize(
+        self, services: Services, gateway: Gateway, dialect: str | None = None
+    ) -> None:
         super().initialize(services, gateway, dialect)
         self.dialect = guess_dialect(self.request)
 
