@@ -379,6 +379,7 @@ class Gateway:
             translated, ctx = a2o.translate_request(adjusted, opts)
         else:
             translated, ctx = o2a.translate_request(adjusted, opts)
+        route_settings.force_params(translated, settings.params)
         return _Attempt(upstream, route, dialect, orjson.dumps(translated), ctx, True, translated)
 
     def _upstream_error(

@@ -111,3 +111,16 @@ def apply_openai(
     if clamped is not None and clamped != requested:
         out[field] = clamped
     return out
+
+
+def force_params(translated: dict[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    """A translated body with the route's forced parameters set again where it lacks them.
+
+    A route's ``params`` are meant for its upstream (``repetition_penalty``, ``min_p``,
+    ``chat_template_kwargs``...), but a translation keeps only the fields it maps, and
+    drops some on purpose (``top_p`` beside ``temperature`` for Anthropic): forced means
+    sent. Fields the translation produced from them (``max_tokens``) keep their mapped value.
+    """
+    for name, value in params.items():
+        translated.setdefault(name, value)
+    return translated
