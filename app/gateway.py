@@ -224,8 +224,10 @@ class Gateway:
             raise InvalidRequestError(f"Request body is not valid JSON: {exc}") from None
         if req.dialect == "anthropic":
             anthropic_dialect.validate_request(body, count_tokens=count_tokens)
+            anthropic_dialect.validate_content(body)
         else:
             openai_dialect.validate_request(body)
+            openai_dialect.validate_content(body)
         call.model = body["model"]
         call.stream = bool(body.get("stream")) and not count_tokens
         call.key.check_model(body["model"])

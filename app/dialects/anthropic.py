@@ -5,6 +5,7 @@ Error types and statuses follow the SDK's ``_make_status_error`` (PROTOCOL.md §
 
 from __future__ import annotations
 
+import binascii
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +26,9 @@ _TYPE_BY_KIND = {
 
 _ROLES = ("user", "assistant", "system")
 _NUMBER = (int, float)
+_IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
+# Backends parse max_tokens as a 32-bit integer; above it they fail with a 500 or wrap around.
+MAX_TOKENS_LIMIT = 2**31 - 1
 
 
 def error_type(err: GatewayError) -> str:
@@ -59,12 +63,81 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, _NUMBER) and not isinstance(value, bool)
 
 
+def _bad_base64(data: str) -> bool:
+    try:
+        binascii.a2b_base64(data, strict_mode=True)
+    except (binascii.Error, ValueError):
+        return True
+    return False
+
+
+def _validate_image(path: str, block: dict[str, Any]) -> None:
+    source = block.get("source")
+    if not isinstance(source, dict):
+        raise InvalidRequestError(f"{path}.source: Field required (an object)")
+    stype = source.get("type")
+    if stype == "base64":
+        if source.get("media_type") not in _IMAGE_TYPES:
+            raise InvalidRequestError(
+                f"{path}.source.media_type: Input should be "
+                + ", ".join(_IMAGE_TYPES)
+                + f" (got {source.get('media_type')!r})"
+            )
+        data = source.get("data")
+        if not isinstance(data, str) or not data:
+            raise InvalidRequestError(f"{path}.source.data: Field required (base64 image data)")
+        if _bad_base64(data):
+            raise InvalidRequestError(f"{path}.source.data: the image data is not valid base64")
+    elif stype == "url":
+        if not isinstance(source.get("url"), str) or not source["url"]:
+            raise InvalidRequestError(f"{path}.source.url: Field required")
+    elif stype == "file":
+        if not isinstance(source.get("file_id"), str):
+            raise InvalidRequestError(f"{path}.source.file_id: Field required")
+    else:
+        raise InvalidRequestError(
+            f"{path}.source.type: Input should be 'base64', 'url' or 'file' (got {stype!r})"
+        )
+
+
+def _validate_block(path: str, block: dict[str, Any]) -> None:
+    """Required fields of the block types every Anthropic backend knows; others pass as is."""
+    btype = block["type"]
+    if btype == "text":
+        if not isinstance(block.get("text"), str):
+            raise InvalidRequestError(f"{path}.text: Field required (a string)")
+    elif btype == "image":
+        _validate_image(path, block)
+    elif btype == "tool_use":
+        for name in ("id", "name"):
+            if not isinstance(block.get(name), str) or not block[name]:
+                raise InvalidRequestError(f"{path}.{name}: Field required (a non-empty string)")
+        if not isinstance(block.get("input"), dict):
+            raise InvalidRequestError(f"{path}.input: Input should be a valid dictionary")
+    elif btype == "tool_result":
+        tool_use_id = block.get("tool_use_id")
+        if not isinstance(tool_use_id, str) or not tool_use_id:
+            raise InvalidRequestError(
+                f"{path}.tool_use_id: Field required (the id of the tool_use this answers)"
+            )
+        content = block.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise InvalidRequestError(
+                f"{path}.content: Input should be a string or a list of content blocks"
+            )
+        for k, inner in enumerate(content if isinstance(content, list) else []):
+            if not isinstance(inner, dict) or not isinstance(inner.get("type"), str):
+                raise InvalidRequestError(
+                    f"{path}.content.{k}: each content block must be an object with a string 'type'"
+                )
+            _validate_block(f"{path}.content.{k}", inner)
+
+
 def validate_request(body: Any, *, count_tokens: bool = False) -> dict[str, Any]:
     """Check the top-level shape of a Messages (or count_tokens) body; returns it.
 
     Raises InvalidRequestError naming the field, in the wording of Anthropic's own
-    errors (``max_tokens: Field required``). Block-level checks happen during
-    translation, where each block type is understood.
+    errors (``max_tokens: Field required``). `validate_content` checks inside it.
     """
     if not isinstance(body, dict):
         raise InvalidRequestError("Request body must be a JSON object")
@@ -108,6 +181,10 @@ def validate_request(body: Any, *, count_tokens: bool = False) -> dict[str, Any]
             raise InvalidRequestError("max_tokens: Input should be a valid integer")
         if max_tokens < 0:
             raise InvalidRequestError("max_tokens: Input should be greater than or equal to 0")
+        if max_tokens > MAX_TOKENS_LIMIT:
+            raise InvalidRequestError(
+                f"max_tokens: Input should be less than or equal to {MAX_TOKENS_LIMIT}"
+            )
     system = body.get("system")
     if system is not None and not isinstance(system, str | list):
         raise InvalidRequestError("system: Input should be a string or a list of text blocks")
@@ -161,6 +238,35 @@ def validate_request(body: Any, *, count_tokens: bool = False) -> dict[str, Any]
             "thinking: Input should be an object with type 'enabled', 'disabled' or 'adaptive'"
         )
     return body
+
+
+def validate_content(body: dict[str, Any]) -> None:
+    """Required fields inside a body `validate_request` accepted: blocks of the types every
+    Anthropic backend knows (text, image, tool_use, tool_result), system blocks, an
+    enabled thinking budget and the option objects.
+
+    The gateway runs it on every route, so a passthrough backend never gets what it would
+    refuse or fail on; translation raises its own errors for the same faults. Block types
+    not checked here pass as is: a backend of the same dialect may support them.
+    """
+    for i, message in enumerate(body["messages"]):
+        content = message.get("content")
+        for j, block in enumerate(content if isinstance(content, list) else []):
+            _validate_block(f"messages.{i}.content.{j}", block)
+    system = body.get("system")
+    for i, block in enumerate(system if isinstance(system, list) else []):
+        if not isinstance(block, dict) or block.get("type") != "text":
+            raise InvalidRequestError(f"system.{i}: system blocks must be text blocks")
+        if not isinstance(block.get("text"), str):
+            raise InvalidRequestError(f"system.{i}.text: Field required (a string)")
+    thinking = body.get("thinking")
+    if isinstance(thinking, dict) and thinking.get("type") == "enabled":
+        if not _is_int(thinking.get("budget_tokens")):
+            raise InvalidRequestError("thinking.budget_tokens: Field required (an integer)")
+    if body.get("service_tier") is not None and not isinstance(body["service_tier"], str):
+        raise InvalidRequestError("service_tier: Input should be a valid string")
+    if body.get("output_config") is not None and not isinstance(body["output_config"], dict):
+        raise InvalidRequestError("output_config: Input should be an object")
 
 
 def _rfc3339(epoch: int | float | None) -> str:

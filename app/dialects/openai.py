@@ -5,6 +5,7 @@ Error types and codes follow PROTOCOL.md §5.6 and §6.11.
 
 from __future__ import annotations
 
+import binascii
 from typing import Any
 
 from app.errors import GatewayError, InvalidRequestError
@@ -25,6 +26,9 @@ _ENVELOPE = {
 
 _ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 _NUMBER = (int, float)
+_TOOL_CHOICES = ("none", "auto", "required")
+# Backends parse token limits as 32-bit integers; above it they fail with a 500 or wrap around.
+MAX_TOKENS_LIMIT = 2**31 - 1
 
 
 def error_status(err: GatewayError) -> int:
@@ -56,6 +60,101 @@ def _is_number(value: Any) -> bool:
 
 def _bad(message: str, param: str) -> InvalidRequestError:
     return InvalidRequestError(message, param=param)
+
+
+def _validate_image_url(param: str, image_url: Any) -> None:
+    """An ``image_url`` part's URL; a ``data:`` URL must hold an image in valid base64.
+
+    Other image media types than OpenAI's four are let through: local backends take more.
+    """
+    url = image_url.get("url") if isinstance(image_url, dict) else image_url
+    if isinstance(image_url, dict):
+        param += ".url"
+    if not isinstance(url, str) or not url:
+        raise _bad(f"Missing required parameter: '{param}'.", param)
+    if not url.startswith("data:"):
+        return
+    header, sep, payload = url[5:].partition(",")
+    media_type = header.split(";", 1)[0].strip().lower()
+    if not sep or not media_type.startswith("image/"):
+        raise _bad(
+            f"Invalid image in '{param}': expected data:image/<type>;base64,<data> "
+            f"(got media type {media_type or 'none'!r}).",
+            param,
+        )
+    if ";base64" in header.lower():
+        try:
+            binascii.a2b_base64(payload, strict_mode=True)
+        except (binascii.Error, ValueError):
+            raise _bad(
+                f"Invalid base64 data in '{param}': the payload does not decode.", param
+            ) from None
+
+
+def _validate_part(param: str, part: dict[str, Any]) -> None:
+    """Required fields of ``text`` and ``image_url`` parts; other part types pass as is."""
+    ptype = part["type"]
+    if ptype == "text" and not isinstance(part.get("text"), str):
+        raise _bad(f"Invalid type for '{param}.text': expected a string.", f"{param}.text")
+    if ptype == "image_url":
+        if "image_url" not in part:
+            raise _bad(f"Missing required parameter: '{param}.image_url'.", f"{param}.image_url")
+        _validate_image_url(f"{param}.image_url", part["image_url"])
+
+
+def _validate_tool_calls(param: str, tool_calls: Any) -> None:
+    if not isinstance(tool_calls, list):
+        raise _bad(f"Invalid type for '{param}': expected an array.", param)
+    for k, tool_call in enumerate(tool_calls):
+        path = f"{param}[{k}]"
+        if not isinstance(tool_call, dict):
+            raise _bad(f"Invalid type for '{path}': expected an object.", path)
+        if tool_call.get("type", "function") != "function":
+            continue
+        function = tool_call.get("function")
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise _bad(
+                f"Missing required parameter: '{path}.function' (an object with a 'name').",
+                f"{path}.function",
+            )
+
+
+def _validate_options(body: dict[str, Any]) -> None:
+    """Types of the optional top-level fields a backend would otherwise choke on."""
+    tools = body.get("tools")
+    for i, tool in enumerate(tools if isinstance(tools, list) else []):
+        if tool.get("type") != "function":
+            continue
+        function = tool.get("function")
+        if not isinstance(function, dict):
+            raise _bad(
+                f"Missing required parameter: 'tools[{i}].function'.", f"tools[{i}].function"
+            )
+        if not isinstance(function.get("name"), str) or not function["name"]:
+            raise _bad(
+                f"Missing required parameter: 'tools[{i}].function.name'.",
+                f"tools[{i}].function.name",
+            )
+    tool_choice = body.get("tool_choice")
+    if tool_choice is not None and not (
+        tool_choice in _TOOL_CHOICES or isinstance(tool_choice, dict)
+    ):
+        raise _bad(
+            "Invalid value for 'tool_choice': expected 'none', 'auto', 'required' or an object.",
+            "tool_choice",
+        )
+    response_format = body.get("response_format")
+    if response_format is not None:
+        if not isinstance(response_format, dict):
+            raise _bad("Invalid type for 'response_format': expected an object.", "response_format")
+        if not isinstance(response_format.get("type"), str):
+            raise _bad(
+                "Missing required parameter: 'response_format.type'.", "response_format.type"
+            )
+    if body.get("logit_bias") is not None and not isinstance(body["logit_bias"], dict):
+        raise _bad("Invalid type for 'logit_bias': expected an object.", "logit_bias")
+    if body.get("user") is not None and not isinstance(body["user"], str):
+        raise _bad("Invalid type for 'user': expected a string.", "user")
 
 
 def validate_request(body: Any) -> dict[str, Any]:
@@ -127,6 +226,12 @@ def validate_request(body: Any) -> dict[str, Any]:
                 f"but got {value} instead.",
                 field,
             )
+        if value is not None and value > MAX_TOKENS_LIMIT:
+            raise _bad(
+                f"Invalid '{field}': integer above maximum value. Expected a value <= "
+                f"{MAX_TOKENS_LIMIT}, but got {value} instead.",
+                field,
+            )
     temperature = body.get("temperature")
     if temperature is not None:
         if not _is_number(temperature):
@@ -163,6 +268,23 @@ def validate_request(body: Any) -> dict[str, Any]:
     if stream_options is not None and not isinstance(stream_options, dict):
         raise _bad("Invalid type for 'stream_options': expected an object.", "stream_options")
     return body
+
+
+def validate_content(body: dict[str, Any]) -> None:
+    """Required fields inside a body `validate_request` accepted: ``text`` and ``image_url``
+    parts, assistant ``tool_calls``, function tools and the option objects.
+
+    The gateway runs it on every route, so a passthrough backend never gets what it would
+    refuse or fail on; translation raises its own errors for the same faults. Part types
+    not checked here pass as is: a backend of the same dialect may support them.
+    """
+    for i, message in enumerate(body["messages"]):
+        content = message.get("content")
+        for j, part in enumerate(content if isinstance(content, list) else []):
+            _validate_part(f"messages[{i}].content[{j}]", part)
+        if message.get("role") == "assistant" and message.get("tool_calls") is not None:
+            _validate_tool_calls(f"messages[{i}].tool_calls", message["tool_calls"])
+    _validate_options(body)
 
 
 def model_object(model_id: str, created: int = 0, owned_by: str = "bridgekeeper") -> dict[str, Any]:
