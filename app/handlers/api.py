@@ -140,11 +140,14 @@ class ProxyHandler(BaseApiHandler):
             self._too_large = True
             self._write_plain(error_reply(self.dialect, self._payload_error(), self.request_id))
             return
-        self.request.connection.set_max_body_size(limit + 1)  # type: ignore[union-attr]
+        # A chunked body's size shows only as it arrives: `data_received` discards what is
+        # over the limit and `post` answers 413, so tornado's own cap (a bare 400) sits above.
+        cap = limit + 1 if length is not None else 2 * limit + 1
+        self.request.connection.set_max_body_size(cap)  # type: ignore[union-attr]
 
     def _payload_error(self) -> PayloadTooLargeError:
         limit = self.services.settings.max_body_bytes
-        return PayloadTooLargeError(f"Request body exceeds the {limit // (1024 * 1024)} MiB limit")
+        return PayloadTooLargeError(f"Request body exceeds the {limit / (1024 * 1024):g} MiB limit")
 
     def data_received(self, chunk: bytes) -> None:
         self._size += len(chunk)
@@ -192,6 +195,8 @@ class ModelsHandler(BaseApiHandler):
     ) -> None:
         super().initialize(services, gateway, dialect)
         self.fixed = dialect is not None
+        if not self.fixed and "anthropic-version" in self.request.headers:
+            self.dialect = "anthropic"  # errors before `get` (405) in the client's envelope
 
     async def _authenticate(self) -> None:
         await self.services.authenticate(presented_key(self.request.headers))
