@@ -10,7 +10,8 @@ from __future__ import annotations
 import http.cookies
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -110,7 +111,8 @@ class Client:
             jar: http.cookies.SimpleCookie = http.cookies.SimpleCookie()
             jar.load(raw)
             for name, morsel in jar.items():
-                expired = morsel["expires"] and "1970" in morsel["expires"]
+                expires = morsel["expires"]
+                expired = bool(expires) and parsedate_to_datetime(expires) < datetime.now(UTC)
                 if expired or morsel["max-age"] == "0":
                     self.cookies.pop(name, None)
                 else:

@@ -1,0 +1,214 @@
+"""Proxy keys: create (shown once), list with usage totals, edit limits, revoke, per-key page."""
+
+from __future__ import annotations
+
+import html
+import re
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+
+from app.db import admins, keys
+from app.db.models import UsageDaily
+from app.errors import UnauthorizedError
+from app.services import Services
+from tests.admin.conftest import Client, body, record, seed_usage
+
+NEW_KEY = re.compile(r'<code id="new-key" data-testid="new-key">([^<]+)</code>')
+
+
+async def audit_rows(services: Services) -> list[tuple[str, str, str]]:
+    async with services.db.session() as session:
+        rows = await admins.list_audit(session, limit=200)
+    return [(r.action, r.target, r.detail) for r in reversed(rows)]
+
+
+def row_of(page: str, name: str) -> str:
+    """The table row whose header cell names ``name`` (already escaped)."""
+    for row in re.findall(r"<tr[^>]*>.*?</tr>", page, flags=re.S):
+        if f">{name}</a></th>" in row:
+            return row
+    raise AssertionError(f"no row for {name}")
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_keys_page_has_the_stable_hooks(client: Client) -> None:
+    await client.login()
+    page = body(await client.get("/admin/keys"))
+    assert '<label for="key-name">Name</label>' in page
+    assert '<button type="submit" class="primary">Create key</button>' in page
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_create_key_shows_it_once_and_the_gateway_accepts_it(
+    client: Client, services: Services
+) -> None:
+    await client.login()
+    response = await client.post(
+        "/admin/keys",
+        {
+            "name": "alice",
+            "rpm": "60",
+            "tpm": "100000",
+            "models": "claude-*, gpt-4o",
+            "expires": "2999-12-31",
+            "note": "laptop",
+        },
+    )
+    assert response.code == 201
+    page = body(response)
+    match = NEW_KEY.search(page)
+    assert match is not None
+    secret = match.group(1)
+    assert secret.startswith("bk-") and len(secret) == 46
+    record_ = services.keys.authenticate(secret, services.now())
+    assert (record_.name, record_.rpm, record_.tpm) == ("alice", 60, 100000)
+    assert record_.models == ("claude-*", "gpt-4o")
+    row = row_of(page, "alice")
+    assert f"<code>{secret[:10]}…</code>" in row
+    assert "claude-*, gpt-4o" in row and "2999-12-31" in row and ">Revoke</button>" in row
+    # Shown once: never again on any page.
+    for path in ("/admin/keys", "/admin/keys/2", "/admin/audit", "/admin/"):
+        assert secret not in body(await client.get(path))
+    assert (
+        "key_created",
+        "alice",
+        "rpm=60 tpm=100000 models=claude-*,gpt-4o expires=2999-12-31",
+    ) in (await audit_rows(services))
+    async with services.db.session() as session:
+        row_ = await keys.get_key_by_name(session, "alice")
+    assert row_ is not None and row_.source == "dashboard" and row_.note == "laptop"
+    assert row_.expires_at == datetime(3000, 1, 1)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_key_names_are_escaped(client: Client) -> None:
+    await client.login()
+    response = await client.post("/admin/keys", {"name": "<script>alert(1)</script>"})
+    assert response.code == 201
+    for page in (body(response), body(await client.get("/admin/keys"))):
+        assert "<script>alert(1)</script>" not in page
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"name": ""}, "Name is required."),
+        ({"name": "x", "rpm": "ten"}, "Requests per minute must be a whole number."),
+        ({"name": "x", "tpm": "0"}, "Tokens per minute must be at least 1."),
+        ({"name": "x", "expires": "31/12/2030"}, "must be a date (YYYY-MM-DD)."),
+        ({"name": "default"}, "A key named default already exists."),
+    ],
+)
+async def test_create_key_validation(
+    client: Client, services: Services, fields: dict[str, str], message: str
+) -> None:
+    await client.login()
+    response = await client.post("/admin/keys", fields)
+    assert response.code == 400
+    page = body(response)
+    assert html.escape(message, quote=False) in page
+    assert 'data-testid="new-key"' not in page
+    async with services.db.session() as session:
+        assert [k.name for k in await keys.list_keys(session)] == ["default"]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_revoke_stops_the_key_at_once(client: Client, services: Services) -> None:
+    await client.login()
+    secret = NEW_KEY.search(body(await client.post("/admin/keys", {"name": "bob"})))
+    assert secret is not None
+    async with services.db.session() as session:
+        row = await keys.get_key_by_name(session, "bob")
+    assert row is not None
+    response = await client.post(f"/admin/keys/{row.id}/revoke")
+    assert response.code == 303
+    assert response.headers["Location"] == "/admin/keys?msg=key_revoked"
+    with pytest.raises(UnauthorizedError, match="revoked"):
+        services.keys.authenticate(secret.group(1), services.now())
+    page = body(await client.get("/admin/keys?msg=key_revoked"))
+    assert "The key was revoked" in page
+    bob = row_of(page, "bob")
+    assert ">revoked</span>" in bob and ">Revoke</button>" not in bob
+    assert ("key_revoked", "bob", "") in await audit_rows(services)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_edit_limits(client: Client, services: Services) -> None:
+    await client.login()
+    await client.post("/admin/keys", {"name": "carol", "rpm": "5"})
+    async with services.db.session() as session:
+        row = await keys.get_key_by_name(session, "carol")
+    assert row is not None
+    bad = await client.post(f"/admin/keys/{row.id}", {"rpm": "-1"})
+    assert bad.code == 400 and "must be at least 1" in body(bad)
+    response = await client.post(
+        f"/admin/keys/{row.id}",
+        {"rpm": "", "tpm": "5000", "models": "gpt-*", "expires": "2030-01-31", "note": "n"},
+    )
+    assert response.code == 303
+    async with services.db.session() as session:
+        row = await keys.get_key_by_name(session, "carol")
+    assert row is not None
+    assert (row.rpm, row.tpm, row.models, row.note) == (None, 5000, ["gpt-*"], "n")
+    assert row.expires_at == datetime(2030, 2, 1)
+    live = next(r for r in services.keys._by_hash.values() if r.name == "carol")
+    assert (live.rpm, live.tpm, live.models) == (None, 5000, ("gpt-*",))
+    page = body(await client.get(f"/admin/keys/{row.id}"))
+    assert 'value="2030-01-31"' in page and 'value="gpt-*"' in page
+    assert ("key_limits_edited", "carol", "rpm=- tpm=5000 models=gpt-* expires=2030-01-31") in (
+        await audit_rows(services)
+    )
+
+
+async def add_daily(services: Services, day: date, key: str, model: str, **values: int) -> None:
+    async with services.db.session() as session:
+        session.add(UsageDaily(day=day, key_name=key, model=model, upstream="echo", **values))
+        await session.commit()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_list_totals_come_from_the_daily_rollup(client: Client, services: Services) -> None:
+    await client.login()
+    today = services.now().date()
+    # Only roll-up rows, no raw events: the list must still show them.
+    await add_daily(
+        services, today, "default", "m1", requests=7, input_tokens=100, output_tokens=23
+    )
+    await add_daily(
+        services, today - timedelta(days=400), "default", "m2", requests=3, output_tokens=7
+    )
+    row = row_of(body(await client.get("/admin/keys")), "default")
+    cells = re.findall(r'<td class="num">([^<]*)</td>', row)
+    assert cells[-2:] == ["10", "130"]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_key_page_shows_usage_over_time_and_by_model(
+    client: Client, services: Services
+) -> None:
+    await client.login()
+    now = datetime.now(UTC).replace(tzinfo=None)
+    seed_usage(
+        services,
+        [
+            record(now - timedelta(days=2), key="default", model="gpt-4o", input_tokens=100),
+            record(now - timedelta(days=2), key="default", model="gpt-4o", status="error"),
+            record(now, key="default", model="claude-3-haiku", output_tokens=50),
+            record(now, key="other", model="never-shown"),
+        ],
+    )
+    page = body(await client.get("/admin/keys/1"))
+    assert "never-shown" not in page
+    day = (now - timedelta(days=2)).strftime("%m-%d")
+    assert f"<title>{day}: ok 1, errors 1</title>" in page
+    assert f"<title>{now:%m-%d}: ok 1, errors 0</title>" in page
+    assert "<title>gpt-4o: 2</title>" in page and "<title>claude-3-haiku: 1</title>" in page
+    by_model = re.findall(
+        r'<tr><th scope="row">([^<]+)</th><td class="num">(\d+)</td><td class="num">(\d+)</td></tr>',
+        page,
+    )
+    assert by_model == [("gpt-4o", "2", "120"), ("claude-3-haiku", "1", "60")]
+    assert 'href="/admin/usage?key=default"' in page
