@@ -65,10 +65,14 @@ class Services:
         """Re-read keys, upstreams and routes into memory."""
         async with self._reload_lock:
             async with self.db.session() as session:
+                # Read before the keys: a change in between shows as a difference next time.
+                fingerprint = await keys_fingerprint(session)
                 records = await load_key_records(session)
                 catalog = await load_catalog(session, self.secrets)
             self.keys.replace(records)
-            self._fingerprint = None
+            # The baseline is what was loaded: a key revoked before the first poll must
+            # still count as a change (with None as baseline it never would).
+            self._fingerprint = fingerprint
             self.pool.update(catalog.upstreams, catalog.keys)
             s = self.settings
             self.router = Router(
@@ -121,10 +125,10 @@ class Services:
             try:
                 async with self.db.session() as session:
                     fingerprint = await keys_fingerprint(session)
-                if self._fingerprint is not None and fingerprint != self._fingerprint:
+                if fingerprint != self._fingerprint:
                     async with self.db.session() as session:
                         self.keys.replace(await load_key_records(session))
-                self._fingerprint = fingerprint
+                    self._fingerprint = fingerprint
             except Exception as exc:  # a busy or unreachable database: keep serving from memory
                 log.warning("key refresh failed: %s", exc)
 
