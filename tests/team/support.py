@@ -60,6 +60,16 @@ async def wait_until(condition: Callable[[], bool], what: str, limit: float = 10
         await asyncio.sleep(0.01)
 
 
+async def eventually(check: Callable[[], Awaitable[bool]], what: str, limit: float = 10.0) -> None:
+    """Like `wait_until` for a condition that needs awaiting (a database read)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while not await check():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
 async def usage_events(live: Live, expected: int | None = None) -> list[UsageEvent]:
     """Every usage event in the database, oldest first (after the buffer is flushed).
 

@@ -1,0 +1,176 @@
+"""The usage tables: the daily roll-up kept as batches are written, retention deleting raw
+events in small batches and nothing else, and retention through a running gateway."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
+
+from app.db.engine import make_sync_engine, upgrade
+from app.db.models import ProxyKey, UsageDaily, UsageEvent
+from app.db.usage import UsageRecord, delete_older_than, insert_events
+from tests.conftest import TEST_KEY, http
+from tests.team.support import START, FakeClock, eventually
+
+NOON = datetime(2025, 6, 15, 12, 0)
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    url = f"sqlite:///{tmp_path / 'usage.db'}"
+    upgrade(url)
+    engine = make_sync_engine(url)
+    yield engine
+    engine.dispose()
+
+
+def rec(when: datetime, key: str = "alice", model: str = "m1", upstream: str = "u1", **kw) -> UsageRecord:  # type: ignore[no-untyped-def]
+    return UsageRecord(
+        time=when, request_id=f"req_{when.isoformat()}_{key}_{model}", client_dialect="openai",
+        key_name=key, requested_model=model, upstream=upstream, **kw,
+    )
+
+
+def write(engine: Engine, records: list[UsageRecord]) -> None:
+    with Session(engine) as session, session.begin():
+        insert_events(session, records)
+
+
+def rollup(engine: Engine) -> dict[tuple[str, str, str, str], tuple[int, ...]]:
+    with Session(engine) as session:
+        return {
+            (d.day.isoformat(), d.key_name, d.model, d.upstream): (
+                d.requests, d.errors, d.input_tokens, d.output_tokens,
+                d.cache_read_tokens, d.cache_write_tokens, round(d.latency_ms_total, 3),
+            )
+            for d in session.scalars(select(UsageDaily))
+        }
+
+
+def raw_totals(engine: Engine) -> dict[tuple[str, str, str, str], tuple[int, ...]]:
+    sums: dict[tuple[str, str, str, str], list[float]] = defaultdict(lambda: [0] * 7)
+    with Session(engine) as session:
+        for e in session.scalars(select(UsageEvent)):
+            bucket = sums[(e.time.date().isoformat(), e.key_name or "", e.requested_model or "",
+                           e.upstream or "")]
+            values = (1, e.status != "ok", e.input_tokens, e.output_tokens, e.cache_read_tokens,
+                      e.cache_write_tokens, e.latency_ms)
+            for i, value in enumerate(values):
+                bucket[i] += value
+    return {k: (*(int(x) for x in v[:6]), round(v[6], 3)) for k, v in sums.items()}
+
+
+def test_rollup_is_kept_across_batches_per_day_key_model_upstream(engine: Engine) -> None:
+    write(engine, [
+        rec(NOON, input_tokens=10, output_tokens=2, latency_ms=100.5),
+        rec(NOON + timedelta(minutes=1), input_tokens=5, cache_read_tokens=3, latency_ms=1.25),
+        rec(NOON, model="m2", status="error", http_status=502, input_tokens=7),
+    ])
+    write(engine, [
+        rec(NOON + timedelta(hours=1), input_tokens=1, output_tokens=1, cache_write_tokens=9),
+        rec(NOON + timedelta(hours=12), input_tokens=4),  # the next day (UTC)
+        rec(NOON, key="bob", upstream="u2", status="rate_limited", http_status=429),
+        rec(NOON, key=None, model=None, upstream=None, status="error", http_status=401),  # type: ignore[arg-type]
+    ])
+    write(engine, [rec(NOON, status="client_closed", http_status=499, output_tokens=3)])
+    assert rollup(engine) == {
+        ("2025-06-15", "alice", "m1", "u1"): (4, 1, 16, 6, 3, 9, 101.75),
+        ("2025-06-15", "alice", "m2", "u1"): (1, 1, 7, 0, 0, 0, 0.0),
+        ("2025-06-16", "alice", "m1", "u1"): (1, 0, 4, 0, 0, 0, 0.0),
+        ("2025-06-15", "bob", "m1", "u2"): (1, 1, 0, 0, 0, 0, 0.0),
+        ("2025-06-15", "", "", ""): (1, 1, 0, 0, 0, 0, 0.0),
+    }
+    assert rollup(engine) == raw_totals(engine)
+
+
+def test_insert_bumps_last_used_of_the_key(engine: Engine) -> None:
+    with Session(engine) as session, session.begin():
+        session.add(ProxyKey(id=1, name="alice", key_hash="h", prefix="bk-", created_at=NOON, models=[]))
+    write(engine, [rec(NOON + timedelta(minutes=5), key_id=1), rec(NOON, key_id=1)])
+    write(engine, [rec(NOON - timedelta(days=1), key_id=1)])  # an older batch does not go back
+    with Session(engine) as session:
+        assert session.get(ProxyKey, 1).last_used_at == NOON + timedelta(minutes=5)  # type: ignore[union-attr]
+
+
+def test_retention_deletes_only_older_events_in_batches_and_keeps_the_rollup(engine: Engine) -> None:
+    cutoff = NOON - timedelta(days=30)
+    old = [rec(cutoff - timedelta(seconds=i + 1), input_tokens=1) for i in range(1203)]
+    kept = [rec(cutoff, input_tokens=100), rec(cutoff + timedelta(seconds=1), input_tokens=100)]
+    for start in range(0, len(old), 400):
+        write(engine, old[start : start + 400])
+    write(engine, kept)
+    before = rollup(engine)
+    deleted = []
+    while True:
+        with Session(engine) as session, session.begin():
+            n = delete_older_than(session, cutoff, batch=500)
+        deleted.append(n)
+        if not n:
+            break
+    assert deleted == [500, 500, 203, 0]
+    with Session(engine) as session:
+        times = list(session.scalars(select(UsageEvent.time).order_by(UsageEvent.time)))
+        assert times == [cutoff, cutoff + timedelta(seconds=1)]
+        assert session.scalar(select(func.count(UsageDaily.id))) == len(before)
+    assert rollup(engine) == before
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_retention_days_purges_a_running_gateway(gateway, fake_openai):  # type: ignore[no-untyped-def]
+    day = 86400.0
+    clock = FakeClock(START - 40 * day)
+    live = await gateway(
+        f"""retention_days = 30
+
+[[upstreams]]
+name = "local"
+kind = "openai"
+base_url = "{fake_openai.url}"
+keys = ["sk-1"]
+
+[[models]]
+name = "team-model"
+upstream = "local"
+""",
+        clock=clock,
+    )
+    recorder = live.services.recorder
+
+    async def request() -> None:
+        resp = await http(
+            "POST",
+            live.url + "/v1/chat/completions",
+            headers={"Authorization": f"Bearer {TEST_KEY}"},
+            json={"model": "team-model", "messages": [{"role": "user", "content": "hi"}]},
+        )
+        assert resp.status == 200
+
+    async def count(model: type) -> int:
+        await recorder.flush()
+        async with live.services.db.session() as session:
+            return int(await session.scalar(select(func.count()).select_from(model)) or 0)
+
+    for _ in range(3):
+        await request()  # 40 days ago
+    clock.now = START - 29 * day
+    for _ in range(2):
+        await request()  # 29 days ago
+    assert await count(UsageEvent) == 5
+    clock.now = START  # an hour and more since the last purge: the next tick purges
+
+    async def purged() -> bool:
+        return await count(UsageEvent) == 2
+
+    await eventually(purged, "the retention purge")
+    async with live.services.db.session() as session:
+        times = list(await session.scalars(select(UsageEvent.time)))
+        days = {d.day: d.requests for d in await session.scalars(select(UsageDaily))}
+    expected_time = datetime.fromtimestamp(START - 29 * day, UTC).replace(tzinfo=None)
+    assert times == [expected_time, expected_time]
+    assert sorted(days.values()) == [2, 3]  # roll-ups of both days kept
