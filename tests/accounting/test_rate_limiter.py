@@ -11,7 +11,9 @@ from tests.team.support import START, FakeClock
 
 
 def key(rpm: int | None = None, tpm: int | None = None, key_id: int = 1) -> KeyRecord:
-    return KeyRecord(id=key_id, name=f"k{key_id}", key_hash=f"h{key_id}", prefix="bk-x", rpm=rpm, tpm=tpm)
+    return KeyRecord(
+        id=key_id, name=f"k{key_id}", key_hash=f"h{key_id}", prefix="bk-x", rpm=rpm, tpm=tpm
+    )
 
 
 def test_rpm_admits_exactly_n_then_refuses_until_the_oldest_leaves_the_window() -> None:

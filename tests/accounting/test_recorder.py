@@ -19,7 +19,9 @@ pytestmark = pytest.mark.gen_test(timeout=20)
 
 
 def event(n: int) -> UsageRecord:
-    return UsageRecord(time=datetime(2025, 6, 15, 12, 0), request_id=f"req_{n}", client_dialect="openai")
+    return UsageRecord(
+        time=datetime(2025, 6, 15, 12, 0), request_id=f"req_{n}", client_dialect="openai"
+    )
 
 
 class FakeWriter:

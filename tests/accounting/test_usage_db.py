@@ -30,10 +30,17 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
     engine.dispose()
 
 
-def rec(when: datetime, key: str = "alice", model: str = "m1", upstream: str = "u1", **kw) -> UsageRecord:  # type: ignore[no-untyped-def]
+def rec(
+    when: datetime, key: str = "alice", model: str = "m1", upstream: str = "u1", **kw
+) -> UsageRecord:  # type: ignore[no-untyped-def]
     return UsageRecord(
-        time=when, request_id=f"req_{when.isoformat()}_{key}_{model}", client_dialect="openai",
-        key_name=key, requested_model=model, upstream=upstream, **kw,
+        time=when,
+        request_id=f"req_{when.isoformat()}_{key}_{model}",
+        client_dialect="openai",
+        key_name=key,
+        requested_model=model,
+        upstream=upstream,
+        **kw,
     )
 
 
@@ -46,8 +53,13 @@ def rollup(engine: Engine) -> dict[tuple[str, str, str, str], tuple[int, ...]]:
     with Session(engine) as session:
         return {
             (d.day.isoformat(), d.key_name, d.model, d.upstream): (
-                d.requests, d.errors, d.input_tokens, d.output_tokens,
-                d.cache_read_tokens, d.cache_write_tokens, round(d.latency_ms_total, 3),
+                d.requests,
+                d.errors,
+                d.input_tokens,
+                d.output_tokens,
+                d.cache_read_tokens,
+                d.cache_write_tokens,
+                round(d.latency_ms_total, 3),
             )
             for d in session.scalars(select(UsageDaily))
         }
@@ -57,27 +69,46 @@ def raw_totals(engine: Engine) -> dict[tuple[str, str, str, str], tuple[int, ...
     sums: dict[tuple[str, str, str, str], list[float]] = defaultdict(lambda: [0] * 7)
     with Session(engine) as session:
         for e in session.scalars(select(UsageEvent)):
-            bucket = sums[(e.time.date().isoformat(), e.key_name or "", e.requested_model or "",
-                           e.upstream or "")]
-            values = (1, e.status != "ok", e.input_tokens, e.output_tokens, e.cache_read_tokens,
-                      e.cache_write_tokens, e.latency_ms)
+            bucket = sums[
+                (
+                    e.time.date().isoformat(),
+                    e.key_name or "",
+                    e.requested_model or "",
+                    e.upstream or "",
+                )
+            ]
+            values = (
+                1,
+                e.status != "ok",
+                e.input_tokens,
+                e.output_tokens,
+                e.cache_read_tokens,
+                e.cache_write_tokens,
+                e.latency_ms,
+            )
             for i, value in enumerate(values):
                 bucket[i] += value
     return {k: (*(int(x) for x in v[:6]), round(v[6], 3)) for k, v in sums.items()}
 
 
 def test_rollup_is_kept_across_batches_per_day_key_model_upstream(engine: Engine) -> None:
-    write(engine, [
-        rec(NOON, input_tokens=10, output_tokens=2, latency_ms=100.5),
-        rec(NOON + timedelta(minutes=1), input_tokens=5, cache_read_tokens=3, latency_ms=1.25),
-        rec(NOON, model="m2", status="error", http_status=502, input_tokens=7),
-    ])
-    write(engine, [
-        rec(NOON + timedelta(hours=1), input_tokens=1, output_tokens=1, cache_write_tokens=9),
-        rec(NOON + timedelta(hours=12), input_tokens=4),  # the next day (UTC)
-        rec(NOON, key="bob", upstream="u2", status="rate_limited", http_status=429),
-        rec(NOON, key=None, model=None, upstream=None, status="error", http_status=401),  # type: ignore[arg-type]
-    ])
+    write(
+        engine,
+        [
+            rec(NOON, input_tokens=10, output_tokens=2, latency_ms=100.5),
+            rec(NOON + timedelta(minutes=1), input_tokens=5, cache_read_tokens=3, latency_ms=1.25),
+            rec(NOON, model="m2", status="error", http_status=502, input_tokens=7),
+        ],
+    )
+    write(
+        engine,
+        [
+            rec(NOON + timedelta(hours=1), input_tokens=1, output_tokens=1, cache_write_tokens=9),
+            rec(NOON + timedelta(hours=12), input_tokens=4),  # the next day (UTC)
+            rec(NOON, key="bob", upstream="u2", status="rate_limited", http_status=429),
+            rec(NOON, key=None, model=None, upstream=None, status="error", http_status=401),  # type: ignore[arg-type]
+        ],
+    )
     write(engine, [rec(NOON, status="client_closed", http_status=499, output_tokens=3)])
     assert rollup(engine) == {
         ("2025-06-15", "alice", "m1", "u1"): (4, 1, 16, 6, 3, 9, 101.75),
@@ -91,14 +122,18 @@ def test_rollup_is_kept_across_batches_per_day_key_model_upstream(engine: Engine
 
 def test_insert_bumps_last_used_of_the_key(engine: Engine) -> None:
     with Session(engine) as session, session.begin():
-        session.add(ProxyKey(id=1, name="alice", key_hash="h", prefix="bk-", created_at=NOON, models=[]))
+        session.add(
+            ProxyKey(id=1, name="alice", key_hash="h", prefix="bk-", created_at=NOON, models=[])
+        )
     write(engine, [rec(NOON + timedelta(minutes=5), key_id=1), rec(NOON, key_id=1)])
     write(engine, [rec(NOON - timedelta(days=1), key_id=1)])  # an older batch does not go back
     with Session(engine) as session:
         assert session.get(ProxyKey, 1).last_used_at == NOON + timedelta(minutes=5)  # type: ignore[union-attr]
 
 
-def test_retention_deletes_only_older_events_in_batches_and_keeps_the_rollup(engine: Engine) -> None:
+def test_retention_deletes_only_older_events_in_batches_and_keeps_the_rollup(
+    engine: Engine,
+) -> None:
     cutoff = NOON - timedelta(days=30)
     old = [rec(cutoff - timedelta(seconds=i + 1), input_tokens=1) for i in range(1203)]
     kept = [rec(cutoff, input_tokens=100), rec(cutoff + timedelta(seconds=1), input_tokens=100)]

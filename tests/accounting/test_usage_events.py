@@ -30,7 +30,11 @@ upstream = "local"
 
 
 def body(**extra):  # type: ignore[no-untyped-def]
-    return {"model": "team-model", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]} | extra
+    return {
+        "model": "team-model",
+        "max_tokens": 20,
+        "messages": [{"role": "user", "content": "hi"}],
+    } | extra
 
 
 async def test_client_gone_while_waiting_for_the_upstream(gateway, fake_openai):  # type: ignore[no-untyped-def]
@@ -56,7 +60,9 @@ async def test_client_gone_during_a_translated_stream(gateway, fake_openai):  # 
     live = await gateway(config(fake_openai))
     fake_openai.push(SSEReply(openai_stream(["zebra"] * 30, prompt=33, completion=30), delay=0.1))
     async with aiohttp.ClientSession() as session:
-        async with session.post(live.url + "/v1/messages", headers=HEADERS, json=body(stream=True)) as resp:
+        async with session.post(
+            live.url + "/v1/messages", headers=HEADERS, json=body(stream=True)
+        ) as resp:
             assert resp.status == 200
             seen = b""
             while b"zebra" not in seen:
@@ -76,7 +82,9 @@ async def test_count_tokens_records_one_event(gateway, fake_openai):  # type: ig
     resp = await http("POST", live.url + "/v1/messages/count_tokens", headers=HEADERS, json=body())
     assert resp.status == 200
     events = await usage_events(live, 1)
-    assert [(e.endpoint, e.status, e.key_name) for e in events] == [("count_tokens", "ok", "tester")]
+    assert [(e.endpoint, e.status, e.key_name) for e in events] == [
+        ("count_tokens", "ok", "tester")
+    ]
 
 
 async def test_a_request_that_tried_three_keys_is_one_event(gateway, fake_openai):  # type: ignore[no-untyped-def]

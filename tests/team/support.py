@@ -112,7 +112,11 @@ def auth_of(fake: FakeUpstream) -> list[str]:
 
 
 def anthropic_body(text: str = "hi", model: str = "team-model", **extra: Any) -> dict[str, Any]:
-    return {"model": model, "max_tokens": 50, "messages": [{"role": "user", "content": text}]} | extra
+    return {
+        "model": model,
+        "max_tokens": 50,
+        "messages": [{"role": "user", "content": text}],
+    } | extra
 
 
 def openai_body(text: str = "hi", model: str = "team-model", **extra: Any) -> dict[str, Any]:

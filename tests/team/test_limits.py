@@ -15,7 +15,15 @@ from sqlalchemy import update
 from app import cli
 from app.db.models import ProxyKey
 from tests.conftest import TEST_KEY, http
-from tests.fakes import FakeUpstream, JsonReply, SSEReply, anthropic_message, anthropic_stream, openai_completion, openai_stream
+from tests.fakes import (
+    FakeUpstream,
+    JsonReply,
+    SSEReply,
+    anthropic_message,
+    anthropic_stream,
+    openai_completion,
+    openai_stream,
+)
 from tests.team.support import START, FakeClock, anthropic_body, openai_body, usage_events
 
 pytestmark = pytest.mark.gen_test(timeout=30)
@@ -68,13 +76,17 @@ async def post(live, dialect: str, key: str = TEST_KEY, **extra):  # type: ignor
 
 async def run_cli(*argv: str) -> str:
     out = io.StringIO()
-    code = await asyncio.get_running_loop().run_in_executor(None, lambda: cli.main(list(argv), out=out))
+    code = await asyncio.get_running_loop().run_in_executor(
+        None, lambda: cli.main(list(argv), out=out)
+    )
     assert code == 0, out.getvalue()
     return out.getvalue()
 
 
 @pytest.mark.parametrize("dialect", ["anthropic", "openai"])
-async def test_rpm_from_the_key_refuses_the_n_plus_first_in_the_dialect(gateway, fake_openai, dialect):  # type: ignore[no-untyped-def]
+async def test_rpm_from_the_key_refuses_the_n_plus_first_in_the_dialect(
+    gateway, fake_openai, dialect
+):  # type: ignore[no-untyped-def]
     clock = FakeClock()
     live = await gateway(routes(fake_openai) + key_entry(rpm=2), clock=clock, with_key=False)
     first = await post(live, dialect)
@@ -115,13 +127,19 @@ async def test_rpm_from_the_key_refuses_the_n_plus_first_in_the_dialect(gateway,
 
 
 async def test_official_sdks_see_a_rate_limit_error(gateway, fake_anthropic):  # type: ignore[no-untyped-def]
-    live = await gateway(routes(fake_anthropic) + key_entry(rpm=1), clock=FakeClock(), with_key=False)
-    async with anthropic.AsyncAnthropic(base_url=live.url, api_key=TEST_KEY, max_retries=0) as client:
+    live = await gateway(
+        routes(fake_anthropic) + key_entry(rpm=1), clock=FakeClock(), with_key=False
+    )
+    async with anthropic.AsyncAnthropic(
+        base_url=live.url, api_key=TEST_KEY, max_retries=0
+    ) as client:
         await client.messages.create(**anthropic_body())
         with pytest.raises(anthropic.RateLimitError) as info:
             await client.messages.create(**anthropic_body())
     assert info.value.response.headers["retry-after"] == "60"
-    async with openai.AsyncOpenAI(base_url=live.url + "/v1", api_key=TEST_KEY, max_retries=0) as oai:
+    async with openai.AsyncOpenAI(
+        base_url=live.url + "/v1", api_key=TEST_KEY, max_retries=0
+    ) as oai:
         with pytest.raises(openai.RateLimitError) as oinfo:
             await oai.chat.completions.create(**openai_body())
     assert oinfo.value.response.headers["x-ratelimit-remaining-requests"] == "0"
@@ -135,7 +153,9 @@ async def test_concurrent_requests_are_limited_exactly(gateway, fake_openai):  #
 
 
 async def test_default_rpm_from_the_environment(gateway, fake_openai):  # type: ignore[no-untyped-def]
-    live = await gateway(routes(fake_openai), clock=FakeClock(), environ={"REQUESTS_PER_MINUTE": "1"})
+    live = await gateway(
+        routes(fake_openai), clock=FakeClock(), environ={"REQUESTS_PER_MINUTE": "1"}
+    )
     assert (await post(live, "openai")).status == 200
     assert (await post(live, "openai")).status == 429
 
@@ -143,7 +163,9 @@ async def test_default_rpm_from_the_environment(gateway, fake_openai):  # type: 
 async def test_default_tpm_from_the_server_table_and_key_override(gateway, fake_openai):  # type: ignore[no-untyped-def]
     clock = FakeClock()
     live = await gateway(
-        "default_tpm = 100\n" + routes(fake_openai) + key_entry(tpm=1000), clock=clock, with_key=False
+        "default_tpm = 100\n" + routes(fake_openai) + key_entry(tpm=1000),
+        clock=clock,
+        with_key=False,
     )
     fake_openai.push(JsonReply(body=openai_completion(prompt_tokens=300, completion_tokens=200)))
     assert (await post(live, "openai")).status == 200  # 500 of the key's own 1000
@@ -192,7 +214,9 @@ async def test_tpm_is_trued_up_for_streams_too(gateway, fake_openai):  # type: i
 
 
 async def test_rate_limit_headers_on_a_successful_anthropic_stream(gateway, fake_anthropic):  # type: ignore[no-untyped-def]
-    live = await gateway(routes(fake_anthropic) + key_entry(rpm=10, tpm=5000), clock=FakeClock(), with_key=False)
+    live = await gateway(
+        routes(fake_anthropic) + key_entry(rpm=10, tpm=5000), clock=FakeClock(), with_key=False
+    )
     fake_anthropic.push(SSEReply(anthropic_stream(["x"])))
     resp = await post(live, "anthropic", stream=True)
     assert resp.status == 200
@@ -258,7 +282,9 @@ async def test_revocation_by_the_cli_reaches_a_running_gateway(gateway, fake_ope
 @pytest.mark.parametrize("dialect", ["anthropic", "openai"])
 async def test_model_outside_the_key_globs_is_403_naming_it(gateway, fake_openai, dialect):  # type: ignore[no-untyped-def]
     live = await gateway(
-        routes(fake_openai) + key_entry(models=["team-*", "other"]), clock=FakeClock(), with_key=False
+        routes(fake_openai) + key_entry(models=["team-*", "other"]),
+        clock=FakeClock(),
+        with_key=False,
     )
     assert (await post(live, dialect)).status == 200
     resp = await post(live, dialect, model="secret-model")
@@ -280,8 +306,15 @@ async def test_cli_key_models_and_expiry_are_enforced(gateway, fake_openai):  # 
     clock = FakeClock(START)
     live = await gateway(routes(fake_openai), clock=clock)
     out = await run_cli(
-        "keys", "create", "erin", "--models", "team-*", "--expires", date(2025, 6, 16).isoformat(),
-        "--database-url", live.services_db_url,
+        "keys",
+        "create",
+        "erin",
+        "--models",
+        "team-*",
+        "--expires",
+        date(2025, 6, 16).isoformat(),
+        "--database-url",
+        live.services_db_url,
     )
     erin = out.strip().splitlines()[-1]
     assert (await post(live, "anthropic", key=erin)).status == 200
@@ -289,6 +322,8 @@ async def test_cli_key_models_and_expiry_are_enforced(gateway, fake_openai):  # 
     clock.advance(36 * 3600)
     assert (await post(live, "anthropic", key=erin)).status == 401
     async with live.services.db.session() as session, session.begin():
-        await session.execute(update(ProxyKey).where(ProxyKey.name == "erin").values(expires_at=None))
+        await session.execute(
+            update(ProxyKey).where(ProxyKey.name == "erin").values(expires_at=None)
+        )
     await live.services.reload()
     assert (await post(live, "anthropic", key=erin)).status == 200

@@ -78,7 +78,9 @@ def fake_for(backend: str, fake_openai: FakeUpstream, fake_anthropic: FakeUpstre
 
 
 @pytest.mark.parametrize("client,backend", PATHS)
-async def test_target_default_temperature_and_cap(gateway, fake_openai, fake_anthropic, client, backend):  # type: ignore[no-untyped-def]
+async def test_target_default_temperature_and_cap(
+    gateway, fake_openai, fake_anthropic, client, backend
+):  # type: ignore[no-untyped-def]
     fake = fake_for(backend, fake_openai, fake_anthropic)
     live = await gateway(config(fake, ""))
     assert (await call(live, client, request(max_tokens=1000))).status == 200
@@ -97,7 +99,9 @@ async def test_target_default_temperature_and_cap(gateway, fake_openai, fake_ant
 
 
 @pytest.mark.parametrize("backend", ["openai", "anthropic"])
-async def test_openai_client_without_max_tokens_gets_the_cap(gateway, fake_openai, fake_anthropic, backend):  # type: ignore[no-untyped-def]
+async def test_openai_client_without_max_tokens_gets_the_cap(
+    gateway, fake_openai, fake_anthropic, backend
+):  # type: ignore[no-untyped-def]
     fake = fake_for(backend, fake_openai, fake_anthropic)
     live = await gateway(config(fake, ""))
     assert (await call(live, "openai", request())).status == 200
@@ -105,7 +109,9 @@ async def test_openai_client_without_max_tokens_gets_the_cap(gateway, fake_opena
 
 
 @pytest.mark.parametrize("client,backend", PATHS)
-async def test_forced_params_reach_the_upstream(gateway, fake_openai, fake_anthropic, client, backend):  # type: ignore[no-untyped-def]
+async def test_forced_params_reach_the_upstream(
+    gateway, fake_openai, fake_anthropic, client, backend
+):  # type: ignore[no-untyped-def]
     fake = fake_for(backend, fake_openai, fake_anthropic)
     extra = "repetition_penalty = 1.1" if backend == "openai" else "top_k = 7"
     live = await gateway(config(fake, f"params = {{ top_p = 0.5, {extra} }}"))
@@ -119,7 +125,9 @@ async def test_forced_params_reach_the_upstream(gateway, fake_openai, fake_anthr
 
 
 @pytest.mark.parametrize("client,backend", PATHS)
-async def test_context_window_lowers_max_tokens_to_what_fits(gateway, fake_openai, fake_anthropic, client, backend):  # type: ignore[no-untyped-def]
+async def test_context_window_lowers_max_tokens_to_what_fits(
+    gateway, fake_openai, fake_anthropic, client, backend
+):  # type: ignore[no-untyped-def]
     fake = fake_for(backend, fake_openai, fake_anthropic)
     live = await gateway(config(fake, "", window=400))
     body = request("word " * 200, max_tokens=290)
@@ -130,7 +138,9 @@ async def test_context_window_lowers_max_tokens_to_what_fits(gateway, fake_opena
 
 
 @pytest.mark.parametrize("client,backend", PATHS)
-async def test_input_that_cannot_fit_is_a_clear_400_and_never_sent(gateway, fake_openai, fake_anthropic, client, backend):  # type: ignore[no-untyped-def]
+async def test_input_that_cannot_fit_is_a_clear_400_and_never_sent(
+    gateway, fake_openai, fake_anthropic, client, backend
+):  # type: ignore[no-untyped-def]
     fake = fake_for(backend, fake_openai, fake_anthropic)
     live = await gateway(config(fake, "", window=400))
     body = request("word " * 2000, max_tokens=100)

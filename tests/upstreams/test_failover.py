@@ -11,7 +11,14 @@ from sqlalchemy import update
 
 from app.db.models import UpstreamKey
 from tests.conftest import TEST_KEY, http
-from tests.fakes import FakeUpstream, HangReply, JsonReply, SSEReply, anthropic_stream, openai_stream
+from tests.fakes import (
+    FakeUpstream,
+    HangReply,
+    JsonReply,
+    SSEReply,
+    anthropic_stream,
+    openai_stream,
+)
 from tests.team.support import (
     FakeClock,
     anthropic_body,
@@ -98,7 +105,9 @@ async def test_429_moves_to_the_next_key_in_the_same_request_and_cools_for_retry
         clock=clock,
     )
     fake_openai.push(
-        JsonReply(429, {"error": {"message": "slow down", "type": "rate_limit"}}, {"retry-after": "20"})
+        JsonReply(
+            429, {"error": {"message": "slow down", "type": "rate_limit"}}, {"retry-after": "20"}
+        )
     )
     resp = await openai_call(live)
     assert resp.status == 200
@@ -184,7 +193,10 @@ async def test_401_disables_the_key_persists_it_and_an_admin_re_enables_it(gatew
         clock=clock,
     )
     fake_openai.push(
-        JsonReply(401, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}})
+        JsonReply(
+            401,
+            {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}},
+        )
     )
     assert (await openai_call(live)).status == 200
     clock.advance(7 * 86400)  # no cooldown: it stays off until an admin acts
@@ -195,8 +207,13 @@ async def test_401_disables_the_key_persists_it_and_an_admin_re_enables_it(gatew
     assert rows[0].disabled_reason == "HTTP 401: Incorrect API key provided"
     assert rows[0].disabled_at is not None
     metrics = (await http("GET", live.url + "/metrics")).content.decode()
-    assert 'bridgekeeper_upstream_key_state{key="…oked",state="disabled",upstream="main"} 1.0' in metrics
-    assert 'bridgekeeper_upstream_key_state{key="…good",state="active",upstream="main"} 1.0' in metrics
+    assert (
+        'bridgekeeper_upstream_key_state{key="…oked",state="disabled",upstream="main"} 1.0'
+        in metrics
+    )
+    assert (
+        'bridgekeeper_upstream_key_state{key="…good",state="active",upstream="main"} 1.0' in metrics
+    )
 
     async with live.services.db.session() as session, session.begin():
         await session.execute(
@@ -321,7 +338,9 @@ async def test_everything_rate_limited_gives_429_with_the_soonest_recovery(gatew
     ]
 
 
-async def test_everything_overloaded_gives_529_to_anthropic_and_503_to_openai(gateway, fake_anthropic):  # type: ignore[no-untyped-def]
+async def test_everything_overloaded_gives_529_to_anthropic_and_503_to_openai(
+    gateway, fake_anthropic
+):  # type: ignore[no-untyped-def]
     clock = FakeClock()
     live = await gateway(
         upstream("main", fake_anthropic, ["sk-one", "sk-two"])
