@@ -180,18 +180,18 @@ async def key_totals(session: AsyncSession) -> dict[str, Totals]:
     return {row[0]: _totals(row[1:], 0) for row in (await session.execute(stmt)).all()}
 
 
-async def filter_choices(session: AsyncSession) -> tuple[list[str], list[str]]:
-    """Model and upstream names seen in the roll-up, for the usage filters."""
-    models = await session.scalars(
-        select(UsageDaily.model).distinct().where(UsageDaily.model != "").order_by(UsageDaily.model)
+async def _seen(session: AsyncSession, column: Any) -> list[str]:
+    stmt = select(column).distinct().where(column != "").order_by(column)
+    return list(await session.scalars(stmt))
+
+
+async def filter_choices(session: AsyncSession) -> tuple[list[str], list[str], list[str]]:
+    """Key, model and upstream names seen in the roll-up, for the usage filters."""
+    return (
+        await _seen(session, UsageDaily.key_name),
+        await _seen(session, UsageDaily.model),
+        await _seen(session, UsageDaily.upstream),
     )
-    upstreams = await session.scalars(
-        select(UsageDaily.upstream)
-        .distinct()
-        .where(UsageDaily.upstream != "")
-        .order_by(UsageDaily.upstream)
-    )
-    return list(models), list(upstreams)
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,7 +256,9 @@ async def filter_totals(session: AsyncSession, flt: UsageFilter) -> Totals:
     """
     if flt.status:
         return await _event_totals(session, flt)
-    stmt = select(*_SUMS, func.count(distinct(UsageDaily.key_name)))
+    # Keyless requests sit under key_name "" in the roll-up and NULL in the events.
+    named = case((UsageDaily.key_name != "", UsageDaily.key_name))
+    stmt = select(*_SUMS, func.count(distinct(named)))
     if flt.key_name:
         stmt = stmt.where(UsageDaily.key_name == flt.key_name)
     if flt.model:

@@ -8,7 +8,7 @@ the client and the database all run on the test's IOLoop.
 from __future__ import annotations
 
 import http.cookies
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -121,6 +121,19 @@ class Client:
 
     async def get(self, path: str) -> tornado.httpclient.HTTPResponse:
         return await self.fetch("GET", path)
+
+    async def fetch_streaming(
+        self, path: str, on_chunk: Callable[[bytes], None]
+    ) -> tornado.httpclient.HTTPResponse:
+        """A GET whose body goes to ``on_chunk`` piece by piece as it arrives."""
+        cookie = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+        return await tornado.httpclient.AsyncHTTPClient().fetch(
+            self.base_url + path,
+            headers={"Cookie": cookie},
+            streaming_callback=on_chunk,
+            follow_redirects=False,
+            raise_error=False,
+        )
 
     async def xsrf(self) -> str:
         if "_xsrf" not in self.cookies:

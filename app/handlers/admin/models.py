@@ -57,11 +57,18 @@ def form_of(row: ModelRoute) -> dict[str, str]:
     }
 
 
-def describe(form: dict[str, str], upstreams: dict[int, str]) -> str:
-    upstream = upstreams.get(int(form["upstream"]), "?") if form["upstream"].isdigit() else "?"
-    return " ".join(
-        f"{k}={upstream if k == 'upstream' else v}" for k, v in form.items() if v and k != "name"
-    )
+def describe(fields: ra.RouteFields, upstreams: dict[int, str]) -> str:
+    """The audit detail of a route's settings."""
+    parts = [f"upstream={upstreams.get(fields.upstream_id, '?')}"]
+    for name in ("target", "temperature", "max_tokens", "context_window"):
+        value = getattr(fields, name)
+        if value is not None:
+            parts.append(f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}")
+    if fields.fallbacks:
+        parts.append("fallbacks=" + ",".join(fields.fallbacks))
+    parts.append(f"prompt_cache={'on' if fields.prompt_cache else 'off'}")
+    parts.append(f"enabled={'on' if fields.enabled else 'off'}")
+    return " ".join(parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +166,7 @@ class ModelsHandler(RouteFormMixin):
             except ra.RouteExistsError:
                 await self._show(form, self.t("models.exists", name=fields.name))
                 return
-            await self.audit(session, "route_added", row.name, describe(form, upstreams))
+            await self.audit(session, "route_added", row.name, describe(fields, upstreams))
             await session.commit()
         await self.services.reload()
         self.redirect_with("/admin/models", "route_added")
@@ -206,7 +213,7 @@ class RouteHandler(RouteFormMixin):
             except ra.RouteExistsError:
                 await self._show(int(route_id), form, self.t("models.exists", name=fields.name))
                 return
-            await self.audit(session, "route_edited", row.name, describe(form, upstreams))
+            await self.audit(session, "route_edited", row.name, describe(fields, upstreams))
             await session.commit()
         await self.services.reload()
         self.redirect_with(f"/admin/models/{route_id}", "route_updated")

@@ -74,7 +74,8 @@ def key_views(row: Upstream, live: list[KeyState], now: float) -> list[KeyView]:
                     key,
                     state.state(now),
                     state.cooldown_until,
-                    state.disabled_reason,
+                    # The pool keeps an admin's "disabled" but not the stored reason.
+                    state.disabled_reason or (key.disabled_reason if not key.enabled else None),
                     state.last_error,
                     state.last_error_at,
                     state.requests,

@@ -83,8 +83,12 @@ class UsageHandler(UsageFilterMixin):
                 session, flt, before=before, after=after, limit=PAGE_SIZE
             )
             totals = await dashboard.filter_totals(session, flt)
-            key_names = [k.name for k in await keys.list_keys(session)]
-            models, upstreams = await dashboard.filter_choices(session)
+            seen_keys, models, upstreams = await dashboard.filter_choices(session)
+            key_names = sorted(
+                {k.name for k in await keys.list_keys(session)}
+                | set(seen_keys)
+                | ({raw["key"]} if raw["key"] else set())
+            )
         paged = before is not None or after is not None
         context = UsagePage(
             rows=page.rows,

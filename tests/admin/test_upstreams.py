@@ -1,0 +1,387 @@
+"""Upstreams: add and edit, keys in rotation order (encrypted, masked, reordered, enabled,
+disabled, deleted), live key state, the Test button, and that no secret reaches a page.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Iterator
+
+import pytest
+import tornado.ioloop
+from sqlalchemy import select
+
+from app.db import admins
+from app.db import upstreams_admin as ua
+from app.db.models import Upstream, UpstreamKey
+from app.services import Services
+from tests.admin.conftest import Client, body
+from tests.fakes import FakeUpstream, JsonReply
+
+FIRST = "sk-first-secret-0123456789-AAAA"
+SECOND = "sk-second-secret-9876543210-BBBB"
+PAGES = ["/admin/", "/admin/upstreams", "/admin/audit", "/admin/usage", "/admin/models"]
+
+
+@pytest.fixture
+def fake(io_loop: tornado.ioloop.IOLoop) -> Iterator[FakeUpstream]:
+    upstream = io_loop.run_sync(FakeUpstream("openai").start)
+    yield upstream
+    io_loop.run_sync(upstream.stop)
+
+
+async def add_upstream(client: Client, fake: FakeUpstream, **fields: str) -> int:
+    form = {
+        "name": "local",
+        "kind": "openai",
+        "base_url": fake.url,
+        "rotation": "ordered",
+        "timeout": "30",
+        "reasoning": "replay",
+        "max_tokens_field": "max_completion_tokens",
+        "tokenize_url": "",
+        "enabled": "on",
+    } | fields
+    response = await client.post("/admin/upstreams", form)
+    assert response.code == 303, body(response)
+    match = re.fullmatch(
+        r"/admin/upstreams/(\d+)\?msg=upstream_added", response.headers["Location"]
+    )
+    assert match is not None
+    return int(match.group(1))
+
+
+async def with_keys(client: Client, fake: FakeUpstream) -> int:
+    upstream_id = await add_upstream(client, fake)
+    for secret, label in ((FIRST, "first"), (SECOND, "")):
+        response = await client.post(
+            f"/admin/upstreams/{upstream_id}/keys", {"secret": secret, "label": label}
+        )
+        assert response.code == 303
+    return upstream_id
+
+
+async def stored_keys(services: Services, upstream_id: int) -> list[UpstreamKey]:
+    async with services.db.session() as session:
+        row = await ua.get_upstream(session, upstream_id)
+        assert row is not None
+        return sorted(row.keys, key=lambda k: k.position)
+
+
+def ring(services: Services) -> list[str | None]:
+    return [k.secret for k in services.pool.get("local").ring.keys]
+
+
+async def audit_rows(services: Services) -> list[tuple[str, str, str]]:
+    async with services.db.session() as session:
+        rows = await admins.list_audit(session, limit=200)
+    return [(r.action, r.target, r.detail) for r in reversed(rows)]
+
+
+async def assert_no_secret(client: Client, upstream_id: int) -> None:
+    for path in [*PAGES, f"/admin/upstreams/{upstream_id}"]:
+        page = body(await client.get(path))
+        for secret in (FIRST, SECOND):
+            assert secret not in page, path
+            assert secret[:-4] not in page, path
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_add_upstream_reaches_the_pool(
+    client: Client, services: Services, fake: FakeUpstream
+) -> None:
+    await client.login()
+    page = body(await client.get("/admin/upstreams"))
+    for label in (
+        "Upstream name",
+        "Kind",
+        "Base URL",
+        "Key rotation",
+        "Timeout (seconds)",
+        "Reasoning",
+        "Forward top_k",
+        "Tokenizer endpoint",
+        "Max-tokens field",
+    ):
+        assert f">{label}</label>" in page
+    upstream_id = await add_upstream(
+        client, fake, top_k="on", tokenize_url="http://127.0.0.1:9/tokenize"
+    )
+    spec = services.pool.get("local").spec
+    assert (spec.kind, spec.base_url, spec.timeout, spec.reasoning) == (
+        "openai",
+        fake.url,
+        30.0,
+        "replay",
+    )
+    assert spec.top_k and spec.tokenize_url == "http://127.0.0.1:9/tokenize"
+    assert spec.max_tokens_field == "max_completion_tokens"
+    assert ("upstream_added", "local", "kind=openai") in await audit_rows(services)
+    page = body(await client.get(f"/admin/upstreams/{upstream_id}"))
+    assert 'value="local"' in page and "No keys (requests go without one)." in page
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"base_url": ""}, "needs a base URL"),
+        ({"base_url": "ftp://x"}, "needs a base URL"),
+        ({"kind": "grpc"}, "Choose a valid Kind."),
+        ({"rotation": "random"}, "Choose a valid Key rotation."),
+        ({"timeout": "0"}, "Timeout (seconds) must be between 1 and 3600."),
+        ({"tokenize_url": "localhost:8080"}, "Tokenizer endpoint must start with http://"),
+        ({"name": "echo"}, "An upstream named echo already exists."),
+        ({"name": ""}, "Upstream name is required."),
+    ],
+)
+async def test_upstream_validation(
+    client: Client, fake: FakeUpstream, fields: dict[str, str], message: str
+) -> None:
+    await client.login()
+    form = {
+        "name": "local",
+        "kind": "openai",
+        "base_url": fake.url,
+        "rotation": "ordered",
+        "timeout": "30",
+        "reasoning": "strip",
+        "max_tokens_field": "max_tokens",
+    } | fields
+    response = await client.post("/admin/upstreams", form)
+    assert response.code == 400
+    assert html.escape(message, quote=False) in body(response)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_echo_needs_no_base_url(client: Client, services: Services) -> None:
+    await client.login()
+    response = await client.post(
+        "/admin/upstreams",
+        {
+            "name": "echo2",
+            "kind": "echo",
+            "rotation": "ordered",
+            "reasoning": "strip",
+            "max_tokens_field": "max_tokens",
+            "timeout": "",
+            "enabled": "on",
+        },
+    )
+    assert response.code == 303
+    assert services.pool.get("echo2").spec.kind == "echo"
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_keys_are_encrypted_masked_and_in_rotation_order(
+    client: Client, services: Services, fake: FakeUpstream
+) -> None:
+    await client.login()
+    upstream_id = await with_keys(client, fake)
+    rows = await stored_keys(services, upstream_id)
+    assert [(k.label, k.last4, k.position, k.source) for k in rows] == [
+        ("first", "AAAA", 0, "dashboard"),
+        ("", "BBBB", 1, "dashboard"),
+    ]
+    for row, secret in zip(rows, (FIRST, SECOND), strict=True):
+        assert secret not in row.secret
+        assert services.secrets.decrypt(row.secret) == secret
+    assert ring(services) == [FIRST, SECOND]
+    page = body(await client.get(f"/admin/upstreams/{upstream_id}"))
+    assert "first <code>…AAAA</code>" in page and "<code>…BBBB</code>" in page
+    await assert_no_secret(client, upstream_id)
+    assert ("upstream_key_added", "local", f"key=first id={rows[0].id}") in await audit_rows(
+        services
+    )
+    bad = await client.post(f"/admin/upstreams/{upstream_id}/keys", {"secret": "short"})
+    assert bad.code == 400 and "8 to 4000 characters" in body(bad)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_reorder_with_buttons_and_with_a_whole_order(
+    client: Client, services: Services, fake: FakeUpstream
+) -> None:
+    await client.login()
+    upstream_id = await with_keys(client, fake)
+    first, second = await stored_keys(services, upstream_id)
+    response = await client.post(f"/admin/upstreams/{upstream_id}/keys/{first.id}/down")
+    assert response.headers["Location"] == f"/admin/upstreams/{upstream_id}?msg=key_moved"
+    assert ring(services) == [SECOND, FIRST]
+    assert [k.id for k in await stored_keys(services, upstream_id)] == [second.id, first.id]
+    # Already last: nothing moves, nothing is audited.
+    await client.post(f"/admin/upstreams/{upstream_id}/keys/{first.id}/down")
+    assert ring(services) == [SECOND, FIRST]
+    response = await client.post(
+        f"/admin/upstreams/{upstream_id}/keys/order", {"order": f"{first.id},{second.id}"}
+    )
+    assert response.headers["Location"] == f"/admin/upstreams/{upstream_id}?msg=order_saved"
+    assert ring(services) == [FIRST, SECOND]
+    for bad in (f"{first.id}", f"{first.id},{first.id}", f"{first.id},999", "a,b"):
+        response = await client.post(f"/admin/upstreams/{upstream_id}/keys/order", {"order": bad})
+        assert response.code == 400
+    assert ring(services) == [FIRST, SECOND]
+    reorders = [r for r in await audit_rows(services) if r[0] == "upstream_keys_reordered"]
+    assert reorders == [
+        ("upstream_keys_reordered", "local", "order=…BBBB,first"),
+        ("upstream_keys_reordered", "local", "order=first,…BBBB"),
+    ]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_disable_enable_and_delete_keys(
+    client: Client, services: Services, fake: FakeUpstream
+) -> None:
+    await client.login()
+    upstream_id = await with_keys(client, fake)
+    first, second = await stored_keys(services, upstream_id)
+    await client.post(f"/admin/upstreams/{upstream_id}/keys/{first.id}/disable")
+    live = services.pool.key_states("local")
+    assert [(k.secret, k.state(services.pool.now())) for k in live] == [
+        (FIRST, "disabled"),
+        (SECOND, "active"),
+    ]
+    assert [k.secret for k in services.pool.get("local").ring.candidates()] == [SECOND]
+    page = body(await client.get(f"/admin/upstreams/{upstream_id}"))
+    assert ">disabled</span>" in page and "disabled by admin" in page
+    await client.post(f"/admin/upstreams/{upstream_id}/keys/{first.id}/enable")
+    assert [k.secret for k in services.pool.get("local").ring.candidates()] == [FIRST, SECOND]
+    await client.post(f"/admin/upstreams/{upstream_id}/keys/{first.id}/delete")
+    assert ring(services) == [SECOND]
+    assert [k.position for k in await stored_keys(services, upstream_id)] == [0]
+    actions = [r[0] for r in await audit_rows(services)]
+    assert actions[-3:] == ["upstream_key_disabled", "upstream_key_enabled", "upstream_key_deleted"]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_live_state_is_shown_and_kept_across_edits(
+    client: Client, services: Services, fake: FakeUpstream
+) -> None:
+    await client.login()
+    upstream_id = await with_keys(client, fake)
+    first, second = await stored_keys(services, upstream_id)
+    keyring = services.pool.get("local").ring
+    live_first, live_second = keyring.keys
+    keyring.mark_rate_limited(live_first, 30, "HTTP 429: slow down")
+    keyring.mark_rejected(live_second, 401, "invalid api key")
+    page = body(await client.get(f"/admin/upstreams/{upstream_id}"))
+    assert ">cooling down</span>" in page and "HTTP 429: slow down" in page
+    assert "HTTP 401: invalid api key" in page
+    overview = body(await client.get("/admin/"))
+    assert ">cooling down</span>" in overview and "HTTP 401: invalid api key" in overview
+    # Reordering reloads the pool; the key the gateway disabled stays disabled.
+    await client.post(f"/admin/upstreams/{upstream_id}/keys/{second.id}/up")
+    states = {k.secret: k.state(services.pool.now()) for k in services.pool.key_states("local")}
+    assert states == {FIRST: "cooling", SECOND: "disabled"}
+    async with services.db.session() as session:
+        stored = await session.get(UpstreamKey, second.id)
+    assert stored is not None and not stored.enabled
+    assert stored.disabled_reason == "HTTP 401: invalid api key"
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_test_button_sends_a_real_request(
+    client: Client, services: Services, fake: FakeUpstream
+) -> None:
+    await client.login()
+    upstream_id = await with_keys(client, fake)
+    await client.post(
+        f"/admin/upstreams/{upstream_id}/keys/order",
+        {"order": ",".join(str(k.id) for k in reversed(await stored_keys(services, upstream_id)))},
+    )
+    response = await client.post(f"/admin/upstreams/{upstream_id}/test", {"model": "fake-model"})
+    assert response.code == 200
+    page = body(response)
+    result = page[page.index('data-testid="test-result"') :]
+    assert "<dd>200</dd>" in result and "fake reply" in result
+    assert re.search(r"<dd>\d+ ms</dd>", result)
+    assert "<code>…BBBB</code>" in result
+    sent = fake.received[-1]
+    assert sent.path == "/v1/chat/completions"
+    assert sent.headers["Authorization"] == f"Bearer {SECOND}"
+    assert sent.json["model"] == "fake-model" and sent.json["max_completion_tokens"] == 16
+    assert FIRST not in page and SECOND not in page
+    # The test does not count as traffic in the key ring.
+    assert [k.requests for k in services.pool.key_states("local")] == [0, 0]
+    assert ("upstream_tested", "local", "model=fake-model key=…BBBB status=200") in (
+        await audit_rows(services)
+    )
+    # A chosen key, and an upstream that refuses it.
+    first_id = (await stored_keys(services, upstream_id))[1].id
+    fake.push(JsonReply(status=401, body={"error": {"message": f"bad key {FIRST}"}}))
+    page = body(
+        await client.post(
+            f"/admin/upstreams/{upstream_id}/test", {"model": "m", "key": str(first_id)}
+        )
+    )
+    result = page[page.index('data-testid="test-result"') :]
+    assert "<dd>401</dd>" in result and "bad key …AAAA" in result
+    assert fake.received[-1].headers["Authorization"] == f"Bearer {FIRST}"
+    assert FIRST not in page
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_test_button_reports_connection_errors(
+    client: Client, services: Services, fake: FakeUpstream
+) -> None:
+    await client.login()
+    upstream_id = await add_upstream(client, fake, base_url="http://127.0.0.1:9/v1")
+    page = body(await client.post(f"/admin/upstreams/{upstream_id}/test", {"model": "m"}))
+    result = page[page.index('data-testid="test-result"') :]
+    assert "no answer" in result and "cannot connect to upstream" in result
+    missing = await client.post(f"/admin/upstreams/{upstream_id}/test", {"model": ""})
+    assert missing.code == 400 and "Name a model to test with." in body(missing)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_test_button_on_echo(client: Client, services: Services) -> None:
+    await client.login()
+    async with services.db.session() as session:
+        echo_id = await session.scalar(select(Upstream.id).where(Upstream.name == "echo"))
+    page = body(await client.post(f"/admin/upstreams/{echo_id}/test", {"model": ""}))
+    result = page[page.index('data-testid="test-result"') :]
+    assert "<dd>200</dd>" in result and "echo: Reply with the single word OK." in result
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_edit_and_delete_upstreams(
+    client: Client, services: Services, fake: FakeUpstream
+) -> None:
+    await client.login()
+    upstream_id = await with_keys(client, fake)
+    form = {
+        "name": "local",
+        "kind": "openai",
+        "base_url": fake.url,
+        "rotation": "round_robin",
+        "timeout": "30",
+        "reasoning": "replay",
+        "max_tokens_field": "max_completion_tokens",
+        "tokenize_url": "",
+        "enabled": "on",
+    }
+    response = await client.post(f"/admin/upstreams/{upstream_id}", form)
+    assert response.headers["Location"] == f"/admin/upstreams/{upstream_id}?msg=upstream_updated"
+    assert services.pool.get("local").spec.rotation == "round_robin"
+    assert ring(services) == [FIRST, SECOND]  # keys untouched by a settings edit
+    assert ("upstream_edited", "local", "rotation=round_robin") in await audit_rows(services)
+    # Used by a route: refused.
+    async with services.db.session() as session:
+        echo_id = await session.scalar(select(Upstream.id).where(Upstream.name == "echo"))
+    await client.post(
+        "/admin/models", {"name": "m-*", "upstream": str(upstream_id), "enabled": "on"}
+    )
+    refused = await client.post(f"/admin/upstreams/{upstream_id}/delete")
+    assert refused.headers["Location"] == f"/admin/upstreams/{upstream_id}?msg=upstream_in_use"
+    assert "local" in services.pool.names()
+    # Disabled: the gateway unloads it, the page still shows it.
+    form["enabled"] = ""
+    await client.post(f"/admin/upstreams/{upstream_id}", form)
+    assert "local" not in services.pool.names()
+    page = body(await client.get("/admin/upstreams"))
+    assert "upstream disabled" in page
+    deleted = await client.post(f"/admin/upstreams/{echo_id}/delete")
+    assert deleted.headers["Location"] == "/admin/upstreams?msg=upstream_deleted"
+    assert "echo" not in services.pool.names()
+    async with services.db.session() as session:
+        assert await session.get(Upstream, echo_id) is None

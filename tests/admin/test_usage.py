@@ -1,0 +1,207 @@
+"""The usage audit trail: filters, keyset paging, totals, and the streamed CSV export."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from datetime import datetime, timedelta
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from app.db.usage import EXPORT_COLUMNS
+from app.services import Services
+from tests.admin.conftest import Client, body, record, seed_usage
+
+BASE = datetime(2024, 5, 1, 12, 0, 0)
+
+
+def rows_of(page: str) -> list[tuple[str, str, str]]:
+    """(time, key, model) of each usage table row, top to bottom."""
+    table = page[page.index('<table class="data dense" id="usage">') :]
+    table = table[: table.index("</table>")]
+    return re.findall(
+        r'<tr class="[^"]*">\s*<td class="nowrap">([^<]+)</td>\s*<td>([^<]*)</td>\s*<td>([^<]*)</td>',
+        table,
+    )
+
+
+def link(page: str, text: str) -> str | None:
+    match = re.search(r'<a [^>]*href="([^"]+)"[^>]*>' + re.escape(text) + "</a>", page)
+    return match.group(1).replace("&amp;", "&") if match else None
+
+
+def tiles(page: str) -> dict[str, str]:
+    return dict(re.findall(r"<dt>([^<]+)</dt><dd>([^<]+?)\s*(?:<small>|</dd>)", page))
+
+
+@pytest.fixture
+def seeded(services: Services) -> Services:
+    records = [
+        record(
+            BASE + timedelta(minutes=i),
+            key=["alice", "bob", "<script>"][i % 3],
+            model=["gpt-4o", "claude-3-haiku"][i % 2],
+            upstream=["up1", "up2"][i % 2],
+            status="error" if i % 10 == 9 else "ok",
+            input_tokens=i,
+            output_tokens=1,
+            request_id=f"req-{i:03d}",
+        )
+        for i in range(120)
+    ]
+    records.append(
+        record(
+            BASE + timedelta(days=3),
+            key="alice",
+            model="gpt-4o",
+            upstream="up1",
+            request_id="req-late",
+        )
+    )
+    seed_usage(services, records)
+    return services
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_newest_first_with_keyset_paging(client: Client, seeded: Services) -> None:
+    await client.login()
+    page = body(await client.get("/admin/usage"))
+    assert link(page, "Export CSV") == "/admin/usage.csv"
+    first = rows_of(page)
+    assert len(first) == 50
+    assert first[0] == ("2024-05-04 12:00:00", "alice", "gpt-4o")
+    assert first[1] == ("2024-05-01 13:59:00", "&lt;script&gt;", "claude-3-haiku")
+    assert "<script>" not in page
+    assert link(page, "‹ Newer") is None and link(page, "« Newest") is None
+    older = link(page, "Older ›")
+    assert older is not None
+    second_page = body(await client.get(older))
+    second = rows_of(second_page)
+    assert len(second) == 50 and second[0][0] == "2024-05-01 13:10:00"
+    third_page = body(await client.get(link(second_page, "Older ›") or ""))
+    third = rows_of(third_page)
+    assert len(third) == 21 and third[-1][0] == "2024-05-01 12:00:00"
+    assert link(third_page, "Older ›") is None
+    back = body(await client.get(link(third_page, "‹ Newer") or ""))
+    assert rows_of(back) == second
+    top = body(await client.get(link(back, "‹ Newer") or ""))
+    assert rows_of(top) == first
+    assert link(top, "‹ Newer") is None
+    assert link(third_page, "« Newest") == "/admin/usage"
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_filters_and_their_totals(client: Client, seeded: Services) -> None:
+    await client.login()
+    page = body(
+        await client.get("/admin/usage?key=alice&model=gpt-4o&since=2024-05-01&until=2024-05-01")
+    )
+    rows = rows_of(page)
+    # alice is i % 3 == 0, gpt-4o is i % 2 == 0: i % 6 == 0, 20 of them on May 1st.
+    assert len(rows) == 20 and {(r[1], r[2]) for r in rows} == {("alice", "gpt-4o")}
+    assert tiles(page)["Requests"] == "20"
+    assert tiles(page)["Tokens in"] == f"{sum(range(0, 120, 6)):,}".replace(",", "\u202f")
+    assert tiles(page)["Errors"] == "0"
+    assert link(page, "Export CSV") == (
+        "/admin/usage.csv?key=alice&model=gpt-4o&since=2024-05-01&until=2024-05-01"
+    )
+    assert '<option value="alice" selected>alice</option>' in page
+    errors = body(await client.get("/admin/usage?status=error&upstream=up2"))
+    # status error is i % 10 == 9 (odd: up2): 12 events, read from usage_events.
+    assert len(rows_of(errors)) == 12
+    assert tiles(errors)["Requests"] == "12" and tiles(errors)["Errors"] == "12"
+    assert tiles(errors)["Keys used"] == "3"
+    nothing = body(await client.get("/admin/usage?key=nobody"))
+    assert rows_of(nothing) == [] and "No requests match." in nothing
+    late = body(await client.get("/admin/usage?since=2024-05-02"))
+    assert [r[0] for r in rows_of(late)] == ["2024-05-04 12:00:00"]
+    bad = body(await client.get("/admin/usage?since=yesterday"))
+    assert "From (UTC day) must be a date (YYYY-MM-DD)." in bad
+    assert len(rows_of(bad)) == 50  # the bad date is ignored, not fatal
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_paging_keeps_the_filter(client: Client, seeded: Services) -> None:
+    await client.login()
+    page = body(await client.get("/admin/usage?upstream=up1"))
+    older = link(page, "Older ›")
+    assert older is not None
+    query = parse_qs(urlsplit(older).query)
+    assert query["upstream"] == ["up1"] and "before" in query
+    rows = rows_of(body(await client.get(older)))
+    assert len(rows) == 11  # 61 up1 events: 50 + 11
+    assert {r[2] for r in rows} == {"gpt-4o"}
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_csv_export_is_exact(client: Client, services: Services) -> None:
+    await client.login()
+    seed_usage(
+        services,
+        [
+            record(
+                BASE,
+                key="alice",
+                model="gpt-4o",
+                upstream="up1",
+                request_id="r1",
+                input_tokens=12,
+                output_tokens=3,
+                latency_ms=250.25,
+                ttft_ms=80.04,
+                stream=True,
+                client_dialect="anthropic",
+                target_model="qwen",
+                cache_read_tokens=4,
+                tokens_estimated=True,
+            ),
+            record(
+                BASE + timedelta(seconds=1.5),
+                key=None,
+                model="claude",
+                upstream="up2",
+                status="error",
+                request_id="r2",
+                input_tokens=0,
+                output_tokens=0,
+            ),
+            record(BASE + timedelta(days=1), key="bob", model="gpt-4o", request_id="r3"),
+        ],
+    )
+    response = await client.get("/admin/usage.csv?until=2024-05-01")
+    assert response.code == 200
+    assert response.headers["Content-Type"] == "text/csv; charset=utf-8"
+    assert response.headers["Content-Disposition"].startswith('attachment; filename="usage-')
+    assert body(response) == (
+        ",".join(EXPORT_COLUMNS) + "\n"
+        "2024-05-01T12:00:00.000Z,r1,alice,anthropic,gpt-4o,up1,qwen,True,ok,200,,12,3,4,0,"
+        "True,250.2,80.0\n"
+        "2024-05-01T12:00:01.500Z,r2,,openai,claude,up2,claude,False,error,502,api_error,"
+        "0,0,0,0,False,120.0,\n"
+    )
+    only_bob = body(await client.get("/admin/usage.csv?key=bob"))
+    assert only_bob.splitlines()[1:] == [
+        "2024-05-02T12:00:00.000Z,r3,bob,openai,gpt-4o,echo,gpt-4o,False,ok,200,,10,5,0,0,"
+        "False,120.0,"
+    ]
+    assert (await client.get("/admin/usage.csv?since=nope")).code == 400
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_csv_export_streams_page_by_page(client: Client, services: Services) -> None:
+    await client.login()
+    seed_usage(
+        services,
+        [record(BASE + timedelta(seconds=i), request_id=f"r{i:05d}") for i in range(2500)],
+    )
+    chunks: list[bytes] = []
+    response = await client.fetch_streaming("/admin/usage.csv", chunks.append)
+    assert response.code == 200
+    assert response.headers.get("Transfer-Encoding") == "chunked"
+    assert "Content-Length" not in response.headers
+    assert len(chunks) > 1
+    parsed = list(csv.reader(io.StringIO(b"".join(chunks).decode())))
+    assert parsed[0] == list(EXPORT_COLUMNS)
+    assert [row[1] for row in parsed[1:]] == [f"r{i:05d}" for i in range(2500)]
