@@ -334,15 +334,19 @@ class Gateway:
             last.retry_after = soonest
         return last
 
-    def _options(self, upstream: Upstream, route: Route) -> BackendOptions:
+    def _options(self, upstream: Upstream, route: Route, input_tokens: int = 0) -> BackendOptions:
         spec = upstream.spec
+        settings = route.settings
         return BackendOptions(
             target_model=route.target,
             max_tokens_field=spec.max_tokens_field,
             reasoning=spec.reasoning,
             top_k=spec.top_k,
-            default_max_tokens=route.settings.max_tokens or 4096,
-            prompt_cache=route.settings.prompt_cache,
+            default_max_tokens=settings.max_tokens or 4096,
+            max_tokens_limit=route_settings.output_limit(
+                settings.max_tokens, settings.context_window, input_tokens
+            ),
+            prompt_cache=settings.prompt_cache,
         )
 
     def _prepare(
@@ -375,7 +379,7 @@ class Gateway:
                     drop_usage = True
             raw = call.req.body if out == body else orjson.dumps(out)
             return _Attempt(upstream, route, dialect, raw, drop_usage, False, out)
-        opts = self._options(upstream, route)
+        opts = self._options(upstream, route, estimate)
         ctx: Any
         if client == "anthropic":
             translated, ctx = a2o.translate_request(adjusted, opts)

@@ -295,6 +295,23 @@ def _thinking(body: dict[str, Any]) -> dict[str, Any] | None:
     return {"type": "enabled", "budget_tokens": THINKING_BUDGETS[effort]}
 
 
+def _fit_thinking(
+    thinking: dict[str, Any], budget: int, limit: int | None
+) -> tuple[int, dict[str, Any] | None]:
+    """(max_tokens, thinking) for a max_tokens not above the budget (§1.2: budget < max_tokens).
+
+    max_tokens is raised above the budget, but never past the route's ``limit``: there the
+    budget shrinks instead, and thinking is dropped when not even the minimum budget fits.
+    """
+    raised = budget + THINKING_HEADROOM
+    if limit is None or raised <= limit:
+        return raised, thinking
+    fitted = max(MIN_THINKING_BUDGET, limit - THINKING_HEADROOM)
+    if fitted >= limit:
+        return limit, None
+    return limit, {**thinking, "budget_tokens": fitted}
+
+
 def _thinking_possible(turns: list[Turn]) -> bool:
     """False when the last assistant turn needs a signed thinking block it does not have (§1.2)."""
     for pos in range(len(turns) - 1, -1, -1):
@@ -451,10 +468,12 @@ def translate_request(
     ``prompt_cache_key``/``_retention``/``_options``, ``moderation``, ``stream_options``
     (recorded in the context), tool ``strict``, ``top_p`` when ``temperature`` is set,
     sampling parameters when thinking is on, ``tool_choice``/``parallel_tool_calls``
-    without tools, unknown ``service_tier`` values. Invents: ``max_tokens`` (default, or
-    raised above the thinking budget), the ``json_tool_call``-style forced tool and the
-    JSON instruction for ``response_format``, ``cache_control`` when ``opts.prompt_cache``,
-    and a hashed ``metadata.user_id`` for identifiers Anthropic would reject.
+    without tools, unknown ``service_tier`` values, thinking when ``opts.max_tokens_limit``
+    cannot hold the minimum budget. Invents: ``max_tokens`` (the default, or raised above the
+    thinking budget; never past ``opts.max_tokens_limit``, where the budget shrinks instead), the
+    ``json_tool_call``-style forced tool and the JSON instruction for ``response_format``,
+    ``cache_control`` when ``opts.prompt_cache``, and a hashed ``metadata.user_id`` for
+    identifiers Anthropic would reject.
     """
     _reject_unsupported(body)
     stream = body.get("stream") is True
@@ -478,11 +497,14 @@ def translate_request(
         max_tokens = body.get("max_tokens")
     if max_tokens is None:
         max_tokens = opts.default_max_tokens
+        if opts.max_tokens_limit is not None:
+            # A context window with no cap leaves less room than the 4096 default.
+            max_tokens = min(max_tokens, opts.max_tokens_limit)
     if not _is_int(max_tokens) or max_tokens < 1:
         raise _bad("Invalid 'max_tokens': expected a positive integer.", "max_tokens")
     budget = thinking.get("budget_tokens") if thinking else None
-    if _is_int(budget) and max_tokens <= budget:
-        max_tokens = budget + THINKING_HEADROOM
+    if thinking is not None and _is_int(budget) and max_tokens <= budget:
+        max_tokens, thinking = _fit_thinking(thinking, budget, opts.max_tokens_limit)
 
     tools, choice, json_tool = _response_format(
         body.get("response_format"), system, tools, choice, thinking=thinking is not None

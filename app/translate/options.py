@@ -23,5 +23,9 @@ class BackendOptions:
     top_k: bool = False
     # Anthropic backends: max_tokens when an OpenAI client sends none (Anthropic requires it).
     default_max_tokens: int = 4096
+    # Anthropic backends: the most output the route allows (its max_tokens cap, lowered to
+    # what its context window leaves); a thinking budget is shrunk to fit under it rather
+    # than max_tokens being raised past it.
+    max_tokens_limit: int | None = None
     # Anthropic backends: add cache_control breakpoints for OpenAI clients.
     prompt_cache: bool = False

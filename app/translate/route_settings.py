@@ -42,6 +42,18 @@ def _clamp(
     return value
 
 
+def output_limit(
+    max_tokens: int | None, context_window: int | None, input_tokens: int
+) -> int | None:
+    """The most output a request may ask for on a route: its max_tokens cap, lowered to the
+    room its context window leaves; None when the route sets neither."""
+    limit = max_tokens
+    if context_window is not None:
+        room = max(context_window - input_tokens, MIN_OUTPUT)
+        limit = room if limit is None else min(limit, room)
+    return limit
+
+
 def _fit_thinking(body: dict[str, Any]) -> None:
     """Keep an Anthropic thinking budget below a lowered max_tokens (the API requires it)."""
     thinking = body.get("thinking")
