@@ -293,6 +293,12 @@ class Gateway:
                     upstream.ring.mark_rate_limited(key, retry_after, failure.message)
                 elif resp.status in (401, 403):
                     upstream.ring.mark_rejected(key, resp.status, failure.message)
+                    # The client's key never goes upstream: this is the gateway's key, and a
+                    # 401 would send the client (Claude Code: "please log in") the wrong way.
+                    failure = UpstreamError(
+                        f"upstream {upstream.name!r} rejected the gateway's API key "
+                        f"(HTTP {resp.status}): {failure.message}"
+                    )
                 elif resp.status >= 500 or resp.status == 408:
                     upstream.ring.mark_failed(key, failure.message)
                 else:
@@ -317,18 +323,18 @@ class Gateway:
         return out
 
     def _exhausted(self, last: GatewayError | None, soonest: float | None) -> GatewayError:
-        """Every key of every candidate upstream failed or is cooling down."""
-        if (
-            last is None
-            or soonest is not None
-            and not isinstance(last, RateLimitedError | OverloadedError)
-        ):
+        """Every key of every candidate upstream failed or is cooling down.
+
+        The client gets this request's last real failure (a refused connection stays a
+        502, a timeout a 504); only when no key could even be tried does it get a 429
+        saying when the first one is back.
+        """
+        if last is None:
             if soonest is not None:
                 return RateLimitedError(
                     "All upstream keys for this model are cooling down; retry later",
                     retry_after=soonest,
                 )
-        if last is None:
             return OverloadedError("No upstream is available for this model")
         if isinstance(last, RateLimitedError | OverloadedError) and soonest is not None:
             last.retry_after = soonest
