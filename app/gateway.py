@@ -50,7 +50,7 @@ from app.translate import openai_to_anthropic_stream as o2a_stream
 from app.translate import route_settings
 from app.translate.options import BackendOptions
 from app.translate.passthrough import AnthropicSniffer, OpenAISniffer, strip_unsigned_thinking
-from app.upstreams.base import UpstreamResponse, retry_after_seconds
+from app.upstreams.base import UpstreamResponse, html_error_summary, retry_after_seconds
 from app.upstreams.pool import Upstream
 
 log = logging.getLogger("bridgekeeper.gateway")
@@ -398,10 +398,15 @@ class Gateway:
         self, attempt: _Attempt, status: int, body: bytes, retry_after: float | None
     ) -> GatewayError:
         if not attempt.translated:
-            return _passthrough_error(status, body, retry_after)
-        if attempt.dialect == "openai":
-            return a2o.upstream_error(status, body, retry_after)
-        return o2a.upstream_error(status, body, retry_after)
+            err = _passthrough_error(status, body, retry_after)
+        elif attempt.dialect == "openai":
+            err = a2o.upstream_error(status, body, retry_after)
+        else:
+            err = o2a.upstream_error(status, body, retry_after)
+        summary = html_error_summary(status, body)
+        if summary is not None:
+            err.message = summary
+        return err
 
     def _relay_error(
         self, call: _Call, status: int, headers: Mapping[str, str], body: bytes

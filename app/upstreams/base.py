@@ -6,6 +6,7 @@ body has not been read yet, so the gateway can stream it or read it whole.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -43,6 +44,22 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
             if value >= 0:
                 return value
     return None
+
+
+_TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.I | re.S)
+
+
+def html_error_summary(status: int, body: bytes) -> str | None:
+    """One line for an HTML error page (a proxy or load balancer in front of the backend),
+    so no client has to show markup; None when ``body`` is not HTML."""
+    head = body[:500].lstrip().lower()
+    if not (head.startswith(b"<") and (b"<html" in head or b"<!doctype html" in head)):
+        return None
+    title = _TITLE.search(body)
+    summary = " ".join(title.group(1).decode("utf-8", "replace").split()) if title else ""
+    return f"upstream returned an HTML error page (HTTP {status})" + (
+        f": {summary}" if summary else ""
+    )
 
 
 class HttpResponse:
