@@ -562,6 +562,13 @@ class Gateway:
             elif not sniffer.completed:
                 status = "error"
                 err = UpstreamError("upstream stream ended before completion")
+                if isinstance(sniffer, AnthropicSniffer):
+                    ended = sniffer.stop_reason is not None
+                else:
+                    ended = sniffer.finish_reason is not None
+                if not ended:
+                    # Cut off mid-answer: say so in-band, or the client takes it for the end.
+                    yield _stream_error_bytes(client, err)
         except GatewayError as exc:
             status, err = "error", exc
             yield _stream_error_bytes(client, exc)
