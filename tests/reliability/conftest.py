@@ -116,6 +116,47 @@ async def wait_for(check: Callable[[], bool], timeout: float, step: float = 0.02
     return True
 
 
+# -- the error envelope -------------------------------------------------------------------------
+
+DROP: Any = object()  # "do not check this field"
+
+
+def check_error(
+    dialect: str,
+    resp: Resp,
+    status: int,
+    etype: str,
+    says: str,
+    *,
+    code: Any = DROP,
+    param: Any = DROP,
+    relayed: bool = False,
+) -> None:
+    """``resp`` is exactly the error ``dialect``'s clients expect (``relayed``: a backend's
+    own envelope passed through verbatim, which carries no gateway request id)."""
+    assert resp.status == status, (resp.status, resp.body[:300])
+    assert resp.headers["content-type"].startswith("application/json")
+    assert resp.headers.get("request-id", "").startswith("req_")
+    body = resp.json()
+    if dialect == "anthropic":
+        keys = {"type", "error"} if relayed else {"type", "error", "request_id"}
+        assert set(body) == keys, body
+        assert body["type"] == "error"
+        assert set(body["error"]) == {"type", "message"}, body
+        assert body["error"]["type"] == etype, body
+        message = body["error"]["message"]
+    else:
+        assert set(body) == {"error"}, body
+        assert set(body["error"]) == {"message", "type", "param", "code"}, body
+        assert body["error"]["type"] == etype, body
+        if code is not DROP:
+            assert body["error"]["code"] == code, body
+        if param is not DROP:
+            assert body["error"]["param"] == param, body
+        message = body["error"]["message"]
+    assert isinstance(message, str) and says in message, (says, message)
+
+
 # -- a blocking HTTP client ------------------------------------------------------------------
 
 

@@ -23,11 +23,13 @@ from app.db import keys as key_queries
 from tests.conftest import TEST_KEY
 from tests.fakes import JsonReply
 from tests.reliability.conftest import (
+    DROP,
     Bed,
     Resp,
     auth,
     body_for,
     call,
+    check_error,
     path_for,
     post_json,
 )
@@ -39,7 +41,6 @@ LIMIT_BYTES = 256 * 1024
 
 MODEL = "MODEL"  # replaced by the route's model name
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 32).decode()
-DROP = object()
 
 
 @pytest.fixture(scope="module")
@@ -65,45 +66,6 @@ expires = "2020-01-31"
 
     bed.run(add_revoked())
     return bed
-
-
-# -- the envelope ------------------------------------------------------------------------------
-
-
-def check_error(
-    dialect: str,
-    resp: Resp,
-    status: int,
-    etype: str,
-    says: str,
-    *,
-    code: Any = DROP,
-    param: Any = DROP,
-    relayed: bool = False,
-) -> None:
-    """``resp`` is exactly the error ``dialect``'s clients expect (``relayed``: a backend's
-    own envelope passed through verbatim, which carries no gateway request id)."""
-    assert resp.status == status, (resp.status, resp.body[:300])
-    assert resp.headers["content-type"].startswith("application/json")
-    assert resp.headers.get("request-id", "").startswith("req_")
-    body = resp.json()
-    if dialect == "anthropic":
-        keys = {"type", "error"} if relayed else {"type", "error", "request_id"}
-        assert set(body) == keys, body
-        assert body["type"] == "error"
-        assert set(body["error"]) == {"type", "message"}, body
-        assert body["error"]["type"] == etype, body
-        message = body["error"]["message"]
-    else:
-        assert set(body) == {"error"}, body
-        assert set(body["error"]) == {"message", "type", "param", "code"}, body
-        assert body["error"]["type"] == etype, body
-        if code is not DROP:
-            assert body["error"]["code"] == code, body
-        if param is not DROP:
-            assert body["error"]["param"] == param, body
-        message = body["error"]["message"]
-    assert isinstance(message, str) and says in message, (says, message)
 
 
 def invalid(dialect: str, resp: Resp, says: str, param: Any = DROP) -> None:
