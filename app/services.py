@@ -64,6 +64,9 @@ class Services:
     async def reload(self) -> None:
         """Re-read keys, upstreams and routes into memory."""
         async with self._reload_lock:
+            # Live key state first (an automatic disable not written yet would otherwise
+            # be read back as enabled and switched on again).
+            await self.recorder.flush()
             async with self.db.session() as session:
                 # Read before the keys: a change in between shows as a difference next time.
                 fingerprint = await keys_fingerprint(session)

@@ -198,14 +198,19 @@ async def load_catalog(session: AsyncSession, box: SecretBox) -> Catalog:
 
 
 def save_key_states(session: Session, keys: Sequence[KeyState]) -> None:
-    """Persist live key state (sync: runs in the usage writer thread)."""
+    """Persist live key state (sync: runs in the usage writer thread).
+
+    Of ``enabled`` only an automatic disable is written: switching a key on or off by
+    hand is the admin's, and a live copy loaded before that change must not undo it.
+    """
     for key in keys:
         row = session.get(UpstreamKey, key.id)
         if row is None:
             continue
-        row.enabled = key.enabled
-        row.disabled_reason = key.disabled_reason
-        row.disabled_at = _dt(key.disabled_at)
+        if not key.enabled:
+            row.enabled = False
+            row.disabled_reason = key.disabled_reason
+            row.disabled_at = _dt(key.disabled_at)
         row.cooldown_until = _dt(key.cooldown_until)
         row.last_error = key.last_error
         row.last_error_at = _dt(key.last_error_at)

@@ -7,9 +7,9 @@ from __future__ import annotations
 import socket
 
 import pytest
-from sqlalchemy import update
 
 from app.db.models import UpstreamKey
+from app.db.upstreams_admin import set_key_enabled
 from tests.conftest import TEST_KEY, http
 from tests.fakes import (
     FakeUpstream,
@@ -216,9 +216,9 @@ async def test_401_disables_the_key_persists_it_and_an_admin_re_enables_it(gatew
     )
 
     async with live.services.db.session() as session, session.begin():
-        await session.execute(
-            update(UpstreamKey).where(UpstreamKey.id == rows[0].id).values(enabled=True)
-        )
+        row = await session.get(UpstreamKey, rows[0].id)
+        assert row is not None
+        set_key_enabled(row, True)  # what the dashboard's "Enable" does
     await live.services.reload()
     assert (await openai_call(live)).status == 200
     assert auth_of(fake_openai)[-1] == "sk-revoked"
