@@ -328,7 +328,10 @@ class UsageRecorder:
             while not self._stopping and await loop.run_in_executor(
                 self._executor, self._purge, cutoff
             ):
-                await asyncio.sleep(0)
+                if self._buffer or self._keys:
+                    # A first purge of a large table takes a while: usage writes go on
+                    # between its batches, or the buffer fills and requests wait.
+                    await self.flush()
         except Exception as exc:
             log.warning("usage retention purge failed: %s", exc)
 

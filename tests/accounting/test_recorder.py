@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -206,3 +207,24 @@ async def test_no_retention_setting_means_no_purge() -> None:
     await wait_until(lambda: recorder.pending == 0, "a flush")
     await recorder.close()
     assert purge.cutoffs == []
+
+
+async def test_usage_is_still_written_while_a_long_purge_runs() -> None:
+    writer = FakeWriter()
+    done = threading.Event()
+    batches: list[datetime] = []
+
+    def endless_purge(cutoff: datetime) -> int:
+        batches.append(cutoff)
+        time.sleep(0.002)
+        return 0 if done.is_set() else 500
+
+    recorder = UsageRecorder(writer, interval=0.01, purge=endless_purge, retention_days=1)
+    recorder.start()
+    try:
+        await wait_until(lambda: len(batches) > 2, "the purge to be under way")
+        await recorder.record(event(1))
+        await wait_until(lambda: writer.written == ["req_1"], "a write during the purge")
+    finally:
+        done.set()
+        await recorder.close()
