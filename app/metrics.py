@@ -64,14 +64,14 @@ class Metrics:
         self.latency = Histogram(
             "bridgekeeper_request_seconds",
             "Request latency",
-            ["upstream", "status"],
+            ["model", "upstream", "status"],
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.ttft = Histogram(
             "bridgekeeper_time_to_first_token_seconds",
             "Time to the first byte sent to the client",
-            ["upstream"],
+            ["model", "upstream"],
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
@@ -91,9 +91,9 @@ class Metrics:
                 self.tokens.labels(model, upstream, direction).inc(value)
         if record.error_type:
             self.errors.labels(upstream, record.error_type).inc()
-        self.latency.labels(upstream, record.status).observe(record.latency_ms / 1000)
+        self.latency.labels(model, upstream, record.status).observe(record.latency_ms / 1000)
         if record.ttft_ms is not None:
-            self.ttft.labels(upstream).observe(record.ttft_ms / 1000)
+            self.ttft.labels(model, upstream).observe(record.ttft_ms / 1000)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -134,16 +134,26 @@ async def test_metrics_after_a_mixed_run(gateway, fake_anthropic, fake_openai): 
     assert value(data, errors, upstream="", error_type="authentication_error") == 1
 
     latency = "bridgekeeper_request_seconds_count"
-    assert value(data, latency, upstream="claude", status="ok") == 1
-    assert value(data, latency, upstream="claude", status="error") == 1
-    assert value(data, latency, upstream="local", status="ok") == 1
+    assert value(data, latency, model="claude-x", upstream="claude", status="ok") == 1
+    assert value(data, latency, model="claude-x", upstream="claude", status="error") == 1
+    assert value(data, latency, model="local-x", upstream="local", status="ok") == 1
     assert (
-        value(data, "bridgekeeper_request_seconds_bucket", upstream="local", status="ok", le="+Inf")
+        value(
+            data,
+            "bridgekeeper_request_seconds_bucket",
+            model="local-x",
+            upstream="local",
+            status="ok",
+            le="+Inf",
+        )
         == 1
     )
     ttft = "bridgekeeper_time_to_first_token_seconds_count"
-    assert value(data, ttft, upstream="claude") == 1  # the 400 sent no first token
-    assert value(data, ttft, upstream="local") == 1
+    assert (
+        value(data, ttft, model="claude-x", upstream="claude") == 1
+    )  # the 400 sent no first token
+    assert value(data, ttft, model="local-x", upstream="local") == 1
+    assert value(data, latency, model="", upstream="", status="error") == 1  # the unknown key
 
     state = "bridgekeeper_upstream_key_state"
     assert value(data, state, upstream="claude", key="…0001", state="disabled") == 1
