@@ -156,7 +156,7 @@ class RateLimiter:
             window.add([self._clock(), float(actual_tokens)])
 
     def _token_wait(self, window: _Window, tpm: int, estimate: int, now: float) -> float:
-        remaining = window.used_tokens() + estimate - tpm
+        remaining: float = window.used_tokens() + estimate - tpm
         for when, tokens in window.tokens:
             remaining -= tokens
             if remaining <= 0:
@@ -325,9 +325,10 @@ class UsageRecorder:
         )
         loop = asyncio.get_running_loop()
         try:
-            while not self._stopping and await loop.run_in_executor(
-                self._executor, self._purge, cutoff
-            ):
+            while not self._stopping:
+                deleted = await loop.run_in_executor(self._executor, self._purge, cutoff)
+                if not deleted:
+                    break
                 if self._buffer or self._keys:
                     # A first purge of a large table takes a while: usage writes go on
                     # between its batches, or the buffer fills and requests wait.
