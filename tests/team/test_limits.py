@@ -160,6 +160,38 @@ async def test_default_rpm_from_the_environment(gateway, fake_openai):  # type: 
     assert (await post(live, "openai")).status == 429
 
 
+@pytest.mark.parametrize(
+    "server,environ",
+    [
+        ("default_rpm = 3\ndefault_tpm = 700\n", {}),
+        ("", {"REQUESTS_PER_MINUTE": "3", "TOKENS_PER_MINUTE": "700"}),
+        (
+            "default_rpm = 50\ndefault_tpm = 50\n",
+            {"REQUESTS_PER_MINUTE": "3", "TOKENS_PER_MINUTE": "700"},
+        ),
+    ],
+)
+async def test_defaults_for_keys_without_their_own(gateway, fake_anthropic, server, environ):  # type: ignore[no-untyped-def]
+    live = await gateway(server + routes(fake_anthropic), clock=FakeClock(), environ=environ)
+    resp = await post(live, "anthropic")
+    assert resp.headers["anthropic-ratelimit-requests-limit"] == "3"
+    assert resp.headers["anthropic-ratelimit-tokens-limit"] == "700"
+
+
+async def test_limit_headers_on_a_relayed_upstream_error(gateway, fake_anthropic):  # type: ignore[no-untyped-def]
+    live = await gateway(
+        routes(fake_anthropic) + key_entry(rpm=5), clock=FakeClock(), with_key=False
+    )
+    fake_anthropic.push(
+        JsonReply(
+            400, {"type": "error", "error": {"type": "invalid_request_error", "message": "no"}}
+        )
+    )
+    resp = await post(live, "anthropic")
+    assert resp.status == 400
+    assert resp.headers["anthropic-ratelimit-requests-remaining"] == "4"
+
+
 async def test_default_tpm_from_the_server_table_and_key_override(gateway, fake_openai):  # type: ignore[no-untyped-def]
     clock = FakeClock()
     live = await gateway(
