@@ -10,6 +10,7 @@ grace period, flushes usage and closes upstream sessions.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import logging
 import secrets
@@ -289,6 +290,20 @@ def install_uvloop() -> bool:
     return True
 
 
+def _tune_gc() -> None:
+    """Keep start-up objects out of the collector's scans, and run it less often.
+
+    Under load, full collections re-scanned the ~110k objects loaded at start-up
+    (SQLAlchemy, alembic, Jinja, ...) and young collections ran every few
+    requests: about 12% of the gateway's CPU, and 200 ms pauses (`make bench`).
+    A request's own garbage is freed by reference counting; the collector only
+    has cycles to find, which a larger first threshold still finds soon enough.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
+
+
 async def serve_forever(settings: Settings, announce: Callable[[Server, FirstStart], None]) -> None:
     """Start, announce, serve until SIGTERM/SIGINT, stop gracefully."""
     services, first = await build_services(settings, migrate=False)
@@ -298,6 +313,7 @@ async def serve_forever(settings: Settings, announce: Callable[[Server, FirstSta
     except OSError:
         await services.close()
         raise
+    _tune_gc()
     announce(server, first)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
