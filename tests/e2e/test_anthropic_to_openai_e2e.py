@@ -30,7 +30,7 @@ TARGET = "qwen3-coder"
 UPSTREAM_KEY = "sk-local-upstream"
 # A 1x1 PNG.
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
-WEATHER_TOOL = {
+WEATHER_TOOL: Any = {
     "name": "get_weather",
     "description": "Current weather for a city",
     "input_schema": {
@@ -169,6 +169,7 @@ async def test_create_with_system_and_multi_turn(gateway, fake_openai):  # type:
         "temperature": 0.2,
     }
     assert message.id.startswith("msg_")
+    assert (message._request_id or "").startswith("req_")
     assert (message.type, message.role, message.model) == ("message", "assistant", MODEL)
     assert [dump(b) for b in message.content] == [{"type": "text", "text": "Fine, thanks."}]
     assert (message.stop_reason, message.stop_sequence) == ("end_turn", None)
@@ -235,7 +236,7 @@ async def test_tool_use_round_trip_non_streaming(gateway, fake_openai):  # type:
         ),
         JsonReply(body=openai_completion("It is sunny in Paris.", TARGET)),
     )
-    question = {"role": "user", "content": "Weather in Paris?"}
+    question: Any = {"role": "user", "content": "Weather in Paris?"}
     async with client(live) as sdk:
         first = await sdk.messages.create(
             model=MODEL,

@@ -178,6 +178,7 @@ async def test_create_translates_both_ways(gateway, fake_anthropic):  # type: ig
         "temperature": 0.5,
     }
     assert completion.id == "chatcmpl-fake"
+    assert (completion._request_id or "").startswith("req_")
     assert (completion.object, completion.model) == ("chat.completion", "gpt-claude")
     assert len(completion.choices) == 1
     choice = completion.choices[0]
@@ -198,17 +199,15 @@ async def test_create_translates_both_ways(gateway, fake_anthropic):  # type: ig
 
 async def test_default_max_tokens_per_model(gateway, fake_anthropic):  # type: ignore[no-untyped-def]
     live = await gateway(config(fake_anthropic))
-    hi = [{"role": "user", "content": "hi"}]
+    hi: Any = [{"role": "user", "content": "hi"}]
     async with client(live) as sdk:
-        await sdk.chat.completions.create(model="gpt-claude", messages=hi)  # type: ignore[arg-type]
-        await sdk.chat.completions.create(model="gpt-claude", messages=hi, max_tokens=9000)  # type: ignore[arg-type]
+        await sdk.chat.completions.create(model="gpt-claude", messages=hi)
+        await sdk.chat.completions.create(model="gpt-claude", messages=hi, max_tokens=9000)
         await sdk.chat.completions.create(
-            model="gpt-claude",
-            messages=hi,  # type: ignore[arg-type]
-            max_completion_tokens=300,
+            model="gpt-claude", messages=hi, max_completion_tokens=300
         )
-        await sdk.chat.completions.create(model="gpt-claude-plain", messages=hi)  # type: ignore[arg-type]
-        await sdk.chat.completions.create(model="gpt-claude-window", messages=hi)  # type: ignore[arg-type]
+        await sdk.chat.completions.create(model="gpt-claude-plain", messages=hi)
+        await sdk.chat.completions.create(model="gpt-claude-window", messages=hi)
     # The route's max_tokens is the default and the cap; without one, 4096, but no more than
     # the context window leaves: "hi" is estimated at 5 tokens (1 + 4 of message overhead).
     assert [r.json["max_tokens"] for r in fake_anthropic.received] == [
@@ -259,9 +258,28 @@ async def test_stream_with_include_usage(gateway, fake_anthropic):  # type: igno
         3,
         23,
     )
+    fake_anthropic.push(SSEReply(anthropic_stream(["x"], TARGET, 5, 1)))
+    raw = await http(
+        "POST",
+        live.url + "/v1/chat/completions",
+        headers={"Authorization": f"Bearer {TEST_KEY}"},
+        json={
+            "model": "gpt-claude",
+            "messages": [{"role": "user", "content": "hi"}],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    )
+    frames = [f for f in raw.content.decode().split("\n\n") if f]
+    assert frames[-1] == "data: [DONE]"
+    payloads = [orjson.loads(f.removeprefix("data: ")) for f in frames[:-1]]
+    # "usage": null on every chunk, then one choices-less usage chunk (PROTOCOL.md §5.3).
+    assert [p["usage"] for p in payloads[:-1]] == [None] * (len(payloads) - 1)
+    assert payloads[-1]["choices"] == [] and payloads[-1]["usage"]["total_tokens"] == 6
     rows = await usage_rows(live)
     assert [(r.stream, r.input_tokens, r.output_tokens, r.tokens_estimated) for r in rows] == [
-        (True, 20, 3, False)
+        (True, 20, 3, False),
+        (True, 5, 1, False),
     ]
 
 
@@ -372,7 +390,7 @@ async def test_parallel_tool_calls_streamed_and_whole(gateway, fake_anthropic): 
             )
         ),
     )
-    tools = [
+    tools: Any = [
         {
             "type": "function",
             "function": {
@@ -381,13 +399,13 @@ async def test_parallel_tool_calls_streamed_and_whole(gateway, fake_anthropic): 
             },
         }
     ]
-    messages = [{"role": "user", "content": "Paris and Rome?"}]
+    messages: Any = [{"role": "user", "content": "Paris and Rome?"}]
     async with client(live) as sdk:
         stream = await sdk.chat.completions.create(
             model="gpt-claude",
             messages=messages,
             tools=tools,
-            stream=True,  # type: ignore[arg-type]
+            stream=True,
         )
         deltas = [
             tc.model_dump(exclude_none=True)
@@ -397,7 +415,7 @@ async def test_parallel_tool_calls_streamed_and_whole(gateway, fake_anthropic): 
         whole = await sdk.chat.completions.create(
             model="gpt-claude",
             messages=messages,
-            tools=tools,  # type: ignore[arg-type]
+            tools=tools,
         )
     # The OpenAI index counts tool calls only, not the Anthropic block index.
     assert deltas == [
@@ -426,9 +444,11 @@ async def test_parallel_tool_calls_streamed_and_whole(gateway, fake_anthropic): 
     choice = whole.choices[0]
     assert choice.finish_reason == "tool_calls"
     assert choice.message.content is None
+    assert [c.type for c in choice.message.tool_calls or []] == ["function", "function"]
     assert [
         (c.id, c.function.name, orjson.loads(c.function.arguments))
         for c in choice.message.tool_calls or []
+        if c.type == "function"
     ] == [
         ("toolu_A", "get_weather", {"city": "Paris"}),
         ("toolu_B", "get_weather", {"city": "Rome"}),
