@@ -163,7 +163,8 @@ async def test_timeout_moves_to_the_next_key(gateway, fake_openai):  # type: ign
     assert resp.status == 200
     assert auth_of(fake_openai) == ["sk-one", "sk-two"]
     rows = await upstream_key_rows(live)
-    assert "0.3" in (rows[0].last_error or "")
+    assert (rows[0].error_count, rows[1].error_count) == (1, 0)
+    assert rows[0].last_error and rows[0].cooldown_until is not None
 
 
 async def test_connection_error_fails_over_to_the_fallback_route(gateway, fake_anthropic):  # type: ignore[no-untyped-def]
