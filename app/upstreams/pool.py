@@ -147,7 +147,11 @@ class UpstreamPool:
         *,
         clock: Callable[[], float] = time.time,
         on_key_change: Callable[[KeyState], None] | None = None,
-        connection_limit: int = 512,
+        # 0 = no cap. Each in-flight client request holds one upstream connection, so a cap
+        # below the client concurrency only queued requests behind long streams until the 10 s
+        # connect timeout turned them into 504s (issue 7: 488 of 1,000 concurrent 30 s
+        # streams failed with 512). The open-file limit is the real bound.
+        connection_limit: int = 0,
     ) -> None:
         self._clock = clock
         self._on_key_change = on_key_change
