@@ -31,7 +31,7 @@ from app.dialects.sse import (
     openai_chunk,
 )
 from app.dialects.tokens import estimate_anthropic_input, estimate_openai_input
-from app.dialects.usage import Usage, from_anthropic, from_openai
+from app.dialects.usage import OutputMeter, Usage, from_anthropic, from_openai
 from app.errors import (
     GatewayError,
     InternalError,
@@ -469,6 +469,7 @@ class Gateway:
         else:
             translator = o2a_stream.StreamTranslator(attempt.ctx)
         parser = SSEParser()
+        meter = OutputMeter(attempt.dialect)
         status, err = "ok", None
         try:
             while not translator.done:
@@ -481,6 +482,7 @@ class Gateway:
                     if not chunk:
                         out = []
                         for event in parser.finish():
+                            meter.feed(event)
                             out += translator.feed(event)
                         out += translator.finish()
                         if out:
@@ -489,6 +491,7 @@ class Gateway:
                         break
                     out = []
                     for event in parser.feed(chunk):
+                        meter.feed(event)
                         out += translator.feed(event)
                 if out:
                     self._first_byte(call)
@@ -510,6 +513,8 @@ class Gateway:
         finally:
             resp.close()
             call.usage = translator.usage
+            if status != "ok":
+                call.usage = meter.charge(call.usage)
             await self._record(
                 call, err, status=status, http_status=499 if status == "client_closed" else 200
             )
@@ -527,6 +532,7 @@ class Gateway:
             keepalive = OPENAI_KEEPALIVE
         drop_usage_chunk = bool(attempt.ctx)
         parser = SSEParser()
+        meter = OutputMeter(client)
         status, err = "ok", None
         try:
             while True:
@@ -542,6 +548,8 @@ class Gateway:
                         sniffer.feed(event)
                     break
                 events = parser.feed(chunk)
+                for event in events:
+                    meter.feed(event)
                 if drop_usage_chunk:
                     assert isinstance(sniffer, OpenAISniffer)
                     kept = [e for e in events if not sniffer.feed(e)]
@@ -580,6 +588,10 @@ class Gateway:
             usage = sniffer.usage
             if isinstance(sniffer, OpenAISniffer) and not sniffer.saw_usage:
                 usage = Usage(input_tokens=call.usage.input_tokens, estimated=True)
+            if status != "ok":
+                if usage.prompt_tokens == 0:  # cut before the upstream said
+                    usage.input_tokens, usage.estimated = call.usage.input_tokens, True
+                usage = meter.charge(usage)
             call.usage = usage
             await self._record(
                 call, err, status=status, http_status=499 if status == "client_closed" else 200

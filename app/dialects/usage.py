@@ -7,8 +7,13 @@ follows Anthropic: uncached input only.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
+
+from app.dialects.sse import SSEEvent
 
 
 @dataclass(slots=True)
@@ -110,3 +115,70 @@ def to_openai(u: Usage) -> dict[str, Any]:
         "prompt_tokens_details": prompt_details,
         "completion_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
     }
+
+
+class OutputMeter:
+    """The output an upstream stream has produced so far, estimated from its deltas.
+
+    A stream that ends early (client gone, connection cut) never gets the upstream's own
+    final count, which comes last: it is charged this instead (text, thinking and tool
+    arguments, at `app.dialects.tokens.estimate_text`'s rates).
+    """
+
+    __slots__ = ("_anthropic", "_chars", "_non_ascii")
+
+    def __init__(self, dialect: str) -> None:
+        self._anthropic = dialect == "anthropic"
+        self._chars = 0
+        self._non_ascii = 0
+
+    def feed(self, event: SSEEvent) -> None:
+        if self._anthropic:
+            if event.event != "content_block_delta" and '"content_block_delta"' not in event.data:
+                return
+        elif '"delta"' not in event.data:
+            return
+        try:
+            data = orjson.loads(event.data)
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(data, dict):
+            return
+        if self._anthropic:
+            delta = data.get("delta")
+            if isinstance(delta, dict):
+                for name in ("text", "thinking", "partial_json"):
+                    self._add(delta.get(name))
+            return
+        choices = data.get("choices")
+        for choice in choices if isinstance(choices, list) else []:
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if not isinstance(delta, dict):
+                continue
+            for name in ("content", "reasoning_content", "reasoning"):
+                self._add(delta.get(name))
+            calls = delta.get("tool_calls")
+            for call in calls if isinstance(calls, list) else []:
+                function = call.get("function") if isinstance(call, dict) else None
+                if isinstance(function, dict):
+                    self._add(function.get("arguments"))
+
+    def _add(self, text: Any) -> None:
+        if isinstance(text, str) and text:
+            self._chars += len(text)
+            self._non_ascii += min(
+                len(text), (len(text.encode("utf-8", "surrogatepass")) - len(text) + 1) // 2
+            )
+
+    @property
+    def tokens(self) -> int:
+        ascii_chars = self._chars - self._non_ascii
+        return math.ceil(ascii_chars / 3.5 + self._non_ascii)
+
+    def charge(self, usage: Usage) -> Usage:
+        """``usage`` with at least the output seen so far (flagged estimated if raised)."""
+        seen = self.tokens
+        if seen > usage.output_tokens:
+            usage.output_tokens = seen
+            usage.estimated = True
+        return usage
