@@ -1,22 +1,44 @@
 """Read-only queries behind the dashboard: overview and chart series from the ``usage_daily``
 roll-up, per-key statistics, and the usage page (``usage_events`` in keyset pages).
 
-Charts and totals read the roll-up, which stays small (days x keys x models x
-upstreams), so no dashboard page scans ``usage_events`` except through an index.
+Charts and totals read the roll-up (days x keys x models x upstreams); the usage
+table walks one of ``usage_events``' ``(column, time)`` indexes newest first, so
+no page scans the events table. Independent queries of one page can run side by
+side on separate connections with `in_parallel`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, case, distinct, func, select
+from sqlalchemy import Select, case, distinct, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db.engine import Database
 from app.db.models import UsageDaily, UsageEvent
 from app.db.usage import UsageFilter
+
+CHOICE_DAYS = 7
+
+
+async def in_parallel(
+    db: Database, *queries: Callable[[AsyncSession], Awaitable[Any]]
+) -> list[Any]:
+    """Runs each query in a session of its own, concurrently; results in the same order.
+
+    Read-only pages use it so their roll-up scans overlap instead of adding up
+    (SQLite reads in WAL mode run in parallel; aiosqlite gives each its own thread).
+    """
+
+    async def run(query: Callable[[AsyncSession], Awaitable[Any]]) -> Any:
+        async with db.session() as session:
+            return await query(session)
+
+    return list(await asyncio.gather(*(run(q) for q in queries)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +67,8 @@ class DayPoint:
     input_tokens: int
     output_tokens: int
     latency_ms_total: float = 0.0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
 
     @property
     def error_rate(self) -> float:
@@ -64,6 +88,16 @@ class Ranked:
     tokens: int
 
 
+@dataclass(frozen=True, slots=True)
+class KeyActivity:
+    """One key's requests and tokens over a period, and the last day it was used in it."""
+
+    name: str
+    last_day: date
+    requests: int
+    tokens: int
+
+
 _SUMS = (
     func.coalesce(func.sum(UsageDaily.requests), 0),
     func.coalesce(func.sum(UsageDaily.errors), 0),
@@ -72,34 +106,6 @@ _SUMS = (
     func.coalesce(func.sum(UsageDaily.cache_read_tokens), 0),
     func.coalesce(func.sum(UsageDaily.cache_write_tokens), 0),
 )
-
-
-async def window_totals(
-    session: AsyncSession, today: date, windows: tuple[int, ...] = (1, 7, 30)
-) -> dict[int, Totals]:
-    """Totals for the last N days (today included) for each N in ``windows``."""
-    longest = max(windows)
-    since = today - timedelta(days=longest - 1)
-    stmt = (
-        select(UsageDaily.day, UsageDaily.key_name, *_SUMS)
-        .where(UsageDaily.day >= since, UsageDaily.day <= today)
-        .group_by(UsageDaily.day, UsageDaily.key_name)
-    )
-    rows: list[Any] = list((await session.execute(stmt)).all())
-    out: dict[int, Totals] = {}
-    for days in windows:
-        start = today - timedelta(days=days - 1)
-        sums = [0] * 6
-        keys: set[str] = set()
-        for row in rows:
-            if row[0] < start:
-                continue
-            for i in range(6):
-                sums[i] += int(row[2 + i])
-            if row[1]:
-                keys.add(row[1])
-        out[days] = _totals(sums, len(keys))
-    return out
 
 
 def _totals(sums: Sequence[Any], keys: int) -> Totals:
@@ -120,14 +126,7 @@ async def daily_series(
 ) -> list[DayPoint]:
     """One point per day from ``since`` to ``until`` inclusive, zero-filled."""
     stmt = (
-        select(
-            UsageDaily.day,
-            func.sum(UsageDaily.requests),
-            func.sum(UsageDaily.errors),
-            func.sum(UsageDaily.input_tokens),
-            func.sum(UsageDaily.output_tokens),
-            func.sum(UsageDaily.latency_ms_total),
-        )
+        select(UsageDaily.day, *_SUMS, func.coalesce(func.sum(UsageDaily.latency_ms_total), 0.0))
         .where(UsageDaily.day >= since, UsageDaily.day <= until)
         .group_by(UsageDaily.day)
     )
@@ -141,37 +140,121 @@ async def daily_series(
         if row is None:
             points.append(DayPoint(day, 0, 0, 0, 0))
         else:
+            t = _totals(row[1:7], 0)
             points.append(
-                DayPoint(day, int(row[1]), int(row[2]), int(row[3]), int(row[4]), float(row[5]))
+                DayPoint(
+                    day,
+                    t.requests,
+                    t.errors,
+                    t.input_tokens,
+                    t.output_tokens,
+                    float(row[7]),
+                    t.cache_read_tokens,
+                    t.cache_write_tokens,
+                )
             )
         day += timedelta(days=1)
     return points
 
 
-async def _top(
-    session: AsyncSession, column: Any, since: date, limit: int, key_name: str | None
-) -> list[Ranked]:
-    requests = func.sum(UsageDaily.requests)
+Pair = tuple[str, str, date, int, int]
+
+
+async def key_model_usage(session: AsyncSession, since: date) -> list[Pair]:
+    """(key, model, last day, requests, tokens) for every pair used since ``since``.
+
+    One grouped scan of the roll-up feeds both the top keys (with the keys per
+    window) and the top models of the overview.
+    """
     stmt = (
-        select(column, requests, func.sum(UsageDaily.input_tokens + UsageDaily.output_tokens))
-        .where(UsageDaily.day >= since, column != "")
-        .group_by(column)
-        .order_by(requests.desc(), column)
-        .limit(limit)
+        select(
+            UsageDaily.key_name,
+            UsageDaily.model,
+            func.max(UsageDaily.day),
+            func.sum(UsageDaily.requests),
+            func.sum(UsageDaily.input_tokens + UsageDaily.output_tokens),
+        )
+        .where(UsageDaily.day >= since)
+        .group_by(UsageDaily.key_name, UsageDaily.model)
     )
-    if key_name is not None:
-        stmt = stmt.where(UsageDaily.key_name == key_name)
-    return [Ranked(row[0], int(row[1]), int(row[2])) for row in (await session.execute(stmt)).all()]
+    return [
+        (row[0], row[1], _as_date(row[2]), int(row[3]), int(row[4]))
+        for row in (await session.execute(stmt)).all()
+    ]
 
 
-async def top_keys(session: AsyncSession, since: date, limit: int = 8) -> list[Ranked]:
-    return await _top(session, UsageDaily.key_name, since, limit, None)
+def key_activity(pairs: Sequence[Pair]) -> list[KeyActivity]:
+    """Per key from `key_model_usage`, busiest first; keyless requests are not a key."""
+    by_key: dict[str, KeyActivity] = {}
+    for key, _, last_day, requests, tokens in pairs:
+        if not key:
+            continue
+        seen = by_key.get(key)
+        if seen is not None:
+            last_day = max(last_day, seen.last_day)
+            requests += seen.requests
+            tokens += seen.tokens
+        by_key[key] = KeyActivity(key, last_day, requests, tokens)
+    return sorted(by_key.values(), key=lambda k: (-k.requests, k.name))
+
+
+def model_ranking(pairs: Sequence[Pair], limit: int = 8) -> list[Ranked]:
+    """Per model from `key_model_usage`, busiest first."""
+    totals: dict[str, tuple[int, int]] = {}
+    for _, model, _, requests, tokens in pairs:
+        if model:
+            before = totals.get(model, (0, 0))
+            totals[model] = (before[0] + requests, before[1] + tokens)
+    ranked = [Ranked(name, r, t) for name, (r, t) in totals.items()]
+    return sorted(ranked, key=lambda m: (-m.requests, m.name))[:limit]
+
+
+def _as_date(value: Any) -> date:
+    # max() of a Date column comes back as text on SQLite.
+    return value if isinstance(value, date) else date.fromisoformat(str(value))
+
+
+def window_totals(
+    series: Sequence[DayPoint],
+    activity: Sequence[KeyActivity],
+    today: date,
+    windows: Sequence[int] = (1, 7, 30),
+) -> dict[int, Totals]:
+    """Totals for the last N days (today included) for each N, from the series and activity."""
+    out: dict[int, Totals] = {}
+    for days in windows:
+        start = today - timedelta(days=days - 1)
+        points = [p for p in series if start <= p.day <= today]
+        out[days] = Totals(
+            requests=sum(p.requests for p in points),
+            errors=sum(p.errors for p in points),
+            input_tokens=sum(p.input_tokens for p in points),
+            output_tokens=sum(p.output_tokens for p in points),
+            cache_read_tokens=sum(p.cache_read_tokens for p in points),
+            cache_write_tokens=sum(p.cache_write_tokens for p in points),
+            keys=sum(1 for k in activity if k.last_day >= start),
+        )
+    return out
 
 
 async def top_models(
     session: AsyncSession, since: date, limit: int = 8, *, key_name: str | None = None
 ) -> list[Ranked]:
-    return await _top(session, UsageDaily.model, since, limit, key_name)
+    requests = func.sum(UsageDaily.requests)
+    stmt = (
+        select(
+            UsageDaily.model,
+            requests,
+            func.sum(UsageDaily.input_tokens + UsageDaily.output_tokens),
+        )
+        .where(UsageDaily.day >= since, UsageDaily.model != "")
+        .group_by(UsageDaily.model)
+        .order_by(requests.desc(), UsageDaily.model)
+        .limit(limit)
+    )
+    if key_name is not None:
+        stmt = stmt.where(UsageDaily.key_name == key_name)
+    return [Ranked(row[0], int(row[1]), int(row[2])) for row in (await session.execute(stmt)).all()]
 
 
 async def key_totals(session: AsyncSession) -> dict[str, Totals]:
@@ -180,17 +263,26 @@ async def key_totals(session: AsyncSession) -> dict[str, Totals]:
     return {row[0]: _totals(row[1:], 0) for row in (await session.execute(stmt)).all()}
 
 
-async def _seen(session: AsyncSession, column: Any) -> list[str]:
-    stmt = select(column).distinct().where(column != "").order_by(column)
+async def key_summary(session: AsyncSession, key_name: str) -> Totals:
+    """All-time totals of one key."""
+    stmt = select(*_SUMS).where(UsageDaily.key_name == key_name)
+    return _totals((await session.execute(stmt)).one(), 1)
+
+
+async def _seen(session: AsyncSession, column: Any, since: date) -> list[str]:
+    stmt = select(column).distinct().where(UsageDaily.day >= since, column != "").order_by(column)
     return list(await session.scalars(stmt))
 
 
-async def filter_choices(session: AsyncSession) -> tuple[list[str], list[str], list[str]]:
-    """Key, model and upstream names seen in the roll-up, for the usage filters."""
+async def filter_choices(
+    session: AsyncSession, today: date
+) -> tuple[list[str], list[str], list[str]]:
+    """Key, model and upstream names used in the last week, to suggest in the usage filters."""
+    since = today - timedelta(days=CHOICE_DAYS - 1)
     return (
-        await _seen(session, UsageDaily.key_name),
-        await _seen(session, UsageDaily.model),
-        await _seen(session, UsageDaily.upstream),
+        await _seen(session, UsageDaily.key_name, since),
+        await _seen(session, UsageDaily.model, since),
+        await _seen(session, UsageDaily.upstream, since),
     )
 
 
@@ -203,6 +295,16 @@ class EventPage:
     older: int | None  # pass as ``before`` to see the page after this one
 
 
+async def _position(session: AsyncSession, event_id: int | None) -> tuple[datetime, int] | None:
+    if event_id is None:
+        return None
+    when = await session.scalar(select(UsageEvent.time).where(UsageEvent.id == event_id))
+    return (when, event_id) if when is not None else None
+
+
+_ORDER = tuple_(UsageEvent.time, UsageEvent.id)
+
+
 async def events_page(
     session: AsyncSession,
     flt: UsageFilter,
@@ -211,39 +313,48 @@ async def events_page(
     after: int | None = None,
     limit: int = 50,
 ) -> EventPage:
-    """Keyset pagination on id: ``before`` walks to older rows, ``after`` back to newer ones."""
+    """Keyset pagination, newest first: ``before`` an event id walks to older rows,
+    ``after`` one walks back to newer ones.
+
+    The order is (time, id), so every filter walks its own ``(column, time)`` index
+    and stops after one page; the id breaks ties and names the page boundary.
+    """
     stmt: Select[Any] = flt.apply(select(UsageEvent))
-    if after is not None:
-        stmt = stmt.where(UsageEvent.id > after).order_by(UsageEvent.id.asc())
+    pivot_after = await _position(session, after)
+    pivot_before = await _position(session, before) if pivot_after is None else None
+    if pivot_after is not None:
+        stmt = stmt.where(_ORDER > pivot_after).order_by(UsageEvent.time, UsageEvent.id)
     else:
-        if before is not None:
-            stmt = stmt.where(UsageEvent.id < before)
-        stmt = stmt.order_by(UsageEvent.id.desc())
+        if pivot_before is not None:
+            stmt = stmt.where(_ORDER < pivot_before)
+        stmt = stmt.order_by(UsageEvent.time.desc(), UsageEvent.id.desc())
     rows = list(await session.scalars(stmt.limit(limit + 1)))
     more = len(rows) > limit
     rows = rows[:limit]
-    if after is not None:
+    if pivot_after is not None:
         rows.reverse()
         newer = rows[0].id if more and rows else None
-        older = rows[-1].id if rows else None
-        if older is not None and not await _exists(session, flt, below=older):
-            older = None
+        older = rows[-1].id if rows and await _exists(session, flt, below=rows[-1]) else None
     else:
         older = rows[-1].id if more else None
-        newer = rows[0].id if before is not None and rows else None
-        if newer is not None and not await _exists(session, flt, above=newer):
-            newer = None
+        newer = None
+        if pivot_before is not None and rows and await _exists(session, flt, above=rows[0]):
+            newer = rows[0].id
     return EventPage(rows, newer, older)
 
 
 async def _exists(
-    session: AsyncSession, flt: UsageFilter, *, below: int | None = None, above: int | None = None
+    session: AsyncSession,
+    flt: UsageFilter,
+    *,
+    below: UsageEvent | None = None,
+    above: UsageEvent | None = None,
 ) -> bool:
     stmt: Select[Any] = flt.apply(select(UsageEvent.id))
     if below is not None:
-        stmt = stmt.where(UsageEvent.id < below)
+        stmt = stmt.where(_ORDER < (below.time, below.id))
     if above is not None:
-        stmt = stmt.where(UsageEvent.id > above)
+        stmt = stmt.where(_ORDER > (above.time, above.id))
     return await session.scalar(stmt.limit(1)) is not None
 
 
@@ -251,14 +362,40 @@ async def filter_totals(session: AsyncSession, flt: UsageFilter) -> Totals:
     """Totals for the usage page's filter.
 
     Without a status filter the roll-up answers exactly (its buckets are whole
-    days x key x model x upstream, the filter's own grain); a status filter
-    needs the raw events, read through the status index.
+    days x key x model x upstream, the filter's own grain). Failures are few, so a
+    failure status is summed from the events through the status index, and "ok"
+    is the roll-up minus the failures.
     """
-    if flt.status:
+    if not flt.status:
+        return await _rollup_totals(session, flt)
+    if flt.status != "ok":
         return await _event_totals(session, flt)
+    everything = await _rollup_totals(session, flt, ok_keys=True)
+    failed = await _event_totals(session, flt, failures=True)
+    return Totals(
+        requests=everything.requests - failed.requests,
+        errors=0,
+        input_tokens=everything.input_tokens - failed.input_tokens,
+        output_tokens=everything.output_tokens - failed.output_tokens,
+        cache_read_tokens=everything.cache_read_tokens - failed.cache_read_tokens,
+        cache_write_tokens=everything.cache_write_tokens - failed.cache_write_tokens,
+        keys=everything.keys,
+    )
+
+
+async def _rollup_totals(
+    session: AsyncSession, flt: UsageFilter, *, ok_keys: bool = False
+) -> Totals:
+    """Roll-up sums for the filter's key, model, upstream and days (its status aside).
+
+    ``ok_keys`` counts only keys with a successful request: a bucket had one when
+    it holds more requests than errors.
+    """
     # Keyless requests sit under key_name "" in the roll-up and NULL in the events.
-    named = case((UsageDaily.key_name != "", UsageDaily.key_name))
-    stmt = select(*_SUMS, func.count(distinct(named)))
+    named = UsageDaily.key_name != ""
+    if ok_keys:
+        named = named & (UsageDaily.requests > UsageDaily.errors)
+    stmt = select(*_SUMS, func.count(distinct(case((named, UsageDaily.key_name)))))
     if flt.key_name:
         stmt = stmt.where(UsageDaily.key_name == flt.key_name)
     if flt.model:
@@ -273,17 +410,35 @@ async def filter_totals(session: AsyncSession, flt: UsageFilter) -> Totals:
     return _totals(row[:6], int(row[6]))
 
 
-async def _event_totals(session: AsyncSession, flt: UsageFilter) -> Totals:
-    stmt = flt.apply(
-        select(
-            func.count(UsageEvent.id),
-            func.coalesce(func.sum(case((UsageEvent.status != "ok", 1), else_=0)), 0),
-            func.coalesce(func.sum(UsageEvent.input_tokens), 0),
-            func.coalesce(func.sum(UsageEvent.output_tokens), 0),
-            func.coalesce(func.sum(UsageEvent.cache_read_tokens), 0),
-            func.coalesce(func.sum(UsageEvent.cache_write_tokens), 0),
-            func.count(distinct(UsageEvent.key_name)),
-        )
+async def _event_totals(
+    session: AsyncSession, flt: UsageFilter, *, failures: bool = False
+) -> Totals:
+    """Sums over the events; ``failures`` sums every status but "ok" (the filter's status aside)."""
+    stmt = select(
+        func.count(UsageEvent.id),
+        func.coalesce(func.sum(case((UsageEvent.status != "ok", 1), else_=0)), 0),
+        func.coalesce(func.sum(UsageEvent.input_tokens), 0),
+        func.coalesce(func.sum(UsageEvent.output_tokens), 0),
+        func.coalesce(func.sum(UsageEvent.cache_read_tokens), 0),
+        func.coalesce(func.sum(UsageEvent.cache_write_tokens), 0),
+        func.count(distinct(UsageEvent.key_name)),
     )
+    if failures:
+        # Two ranges of the status index rather than a scan for "!=".
+        stmt = UsageFilter(**{**_fields(flt), "status": None}).apply(stmt)
+        stmt = stmt.where((UsageEvent.status < "ok") | (UsageEvent.status > "ok"))
+    else:
+        stmt = flt.apply(stmt)
     row = (await session.execute(stmt)).one()
     return _totals(row[:6], int(row[6]))
+
+
+def _fields(flt: UsageFilter) -> dict[str, Any]:
+    return {
+        "key_name": flt.key_name,
+        "model": flt.model,
+        "upstream": flt.upstream,
+        "status": flt.status,
+        "since": flt.since,
+        "until": flt.until,
+    }

@@ -55,6 +55,16 @@ async def test_rollup_totals_match_the_events(seeded: Services, flt: UsageFilter
 
 
 @pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize("flt", [*FILTERS, UsageFilter(upstream="u2", until=date(2024, 5, 1))])
+async def test_ok_totals_are_the_rollup_minus_failures(seeded: Services, flt: UsageFilter) -> None:
+    ok = UsageFilter(**{**dashboard._fields(flt), "status": "ok"})
+    async with seeded.db.session() as session:
+        derived = await dashboard.filter_totals(session, ok)
+        counted = await dashboard._event_totals(session, ok)
+    assert derived == counted
+
+
+@pytest.mark.gen_test(timeout=30)
 async def test_status_filter_reads_events(seeded: Services) -> None:
     async with seeded.db.session() as session:
         totals = await dashboard.filter_totals(session, UsageFilter(status="error"))
@@ -86,9 +96,21 @@ async def test_keyset_pages_walk_every_row_once(seeded: Services) -> None:
 @pytest.mark.gen_test(timeout=30)
 async def test_window_totals_and_series(seeded: Services) -> None:
     async with seeded.db.session() as session:
-        windows = await dashboard.window_totals(session, date(2024, 5, 2), (1, 2))
         series = await dashboard.daily_series(session, date(2024, 4, 30), date(2024, 5, 2))
+        pairs = await dashboard.key_model_usage(session, date(2024, 4, 30))
+    activity = dashboard.key_activity(pairs)
+    windows = dashboard.window_totals(series, activity, date(2024, 5, 2), (1, 2))
+    assert [(m.name, m.requests) for m in dashboard.model_ranking(pairs)] == [
+        ("m1", 100),
+        ("m2", 100),
+    ]
     assert windows[2].requests == 200 and windows[1].requests == 199
     assert windows[2].keys == 2  # keyless requests are not a key
+    # The one request on May 1st (i == 0) was alice's: bob was only seen on the 2nd.
+    assert windows[1].keys == 2
+    assert [(k.name, k.last_day, k.requests) for k in activity] == [
+        ("alice", date(2024, 5, 2), 67),
+        ("bob", date(2024, 5, 2), 67),
+    ]
     assert [(p.day.day, p.requests) for p in series] == [(30, 0), (1, 1), (2, 199)]
     assert series[0].error_rate == 0.0 and series[1].error_rate == 100.0

@@ -93,9 +93,9 @@ class KeysHandler(KeyFormMixin):
 
     async def _show(self, page: KeysPage, status: int = 200) -> None:
         now = self.services.now()
-        async with self.services.db.session() as session:
-            rows = await keys.list_keys(session)
-            totals = await dashboard.key_totals(session)
+        rows, totals = await dashboard.in_parallel(
+            self.services.db, keys.list_keys, dashboard.key_totals
+        )
         page.rows = [
             KeyRow(r, key_state(r, now), totals.get(r.name, Totals()), expiry_day(r)) for r in rows
         ]
@@ -173,11 +173,15 @@ class KeyHandler(KeyFormMixin):
         since = today - timedelta(days=CHART_DAYS - 1)
         async with self.services.db.session() as session:
             row = await keys.get_key(session, key_id)
-            if row is None:
-                not_found()
-            series = await dashboard.daily_series(session, since, today, key_name=row.name)
-            models = await dashboard.top_models(session, since, 10, key_name=row.name)
-            totals = (await dashboard.key_totals(session)).get(row.name, Totals())
+        if row is None:
+            not_found()
+        name = row.name
+        series, models, totals = await dashboard.in_parallel(
+            self.services.db,
+            lambda session: dashboard.daily_series(session, since, today, key_name=name),
+            lambda session: dashboard.top_models(session, since, 10, key_name=name),
+            lambda session: dashboard.key_summary(session, name),
+        )
         t = self.t
         labels = [p.day.strftime("%m-%d") for p in series]
         page = KeyPage(

@@ -18,6 +18,7 @@ from app.handlers.admin.upstreams import UpstreamRow, key_views
 
 CHART_DAYS = 30
 WINDOWS = (1, 7, 30)
+TOP = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,12 +40,15 @@ class OverviewHandler(AdminHandler):
         t = self.t
         today = self.services.now().date()
         since = today - timedelta(days=CHART_DAYS - 1)
-        async with self.services.db.session() as session:
-            totals = await dashboard.window_totals(session, today, WINDOWS)
-            series = await dashboard.daily_series(session, since, today)
-            top_keys = await dashboard.top_keys(session, since)
-            top_models = await dashboard.top_models(session, since)
-            upstreams = await ua.list_upstreams(session)
+        series, pairs, upstreams = await dashboard.in_parallel(
+            self.services.db,
+            lambda session: dashboard.daily_series(session, since, today),
+            lambda session: dashboard.key_model_usage(session, since),
+            ua.list_upstreams,
+        )
+        activity = dashboard.key_activity(pairs)
+        top_models = dashboard.model_ranking(pairs, TOP)
+        totals = dashboard.window_totals(series, activity, today, WINDOWS)
         labels = [p.day.strftime("%m-%d") for p in series]
         pool = self.services.pool
         page = OverviewPage(
@@ -92,7 +96,7 @@ class OverviewHandler(AdminHandler):
             keys_chart=hbar_chart(
                 "chart-keys",
                 t("chart.top_keys"),
-                [(k.name, k.requests) for k in top_keys],
+                [(k.name, k.requests) for k in activity[:TOP]],
                 empty=t("chart.empty"),
             ),
             models_chart=hbar_chart(

@@ -78,17 +78,18 @@ class UsageHandler(UsageFilterMixin):
             after = optional_int(self.qarg("after"), "after")
         except FormError:
             before = after = None
-        async with self.services.db.session() as session:
-            page = await dashboard.events_page(
+        page, totals, proxy_keys, (seen_keys, models, upstreams) = await dashboard.in_parallel(
+            self.services.db,
+            lambda session: dashboard.events_page(
                 session, flt, before=before, after=after, limit=PAGE_SIZE
-            )
-            totals = await dashboard.filter_totals(session, flt)
-            seen_keys, models, upstreams = await dashboard.filter_choices(session)
-            key_names = sorted(
-                {k.name for k in await keys.list_keys(session)}
-                | set(seen_keys)
-                | ({raw["key"]} if raw["key"] else set())
-            )
+            ),
+            lambda session: dashboard.filter_totals(session, flt),
+            keys.list_keys,
+            lambda session: dashboard.filter_choices(session, self.services.now().date()),
+        )
+        key_names = sorted(
+            {k.name for k in proxy_keys} | set(seen_keys) | ({raw["key"]} if raw["key"] else set())
+        )
         paged = before is not None or after is not None
         context = UsagePage(
             rows=page.rows,
