@@ -5,6 +5,7 @@ page carries the security headers.
 from __future__ import annotations
 
 import re
+from html.parser import HTMLParser
 
 import pytest
 
@@ -153,3 +154,45 @@ async def test_unknown_ids_are_404(client: Client) -> None:
         assert (await client.get(path)).code == 404
     for path in ("/admin/keys/42/revoke", "/admin/upstreams/1/keys/42/up", "/admin/models/42/up"):
         assert (await client.post(path)).code == 404
+
+
+class _Controls(HTMLParser):
+    """Collects form controls and label targets of one page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.controls: list[dict[str, str | None]] = []
+        self.labelled: set[str] = set()
+        self.buttons: list[str] = []
+        self._button: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = dict(attrs)
+        if tag == "label" and attributes.get("for"):
+            self.labelled.add(attributes["for"] or "")
+        if tag in ("input", "select", "textarea") and attributes.get("type") != "hidden":
+            self.controls.append(attributes)
+        if tag == "button":
+            self._button = []
+
+    def handle_data(self, data: str) -> None:
+        if self._button is not None:
+            self._button.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "button" and self._button is not None:
+            self.buttons.append("".join(self._button).strip())
+            self._button = None
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize("path", [p for p in PAGES if not p.endswith(".csv")] + ["/admin/login"])
+async def test_every_control_has_a_visible_label(client: Client, path: str) -> None:
+    if path != "/admin/login":
+        await client.login()
+    parser = _Controls()
+    parser.feed(body(await client.get(path)))
+    assert parser.controls, path
+    for control in parser.controls:
+        assert control.get("id") in parser.labelled, (path, control)
+    assert parser.buttons and all(parser.buttons), (path, parser.buttons)

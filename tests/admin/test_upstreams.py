@@ -385,3 +385,30 @@ async def test_edit_and_delete_upstreams(
     assert "echo" not in services.pool.names()
     async with services.db.session() as session:
         assert await session.get(Upstream, echo_id) is None
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_test_button_speaks_anthropic_to_anthropic_upstreams(
+    client: Client, services: Services
+) -> None:
+    fake = await FakeUpstream("anthropic").start()
+    try:
+        await client.login()
+        upstream_id = await add_upstream(client, fake, name="claude", kind="anthropic")
+        await client.post(f"/admin/upstreams/{upstream_id}/keys", {"secret": FIRST})
+        page = body(
+            await client.post(f"/admin/upstreams/{upstream_id}/test", {"model": "claude-x"})
+        )
+        result = page[page.index('data-testid="test-result"') :]
+        assert "<dd>200</dd>" in result and "fake reply" in result
+        sent = fake.received[-1]
+        assert sent.path == "/v1/messages"
+        assert sent.headers["X-Api-Key"] == FIRST
+        assert sent.json == {
+            "model": "claude-x",
+            "max_tokens": 16,
+            "messages": [{"role": "user", "content": "Reply with the single word OK."}],
+        }
+        assert FIRST not in page
+    finally:
+        await fake.stop()

@@ -159,6 +159,7 @@ _EN = {
     "keys.edit_title": "Limits",
     "keys.usage_total": "Usage, all time",
     "keys.see_requests": "See this key's requests",
+    "keys.models_used": "Models used (30 days)",
     # upstreams
     "upstreams.title": "Upstreams",
     "upstreams.list_title": "Backends",
@@ -474,6 +475,7 @@ _ZH = {
     "keys.edit_title": "限额",
     "keys.usage_total": "累计用量",
     "keys.see_requests": "查看此密钥的请求",
+    "keys.models_used": "使用的模型（30 天）",
     "upstreams.title": "上游",
     "upstreams.list_title": "后端",
     "upstreams.add_title": "添加上游",
@@ -784,6 +786,7 @@ _FR = {
     "keys.edit_title": "Limites",
     "keys.usage_total": "Utilisation totale",
     "keys.see_requests": "Voir les requêtes de cette clé",
+    "keys.models_used": "Modèles utilisés (30 jours)",
     "upstreams.title": "Amonts",
     "upstreams.list_title": "Serveurs",
     "upstreams.add_title": "Ajouter un amont",
