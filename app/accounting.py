@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 from app.auth import KeyRecord
 from app.db.usage import UsageRecord
@@ -28,7 +30,14 @@ WINDOW = 60.0
 
 
 def _rfc3339(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _rfc3339_second(math.floor(epoch))
+
+
+@lru_cache(maxsize=256)
+def _rfc3339_second(second: int) -> str:
+    # strftime costs ~15 µs and Anthropic-dialect replies carry two of these per request;
+    # reset times repeat for a whole second.
+    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _duration(seconds: float) -> str:
