@@ -196,3 +196,10 @@ async def test_every_control_has_a_visible_label(client: Client, path: str) -> N
     for control in parser.controls:
         assert control.get("id") in parser.labelled, (path, control)
     assert parser.buttons and all(parser.buttons), (path, parser.buttons)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_action_urls_do_not_answer_get(client: Client) -> None:
+    await client.login()
+    for path in ("/admin/upstreams/1/test", "/admin/upstreams/1/keys", "/admin/keys/1/revoke"):
+        assert (await client.get(path)).code == 405, path

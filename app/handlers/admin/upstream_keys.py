@@ -20,6 +20,8 @@ ACTIONS = ("up", "down", "enable", "disable", "delete")
 class UpstreamKeysHandler(UpstreamHandler):
     """Adds a key at the end of the rotation; the secret never comes back to any page."""
 
+    SUPPORTED_METHODS = ("POST",)
+
     async def post(self, upstream_id: str) -> None:
         secret = self.get_body_argument("secret", "").strip()
         try:

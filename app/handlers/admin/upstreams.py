@@ -329,6 +329,10 @@ class UpstreamDeleteHandler(AdminHandler):
 
 
 class UpstreamTestHandler(UpstreamHandler):
+    """Sends one tiny real request through the upstream and shows what came back."""
+
+    SUPPORTED_METHODS = ("POST",)
+
     async def post(self, upstream_id: str) -> None:
         model = self.arg("model")
         async with self.services.db.session() as session:
