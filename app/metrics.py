@@ -7,6 +7,7 @@ and read by ``GET /metrics``.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -76,11 +77,22 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_KeyStates(pool))
+        # (metric, label values) -> child: `labels()` costs ~2.6 µs a call and every request
+        # made five of them. Children are created on first use, as `labels()` would.
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (metric, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def observe(self, record: UsageRecord) -> None:
         upstream = record.upstream or ""
         model = record.requested_model or ""
-        self.requests.labels(record.client_dialect, model, upstream, record.status).inc()
+        child = self._child
+        child(self.requests, record.client_dialect, model, upstream, record.status).inc()
         for direction, value in (
             ("input", record.input_tokens),
             ("output", record.output_tokens),
@@ -88,12 +100,12 @@ class Metrics:
             ("cache_write", record.cache_write_tokens),
         ):
             if value:
-                self.tokens.labels(model, upstream, direction).inc(value)
+                child(self.tokens, model, upstream, direction).inc(value)
         if record.error_type:
-            self.errors.labels(upstream, record.error_type).inc()
-        self.latency.labels(model, upstream, record.status).observe(record.latency_ms / 1000)
+            child(self.errors, upstream, record.error_type).inc()
+        child(self.latency, model, upstream, record.status).observe(record.latency_ms / 1000)
         if record.ttft_ms is not None:
-            self.ttft.labels(model, upstream).observe(record.ttft_ms / 1000)
+            child(self.ttft, model, upstream).observe(record.ttft_ms / 1000)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
