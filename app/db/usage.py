@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, fields
 from datetime import date, datetime, time, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Select, delete, func, insert, select, update
+from sqlalchemy import Select, Table, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -136,8 +136,11 @@ def insert_events(session: Session, records: Sequence[UsageRecord]) -> None:
     """
     if not records:
         return
+    # A Core insert on the table: the ORM's bulk path cost ~6 µs more per row, all of it
+    # holding the GIL the event loop needs (every column is given, so nothing is lost).
     session.execute(
-        insert(UsageEvent), [{name: getattr(r, name) for name in _RECORD_FIELDS} for r in records]
+        insert(cast(Table, UsageEvent.__table__)),
+        [{name: getattr(r, name) for name in _RECORD_FIELDS} for r in records],
     )
     buckets: dict[tuple[date, str, str, str], list[UsageRecord]] = {}
     last_used: dict[int, datetime] = {}
