@@ -257,20 +257,29 @@ class Server:
             self.http.append(extra)
 
     async def stop(self, grace: float) -> None:
-        """Stop accepting, let in-flight requests finish for ``grace`` s, then close everything."""
+        """Stop accepting, let in-flight requests (streams included) finish for ``grace`` s,
+        cancel what is still running, then close connections, flush usage, close sessions."""
         for server in self.http:
             server.stop()
+        # Wait on the requests themselves: tornado's close_all_connections closes sockets
+        # at once, which would cut every stream still being answered.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while running := [t for t in self.services.inflight if not t.done()]:
+            left = deadline - loop.time()
+            if left <= 0:
+                log.warning("grace period of %gs over; cancelling %d requests", grace, len(running))
+                for task in running:
+                    task.cancel()
+                await asyncio.wait(running, timeout=5)
+                break
+            await asyncio.wait(running, timeout=left)
         try:
             await asyncio.wait_for(
-                asyncio.gather(*(s.close_all_connections() for s in self.http)), timeout=grace
+                asyncio.gather(*(s.close_all_connections() for s in self.http)), timeout=5
             )
         except TimeoutError:
-            log.warning("grace period of %gs over; cancelling what is still running", grace)
-            tasks = [t for t in self.services.inflight if not t.done()]
-            for task in tasks:
-                task.cancel()
-            if tasks:
-                await asyncio.wait(tasks, timeout=5)
+            log.warning("some connections did not close within 5 s")
         await self.services.close()
 
 
