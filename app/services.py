@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from app.accounting import RateLimiter, UsageRecorder
@@ -107,8 +108,14 @@ class Services:
             now = self.clock()
             if self._misses.get(digest, 0.0) > now:
                 raise
-            async with self.db.session() as session:
-                row = await get_key_by_hash(session, digest)
+            try:
+                async with self.db.session() as session:
+                    row = await get_key_by_hash(session, digest)
+            except (SQLAlchemyError, OSError) as exc:
+                # The database is down: a key not in memory cannot be checked, which is the
+                # client's 401, never a 500; keys already known keep working.
+                log.warning("key lookup failed, treating the key as unknown: %s", exc)
+                row = None
             if row is None:
                 if len(self._misses) > 10000:
                     self._misses.clear()
