@@ -57,6 +57,32 @@ def test_success_forgets_failures() -> None:
     assert throttle.failure("ip", "admin") == 0
 
 
+def test_parallel_attempts_count_against_the_limit() -> None:
+    throttle = LoginThrottle(clock=Clock())
+    for _ in range(3):
+        throttle.failure("ip", "admin")
+    assert throttle.begin("ip", "admin") == 0
+    assert throttle.begin("ip", "admin") == 0
+    # Three failures and two checks under way: a sixth guess must wait.
+    assert throttle.begin("ip", "admin") == 1.0
+    throttle.end("ip", "admin")
+    throttle.success("ip", "admin")
+    throttle.end("ip", "admin")
+    assert throttle.begin("ip", "admin") == 0
+    throttle.end("ip", "admin")
+    assert throttle._entries == {}  # nothing pending, nothing failed: forgotten
+
+
+def test_begin_respects_a_lockout() -> None:
+    clock = Clock()
+    throttle = LoginThrottle(clock=clock)
+    for _ in range(5):
+        throttle.failure("ip", "admin")
+    assert throttle.begin("ip", "admin") == 60
+    clock.now += 60
+    assert throttle.begin("ip", "admin") == 0
+
+
 def test_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("app.handlers.admin.throttle.MAX_TRACKED", 10)
     clock = Clock()

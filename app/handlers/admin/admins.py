@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from app.auth import hash_password, verify_password
 from app.db import admins
 from app.db.models import AdminUser
-from app.handlers.admin.base import AdminHandler, off_loop
+from app.handlers.admin.base import AdminHandler, not_found, off_loop
 from app.handlers.admin.forms import FormError, required
 
 MIN_PASSWORD = 10
@@ -54,12 +54,14 @@ class AdminsHandler(AdminHandler):
             return
         password_hash = await off_loop(hash_password, password)
         async with self.services.db.session() as session:
-            if await admins.get_admin(session, username) is not None:
-                await self._show(self.t("admins.exists"), {"username": username})
-                return
-            await admins.set_admin_password(session, username, password_hash)
-            await self.audit(session, "admin_added", username)
-            await session.commit()
+            exists = await admins.get_admin(session, username) is not None
+            if not exists:
+                await admins.set_admin_password(session, username, password_hash)
+                await self.audit(session, "admin_added", username)
+                await session.commit()
+        if exists:
+            await self._show(self.t("admins.exists"), {"username": username})
+            return
         self.redirect_with("/admin/admins", "admin_added")
 
 
@@ -70,15 +72,13 @@ class AdminDeleteHandler(AdminHandler):
         async with self.services.db.session() as session:
             row = await session.get(AdminUser, int(admin_id))
             if row is None:
-                self.send_error(404)
-                return
-            if row.username == self.username or await admins.count_admins(session) <= 1:
-                self.redirect_with("/admin/admins", "admin_kept")
-                return
-            await admins.delete_admin(session, row.username)
-            await self.audit(session, "admin_removed", row.username)
-            await session.commit()
-        self.redirect_with("/admin/admins", "admin_removed")
+                not_found()
+            kept = row.username == self.username or await admins.count_admins(session) <= 1
+            if not kept:
+                await admins.delete_admin(session, row.username)
+                await self.audit(session, "admin_removed", row.username)
+                await session.commit()
+        self.redirect_with("/admin/admins", "admin_kept" if kept else "admin_removed")
 
 
 @dataclass(frozen=True, slots=True)

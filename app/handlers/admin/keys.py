@@ -109,9 +109,10 @@ class KeysHandler(KeyFormMixin):
         except FormError as exc:
             await self._show(KeysPage([], error=self.t(exc.key, **exc.params), form=form), 400)
             return
+        created: tuple[ProxyKey, str] | None = None
         async with self.services.db.session() as session:
             try:
-                row, secret = await keys.create_key(
+                created = await keys.create_key(
                     session,
                     name,
                     rpm=limits.rpm,
@@ -122,11 +123,15 @@ class KeysHandler(KeyFormMixin):
                     source="dashboard",
                 )
             except keys.KeyExistsError:
-                page = KeysPage([], error=self.t("keys.exists", name=name), form=form)
-                await self._show(page, 400)
-                return
-            await self.audit(session, "key_created", row.name, describe(limits))
-            await session.commit()
+                pass
+            else:
+                await self.audit(session, "key_created", created[0].name, describe(limits))
+                await session.commit()
+        if created is None:
+            page = KeysPage([], error=self.t("keys.exists", name=name), form=form)
+            await self._show(page, 400)
+            return
+        row, secret = created
         await self.services.reload()
         await self._show(KeysPage([], new_key=secret, new_key_name=row.name), 201)
 

@@ -164,10 +164,14 @@ class ModelsHandler(RouteFormMixin):
             try:
                 row = await ra.create_route(session, fields)
             except ra.RouteExistsError:
-                await self._show(form, self.t("models.exists", name=fields.name))
-                return
-            await self.audit(session, "route_added", row.name, describe(fields, upstreams))
-            await session.commit()
+                exists = True
+            else:
+                exists = False
+                await self.audit(session, "route_added", row.name, describe(fields, upstreams))
+                await session.commit()
+        if exists:
+            await self._show(form, self.t("models.exists", name=fields.name))
+            return
         await self.services.reload()
         self.redirect_with("/admin/models", "route_added")
 
@@ -211,10 +215,14 @@ class RouteHandler(RouteFormMixin):
             try:
                 await ra.update_route(session, row, fields)
             except ra.RouteExistsError:
-                await self._show(int(route_id), form, self.t("models.exists", name=fields.name))
-                return
-            await self.audit(session, "route_edited", row.name, describe(fields, upstreams))
-            await session.commit()
+                exists = True
+            else:
+                exists = False
+                await self.audit(session, "route_edited", row.name, describe(fields, upstreams))
+                await session.commit()
+        if exists:
+            await self._show(int(route_id), form, self.t("models.exists", name=fields.name))
+            return
         await self.services.reload()
         self.redirect_with(f"/admin/models/{route_id}", "route_updated")
 
@@ -228,12 +236,13 @@ class RouteActionHandler(AdminHandler):
             if row is None or action not in ACTIONS:
                 not_found()
             name = row.name
+            msg: str | None
             if action in ("up", "down"):
-                if not await ra.move_route(session, row.id, -1 if action == "up" else 1):
-                    self.redirect_with("/admin/models")
-                    return
-                await self.audit(session, "routes_reordered", name, await route_order(session))
-                msg = "route_moved"
+                if await ra.move_route(session, row.id, -1 if action == "up" else 1):
+                    await self.audit(session, "routes_reordered", name, await route_order(session))
+                    msg = "route_moved"
+                else:
+                    msg = None
             elif action in ("enable", "disable"):
                 row.enabled = action == "enable"
                 await self.audit(session, f"route_{action}d", name)
@@ -243,7 +252,8 @@ class RouteActionHandler(AdminHandler):
                 await self.audit(session, "route_deleted", name)
                 msg = "route_deleted"
             await session.commit()
-        await self.services.reload()
+        if msg is not None:
+            await self.services.reload()
         self.redirect_with("/admin/models", msg)
 
 
@@ -262,10 +272,12 @@ class RouteOrderHandler(AdminHandler):
             self.send_error(400)
             return
         async with self.services.db.session() as session:
-            if not await ra.reorder_routes(session, wanted):
-                self.send_error(400)
-                return
-            await self.audit(session, "routes_reordered", "", await route_order(session))
-            await session.commit()
+            valid = await ra.reorder_routes(session, wanted)
+            if valid:
+                await self.audit(session, "routes_reordered", "", await route_order(session))
+                await session.commit()
+        if not valid:
+            self.send_error(400)
+            return
         await self.services.reload()
         self.redirect_with("/admin/models", "order_saved")

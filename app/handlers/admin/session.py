@@ -47,27 +47,33 @@ class LoginHandler(AdminHandler):
         target = safe_next(self.get_body_argument("next", None))
         ip = self.request.remote_ip or ""
         throttle = self.deps.throttle
-        wait = throttle.locked_for(ip, username)
+        wait = throttle.begin(ip, username)
         if wait:
             self._refuse(target, username, "login.locked", 429, wait)
             return
+        # Responses are written only once the session is closed (here and in every
+        # handler): a finished response must not leave a connection still in use.
         async with self.services.db.session() as session:
-            row = await admins.get_admin(session, username) if username else None
-            ok = await off_loop(
-                verify_password, password, row.password_hash if row else _DUMMY_HASH
-            )
-            if row is None or not ok:
-                lockout = throttle.failure(ip, username)
-                if lockout:
-                    self._refuse(target, username, "login.locked", 429, lockout)
-                else:
-                    self._refuse(target, username, "login.failed", 401, 0)
-                return
-            throttle.success(ip, username)
-            row.last_login_at = self.services.now()
-            self.admin = row
-            await self.audit(session, "sign_in", row.username)
-            await session.commit()
+            try:
+                row = await admins.get_admin(session, username) if username else None
+                ok = await off_loop(
+                    verify_password, password, row.password_hash if row else _DUMMY_HASH
+                )
+            finally:
+                throttle.end(ip, username)
+            if row is not None and ok:
+                throttle.success(ip, username)
+                row.last_login_at = self.services.now()
+                self.admin = row
+                await self.audit(session, "sign_in", row.username)
+                await session.commit()
+        if row is None or not ok:
+            lockout = throttle.failure(ip, username)
+            if lockout:
+                self._refuse(target, username, "login.locked", 429, lockout)
+            else:
+                self._refuse(target, username, "login.failed", 401, 0)
+            return
         self.start_session(row)
         self.redirect(target, status=303)
 

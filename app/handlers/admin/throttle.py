@@ -18,6 +18,7 @@ MAX_TRACKED = 10_000
 class _Entry:
     failures: deque[float] = field(default_factory=deque)
     locked_until: float = 0.0
+    pending: int = 0  # attempts being checked right now (scrypt runs off the loop)
 
 
 class LoginThrottle:
@@ -48,6 +49,34 @@ class LoginThrottle:
             return 0.0
         return max(entry.locked_until - self._clock(), 0.0)
 
+    def begin(self, ip: str, username: str) -> float:
+        """Before checking a password: seconds to wait (0 = go ahead; call `end` after).
+
+        Attempts still being checked count against the limit, so a burst of
+        parallel guesses gets no more tries than a sequence of them.
+        """
+        wait = self.locked_for(ip, username)
+        if wait:
+            return wait
+        now = self._clock()
+        entry = self._entries.setdefault(self._key(ip, username), _Entry())
+        while entry.failures and entry.failures[0] <= now - self.window:
+            entry.failures.popleft()
+        if len(entry.failures) + entry.pending >= self.max_failures:
+            return 1.0
+        entry.pending += 1
+        return 0.0
+
+    def end(self, ip: str, username: str) -> None:
+        """After a check `begin` allowed, whatever its outcome."""
+        key = self._key(ip, username)
+        entry = self._entries.get(key)
+        if entry is None:
+            return
+        entry.pending = max(entry.pending - 1, 0)
+        if not entry.pending and not entry.failures and entry.locked_until <= self._clock():
+            del self._entries[key]
+
     def failure(self, ip: str, username: str) -> float:
         """Records a failed attempt; returns the lockout it started (0 when none)."""
         now = self._clock()
@@ -64,13 +93,18 @@ class LoginThrottle:
         return 0.0
 
     def success(self, ip: str, username: str) -> None:
-        self._entries.pop(self._key(ip, username), None)
+        entry = self._entries.get(self._key(ip, username))
+        if entry is not None:
+            entry.failures.clear()
+            if not entry.pending:
+                del self._entries[self._key(ip, username)]
 
     def _prune(self, now: float) -> None:
         stale = [
             key
             for key, entry in self._entries.items()
             if entry.locked_until <= now
+            and not entry.pending
             and (not entry.failures or entry.failures[-1] <= now - self.window)
         ]
         for key in stale:

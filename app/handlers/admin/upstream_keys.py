@@ -59,12 +59,13 @@ class UpstreamKeyActionHandler(AdminHandler):
             if row is None or key is None or action not in ACTIONS:
                 not_found()
             shown = f"{key.label or '…' + key.last4} id={key.id}"
+            msg: str | None
             if action in ("up", "down"):
-                if not ua.move_key(row, key.id, -1 if action == "up" else 1):
-                    self.redirect_with(f"/admin/upstreams/{upstream_id}")
-                    return
-                await self.audit(session, "upstream_keys_reordered", row.name, order(row))
-                msg = "key_moved"
+                if ua.move_key(row, key.id, -1 if action == "up" else 1):
+                    await self.audit(session, "upstream_keys_reordered", row.name, order(row))
+                    msg = "key_moved"
+                else:
+                    msg = None
             elif action == "enable":
                 ua.set_key_enabled(key, True)
                 await self.audit(session, "upstream_key_enabled", row.name, shown)
@@ -78,7 +79,8 @@ class UpstreamKeyActionHandler(AdminHandler):
                 await self.audit(session, "upstream_key_deleted", row.name, shown)
                 msg = "key_deleted"
             await session.commit()
-        await self.services.reload()
+        if msg is not None:
+            await self.services.reload()
         self.redirect_with(f"/admin/upstreams/{upstream_id}", msg)
 
 
@@ -104,10 +106,12 @@ class UpstreamKeyOrderHandler(AdminHandler):
             row = await ua.get_upstream(session, int(upstream_id))
             if row is None:
                 not_found()
-            if not ua.reorder_keys(row, wanted):
-                self.send_error(400)
-                return
-            await self.audit(session, "upstream_keys_reordered", row.name, order(row))
-            await session.commit()
+            valid = ua.reorder_keys(row, wanted)
+            if valid:
+                await self.audit(session, "upstream_keys_reordered", row.name, order(row))
+                await session.commit()
+        if not valid:
+            self.send_error(400)
+            return
         await self.services.reload()
         self.redirect_with(f"/admin/upstreams/{upstream_id}", "order_saved")

@@ -208,10 +208,14 @@ class UpstreamsHandler(UpstreamFormMixin):
             try:
                 row = await ua.create_upstream(session, fields)
             except ua.UpstreamExistsError:
-                await self._show(form, self.t("upstreams.exists", name=fields.name))
-                return
-            await self.audit(session, "upstream_added", row.name, f"kind={row.kind}")
-            await session.commit()
+                exists = True
+            else:
+                exists = False
+                await self.audit(session, "upstream_added", row.name, f"kind={row.kind}")
+                await session.commit()
+        if exists:
+            await self._show(form, self.t("upstreams.exists", name=fields.name))
+            return
         await self.services.reload()
         self.redirect_with(f"/admin/upstreams/{row.id}", "upstream_added")
 
@@ -299,12 +303,17 @@ class UpstreamHandler(UpstreamFormMixin):
             try:
                 await ua.update_upstream(session, row, fields)
             except ua.UpstreamExistsError:
-                error = self.t("upstreams.exists", name=fields.name)
-                await self.show(int(upstream_id), form=form, error=error)
-                return
-            changed = [f"{k}={form_of(row)[k]}" for k in before if before[k] != form_of(row)[k]]
-            await self.audit(session, "upstream_edited", row.name, " ".join(changed))
-            await session.commit()
+                exists = True
+            else:
+                exists = False
+                after = form_of(row)
+                changed = [f"{k}={after[k]}" for k in before if before[k] != after[k]]
+                await self.audit(session, "upstream_edited", row.name, " ".join(changed))
+                await session.commit()
+        if exists:
+            error = self.t("upstreams.exists", name=fields.name)
+            await self.show(int(upstream_id), form=form, error=error)
+            return
         await self.services.reload()
         self.redirect_with(f"/admin/upstreams/{upstream_id}", "upstream_updated")
 
@@ -320,10 +329,14 @@ class UpstreamDeleteHandler(AdminHandler):
             try:
                 await ua.delete_upstream(session, row)
             except ua.UpstreamInUseError:
-                self.redirect_with(f"/admin/upstreams/{upstream_id}", "upstream_in_use")
-                return
-            await self.audit(session, "upstream_deleted", row.name)
-            await session.commit()
+                in_use = True
+            else:
+                in_use = False
+                await self.audit(session, "upstream_deleted", row.name)
+                await session.commit()
+        if in_use:
+            self.redirect_with(f"/admin/upstreams/{upstream_id}", "upstream_in_use")
+            return
         await self.services.reload()
         self.redirect_with("/admin/upstreams", "upstream_deleted")
 
