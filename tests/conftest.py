@@ -6,6 +6,7 @@ the gateway, the fakes and the async SDK clients all run on the test's IOLoop.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,22 @@ def write_config(tmp_path: Path, body: str, *, with_key: bool = True, server: st
 
 
 StartGateway = Callable[..., Awaitable[Live]]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _base_event_loop() -> Iterator[None]:
+    """One asyncio loop set as current for the whole session, closed at its end.
+
+    pytest-tornado's ``io_loop.make_current()`` asks asyncio for the current loop
+    and, with none set, asyncio silently creates one that Tornado later restores
+    and nobody closes; an ``asyncio.run`` in a later test then drops it and the
+    garbage collector reports an unclosed event loop.
+    """
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    yield
+    asyncio.set_event_loop(None)
+    loop.close()
 
 
 @pytest.fixture
