@@ -42,6 +42,7 @@ from app.errors import (
     from_upstream_status,
 )
 from app.routing import Route
+from app.secretbox import redact
 from app.services import Services
 from app.translate import anthropic_to_openai as a2o
 from app.translate import anthropic_to_openai_stream as a2o_stream
@@ -286,7 +287,7 @@ class Gateway:
                     if call.stream:
                         return self._stream_reply(call, attempt, resp)
                     return await self._whole_reply(call, attempt, resp)
-                err_body = await resp.read()
+                err_body = redact(await resp.read(), key.secret)
                 retry_after = retry_after_seconds(resp.headers)
                 failure = self._upstream_error(attempt, resp.status, err_body, retry_after)
                 if resp.status == 429:

@@ -17,6 +17,14 @@ def mask(secret: str) -> str:
     return "…" + secret[-4:] if len(secret) > 4 else "…"
 
 
+def redact(data: bytes, secret: str | None) -> bytes:
+    """``data`` with every copy of ``secret`` masked: some upstreams echo the key they were
+    sent in their error messages, which must reach no log, database row or client."""
+    if not secret or len(secret) < 8:
+        return data
+    return data.replace(secret.encode("utf-8"), mask(secret).encode("utf-8"))
+
+
 def key_file_for(db_path: Path | None) -> Path:
     if db_path is not None:
         return db_path.with_name(db_path.name + ".secret")
