@@ -30,6 +30,7 @@ from app.db import keys as key_queries
 from app.db.catalog import sync_config
 from app.db.engine import ROOT, Database, sqlite_path, upgrade
 from app.gateway import Gateway
+from app.handlers.admin import admin_routes
 from app.handlers.api import (
     HealthHandler,
     HelloHandler,
@@ -206,6 +207,7 @@ def build_app(services: Services, gateway: Gateway | None = None) -> tornado.web
     routes += _api_routes(services, gateway, "", None)
     routes += _api_routes(services, gateway, "/anthropic", "anthropic")
     routes += _api_routes(services, gateway, "/openai", "openai")
+    routes += admin_routes(services)
     settings = _common_settings(services)
     settings["default_handler_args"] = {"services": services, "gateway": gateway}
     return tornado.web.Application(
