@@ -212,6 +212,16 @@ class Gateway:
             await self._record(call, internal)
             return error_reply(req.dialect, internal, req.request_id)
 
+    async def reject(self, req: ApiRequest, err: GatewayError) -> Reply:
+        """A request refused before its body was read (413), recorded like any other."""
+        call = _Call(req=req, started=self._perf())
+        try:
+            call.key = await self.services.authenticate(presented_key(req.headers))
+        except GatewayError:
+            pass
+        await self._record(call, err)
+        return error_reply(req.dialect, err, req.request_id)
+
     # -- the pipeline ------------------------------------------------------------------------
 
     async def _authenticate_and_parse(

@@ -133,17 +133,26 @@ class ProxyHandler(BaseApiHandler):
         self._size = 0
         self._too_large = False
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
         limit = self.services.settings.max_body_bytes
         length = self.request.headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > limit:
             self._too_large = True
-            self._write_plain(error_reply(self.dialect, self._payload_error(), self.request_id))
+            self._write_plain(await self.gateway.reject(self._request(b""), self._payload_error()))
             return
         # A chunked body's size shows only as it arrives: `data_received` discards what is
         # over the limit and `post` answers 413, so tornado's own cap (a bare 400) sits above.
         cap = limit + 1 if length is not None else 2 * limit + 1
         self.request.connection.set_max_body_size(cap)  # type: ignore[union-attr]
+
+    def _request(self, body: bytes) -> ApiRequest:
+        return ApiRequest(
+            dialect=self.dialect,
+            endpoint=self.endpoint,
+            body=body,
+            headers=self.request.headers,
+            request_id=self.request_id,
+        )
 
     def _payload_error(self) -> PayloadTooLargeError:
         limit = self.services.settings.max_body_bytes
@@ -160,18 +169,13 @@ class ProxyHandler(BaseApiHandler):
     async def post(self) -> None:
         if self._too_large:
             if not self._finished:
-                self._write_plain(error_reply(self.dialect, self._payload_error(), self.request_id))
+                reply = await self.gateway.reject(self._request(b""), self._payload_error())
+                self._write_plain(reply)
             return
         self._task = asyncio.current_task()
         if self._task is not None:
             self.services.inflight.add(self._task)
-        req = ApiRequest(
-            dialect=self.dialect,
-            endpoint=self.endpoint,
-            body=b"".join(self._chunks),
-            headers=self.request.headers,
-            request_id=self.request_id,
-        )
+        req = self._request(b"".join(self._chunks))
         self._chunks = []
         try:
             if self.endpoint == "count_tokens":

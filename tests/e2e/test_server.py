@@ -5,9 +5,11 @@ from __future__ import annotations
 import anthropic
 import openai
 import pytest
+from sqlalchemy import select
 
 from app.db import keys as key_queries
-from tests.conftest import TEST_KEY, http
+from app.db.models import UsageEvent
+from tests.conftest import TEST_KEY, flushed, http
 from tests.fakes import FakeUpstream
 
 pytestmark = pytest.mark.gen_test(timeout=30)
@@ -286,3 +288,10 @@ async def test_body_over_the_limit_is_413_in_dialect(gateway):  # type: ignore[n
     assert resp.status == 413 and resp.json()["error"]["code"] == "request_too_large"
     resp = await http("POST", live.url + "/v1/messages", data=big, headers={"x-api-key": TEST_KEY})
     assert resp.status == 413 and resp.json()["error"]["type"] == "request_too_large"
+    await flushed(live)
+    async with live.services.db.session() as session:
+        rows = list(await session.scalars(select(UsageEvent).order_by(UsageEvent.id)))
+    assert [(r.key_name, r.client_dialect, r.status, r.http_status, r.error_type) for r in rows] == [
+        ("tester", "openai", "error", 413, "request_too_large"),
+        ("tester", "anthropic", "error", 413, "request_too_large"),
+    ]
