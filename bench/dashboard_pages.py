@@ -30,7 +30,6 @@ import tornado.httpserver
 import tornado.netutil
 
 from app.db.engine import upgrade
-from app.handlers.admin import admin_routes
 from app.server import build_app, build_services
 from app.settings import load_settings
 
@@ -193,12 +192,7 @@ async def measure(path: Path, repeat: int) -> list[tuple[str, float, float, int]
     )
     settings = load_settings(config_path=str(config), environ={}, cwd=path.parent)
     services, _ = await build_services(settings)
-    app = build_app(services)
-    if not any(
-        "/admin/login" in str(getattr(r.matcher, "regex", "")) for r in app.wildcard_router.rules
-    ):
-        app.add_handlers(r".*", admin_routes(services))
-    server = tornado.httpserver.HTTPServer(app)
+    server = tornado.httpserver.HTTPServer(build_app(services))
     sockets = tornado.netutil.bind_sockets(0, address="127.0.0.1")
     server.add_sockets(sockets)
     base = f"http://127.0.0.1:{sockets[0].getsockname()[1]}"

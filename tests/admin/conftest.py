@@ -22,7 +22,6 @@ import tornado.ioloop
 import tornado.web
 
 from app.db.usage import UsageRecord, insert_events
-from app.handlers.admin import admin_routes
 from app.server import build_app, build_services
 from app.services import Services
 from app.settings import load_settings
@@ -59,20 +58,9 @@ def services(
     io_loop.run_sync(built.close)
 
 
-def dashboard_mounted(app: tornado.web.Application) -> bool:
-    return any(
-        getattr(getattr(rule.matcher, "regex", None), "pattern", "").startswith("/admin/login")
-        for rule in app.wildcard_router.rules
-    )
-
-
 def full_app(services: Services) -> tornado.web.Application:
     """The server's own Application (API and dashboard), as ``serve`` builds it."""
-    app = build_app(services)
-    if not dashboard_mounted(app):
-        # Until app/server.py mounts admin_routes itself.
-        app.add_handlers(r".*", admin_routes(services))
-    return app
+    return build_app(services)
 
 
 @pytest.fixture

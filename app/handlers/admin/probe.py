@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import orjson
 
 from app.errors import GatewayError
+from app.secretbox import redact
 from app.upstreams.keyring import KeyState
 from app.upstreams.pool import Upstream
 
@@ -43,10 +44,8 @@ def probe_body(upstream: Upstream, model: str) -> tuple[str, dict[str, object]]:
 
 
 def _redact(text: str, key: KeyState) -> str:
-    # An upstream that echoes request headers must not put the secret on the page.
-    if key.secret and len(key.secret) >= 4:
-        text = text.replace(key.secret, "…" + key.last4)
-    return text
+    # An upstream that echoes the key it was sent must not put it on the page.
+    return redact(text.encode("utf-8"), key.secret).decode("utf-8")
 
 
 async def probe(upstream: Upstream, model: str, key: KeyState) -> ProbeResult:
@@ -66,5 +65,5 @@ async def probe(upstream: Upstream, model: str, key: KeyState) -> ProbeResult:
         elapsed = (time.perf_counter() - started) * 1000
         return ProbeResult(model, key.display, None, elapsed, "", _redact(exc.message, key))
     elapsed = (time.perf_counter() - started) * 1000
-    text = _redact(raw.decode("utf-8", "replace"), key)[:PREVIEW_CHARS]
+    text = redact(raw, key.secret).decode("utf-8", "replace")[:PREVIEW_CHARS]
     return ProbeResult(model, key.display, resp.status, elapsed, text)
