@@ -72,8 +72,34 @@ EXPORT_COLUMNS = (
 )
 
 
-def export_row(event: UsageEvent) -> dict[str, Any]:
-    """One export row: the columns of the dashboard CSV and ``usage export``."""
+_EXPORT_SELECT = (
+    UsageEvent.id,
+    UsageEvent.time,
+    UsageEvent.request_id,
+    UsageEvent.key_name,
+    UsageEvent.client_dialect,
+    UsageEvent.requested_model,
+    UsageEvent.upstream,
+    UsageEvent.target_model,
+    UsageEvent.stream,
+    UsageEvent.status,
+    UsageEvent.http_status,
+    UsageEvent.error_type,
+    UsageEvent.input_tokens,
+    UsageEvent.output_tokens,
+    UsageEvent.cache_read_tokens,
+    UsageEvent.cache_write_tokens,
+    UsageEvent.tokens_estimated,
+    UsageEvent.latency_ms,
+    UsageEvent.ttft_ms,
+)
+
+
+def export_row(event: Any) -> dict[str, Any]:
+    """One export row: the columns of the dashboard CSV and ``usage export``.
+
+    ``event`` is a UsageEvent or a row with the same attributes.
+    """
     return {
         "time": event.time.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
         "request_id": event.request_id,
@@ -189,14 +215,13 @@ async def iter_export(
     """Export rows oldest first, read in keyset pages so memory stays flat."""
     last_id = 0
     while True:
-        stmt = flt.apply(select(UsageEvent)).where(UsageEvent.id > last_id)
-        rows = list(await session.scalars(stmt.order_by(UsageEvent.id).limit(page_size)))
+        stmt = flt.apply(select(*_EXPORT_SELECT)).where(UsageEvent.id > last_id)
+        rows = list(await session.execute(stmt.order_by(UsageEvent.id).limit(page_size)))
         if not rows:
             return
         for row in rows:
             yield export_row(row)
         last_id = rows[-1].id
-        session.expunge_all()
 
 
 async def count_events(session: AsyncSession, flt: UsageFilter | None = None) -> int:
