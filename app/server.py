@@ -245,7 +245,10 @@ class Server:
     def listen(self, host: str, port: int, anthropic_port: int | None = None) -> None:
         limit = self.services.settings.max_body_bytes + 1
         main = tornado.httpserver.HTTPServer(
-            build_app(self.services, self.gateway), max_body_size=limit, idle_connection_timeout=75
+            build_app(self.services, self.gateway),
+            max_body_size=limit,
+            idle_connection_timeout=75,
+            xheaders=self.services.settings.behind_proxy,
         )
         self.ports.append(_bind(main, host, port))
         self.http.append(main)
@@ -254,6 +257,7 @@ class Server:
                 build_anthropic_app(self.services, self.gateway),
                 max_body_size=limit,
                 idle_connection_timeout=75,
+                xheaders=self.services.settings.behind_proxy,
             )
             self.ports.append(_bind(extra, host, anthropic_port))
             self.http.append(extra)

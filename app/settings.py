@@ -132,6 +132,12 @@ class Settings:
         default=None, metadata=_help("bearer token for /metrics; without it only loopback may read")
     )
     log_level: str = field(default="INFO", metadata=_help("logging level"))
+    behind_proxy: bool = field(
+        default=False,
+        metadata=_help(
+            "trust X-Forwarded-For/-Proto from a reverse proxy (client IP, Secure cookies)"
+        ),
+    )
     proxy_key: str | None = field(
         default=None, metadata=_help("CLAUDE_PROXY_API_KEY: one proxy key, upserted as 'default'")
     )
@@ -236,6 +242,7 @@ _SERVER_FIELDS = {
     "retention_days",
     "metrics_token",
     "log_level",
+    "behind_proxy",
 }
 
 
@@ -465,6 +472,8 @@ def load_settings(
     ):
         if name in values:
             _opt_float(where, f"server.{name}", values[name])
+    if "behind_proxy" in values:
+        _expect(where, "server.behind_proxy", values["behind_proxy"], bool, "true/false")
 
     env_map = {
         "BRIDGEKEEPER_HOST": ("host", str),

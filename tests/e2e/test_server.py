@@ -295,3 +295,14 @@ async def test_body_over_the_limit_is_413_in_dialect(gateway):  # type: ignore[n
         ("tester", "openai", "error", 413, "request_too_large"),
         ("tester", "anthropic", "error", 413, "request_too_large"),
     ]
+
+
+async def test_forwarded_headers_are_trusted_only_behind_a_proxy(gateway):  # type: ignore[no-untyped-def]
+    forwarded = {"X-Forwarded-For": "203.0.113.9", "X-Real-Ip": "203.0.113.9"}
+    direct = await gateway(ECHO)
+    assert (await http("GET", direct.url + "/metrics", headers=forwarded)).status == 200
+    await direct.server.stop(1)
+    proxied = await gateway(ECHO, server="behind_proxy = true")
+    # Behind a proxy the client's own address counts: 203.0.113.9 is not loopback.
+    assert (await http("GET", proxied.url + "/metrics", headers=forwarded)).status == 403
+    assert (await http("GET", proxied.url + "/metrics")).status == 200
