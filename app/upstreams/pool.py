@@ -178,6 +178,9 @@ class UpstreamPool:
                     if key.enabled:
                         kept.disabled_reason = None
                         kept.disabled_at = None
+                    elif key.disabled_reason:
+                        kept.disabled_reason = key.disabled_reason
+                        kept.disabled_at = key.disabled_at
                     ring_keys.append(kept)
                 else:
                     ring_keys.append(key)
