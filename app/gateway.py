@@ -551,6 +551,8 @@ class Gateway:
                     async with asyncio.timeout(HEARTBEAT_SECONDS):
                         chunk = await resp.read_chunk()
                 except TimeoutError:
+                    if sniffer.completed or sniffer.error is not None:
+                        break  # answered in full; nothing may follow the terminator
                     self._first_byte(call)
                     yield keepalive
                     continue
@@ -558,6 +560,8 @@ class Gateway:
                     for event in parser.finish():
                         sniffer.feed(event)
                     break
+                if sniffer.completed or sniffer.error is not None:
+                    continue  # bytes after the terminator are not relayed
                 events = parser.feed(chunk)
                 for event in events:
                     meter.feed(event)

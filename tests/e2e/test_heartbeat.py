@@ -1,0 +1,67 @@
+"""Keep-alives during upstream silence: Anthropic ``ping`` events, OpenAI ``:`` comments."""
+
+from __future__ import annotations
+
+import pytest
+
+from app import gateway as gateway_module
+from tests.conftest import TEST_KEY, http
+from tests.fakes import SSEReply, anthropic_stream, openai_stream
+
+pytestmark = pytest.mark.gen_test(timeout=30)
+
+
+@pytest.fixture(autouse=True)
+def fast_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The real interval is 15 s; the upstream below pauses 0.4 s between chunks.
+    monkeypatch.setattr(gateway_module, "HEARTBEAT_SECONDS", 0.05)
+
+
+def config(kind: str, url: str) -> str:
+    return f'[[upstreams]]\nname = "u"\nkind = "{kind}"\nbase_url = "{url}"\n\n[[models]]\nname = "m"\nupstream = "u"\n'
+
+
+async def test_anthropic_client_on_openai_upstream_gets_ping_events(gateway, fake_openai):  # type: ignore[no-untyped-def]
+    live = await gateway(config("openai", fake_openai.url))
+    fake_openai.push(SSEReply(openai_stream(["a", "b"]), delay=0.4))
+    resp = await http(
+        "POST",
+        live.url + "/v1/messages",
+        json={
+            "model": "m",
+            "max_tokens": 5,
+            "stream": True,
+            "messages": [{"role": "user", "content": "x"}],
+        },
+        headers={"x-api-key": TEST_KEY},
+    )
+    events = [e.split("\n")[0] for e in resp.content.decode().split("\n\n") if e]
+    assert "event: ping" in events
+    assert events[0] == "event: message_start" and events[-1] == "event: message_stop"
+
+
+async def test_openai_client_on_anthropic_upstream_gets_comment_keepalives(gateway, fake_anthropic):  # type: ignore[no-untyped-def]
+    live = await gateway(config("anthropic", fake_anthropic.url))
+    fake_anthropic.push(SSEReply(anthropic_stream(["a", "b"]), delay=0.4))
+    resp = await http(
+        "POST",
+        live.url + "/v1/chat/completions",
+        json={"model": "m", "stream": True, "messages": [{"role": "user", "content": "x"}]},
+        headers={"Authorization": f"Bearer {TEST_KEY}"},
+    )
+    body = resp.content.decode()
+    assert ": keep-alive\n\n" in body
+    assert body.endswith("data: [DONE]\n\n")
+    assert all(line.startswith(("data: ", ": ")) for line in body.split("\n") if line)
+
+
+async def test_passthrough_streams_get_keepalives_too(gateway, fake_openai):  # type: ignore[no-untyped-def]
+    live = await gateway(config("openai", fake_openai.url))
+    fake_openai.push(SSEReply(openai_stream(["a", "b"]), delay=0.4))
+    resp = await http(
+        "POST",
+        live.url + "/v1/chat/completions",
+        json={"model": "m", "stream": True, "messages": [{"role": "user", "content": "x"}]},
+        headers={"Authorization": f"Bearer {TEST_KEY}"},
+    )
+    assert b": keep-alive\n\n" in resp.content and resp.content.endswith(b"data: [DONE]\n\n")
