@@ -183,7 +183,7 @@ async def test_a_full_session_reveals_no_secret_anywhere(  # type: ignore[no-unt
                 (await http("POST", url + "/v1/messages", json={}, headers=headers)).content
             )
         assert any(b"bad, key" in a for a in answers), "the relayed 400 should have been seen"
-        await usage_rows_of(services)
+        await services.recorder.flush()
 
         # The dashboard: sign in, create a proxy key, add an upstream key, read every page.
         client = Client(url)
@@ -224,10 +224,6 @@ async def test_a_full_session_reveals_no_secret_anywhere(  # type: ignore[no-unt
     # The scans looked at something: SQL statements with parameters were logged, keys were masked.
     assert "INSERT INTO usage_events" in log_text(captured)
     assert "…" + s["oa1"][-4:] in "".join(pages.values())
-
-
-async def usage_rows_of(services: Any) -> None:
-    await services.recorder.flush()
 
 
 async def test_proxy_keys_are_stored_as_sha256_hashes(gateway):  # type: ignore[no-untyped-def]
