@@ -346,7 +346,12 @@ class Gateway:
                     "All upstream keys for this model are cooling down; retry later",
                     retry_after=soonest,
                 )
-            return OverloadedError("No upstream is available for this model")
+            # Nothing is cooling: every key is disabled (or the upstream is gone). Only an
+            # admin can fix that, so it is not an overload a client should keep retrying.
+            return UpstreamError(
+                "No usable upstream key for this model: every key is disabled; "
+                "an admin must re-enable or add one"
+            )
         if isinstance(last, RateLimitedError | OverloadedError) and soonest is not None:
             last.retry_after = soonest
         return last

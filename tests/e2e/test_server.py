@@ -291,7 +291,9 @@ async def test_body_over_the_limit_is_413_in_dialect(gateway):  # type: ignore[n
     await flushed(live)
     async with live.services.db.session() as session:
         rows = list(await session.scalars(select(UsageEvent).order_by(UsageEvent.id)))
-    assert [(r.key_name, r.client_dialect, r.status, r.http_status, r.error_type) for r in rows] == [
+    assert [
+        (r.key_name, r.client_dialect, r.status, r.http_status, r.error_type) for r in rows
+    ] == [
         ("tester", "openai", "error", 413, "request_too_large"),
         ("tester", "anthropic", "error", 413, "request_too_large"),
     ]
@@ -306,3 +308,24 @@ async def test_forwarded_headers_are_trusted_only_behind_a_proxy(gateway):  # ty
     # Behind a proxy the client's own address counts: 203.0.113.9 is not loopback.
     assert (await http("GET", proxied.url + "/metrics", headers=forwarded)).status == 403
     assert (await http("GET", proxied.url + "/metrics")).status == 200
+
+
+async def test_every_upstream_key_disabled_is_a_502_not_an_overload(
+    gateway, fake_openai: FakeUpstream
+):  # type: ignore[no-untyped-def]
+    from tests.fakes import JsonReply
+
+    live = await gateway(
+        f'[[upstreams]]\nname = "o"\nkind = "openai"\nbase_url = "{fake_openai.url}"\nkeys = ["sk-only-key"]\n\n[[models]]\nname = "m"\nupstream = "o"\n'
+    )
+    fake_openai.push(
+        JsonReply(401, {"error": {"message": "bad key", "type": "invalid_request_error"}})
+    )
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+    headers = {"Authorization": f"Bearer {TEST_KEY}"}
+    first = await http("POST", live.url + "/v1/chat/completions", json=body, headers=headers)
+    assert first.status == 502  # the upstream refused the gateway's own key
+    second = await http("POST", live.url + "/v1/chat/completions", json=body, headers=headers)
+    assert second.status == 502 and "retry-after" not in second.headers
+    assert "every key is disabled" in second.json()["error"]["message"]
+    assert len(fake_openai.received) == 1
