@@ -35,19 +35,29 @@ class SSEParser:
         self._data: list[str] = []
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
-        buf = self._buf + chunk
+        buf = self._buf + chunk if self._buf else chunk
+        end = buf.rfind(b"\n")
+        if end < 0:
+            self._buf = buf
+            return []
+        self._buf = buf[end + 1 :]
         out: list[SSEEvent] = []
-        start = 0
-        while True:
-            nl = buf.find(b"\n", start)
-            if nl < 0:
-                break
-            line = buf[start:nl]
-            start = nl + 1
-            if line.endswith(b"\r"):
+        data = self._data
+        # Every stream chunk goes through here (issue 7's profile: ~5 µs an event before),
+        # so the complete lines are decoded in one call (a line ends at b"\n", never inside a
+        # UTF-8 sequence) and the two common lines, blank and ``data:``, are handled inline.
+        for line in buf[:end].decode("utf-8", "replace").split("\n"):
+            if line[-1:] == "\r":
                 line = line[:-1]
-            self._line(line.decode("utf-8", "replace"), out)
-        self._buf = buf[start:]
+            if not line:
+                if data:
+                    out.append(SSEEvent(self._event, "\n".join(data)))
+                    data.clear()
+                self._event = None
+            elif line.startswith("data:"):
+                data.append(line[6:] if line.startswith(" ", 5) else line[5:])
+            else:
+                self._line(line, out)
         return out
 
     def finish(self) -> list[SSEEvent]:
