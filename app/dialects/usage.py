@@ -117,6 +117,10 @@ def to_openai(u: Usage) -> dict[str, Any]:
     }
 
 
+_ANTHROPIC_TEXT = frozenset(("text", "thinking", "partial_json"))
+_OPENAI_TEXT = frozenset(("content", "reasoning_content", "reasoning"))
+
+
 class OutputMeter:
     """The output an upstream stream has produced so far, estimated from its deltas.
 
@@ -144,19 +148,20 @@ class OutputMeter:
             return
         if not isinstance(data, dict):
             return
+        # Every delta of every stream comes through here: look up only the keys present.
         if self._anthropic:
             delta = data.get("delta")
             if isinstance(delta, dict):
-                for name in ("text", "thinking", "partial_json"):
-                    self._add(delta.get(name))
+                for name in _ANTHROPIC_TEXT.intersection(delta):
+                    self._add(delta[name])
             return
         choices = data.get("choices")
         for choice in choices if isinstance(choices, list) else []:
             delta = choice.get("delta") if isinstance(choice, dict) else None
             if not isinstance(delta, dict):
                 continue
-            for name in ("content", "reasoning_content", "reasoning"):
-                self._add(delta.get(name))
+            for name in _OPENAI_TEXT.intersection(delta):
+                self._add(delta[name])
             calls = delta.get("tool_calls")
             for call in calls if isinstance(calls, list) else []:
                 function = call.get("function") if isinstance(call, dict) else None
@@ -166,9 +171,10 @@ class OutputMeter:
     def _add(self, text: Any) -> None:
         if isinstance(text, str) and text:
             self._chars += len(text)
-            self._non_ascii += min(
-                len(text), (len(text.encode("utf-8", "surrogatepass")) - len(text) + 1) // 2
-            )
+            if not text.isascii():
+                self._non_ascii += min(
+                    len(text), (len(text.encode("utf-8", "surrogatepass")) - len(text) + 1) // 2
+                )
 
     @property
     def tokens(self) -> int:
