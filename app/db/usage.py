@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, fields
 from datetime import date, datetime, time, timedelta
-from typing import Any, cast
+from typing import Any, TypeVar, Unpack, cast
 
 from sqlalchemy import Select, Table, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -122,6 +122,9 @@ def export_row(event: Any) -> dict[str, Any]:
     }
 
 
+_S = TypeVar("_S", bound="Select[Unpack[tuple[Any, ...]]]")
+
+
 @dataclass(frozen=True, slots=True)
 class UsageFilter:
     """Filters shared by the usage page, its CSV export and ``usage export``.
@@ -136,7 +139,7 @@ class UsageFilter:
     since: date | None = None
     until: date | None = None
 
-    def apply(self, stmt: Select[Any]) -> Select[Any]:
+    def apply(self, stmt: _S) -> _S:
         if self.key_name:
             stmt = stmt.where(UsageEvent.key_name == self.key_name)
         if self.model:
