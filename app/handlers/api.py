@@ -194,9 +194,7 @@ class ProxyHandler(BaseApiHandler):
 class ModelsHandler(BaseApiHandler):
     """``GET /v1/models`` (shape by ``anthropic-version``) and ``GET /v1/models/{id}``."""
 
-    def initialize(
-        self, services: Services, gateway: Gateway, dialect: str | None = None
-    ) -> None:
+    def initialize(self, services: Services, gateway: Gateway, dialect: str | None = None) -> None:
         super().initialize(services, gateway, dialect)
         self.fixed = dialect is not None
         if not self.fixed and "anthropic-version" in self.request.headers:
@@ -299,9 +297,7 @@ class HelloHandler(tornado.web.RequestHandler):
 class NotFoundHandler(BaseApiHandler):
     """Unknown paths: 404 in the dialect the path or headers suggest."""
 
-    def initialize(
-        self, services: Services, gateway: Gateway, dialect: str | None = None
-    ) -> None:
+    def initialize(self, services: Services, gateway: Gateway, dialect: str | None = None) -> None:
         super().initialize(services, gateway, dialect)
         self.dialect = guess_dialect(self.request)
 
