@@ -142,6 +142,46 @@ def _passthrough_error(status: int, body: bytes, retry_after: float | None) -> G
     return from_upstream_status(status, message, retry_after=retry_after)
 
 
+class _Opened:
+    """An upstream stream whose first piece was already read (to fail over on an early break)."""
+
+    __slots__ = ("_resp", "_first", "status", "headers")
+
+    def __init__(self, resp: UpstreamResponse, first: bytes | None) -> None:
+        self._resp = resp
+        self._first = first
+        self.status = resp.status
+        self.headers = resp.headers
+
+    async def read(self) -> bytes:
+        return (self._first or b"") + await self._resp.read()
+
+    async def read_chunk(self) -> bytes:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        return await self._resp.read_chunk()
+
+    def close(self) -> None:
+        self._resp.close()
+
+
+async def _open_stream(resp: UpstreamResponse) -> UpstreamResponse:
+    """Wait (up to one heartbeat) for a stream's first bytes.
+
+    UpstreamError when the upstream breaks or ends before sending anything; a slow
+    first byte is not an error: the stream is committed to and heartbeats cover it.
+    """
+    try:
+        async with asyncio.timeout(HEARTBEAT_SECONDS):
+            first = await resp.read_chunk()
+    except TimeoutError:
+        return _Opened(resp, None)
+    if not first:
+        raise UpstreamError("upstream ended the stream before sending anything")
+    return _Opened(resp, first)
+
+
 class _Attempt:
     """One prepared try: an upstream, the body in its dialect, and how to read its answer."""
 
@@ -293,9 +333,19 @@ class Gateway:
                     last_error = exc
                     continue
                 if resp.status < 400:
-                    upstream.ring.mark_success(key)
                     if call.stream:
-                        return self._stream_reply(call, attempt, resp)
+                        try:
+                            opened = await _open_stream(resp)
+                        except UpstreamError as exc:
+                            # Broke before its first byte: nothing reached the client yet,
+                            # so the next key may still answer.
+                            resp.close()
+                            upstream.ring.mark_failed(key, exc.message)
+                            last_error = exc
+                            continue
+                        upstream.ring.mark_success(key)
+                        return self._stream_reply(call, attempt, opened)
+                    upstream.ring.mark_success(key)
                     return await self._whole_reply(call, attempt, resp)
                 err_body = redact(await resp.read(), key.secret)
                 retry_after = retry_after_seconds(resp.headers)
