@@ -9,11 +9,12 @@ from datetime import date, datetime, timedelta
 
 from markupsafe import Markup
 
-from app.charts import hbar_chart, stacked_bar_chart
+from app.charts import hbar_chart
 from app.db import dashboard, keys
 from app.db.dashboard import Ranked, Totals
 from app.db.models import ProxyKey
 from app.handlers.admin.base import AdminHandler, not_found
+from app.handlers.admin.daily_charts import daily_usage_charts
 from app.handlers.admin.forms import (
     FormError,
     names,
@@ -188,32 +189,14 @@ class KeyHandler(KeyFormMixin):
             lambda session: dashboard.key_summary(session, name),
         )
         t = self.t
-        labels = [p.day.strftime("%m-%d") for p in series]
+        requests_chart, tokens_chart = daily_usage_charts("key", t, series)
         page = KeyPage(
             key=row,
             state=key_state(row, self.services.now()),
             expires=expiry_day(row),
             totals=totals,
-            requests_chart=stacked_bar_chart(
-                "key-requests",
-                t("chart.requests_per_day"),
-                labels,
-                [
-                    (t("chart.ok"), [p.requests - p.errors for p in series]),
-                    (t("chart.errors"), [p.errors for p in series]),
-                ],
-                empty=t("chart.empty"),
-            ),
-            tokens_chart=stacked_bar_chart(
-                "key-tokens",
-                t("chart.tokens_per_day"),
-                labels,
-                [
-                    (t("chart.input"), [p.input_tokens for p in series]),
-                    (t("chart.output"), [p.output_tokens for p in series]),
-                ],
-                empty=t("chart.empty"),
-            ),
+            requests_chart=requests_chart,
+            tokens_chart=tokens_chart,
             models_chart=hbar_chart(
                 "key-models",
                 t("chart.by_model"),

@@ -9,11 +9,12 @@ from datetime import timedelta
 
 from markupsafe import Markup
 
-from app.charts import hbar_chart, line_chart, stacked_bar_chart
+from app.charts import hbar_chart, line_chart
 from app.db import dashboard
 from app.db import upstreams_admin as ua
 from app.db.dashboard import Totals
 from app.handlers.admin.base import AdminHandler
+from app.handlers.admin.daily_charts import daily_usage_charts
 from app.handlers.admin.upstreams import UpstreamRow, key_views
 
 CHART_DAYS = 30
@@ -50,6 +51,7 @@ class OverviewHandler(AdminHandler):
         top_models = dashboard.model_ranking(pairs, TOP)
         totals = dashboard.window_totals(series, activity, today, WINDOWS)
         labels = [p.day.strftime("%m-%d") for p in series]
+        requests_chart, tokens_chart = daily_usage_charts("chart", t, series)
         pool = self.services.pool
         page = OverviewPage(
             windows=[
@@ -57,26 +59,8 @@ class OverviewHandler(AdminHandler):
                 (t("overview.days", days=7), totals[7]),
                 (t("overview.days", days=30), totals[30]),
             ],
-            requests_chart=stacked_bar_chart(
-                "chart-requests",
-                t("chart.requests_per_day"),
-                labels,
-                [
-                    (t("chart.ok"), [p.requests - p.errors for p in series]),
-                    (t("chart.errors"), [p.errors for p in series]),
-                ],
-                empty=t("chart.empty"),
-            ),
-            tokens_chart=stacked_bar_chart(
-                "chart-tokens",
-                t("chart.tokens_per_day"),
-                labels,
-                [
-                    (t("chart.input"), [p.input_tokens for p in series]),
-                    (t("chart.output"), [p.output_tokens for p in series]),
-                ],
-                empty=t("chart.empty"),
-            ),
+            requests_chart=requests_chart,
+            tokens_chart=tokens_chart,
             errors_chart=line_chart(
                 "chart-errors",
                 t("chart.error_rate"),
