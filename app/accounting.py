@@ -197,28 +197,33 @@ class RateLimiter:
     ) -> dict[str, str]:
         out: dict[str, str] = {}
         if rpm is not None:
-            remaining = max(rpm - len(window.requests), 0)
             reset = (window.requests[0] + WINDOW) if window.requests else now
-            if dialect == "anthropic":
-                out["anthropic-ratelimit-requests-limit"] = str(rpm)
-                out["anthropic-ratelimit-requests-remaining"] = str(remaining)
-                out["anthropic-ratelimit-requests-reset"] = _rfc3339(reset)
-            else:
-                out["x-ratelimit-limit-requests"] = str(rpm)
-                out["x-ratelimit-remaining-requests"] = str(remaining)
-                out["x-ratelimit-reset-requests"] = _duration(reset - now)
+            _window_headers(out, dialect, "requests", rpm, rpm - len(window.requests), reset, now)
         if tpm is not None:
-            remaining = max(tpm - used_tokens, 0)
             reset = (window.tokens[0][0] + WINDOW) if window.tokens else now
-            if dialect == "anthropic":
-                out["anthropic-ratelimit-tokens-limit"] = str(tpm)
-                out["anthropic-ratelimit-tokens-remaining"] = str(remaining)
-                out["anthropic-ratelimit-tokens-reset"] = _rfc3339(reset)
-            else:
-                out["x-ratelimit-limit-tokens"] = str(tpm)
-                out["x-ratelimit-remaining-tokens"] = str(remaining)
-                out["x-ratelimit-reset-tokens"] = _duration(reset - now)
+            _window_headers(out, dialect, "tokens", tpm, tpm - used_tokens, reset, now)
         return out
+
+
+def _window_headers(
+    out: dict[str, str],
+    dialect: str,
+    kind: str,
+    limit: int,
+    remaining: int,
+    reset: float,
+    now: float,
+) -> None:
+    """One window's limit headers: Anthropic resets as RFC 3339, OpenAI as durations."""
+    remaining = max(remaining, 0)
+    if dialect == "anthropic":
+        out[f"anthropic-ratelimit-{kind}-limit"] = str(limit)
+        out[f"anthropic-ratelimit-{kind}-remaining"] = str(remaining)
+        out[f"anthropic-ratelimit-{kind}-reset"] = _rfc3339(reset)
+    else:
+        out[f"x-ratelimit-limit-{kind}"] = str(limit)
+        out[f"x-ratelimit-remaining-{kind}"] = str(remaining)
+        out[f"x-ratelimit-reset-{kind}"] = _duration(reset - now)
 
 
 WriteBatch = Callable[[Sequence[UsageRecord], Sequence[KeyState]], None]

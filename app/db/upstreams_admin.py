@@ -7,7 +7,6 @@ Secrets arrive here already encrypted; nothing in this module sees a plain key.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import func, select
@@ -15,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from app.db.models import ModelRoute, Upstream, UpstreamKey
+from app.upstreams.pool import UpstreamSpec
 
 
 class UpstreamExistsError(ValueError):
@@ -33,20 +33,8 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-@dataclass(frozen=True, slots=True)
-class UpstreamFields:
-    """What the upstream form edits."""
-
-    name: str
-    kind: str
-    base_url: str = ""
-    rotation: str = "ordered"
-    timeout: float = 60.0
-    reasoning: str = "strip"
-    top_k: bool = False
-    tokenize_url: str | None = None
-    max_tokens_field: str = "max_tokens"
-    enabled: bool = True
+# What the upstream form edits: exactly an upstream's definition.
+UpstreamFields = UpstreamSpec
 
 
 async def list_upstreams(session: AsyncSession) -> list[Upstream]:
