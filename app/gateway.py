@@ -344,6 +344,11 @@ class Gateway:
                             last_error = exc
                             continue
                         upstream.ring.mark_success(key)
+                        # A stream may stay open for minutes: keep only what reading it needs,
+                        # not the request in three forms (raw, parsed, re-encoded; Claude Code
+                        # sends ~120 KB a turn, several times that as Python objects).
+                        req.body = attempt.body = b""
+                        attempt.parsed = {}
                         return self._stream_reply(call, attempt, opened)
                     upstream.ring.mark_success(key)
                     return await self._whole_reply(call, attempt, resp)
