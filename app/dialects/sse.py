@@ -7,21 +7,34 @@ event with no blank line after it (PROTOCOL.md §7.0).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+_UNPARSED: Any = object()
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, unsafe_hash=True)
 class SSEEvent:
-    """One parsed event: its ``event:`` name (None when absent) and joined ``data``."""
+    """One parsed event: its ``event:`` name (None when absent) and joined ``data``.
+
+    Treat it as immutable (it hashes by value). Not ``frozen``: a frozen dataclass's
+    ``__init__`` goes through ``object.__setattr__`` per field, and one event is made for
+    every upstream SSE event.
+    """
 
     event: str | None
     data: str
+    _parsed: Any = field(default=_UNPARSED, repr=False, compare=False, hash=False)
 
     def json(self) -> Any:
-        return orjson.loads(self.data)
+        """``data`` parsed, once: the output meter and the translator both read each event
+        (a JSON parse is ~10k instructions an event). Shared: do not mutate it."""
+        parsed = self._parsed
+        if parsed is _UNPARSED:
+            parsed = self._parsed = orjson.loads(self.data)
+        return parsed
 
 
 class SSEParser:

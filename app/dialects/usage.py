@@ -143,7 +143,7 @@ class OutputMeter:
         elif '"delta"' not in event.data:
             return
         try:
-            data = orjson.loads(event.data)
+            data = event.json()
         except orjson.JSONDecodeError:
             return
         if not isinstance(data, dict):

@@ -113,7 +113,8 @@ class StreamTranslator:
         if data == "[DONE]":
             return self._finalize()
         try:
-            chunk = orjson.loads(data)
+            # The event's shared parse, unless stripping changed what there is to parse.
+            chunk = event.json() if len(data) == len(event.data) else orjson.loads(data)
         except orjson.JSONDecodeError:
             if event.event == "error":
                 return self._fail(UpstreamError(data[:2000]))

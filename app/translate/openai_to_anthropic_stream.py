@@ -159,7 +159,7 @@ class StreamTranslator:
         if name is not None and name not in _KNOWN_EVENTS:
             return []
         try:
-            data = orjson.loads(event.data)
+            data = event.json()
         except orjson.JSONDecodeError:
             if name is None:
                 return []
