@@ -47,6 +47,9 @@ from app.settings import Settings
 from app.upstreams.pool import UpstreamPool
 
 log = logging.getLogger("bridgekeeper.server")
+# Tornado allocates and zeroes a buffer this size for every socket read, and reads once more
+# than needed (until EAGAIN): its 64 KiB default was ~130k instructions per small request.
+READ_CHUNK = 16 * 1024
 
 
 @dataclass(slots=True)
@@ -248,6 +251,7 @@ class Server:
             build_app(self.services, self.gateway),
             max_body_size=limit,
             idle_connection_timeout=75,
+            chunk_size=READ_CHUNK,
             xheaders=self.services.settings.behind_proxy,
         )
         self.ports.append(_bind(main, host, port))
@@ -257,6 +261,7 @@ class Server:
                 build_anthropic_app(self.services, self.gateway),
                 max_body_size=limit,
                 idle_connection_timeout=75,
+                chunk_size=READ_CHUNK,
                 xheaders=self.services.settings.behind_proxy,
             )
             self.ports.append(_bind(extra, host, anthropic_port))
