@@ -40,11 +40,13 @@ class Plan:
     interval: float = 0.0  # seconds between content chunks after the first
 
 
-_PLAN_RE = re.compile(r"(c|slow|ttfb)(\d+)$")
+_PLAN_RE = re.compile(r"(c|slow|ttfb|pace)(\d+)$")
+PACED_CHUNKS = 20
 
 
 def plan_for(model: str) -> Plan:
-    """``…-c200``: 200 chunks; ``…-slow30``: 30 chunks a second apart; ``…-ttfb50``: 50 ms pause."""
+    """``…-c200``: 200 chunks; ``…-slow30``: 30 chunks a second apart; ``…-ttfb50``: 50 ms pause
+    after the first chunk; ``…-pace5``: 20 chunks 5 ms apart (a model generating tokens)."""
     match = _PLAN_RE.search(model)
     if match is None:
         return Plan()
@@ -53,6 +55,8 @@ def plan_for(model: str) -> Plan:
         return Plan(chunks=max(number, 1))
     if kind == "slow":
         return Plan(chunks=max(number, 1), interval=1.0)
+    if kind == "pace":
+        return Plan(chunks=PACED_CHUNKS, interval=number / 1000.0)
     return Plan(first_pause=number / 1000.0)
 
 
@@ -217,6 +221,7 @@ class Fake:
         self.per_write = max(events_per_write, 1)
         self._cache: dict[tuple[str, bool], Answer] = {}
         self.last_first_byte_ns = 0
+        self.last_writes_ns: list[int] = []  # the last paced stream's write times
         self.requests = 0
 
     def answer(self, model: str, stream: bool) -> Answer:
@@ -293,7 +298,12 @@ class _Connection(asyncio.Protocol):
             body = bytes(self.buf[end + 4 : total])
             del self.buf[:total]
             if head.startswith(b"get /_bench/last"):
-                self._json({"first_byte_ns": self.fake.last_first_byte_ns})
+                self._json(
+                    {
+                        "first_byte_ns": self.fake.last_first_byte_ns,
+                        "writes_ns": self.fake.last_writes_ns,
+                    }
+                )
                 continue
             if head.startswith(b"get /_bench/stats"):
                 self._json({"requests": self.fake.requests})
@@ -326,7 +336,9 @@ class _Connection(asyncio.Protocol):
         if transport is None:
             return
         transport.write(answer.first)
-        self.fake.last_first_byte_ns = time.monotonic_ns()
+        writes = [time.monotonic_ns()]
+        self.fake.last_first_byte_ns = writes[0]
+        self.fake.last_writes_ns = writes
         if answer.first_pause:
             await asyncio.sleep(answer.first_pause)
         for i, part in enumerate(answer.rest):
@@ -335,6 +347,7 @@ class _Connection(asyncio.Protocol):
             if transport.is_closing():
                 return
             transport.write(part)
+            writes.append(time.monotonic_ns())
         self.busy = False
         if self.buf:
             self._serve()

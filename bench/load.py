@@ -42,6 +42,7 @@ class Response:
     size: int = 0
     tail: bytes = b""
     body: list[bytes] | None = None
+    reads_ns: list[int] | None = None  # when each read with body bytes arrived
 
     def ok(self, expect: bytes) -> bool:
         return self.status == 200 and expect in self.tail
@@ -50,8 +51,9 @@ class Response:
 class HttpClient(asyncio.Protocol):
     """One keep-alive connection with one request in flight; a small incremental parser."""
 
-    def __init__(self, keep_body: bool = False) -> None:
+    def __init__(self, keep_body: bool = False, keep_reads: bool = False) -> None:
         self.keep_body = keep_body
+        self.keep_reads = keep_reads
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.waiter: asyncio.Future[Response] | None = None
@@ -92,7 +94,9 @@ class HttpClient(asyncio.Protocol):
         if self.closed:
             raise ConnectionError("connection is closed")
         self.waiter = asyncio.get_running_loop().create_future()
-        self.resp = Response(body=[] if self.keep_body else None)
+        self.resp = Response(
+            body=[] if self.keep_body else None, reads_ns=[] if self.keep_reads else None
+        )
         self.state = "head"
         self.buf.clear()
         self.transport.write(raw)
@@ -135,8 +139,11 @@ class HttpClient(asyncio.Protocol):
                 stop = head.find(b"\r\n", at + 2)
                 self.left = int(head[at + 17 : stop if stop >= 0 else len(head)])
                 self.state = "length"
-        if buf and not self.resp.first_body_ns:
-            self.resp.first_body_ns = time.monotonic_ns()
+        if buf:
+            if not self.resp.first_body_ns:
+                self.resp.first_body_ns = time.monotonic_ns()
+            if self.resp.reads_ns is not None:
+                self.resp.reads_ns.append(time.monotonic_ns())
         if self.state == "length":
             if buf:
                 take = min(self.left, len(buf))
@@ -175,9 +182,11 @@ class HttpClient(asyncio.Protocol):
                 self.state = "size"
 
 
-async def connect(host: str, port: int, keep_body: bool = False) -> HttpClient:
+async def connect(
+    host: str, port: int, keep_body: bool = False, keep_reads: bool = False
+) -> HttpClient:
     loop = asyncio.get_running_loop()
-    _, client = await loop.create_connection(lambda: HttpClient(keep_body), host, port)
+    _, client = await loop.create_connection(lambda: HttpClient(keep_body, keep_reads), host, port)
     return client
 
 
@@ -321,28 +330,44 @@ async def seq(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _write_delays(writes_ns: list[int], reads_ns: list[int]) -> list[float]:
+    """For each upstream write after the first: µs until the client's next read (paced streams)."""
+    delays = []
+    for written in writes_ns[1:]:
+        arrived = next((r for r in reads_ns if r >= written), None)
+        if arrived is not None:
+            delays.append((arrived - written) / 1000.0)
+    return delays
+
+
 async def ttfb(job: dict[str, Any]) -> dict[str, Any]:
+    """First-byte gap per stream; with ``per_write``, the gap of every later upstream write too."""
     targets = [Target.from_job(t) for t in job["targets"]]
+    per_write = bool(job.get("per_write"))
     out: dict[str, Any] = {}
     mark("start")
     for t in targets:
         assert t.fake is not None
-        client = await connect(t.host, t.port)
-        probe = await connect(*t.fake)
+        client = await connect(t.host, t.port, keep_reads=per_write)
+        probe = await connect(*t.fake, keep_body=True)
         get_last = f"GET /_bench/last HTTP/1.1\r\nHost: {t.fake[0]}\r\n\r\n".encode()
         gaps: list[float] = []
+        delays: list[float] = []
         errors = 0
         for i in range(job.get("warmup", 5) + job["requests"]):
             resp = await client.send(t.raw)
-            last = await probe.send(get_last)
-            upstream_ns = orjson.loads(last.tail)["first_byte_ns"]
+            last = orjson.loads(b"".join((await probe.send(get_last)).body or []))
             if not resp.ok(t.expect) or not resp.first_body_ns:
                 errors += 1
             elif i >= job.get("warmup", 5):
-                gaps.append((resp.first_body_ns - upstream_ns) / 1000.0)
+                gaps.append((resp.first_body_ns - last["first_byte_ns"]) / 1000.0)
+                if per_write:
+                    delays += _write_delays(last["writes_ns"], resp.reads_ns or [])
         client.close()
         probe.close()
         out[t.name] = {"gap_us": percentiles(gaps), "errors": errors}
+        if per_write:
+            out[t.name]["write_delay_us"] = percentiles(delays)
     mark("end")
     return out
 

@@ -74,6 +74,17 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
             worst=worst,
             p99=round(ttfb[worst]["bridgekeeper"]["gap_us"]["p99"], 1),
         )
+    pacing = result.get("pacing", {})
+    if pacing:
+        worst = max(pacing, key=lambda k: pacing[k]["bridgekeeper"]["write_delay_us"]["p50"])
+        delay = pacing[worst]["bridgekeeper"]["write_delay_us"]
+        out["stream_write_delay_median_us"] = _verdict(
+            delay["p50"],
+            f"<= {MAX_TTFB_GAP_US:.0f}",
+            delay["p50"] <= MAX_TTFB_GAP_US,
+            worst=worst,
+            p99=round(delay["p99"], 1),
+        )
     return out
 
 
@@ -188,6 +199,20 @@ def tables(result: dict[str, Any]) -> str:
             rows.append(cells)
         parts.append(
             "First client byte after the upstream's first byte (µs, p50/p99)\n"
+            + _table(["scenario", "direct", "forwarder", "bridgekeeper"], rows)
+        )
+    pacing = result.get("pacing")
+    if pacing:
+        rows = []
+        for e in pacing.values():
+            cells = [e["label"]]
+            for name in ("direct", "forwarder", "bridgekeeper"):
+                d = e[name]["write_delay_us"]
+                cells.append(f"{d['p50']:.0f}/{d['p99']:.0f}/{d['max']:.0f}")
+            rows.append(cells)
+        pace = next(iter(pacing.values()))["pace_ms"]
+        parts.append(
+            f"Upstream write -> client read, chunks {pace} ms apart (µs, p50/p99/max)\n"
             + _table(["scenario", "direct", "forwarder", "bridgekeeper"], rows)
         )
     hold = result.get("hold")

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 LIMITED_KEY = "bk-bench-limited-0000000000000000"
 OPEN_KEY = "bk-bench-open-00000000000000000000"
-SECTIONS = ("throughput", "accounting", "latency", "ttfb", "hold")
+SECTIONS = ("throughput", "accounting", "latency", "ttfb", "pacing", "hold")
 _PATHS = {"anthropic": "/v1/messages", "openai": "/v1/chat/completions"}
 _SHORT = {"anthropic": "an", "openai": "oa"}
 # Read by `bridgekeeper serve` (DESIGN.md, Environment); kept out of the gateway's environment.
@@ -223,6 +223,7 @@ class Bench:
             "c200",
             f"slow{self.args.hold_seconds}",
             f"ttfb{self.args.ttfb_pause_ms}",
+            f"pace{self.args.pace_ms}",
         ]
         for dialect in ("openai", "anthropic"):
             for script in scripts:
@@ -501,6 +502,28 @@ def ttfb(bench: Bench, log: Callable[[str], None]) -> dict[str, Any]:
     return out
 
 
+def pacing(bench: Bench, log: Callable[[str], None]) -> dict[str, Any]:
+    """Translated streams from an upstream writing a chunk every ``--pace-ms``: how long each
+    write takes to reach the client (a gateway that buffers or coalesces shows it here)."""
+    out: dict[str, Any] = {}
+    for sc in (Scenario("anthropic", "openai", 20), Scenario("openai", "anthropic", 20)):
+        log(f"paced stream: {sc.label}")
+        model = model_name(sc.upstream, f"pace{bench.args.pace_ms}")
+        job = {
+            "mode": "ttfb",
+            "per_write": True,
+            "targets": [
+                bench.direct_target(sc, model=model),
+                bench.forwarder_target(sc, model=model),
+                bench.gateway_target(sc, model=model),
+            ],
+            "requests": max(bench.args.ttfb_requests // 4, 5),
+            "warmup": 2,
+        }
+        out[sc.key] = {"label": sc.label, "pace_ms": bench.args.pace_ms, **run_load(job)}
+    return out
+
+
 def hold(bench: Bench, log: Callable[[str], None]) -> dict[str, Any]:
     """``--hold-streams`` slow translated streams at once: errors and peak RSS."""
     args = bench.args
@@ -586,6 +609,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seq-requests", type=int, help="sequential requests (2000; quick 300)")
     parser.add_argument("--ttfb-requests", type=int, help="streams per TTFB target (100; quick 20)")
     parser.add_argument("--ttfb-pause-ms", type=int, default=50, help="pause after first chunk")
+    parser.add_argument("--pace-ms", type=int, default=10, help="paced stream: ms between chunks")
     parser.add_argument("--hold-streams", type=int, default=1000, help="concurrent slow streams")
     parser.add_argument("--hold-seconds", type=int, help="slow stream length (30; quick 10)")
     parser.add_argument(
@@ -645,6 +669,7 @@ def main(argv: list[str] | None = None) -> int:
             "accounting": accounting,
             "latency": latency,
             "ttfb": ttfb,
+            "pacing": pacing,
             "hold": hold,
         }
         for name in SECTIONS:
@@ -676,6 +701,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "seq_requests",
         "ttfb_requests",
         "ttfb_pause_ms",
+        "pace_ms",
         "hold_streams",
         "hold_seconds",
         "accounting_repeats",
