@@ -106,7 +106,12 @@ def tables(result: dict[str, Any]) -> str:
     parts = [
         f"Machine: {m['nproc']} CPUs, {m['cpu']}, Python {m['python']}, tornado {m['tornado']}, "
         f"aiohttp {m['aiohttp']}, uvloop {m['uvloop']}; commit {m['commit']}; "
-        f"{result['settings']['connections']} connections; {result['seconds']} s in all",
+        f"{result['settings']['connections']} connections; {result['seconds']} s in all"
+        + (
+            f"; Bridgekeeper from {result['settings']['app_dir']}"
+            if result["settings"].get("app_dir")
+            else ""
+        ),
     ]
     throughput = result.get("throughput")
     if throughput:

@@ -178,10 +178,14 @@ class Bench:
             for k, v in os.environ.items()
             if not k.startswith(("BRIDGEKEEPER_", "ANTHROPIC_", "OPENAI_")) and k not in LEGACY_ENV
         }
-        binary = Path(PYTHON).parent / "bridgekeeper"
+        argv = [str(Path(PYTHON).parent / "bridgekeeper"), "serve", "--config", str(config)]
+        if self.args.app_dir:
+            # Another checkout's code (an older commit, a branch) against the same harness.
+            env["PYTHONPATH"] = str(Path(self.args.app_dir).resolve())
+            argv = [PYTHON, "-m", "app", "serve", "--config", str(config)]
         proc = Proc(
             name,
-            [str(binary), "serve", "--config", str(config)],
+            argv,
             self.work,
             ready=r"listening on http://[^:]+:(\d+)",
             env=env,
@@ -625,6 +629,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--events-per-write", type=int, default=1, help="fake upstream SSE batching"
     )
     parser.add_argument("--profile", help="directory: py-spy record Bridgekeeper per scenario")
+    parser.add_argument(
+        "--app-dir", help="run Bridgekeeper from this checkout (e.g. `git archive` of a commit)"
+    )
     parser.add_argument("--json", help="also write the JSON result to this file")
     parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")
     args = parser.parse_args(argv)
@@ -706,6 +713,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "hold_seconds",
         "accounting_repeats",
         "events_per_write",
+        "app_dir",
     )
     return {k: getattr(args, k) for k in keys}
 
