@@ -350,9 +350,11 @@ class Bench:
 
 
 def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median run (its latencies), with the median req/s and CPU per request of all runs."""
     ordered = sorted(runs, key=lambda r: r["rps"])
     chosen = dict(ordered[len(ordered) // 2])
     chosen["rps_runs"] = [round(r["rps"], 1) for r in runs]
+    chosen["rps"] = statistics.median(r["rps"] for r in runs)
     chosen["cpu_ms_per_request"] = statistics.median(r["cpu_ms_per_request"] for r in runs)
     return chosen
 
@@ -372,25 +374,19 @@ def throughput(bench: Bench, log: Callable[[str], None]) -> dict[str, Any]:
             warmup=0.3,
         )
         fwd_runs, gw_runs = [], []
-        for _ in range(args.repeat):
-            fwd_runs.append(
-                bench.closed(
-                    bench.forwarder_target(sc),
-                    bench.forwarder,
-                    sc.upstream,
-                    duration=args.duration,
-                    warmup=args.warmup,
+        # A B B A ...: the machine's speed drifts (other VMs, other jobs), and a drift during
+        # a scenario would otherwise favour whichever ran first.
+        for i in range(args.repeat):
+            order = [
+                (bench.forwarder_target(sc), bench.forwarder, fwd_runs),
+                (bench.gateway_target(sc), bench.gateway, gw_runs),
+            ]
+            for target, proc, runs in order if i % 2 == 0 else order[::-1]:
+                runs.append(
+                    bench.closed(
+                        target, proc, sc.upstream, duration=args.duration, warmup=args.warmup
+                    )
                 )
-            )
-            gw_runs.append(
-                bench.closed(
-                    bench.gateway_target(sc),
-                    bench.gateway,
-                    sc.upstream,
-                    duration=args.duration,
-                    warmup=args.warmup,
-                )
-            )
         fwd, gw = _median_run(fwd_runs), _median_run(gw_runs)
         entry = {
             "label": sc.label,
@@ -426,8 +422,11 @@ def accounting(bench: Bench, log: Callable[[str], None]) -> dict[str, Any]:
         "all_off": (bench.lean, OPEN_KEY),
     }
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
+    names = list(variants)
     for i in range(args.accounting_repeats):
-        for name, (proc, key) in variants.items():
+        # Each round starts with a different variant, so drift does not favour one.
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            proc, key = variants[name]
             log(f"accounting: {name} ({i + 1}/{args.accounting_repeats})")
             target = bench.gateway_target(sc, key=key, proc=proc)
             runs[name].append(
@@ -609,7 +608,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, help="seconds per throughput run (8; quick 2)")
     parser.add_argument("--warmup", type=float, help="warm-up seconds per run (1; quick 0.5)")
     parser.add_argument("--connections", type=int, default=32, help="closed-loop connections")
-    parser.add_argument("--repeat", type=int, default=1, help="throughput runs per target")
+    parser.add_argument("--repeat", type=int, help="throughput runs per target, ABBA (2; quick 1)")
     parser.add_argument("--seq-requests", type=int, help="sequential requests (2000; quick 300)")
     parser.add_argument("--ttfb-requests", type=int, help="streams per TTFB target (100; quick 20)")
     parser.add_argument("--ttfb-pause-ms", type=int, default=50, help="pause after first chunk")
@@ -641,7 +640,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if getattr(args, name) is None:
             setattr(args, name, short if quick else full)
 
-    default("duration", 8.0, 2.0)
+    default("duration", 5.0, 2.0)
+    default("repeat", 2, 1)
     default("warmup", 1.0, 0.5)
     default("seq_requests", 2000, 300)
     default("ttfb_requests", 100, 20)
