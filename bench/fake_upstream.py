@@ -211,6 +211,9 @@ class Answer:
     rest: tuple[bytes, ...] = ()  # later writes, chunk-encoded, the last one ends the body
     first_pause: float = 0.0
     interval: float = 0.0
+    # Which of `rest` carry generated text: only those must reach the client at once (a
+    # translator rightly sends nothing for a ping or a block stop).
+    text: tuple[bool, ...] = ()
 
 
 class Fake:
@@ -253,8 +256,16 @@ class Fake:
             rest[-1] += _END
         else:
             first += _END
+        text = tuple(
+            any(b'"text_delta"' in e or b'"content":"' in e for e in later[i : i + step])
+            for i in range(0, len(later), step)
+        )
         return Answer(
-            first=first, rest=tuple(rest), first_pause=plan.first_pause, interval=plan.interval
+            first=first,
+            rest=tuple(rest),
+            first_pause=plan.first_pause,
+            interval=plan.interval,
+            text=text,
         )
 
 
@@ -347,7 +358,8 @@ class _Connection(asyncio.Protocol):
             if transport.is_closing():
                 return
             transport.write(part)
-            writes.append(time.monotonic_ns())
+            if answer.text[i]:
+                writes.append(time.monotonic_ns())
         self.busy = False
         if self.buf:
             self._serve()
