@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields
 from datetime import date, datetime, time, timedelta
 from functools import lru_cache
 from operator import attrgetter
-from typing import Any, TypeVar, Unpack, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Dialect, Select, Table, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -125,7 +125,7 @@ def export_row(event: Any) -> dict[str, Any]:
     }
 
 
-_S = TypeVar("_S", bound="Select[Unpack[tuple[Any, ...]]]")
+_S = TypeVar("_S", bound="Select[*tuple[Any, ...]]")
 
 
 @dataclass(frozen=True, slots=True)
