@@ -51,6 +51,7 @@ from app.translate import openai_to_anthropic_stream as o2a_stream
 from app.translate import route_settings
 from app.translate.options import BackendOptions
 from app.translate.passthrough import AnthropicSniffer, OpenAISniffer, strip_unsigned_thinking
+from app.translate.stream_pipeline import StreamPipeline
 from app.upstreams.base import UpstreamResponse, html_error_summary, retry_after_seconds
 from app.upstreams.pool import Upstream
 
@@ -539,33 +540,22 @@ class Gateway:
             translator: Any = a2o_stream.StreamTranslator(attempt.ctx)
         else:
             translator = o2a_stream.StreamTranslator(attempt.ctx)
-        parser = SSEParser()
-        meter = OutputMeter(attempt.dialect)
+        pipeline = StreamPipeline(translator, attempt.dialect)
         status, err = "ok", None
+        ended = False
         try:
-            while not translator.done:
+            while not (ended or translator.done):
                 try:
                     async with asyncio.timeout(HEARTBEAT_SECONDS):
                         chunk = await resp.read_chunk()
                 except TimeoutError:
                     out = translator.ping()
                 else:
-                    if not chunk:
-                        out = []
-                        for event in parser.finish():
-                            meter.feed(event)
-                            out += translator.feed(event)
-                        out += translator.finish()
-                        if out:
-                            self._first_byte(call)
-                            yield b"".join(out)
-                        break
-                    out = []
-                    for event in parser.feed(chunk):
-                        meter.feed(event)
-                        out += translator.feed(event)
+                    ended = not chunk
+                    out = pipeline.finish() if ended else pipeline.feed(chunk)
                 if out:
-                    self._first_byte(call)
+                    if call.ttft is None:
+                        call.ttft = self._perf() - call.started
                     yield b"".join(out)
             if translator.error is not None:
                 status, err = "error", translator.error
@@ -585,7 +575,7 @@ class Gateway:
             resp.close()
             call.usage = translator.usage
             if status != "ok":
-                call.usage = meter.charge(call.usage)
+                call.usage = pipeline.meter.charge(call.usage)
             await self._record(
                 call, err, status=status, http_status=499 if status == "client_closed" else 200
             )

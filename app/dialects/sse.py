@@ -47,6 +47,11 @@ class SSEParser:
         self._event: str | None = None
         self._data: list[str] = []
 
+    @property
+    def idle(self) -> bool:
+        """Between events: nothing buffered, so the next byte starts a new event."""
+        return not self._buf and not self._data and self._event is None
+
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         buf = self._buf + chunk if self._buf else chunk
         end = buf.rfind(b"\n")

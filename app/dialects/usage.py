@@ -153,7 +153,7 @@ class OutputMeter:
             delta = data.get("delta")
             if isinstance(delta, dict):
                 for name in _ANTHROPIC_TEXT.intersection(delta):
-                    self._add(delta[name])
+                    self.add(delta[name])
             return
         choices = data.get("choices")
         for choice in choices if isinstance(choices, list) else []:
@@ -161,14 +161,15 @@ class OutputMeter:
             if not isinstance(delta, dict):
                 continue
             for name in _OPENAI_TEXT.intersection(delta):
-                self._add(delta[name])
+                self.add(delta[name])
             calls = delta.get("tool_calls")
             for call in calls if isinstance(calls, list) else []:
                 function = call.get("function") if isinstance(call, dict) else None
                 if isinstance(function, dict):
-                    self._add(function.get("arguments"))
+                    self.add(function.get("arguments"))
 
-    def _add(self, text: Any) -> None:
+    def add(self, text: Any) -> None:
+        """Count one delta's text (the stream translators' fast paths call this directly)."""
         if isinstance(text, str) and text:
             self._chars += len(text)
             if not text.isascii():

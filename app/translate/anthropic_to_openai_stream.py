@@ -10,6 +10,7 @@ the SDK and Claude Code keep the ``""`` from the start event).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,7 @@ import orjson
 
 from app.dialects.anthropic import error_event
 from app.dialects.sse import ANTHROPIC_PING, SSEEvent, anthropic_event
-from app.dialects.usage import Usage, from_openai, to_anthropic
+from app.dialects.usage import OutputMeter, Usage, from_openai, to_anthropic
 from app.errors import GatewayError, UpstreamError
 from app.translate.anthropic_to_openai import (
     RequestContext,
@@ -28,10 +29,59 @@ from app.translate.anthropic_to_openai import (
 )
 from app.translate.anthropic_to_openai_errors import error_from_payload
 from app.translate.ids import new_message_id, new_tool_id, sanitize_tool_id
+from app.translate.stream_pipeline import TextSlot
 
 log = logging.getLogger(__name__)
 
 CUT_STREAM_MESSAGE = "upstream stream ended before completion"
+_REASONING_KEYS = frozenset(("reasoning_content", "reasoning"))
+_BLOCK_OF = {"content": "text", "reasoning_content": "thinking", "reasoning": "thinking"}
+_DELTA_HEADS = {
+    kind: b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,'
+    b'"delta":{"type":"' + kind.encode() + b'_delta","' + kind.encode() + b'":'
+    for kind in ("text", "thinking")
+}
+
+
+def _locator(name: str) -> Callable[[Any], Any]:
+    return lambda chunk: chunk["choices"][0]["delta"][name]
+
+
+_LOCATE = {name: _locator(name) for name in _BLOCK_OF}
+
+
+def _plain_delta(part: bytes) -> tuple[str, str] | None:
+    """``(field, text)`` when ``part`` is a ``data:`` chunk with one choice whose delta holds
+    one text field (content or reasoning) and nothing else: no finish, usage or error."""
+    if not part.startswith(b"data: {"):
+        return None
+    try:
+        chunk = orjson.loads(part[6:])
+    except orjson.JSONDecodeError:
+        return None
+    choices = chunk.get("choices")
+    if (
+        type(choices) is not list
+        or len(choices) != 1
+        or chunk.get("usage") is not None
+        or "error" in chunk
+        or "x_groq" in chunk
+    ):
+        return None
+    choice = choices[0]
+    if type(choice) is not dict or choice.get("finish_reason"):
+        return None
+    delta = choice.get("delta")
+    if type(delta) is not dict:
+        return None
+    found: tuple[str, str] | None = None
+    for name, value in delta.items():
+        if value is None or name == "role":
+            continue
+        if found is not None or name not in _BLOCK_OF or type(value) is not str:
+            return None  # two kinds of content in one chunk (`feed` orders them), or a call
+        found = (name, value)
+    return found
 
 
 @dataclass(slots=True)
@@ -96,6 +146,9 @@ class StreamTranslator:
         self._matched: str | None = None
         self._pending_ws = ""
         self._pieces: list[str] = []
+        self._head_for: _Open | None = None  # the block `_head` frames deltas for
+        self._head = b""
+        self._slots = {"text": TextSlot(), "thinking": TextSlot()}
 
     @property
     def usage(self) -> Usage:
@@ -140,6 +193,43 @@ class StreamTranslator:
         if self._finish is not None and got_usage:
             out += self._finalize()
         return out
+
+    def fast_event(self, part: bytes, meter: OutputMeter) -> bytes | None:
+        """One event's bytes (``part``, without its blank line) framed for the client, when it
+        is the bulk of every stream: a ``data:`` chunk whose only choice continues the open
+        text or thinking block. None for anything else, which then goes through `feed`.
+
+        Gives exactly what `feed` would (a test compares them over every stream fixture) at
+        a fraction of the cost: no SSEEvent, no dict per level, usually no parse of more than
+        the text (`TextSlot`), the frame's constant head made once per block (issue 7: this
+        translation cost ~14 µs an event, most of a 200-chunk stream's cost).
+        """
+        if self._finish is not None or self._waiting or self.done or not self.started:
+            return None
+        block = self._open
+        slot = self._slots[block.kind] if block is not None and block.tool is None else None
+        text = slot.text(part) if slot is not None else None
+        if text is None:
+            found = _plain_delta(part)
+            if found is None:
+                return None
+            name, text = found
+            if name in _REASONING_KEYS and not self.ctx.thinking:
+                meter.add(text)
+                self._pieces.append(text)
+                return b""
+            if slot is None or block is None or _BLOCK_OF[name] != block.kind:
+                return None
+            slot.learn(part, 6, text, _LOCATE[name])
+        assert block is not None
+        if not text:
+            return b""
+        meter.add(text)
+        self._pieces.append(text)
+        if self._head_for is not block:
+            self._head_for = block
+            self._head = _DELTA_HEADS[block.kind] % block.index
+        return self._head + orjson.dumps(text) + b"}}\n\n"
 
     def finish(self) -> list[bytes]:
         """Upstream EOF: finalise after a finish_reason, else report the cut stream."""

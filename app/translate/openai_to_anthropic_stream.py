@@ -7,6 +7,7 @@ write, ending with ``data: [DONE]`` or an in-band ``data: {"error": ...}``.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -14,7 +15,7 @@ import orjson
 
 from app.dialects.openai import error_object
 from app.dialects.sse import OPENAI_DONE, OPENAI_KEEPALIVE, SSEEvent, openai_chunk
-from app.dialects.usage import Usage, from_anthropic, to_openai
+from app.dialects.usage import OutputMeter, Usage, from_anthropic, to_openai
 from app.errors import (
     BillingError,
     ForbiddenError,
@@ -36,6 +37,7 @@ from app.translate.openai_to_anthropic import (
     finish_reason,
     json_text,
 )
+from app.translate.stream_pipeline import TextSlot
 
 # Anthropic error type of an ``event: error`` -> the error the OpenAI client sees.
 _STREAM_ERRORS: dict[str, type[GatewayError]] = {
@@ -63,6 +65,43 @@ _KNOWN_EVENTS = frozenset(
     }
 )
 CUT_MESSAGE = "upstream stream ended before completion"
+_DELTA_EVENT = b"event: content_block_delta\ndata: {"
+_BARE_DELTA = b'data: {"type":"content_block_delta"'
+_HOLE = "\x00"  # stands for the text while a chunk's constant head and tail are cut out
+_FIELDS = {"text_delta": "content", "thinking_delta": "reasoning_content"}
+_TEXT_OF = {"text_delta": "text", "thinking_delta": "thinking"}
+
+
+def _locator(key: str) -> Callable[[Any], Any]:
+    return lambda event: event["delta"][key]
+
+
+_LOCATE = {kind: _locator(key) for kind, key in _TEXT_OF.items()}
+
+
+def _plain_delta(part: bytes) -> tuple[str, str, int] | None:
+    """``(delta type, text, where the JSON starts)`` when ``part`` is a text or thinking
+    ``content_block_delta`` whose delta holds nothing else."""
+    if part.startswith(_DELTA_EVENT):
+        body_at = len(_DELTA_EVENT) - 1
+    elif part.startswith(_BARE_DELTA):
+        body_at = 6
+    else:
+        return None
+    try:
+        event = orjson.loads(part[body_at:])
+    except orjson.JSONDecodeError:
+        return None
+    delta = event.get("delta")
+    if type(delta) is not dict or len(delta) != 2:
+        return None
+    kind = delta.get("type")
+    key = _TEXT_OF.get(kind) if type(kind) is str else None
+    text = delta.get(key) if key is not None else None
+    if type(text) is not str:
+        return None
+    return kind, text, body_at  # type: ignore[return-value]
+
 
 BlockKind = Literal["text", "thinking", "tool", "json", "other"]
 
@@ -97,6 +136,8 @@ class StreamTranslator:
         self._blocks: dict[int, _Block] = {}
         self._next_tool = 0
         self._delta_seen = False
+        self._frames: dict[str, tuple[bytes, bytes]] = {}  # delta field -> (head, tail)
+        self._slots = {"text_delta": TextSlot(), "thinking_delta": TextSlot()}
 
     # -- framing ---------------------------------------------------------------------------
 
@@ -113,6 +154,17 @@ class StreamTranslator:
         if self.ctx.include_usage:
             data["usage"] = None
         return openai_chunk(data)
+
+    def _frame(self, field_name: str) -> tuple[bytes, bytes] | None:
+        """The bytes of ``self._chunk({field_name: text})`` before and after the text."""
+        frame = self._frames.get(field_name)
+        if frame is None:
+            whole = self._chunk({field_name: _HOLE})
+            head, hole, tail = whole.partition(orjson.dumps(_HOLE))
+            if not hole or hole in tail:  # a model name holding the stand-in
+                return None
+            frame = self._frames[field_name] = (head, tail)
+        return frame
 
     def _start(self, message_id: Any = None) -> list[bytes]:
         if self.started:
@@ -185,6 +237,38 @@ class StreamTranslator:
             return self._error(data.get("error"))
         # content_block_stop, ping and unknown types carry nothing for the client.
         return []
+
+    def fast_event(self, part: bytes, meter: OutputMeter) -> bytes | None:
+        """One event's bytes (``part``, without its blank line) framed for the client, when it
+        is the bulk of every stream: a text or thinking ``content_block_delta``. None for
+        anything else, which then goes through `feed`.
+
+        Gives exactly what `feed` would (a test compares them over every stream fixture)
+        without an SSEEvent or a chunk dict per event, usually without parsing more than
+        the text (`TextSlot`); the chunk's constant head and tail are made once (issue 7:
+        this translation cost ~7 µs an event).
+        """
+        if not self.started or self.done:
+            return None
+        kind = "text_delta"
+        text = self._slots["text_delta"].text(part)
+        if text is None:
+            kind = "thinking_delta"
+            text = self._slots["thinking_delta"].text(part)
+        if text is None:
+            found = _plain_delta(part)
+            if found is None:
+                return None
+            kind, text, body_at = found
+            self._slots[kind].learn(part, body_at, text, _LOCATE[kind])
+        meter.add(text)
+        field_name = _FIELDS[kind]
+        if not text or (field_name == "reasoning_content" and not self.ctx.reasoning):
+            return b""
+        frame = self._frame(field_name)
+        if frame is None:
+            return None
+        return frame[0] + orjson.dumps(text) + frame[1]
 
     def finish(self) -> list[bytes]:
         """Upstream EOF: finish normally after a message_delta, else report the cut stream."""

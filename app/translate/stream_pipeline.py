@@ -1,0 +1,143 @@
+"""Upstream SSE bytes in, client SSE bytes out: parser, output meter and translator in one.
+
+Both stream translators take parsed events; most of a stream, though, is text deltas of
+one shape, and each of those went through an SSEEvent, a dict per level and a re-encode
+(~14 µs an event A→O, ~7 µs O→A). Here every complete event of a read goes first to the
+translator's ``fast_event``, which frames the common case straight from the bytes, and
+only what it declines goes through the tolerant parser and the full translator. Output is
+byte for byte what the parser and ``feed`` alone give (tests compare them on every stream
+fixture, cut at every size), and nothing is held back: each read's events are answered
+in that read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import orjson
+
+from app.dialects.sse import SSEEvent, SSEParser
+from app.dialects.usage import OutputMeter
+from app.errors import GatewayError
+
+
+class StreamTranslator(Protocol):
+    done: bool
+    error: GatewayError | None
+
+    def feed(self, event: SSEEvent) -> list[bytes]: ...
+
+    def fast_event(self, part: bytes, meter: OutputMeter) -> bytes | None: ...
+
+    def finish(self) -> list[bytes]: ...
+
+    def ping(self) -> list[bytes]: ...
+
+
+_PROBE = "\x00bk-probe"
+_PROBE_LITERAL = orjson.dumps(_PROBE)
+
+
+class TextSlot:
+    """Where the text sits in one kind of an upstream's delta events, learned from one.
+
+    An upstream's text deltas differ only in their text: ``data: {"id":…,"choices":[{…
+    "delta":{"content":`` + the JSON string + ``}…}]}``. Once the bytes around the string
+    are known, an event that starts and ends with them and holds one JSON string between
+    is that same delta with another text, with no need to parse the rest (~0.5 µs instead
+    of ~2 for the parse alone). Learning proves it: the bytes around a probe string must
+    parse to the probe at the text's place.
+    """
+
+    __slots__ = ("_head", "_tail", "_ends")
+
+    def __init__(self) -> None:
+        self._head = b""
+        self._tail = b""
+        self._ends = 0  # 0: nothing learned
+
+    def text(self, part: bytes) -> str | None:
+        """The text of ``part`` when it is the learned delta with another text, else None."""
+        if not self._ends or not part.startswith(self._head) or not part.endswith(self._tail):
+            return None
+        literal = part[len(self._head) : len(part) - len(self._tail)]
+        if literal[:1] != b'"':
+            return None
+        try:
+            text = orjson.loads(literal)
+        except orjson.JSONDecodeError:
+            return None
+        return text if type(text) is str else None
+
+    def learn(self, part: bytes, body_at: int, text: str, locate: Callable[[Any], Any]) -> None:
+        """``part``'s JSON (from byte ``body_at``) holds ``text`` where ``locate`` looks."""
+        self._ends = 0
+        literal = orjson.dumps(text)
+        at = part.find(literal)
+        if at < body_at or part.find(literal, at + 1) >= 0:
+            return  # not there as written, or there twice: ambiguous
+        head, tail = part[:at], part[at + len(literal) :]
+        try:
+            # One string token swapped for another changes only that value: if the probe
+            # lands where ``locate`` looks, every other text does too.
+            if locate(orjson.loads(head[body_at:] + _PROBE_LITERAL + tail)) != _PROBE:
+                return
+        except (orjson.JSONDecodeError, AttributeError, LookupError, TypeError):
+            return
+        self._head, self._tail, self._ends = head, tail, 1
+
+
+class StreamPipeline:
+    """Feed each upstream read; get back what to write to the client for it."""
+
+    __slots__ = ("translator", "meter", "_parser", "fast_events")
+
+    def __init__(self, translator: Any, upstream_dialect: str) -> None:
+        self.translator: StreamTranslator = translator
+        self.meter = OutputMeter(upstream_dialect)
+        self._parser = SSEParser()
+        self.fast_events = 0  # events framed by the fast path (tests check it is taken)
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        parser = self._parser
+        if b"\r" in chunk:
+            return self._slow(parser.feed(chunk))  # CRLF framing: the parser knows it
+        out: list[bytes] = []
+        if not parser.idle:
+            # The read ends an event an earlier read began: the parser finishes it.
+            cut = chunk.find(b"\n\n")
+            if cut < 0:
+                return self._slow(parser.feed(chunk))
+            out = self._slow(parser.feed(chunk[: cut + 2]))
+            chunk = chunk[cut + 2 :]
+        parts = chunk.split(b"\n\n")
+        tail = parts.pop()  # b"" when the read ends on an event boundary
+        fast = self.translator.fast_event
+        meter = self.meter
+        for part in parts:
+            if not part:
+                continue  # an extra blank line ends nothing
+            framed = fast(part, meter)
+            if framed is None:
+                out += self._slow(parser.feed(part + b"\n\n"))
+            else:
+                self.fast_events += 1
+                if framed:
+                    out.append(framed)
+        if tail:
+            out += self._slow(parser.feed(tail))
+        return out
+
+    def finish(self) -> list[bytes]:
+        """Upstream EOF: a last event without its blank line, then the translator's ending."""
+        out = self._slow(self._parser.finish())
+        return out + self.translator.finish()
+
+    def _slow(self, events: list[SSEEvent]) -> list[bytes]:
+        out: list[bytes] = []
+        translator = self.translator
+        for event in events:
+            self.meter.feed(event)
+            out += translator.feed(event)
+        return out
