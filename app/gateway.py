@@ -425,6 +425,7 @@ class Gateway:
                 settings.max_tokens, settings.context_window, input_tokens
             ),
             prompt_cache=settings.prompt_cache,
+            input_estimate=input_tokens or None,
         )
 
     def _prepare(

@@ -1,12 +1,16 @@
 """The baseline: a bare Tornado handler forwarding to an upstream through one shared aiohttp session.
 
-No auth, no parsing, no limits, no accounting, no translation: the least any
-gateway on this stack (Tornado + aiohttp on uvloop) can cost. ``POST
+No auth, no parsing, no limits, no accounting, no translation. ``POST
 /openai/...`` goes to the OpenAI upstream's chat URL and ``POST /anthropic/...``
 to the Anthropic upstream's messages URL, so it talks to the same upstream as
 the Bridgekeeper route it is compared with. Streams are relayed chunk by chunk.
 
-    python -m bench.forwarder --openai URL --anthropic URL [--port 0]
+``--loop asyncio`` (the default) is issue 7's baseline as written: the naive
+30-line forwarder on the event loop Tornado runs by default. ``--loop uvloop``
+is the same handler on uvloop, the least any gateway on this stack can cost;
+the suite reports Bridgekeeper against both.
+
+    python -m bench.forwarder --openai URL --anthropic URL [--port 0] [--loop asyncio]
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
-from bench.loops import run_fast
+from bench.loops import raise_fd_limit, run_fast
 
 
 class ForwardHandler(tornado.web.RequestHandler):
@@ -62,8 +66,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--openai", required=True, help="OpenAI chat completions URL")
     parser.add_argument("--anthropic", required=True, help="Anthropic messages URL")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     args = parser.parse_args(argv)
-    run_fast(serve(args.host, args.port, {"openai": args.openai, "anthropic": args.anthropic}))
+    main = serve(args.host, args.port, {"openai": args.openai, "anthropic": args.anthropic})
+    if args.loop == "uvloop":
+        run_fast(main)
+    else:
+        raise_fd_limit()
+        try:
+            asyncio.run(main)
+        except KeyboardInterrupt:
+            pass
     return 0
 
 

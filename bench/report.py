@@ -30,7 +30,13 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
             worst = min(entries, key=lambda k: entries[k]["ratio"])
             ratio = entries[worst]["ratio"]
             out[f"translated_throughput_{kind}_ratio"] = _verdict(
-                ratio, f">= {MIN_THROUGHPUT_RATIO}", ratio >= MIN_THROUGHPUT_RATIO, worst=worst
+                ratio,
+                f">= {MIN_THROUGHPUT_RATIO}",
+                ratio >= MIN_THROUGHPUT_RATIO,
+                worst=worst,
+                worst_vs_uvloop_forwarder=round(
+                    min(e.get("ratio_uvloop", 0.0) for e in entries.values()), 3
+                ),
             )
     latency = {k: e for k, e in result.get("latency", {}).items() if k.endswith("_json")}
     if latency:
@@ -42,6 +48,7 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
             f"<= forwarder's ({forwarder:.0f}) and <= {MAX_ADDED_MEDIAN_US:.0f}",
             added <= forwarder and added <= MAX_ADDED_MEDIAN_US,
             worst=worst,
+            uvloop_forwarder=latency[worst].get("forwarder_uvloop_added_us", {}).get("p50"),
         )
         worst = max(latency, key=lambda k: latency[k]["bridgekeeper_added_us"]["p99"])
         p99 = latency[worst]["bridgekeeper_added_us"]["p99"]
@@ -118,15 +125,19 @@ def tables(result: dict[str, Any]) -> str:
         rows = []
         for e in throughput.values():
             f, g = e["forwarder"], e["bridgekeeper"]
+            uv = e.get("forwarder_uvloop", {"rps": 0.0, "cpu_ms_per_request": 0.0})
             rows.append(
                 [
                     e["label"],
                     f"{e['direct']['rps']:.0f}",
                     f"{f['rps']:.0f}",
+                    f"{uv['rps']:.0f}",
                     f"{g['rps']:.0f}",
                     f"{e['ratio']:.2f}",
+                    f"{e.get('ratio_uvloop', 0.0):.2f}",
                     f"{e['cpu_ratio']:.2f}",
                     f"{f['cpu_ms_per_request']:.3f}",
+                    f"{uv['cpu_ms_per_request']:.3f}",
                     f"{g['cpu_ms_per_request']:.3f}",
                     f"{g['latency_ms']['p50']:.1f}/{g['latency_ms']['p99']:.1f}",
                     f"{g['upstream_cpu_util']:.0%}",
@@ -135,16 +146,19 @@ def tables(result: dict[str, Any]) -> str:
                 ]
             )
         parts.append(
-            "Throughput (closed loop)\n"
+            "Throughput (closed loop; fwd = the naive forwarder, uv = the same on uvloop)\n"
             + _table(
                 [
                     "scenario",
                     "direct/s",
                     "fwd/s",
+                    "uv/s",
                     "bk/s",
                     "bk/fwd",
+                    "bk/uv",
                     "cpu ratio",
                     "fwd cpu ms",
+                    "uv cpu ms",
                     "bk cpu ms",
                     "bk p50/p99 ms",
                     "fake cpu",
@@ -177,21 +191,20 @@ def tables(result: dict[str, Any]) -> str:
         rows = []
         for e in latency.values():
             lat = e["latency_us"]
+            added = {
+                name: e.get(f"{name}_added_us", {"p50": 0.0, "p99": 0.0})
+                for name in ("forwarder", "forwarder_uvloop", "bridgekeeper")
+            }
             rows.append(
                 [
                     e["label"],
                     f"{lat['direct']['p50']:.0f}/{lat['direct']['p99']:.0f}",
-                    f"{lat['forwarder']['p50']:.0f}/{lat['forwarder']['p99']:.0f}",
-                    f"{lat['bridgekeeper']['p50']:.0f}/{lat['bridgekeeper']['p99']:.0f}",
-                    f"{e['forwarder_added_us']['p50']:.0f}/{e['forwarder_added_us']['p99']:.0f}",
-                    f"{e['bridgekeeper_added_us']['p50']:.0f}/{e['bridgekeeper_added_us']['p99']:.0f}",
+                    *(f"{a['p50']:.0f}/{a['p99']:.0f}" for a in added.values()),
                 ]
             )
         parts.append(
-            "Sequential latency, one connection (µs, p50/p99)\n"
-            + _table(
-                ["scenario", "direct", "forwarder", "bridgekeeper", "fwd added", "bk added"], rows
-            )
+            "Sequential latency, one connection: added to direct (µs, p50/p99)\n"
+            + _table(["scenario", "direct", "fwd added", "uv fwd added", "bk added"], rows)
         )
     ttfb = result.get("ttfb")
     if ttfb:

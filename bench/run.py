@@ -117,7 +117,8 @@ class Bench:
         self.args = args
         self.work = work
         self.fakes: dict[str, Proc] = {}
-        self.forwarder: Proc | None = None
+        self.forwarder: Proc | None = None  # issue 7's naive forwarder (default asyncio loop)
+        self.forwarder_uvloop: Proc | None = None  # the same on uvloop: the stack's floor
         self.gateway: Proc | None = None
         self.lean: Proc | None = None
 
@@ -141,8 +142,15 @@ class Bench:
             )
             fake.start()
             self.fakes[dialect] = fake
-        self.forwarder = Proc(
-            "forwarder",
+        self.forwarder = self._start_forwarder("forwarder", "asyncio")
+        self.forwarder_uvloop = self._start_forwarder("forwarder-uvloop", "uvloop")
+        self.gateway = self._start_gateway("bridgekeeper", deferred_usage=False)
+        if "accounting" in self.args.sections:
+            self.lean = self._start_gateway("bridgekeeper-deferred-usage", deferred_usage=True)
+
+    def _start_forwarder(self, name: str, loop: str) -> Proc:
+        proc = Proc(
+            name,
             [
                 PYTHON,
                 "-m",
@@ -151,17 +159,18 @@ class Bench:
                 self._upstream_url("openai"),
                 "--anthropic",
                 self._upstream_url("anthropic"),
+                "--loop",
+                loop,
             ],
             self.work,
             cwd=ROOT,
         )
-        self.forwarder.start()
-        self.gateway = self._start_gateway("bridgekeeper", deferred_usage=False)
-        if "accounting" in self.args.sections:
-            self.lean = self._start_gateway("bridgekeeper-deferred-usage", deferred_usage=True)
+        proc.start()
+        return proc
 
     def stop(self) -> None:
-        for proc in (self.gateway, self.lean, self.forwarder, *self.fakes.values()):
+        procs = (self.gateway, self.lean, self.forwarder, self.forwarder_uvloop)
+        for proc in (*procs, *self.fakes.values()):
             if proc is not None:
                 proc.stop()
 
@@ -271,10 +280,13 @@ class Bench:
             "bridgekeeper", proc.port, _PATHS[sc.client], headers, sc, model, sc.client
         )
 
-    def forwarder_target(self, sc: Scenario, *, model: str | None = None) -> dict[str, Any]:
-        assert self.forwarder is not None
+    def forwarder_target(
+        self, sc: Scenario, *, model: str | None = None, uvloop: bool = False
+    ) -> dict[str, Any]:
+        proc = self.forwarder_uvloop if uvloop else self.forwarder
+        assert proc is not None
         path = f"/{sc.upstream}{_PATHS[sc.client]}"
-        return self._target("forwarder", self.forwarder.port, path, {}, sc, model, sc.upstream)
+        return self._target(proc.name, proc.port, path, {}, sc, model, sc.upstream)
 
     def direct_target(self, sc: Scenario, *, model: str | None = None) -> dict[str, Any]:
         port = self.fakes[sc.upstream].port
@@ -373,13 +385,16 @@ def throughput(bench: Bench, log: Callable[[str], None]) -> dict[str, Any]:
             duration=min(args.duration, 2.0),
             warmup=0.3,
         )
-        fwd_runs, gw_runs = [], []
-        # A B B A ...: the machine's speed drifts (other VMs, other jobs), and a drift during
-        # a scenario would otherwise favour whichever ran first.
+        fwd_runs: list[dict[str, Any]] = []
+        uv_runs: list[dict[str, Any]] = []
+        gw_runs: list[dict[str, Any]] = []
+        # A B C C B A ...: the machine's speed drifts (other VMs, other jobs), and a drift
+        # during a scenario would otherwise favour whichever ran first.
         for i in range(args.repeat):
             order = [
                 (bench.forwarder_target(sc), bench.forwarder, fwd_runs),
                 (bench.gateway_target(sc), bench.gateway, gw_runs),
+                (bench.forwarder_target(sc, uvloop=True), bench.forwarder_uvloop, uv_runs),
             ]
             for target, proc, runs in order if i % 2 == 0 else order[::-1]:
                 runs.append(
@@ -387,15 +402,17 @@ def throughput(bench: Bench, log: Callable[[str], None]) -> dict[str, Any]:
                         target, proc, sc.upstream, duration=args.duration, warmup=args.warmup
                     )
                 )
-        fwd, gw = _median_run(fwd_runs), _median_run(gw_runs)
+        fwd, gw, uv = _median_run(fwd_runs), _median_run(gw_runs), _median_run(uv_runs)
         entry = {
             "label": sc.label,
             "translated": sc.translated,
             "stream_chunks": sc.chunks,
             "direct": direct,
             "forwarder": fwd,
+            "forwarder_uvloop": uv,
             "bridgekeeper": gw,
             "ratio": gw["rps"] / fwd["rps"] if fwd["rps"] else 0.0,
+            "ratio_uvloop": gw["rps"] / uv["rps"] if uv["rps"] else 0.0,
             # Forwarder CPU per request over Bridgekeeper's: the throughput ratio both would reach
             # when CPU-bound, and far less sensitive to other load on a shared machine.
             "cpu_ratio": fwd["cpu_ms_per_request"] / gw["cpu_ms_per_request"]
@@ -469,6 +486,7 @@ def latency(bench: Bench, log: Callable[[str], None]) -> dict[str, Any]:
             "targets": [
                 bench.direct_target(sc),
                 bench.forwarder_target(sc),
+                bench.forwarder_target(sc, uvloop=True),
                 bench.gateway_target(sc),
             ],
             "requests": bench.args.seq_requests,
@@ -477,8 +495,8 @@ def latency(bench: Bench, log: Callable[[str], None]) -> dict[str, Any]:
         result = run_load(job)
         lat = result["latency_us"]
         entry: dict[str, Any] = {"label": sc.label, "latency_us": lat, "errors": result["errors"]}
-        for name in ("forwarder", "bridgekeeper"):
-            entry[f"{name}_added_us"] = {
+        for name in ("forwarder", "forwarder-uvloop", "bridgekeeper"):
+            entry[f"{name.replace('-', '_')}_added_us"] = {
                 q: lat[name][q] - lat["direct"][q] for q in ("p50", "p90", "p99", "mean")
             }
         out[sc.key] = entry

@@ -234,7 +234,11 @@ def translate_request(
         names=names,
         thinking=wants_thinking,
         stop_sequences=stops,
-        input_estimate=estimate_anthropic_input(body),
+        input_estimate=(
+            opts.input_estimate
+            if opts.input_estimate is not None
+            else estimate_anthropic_input(body)
+        ),
         stream=stream,
     )
     return out, ctx

@@ -29,3 +29,5 @@ class BackendOptions:
     max_tokens_limit: int | None = None
     # Anthropic backends: add cache_control breakpoints for OpenAI clients.
     prompt_cache: bool = False
+    # The request's input tokens as the gateway already estimated them (None: count here).
+    input_estimate: int | None = None

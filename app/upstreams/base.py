@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any, Protocol
 
 import aiohttp
@@ -99,6 +100,18 @@ class HttpResponse:
         self._resp.close()
 
 
+@lru_cache(maxsize=64)
+def _timeouts(timeout: float, stream: bool) -> aiohttp.ClientTimeout:
+    """A whole answer within ``timeout``; a stream may run on as long as it never falls
+    silent for that long. (A whole answer's read timer too was one more timer handle
+    rescheduled on every read.)"""
+    return aiohttp.ClientTimeout(
+        total=None if stream else timeout,
+        connect=min(timeout, 10.0),
+        sock_read=timeout if stream else None,
+    )
+
+
 async def post(
     session: aiohttp.ClientSession,
     url: str,
@@ -109,13 +122,10 @@ async def post(
     stream: bool,
 ) -> HttpResponse:
     """POST and return once status and headers arrived; connection errors mapped."""
-    client_timeout = aiohttp.ClientTimeout(
-        total=None if stream else timeout,
-        connect=min(timeout, 10.0),
-        sock_read=timeout,
-    )
     try:
-        resp = await session.post(url, data=body, headers=headers, timeout=client_timeout)
+        resp = await session.post(
+            url, data=body, headers=headers, timeout=_timeouts(timeout, stream)
+        )
     except (TimeoutError, aiohttp.ServerTimeoutError):
         raise UpstreamTimeoutError(f"upstream did not answer within {timeout:g} s") from None
     except aiohttp.ClientConnectorError as exc:

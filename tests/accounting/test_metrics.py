@@ -211,3 +211,44 @@ async def test_with_a_token_non_loopback_clients_may_read(gateway, fake_anthropi
     outside = f"http://{address}:{live.server.ports[-1]}"
     resp = await http("GET", outside + "/metrics", headers={"Authorization": "Bearer prom-secret"})
     assert resp.status == 200
+
+
+def test_metrics_buckets_and_the_model_label_cap() -> None:
+    """Unit level: ``le`` is inclusive, and any-name routing cannot grow the label set."""
+    from datetime import datetime
+
+    from app.db.usage import UsageRecord
+    from app.metrics import MAX_MODELS, Metrics
+    from app.upstreams.pool import UpstreamPool
+
+    metrics = Metrics(UpstreamPool())
+
+    def record(model: str, latency_ms: float) -> UsageRecord:
+        return UsageRecord(
+            time=datetime(2026, 1, 1),
+            request_id="req_1",
+            client_dialect="openai",
+            requested_model=model,
+            upstream="u",
+            latency_ms=latency_ms,
+            ttft_ms=latency_ms / 2,
+            input_tokens=3,
+        )
+
+    metrics.observe(record("m", 5.0))  # exactly on the 0.005 s bound
+    metrics.observe(record("m", 7.0))
+    for i in range(MAX_MODELS + 5):
+        metrics.observe(record(f"any-{i}", 1.0))
+    data = samples(metrics.render().decode())
+    bucket = "bridgekeeper_request_seconds_bucket"
+    assert value(data, bucket, model="m", upstream="u", status="ok", le="0.005") == 1
+    assert value(data, bucket, model="m", upstream="u", status="ok", le="0.01") == 2
+    assert value(data, bucket, model="m", upstream="u", status="ok", le="+Inf") == 2
+    assert value(data, "bridgekeeper_request_seconds_sum", model="m", upstream="u", status="ok") == (
+        pytest.approx(0.012)
+    )
+    requests = "bridgekeeper_requests_total"
+    models = {dict(labels)["model"] for (name, labels) in data if name == requests}
+    assert len(models) == MAX_MODELS + 1  # "m" and the first 499 others, then "other"
+    assert value(data, requests, dialect="openai", model="other", upstream="u", status="ok") == 6
+    assert value(data, "bridgekeeper_tokens_total", model="m", upstream="u", direction="input") == 6

@@ -61,7 +61,7 @@ async def test_create_key_shows_it_once_and_the_gateway_accepts_it(
     assert match is not None
     secret = match.group(1)
     assert secret.startswith("bk-") and len(secret) == 46
-    record_ = services.keys.authenticate(secret, services.now())
+    record_ = services.keys.authenticate(secret, services.now)
     assert (record_.name, record_.rpm, record_.tpm) == ("alice", 60, 100000)
     assert record_.models == ("claude-*", "gpt-4o")
     row = row_of(page, "alice")
@@ -127,7 +127,7 @@ async def test_revoke_stops_the_key_at_once(client: Client, services: Services) 
     assert response.code == 303
     assert response.headers["Location"] == "/admin/keys?msg=key_revoked"
     with pytest.raises(UnauthorizedError, match="revoked"):
-        services.keys.authenticate(secret.group(1), services.now())
+        services.keys.authenticate(secret.group(1), services.now)
     page = body(await client.get("/admin/keys?msg=key_revoked"))
     assert "The key was revoked" in page
     bob = row_of(page, "bob")
