@@ -244,9 +244,9 @@ def test_metrics_buckets_and_the_model_label_cap() -> None:
     assert value(data, bucket, model="m", upstream="u", status="ok", le="0.005") == 1
     assert value(data, bucket, model="m", upstream="u", status="ok", le="0.01") == 2
     assert value(data, bucket, model="m", upstream="u", status="ok", le="+Inf") == 2
-    assert value(data, "bridgekeeper_request_seconds_sum", model="m", upstream="u", status="ok") == (
-        pytest.approx(0.012)
-    )
+    assert value(
+        data, "bridgekeeper_request_seconds_sum", model="m", upstream="u", status="ok"
+    ) == (pytest.approx(0.012))
     requests = "bridgekeeper_requests_total"
     models = {dict(labels)["model"] for (name, labels) in data if name == requests}
     assert len(models) == MAX_MODELS + 1  # "m" and the first 499 others, then "other"
