@@ -39,6 +39,7 @@ from app.handlers.api import (
     NotFoundHandler,
     ProxyHandler,
 )
+from app.handlers.lean import ApiRouter, log_request
 from app.metrics import Metrics
 from app.routing import Router
 from app.secretbox import SecretBox, key_file_for, load_or_create_key
@@ -180,22 +181,34 @@ def _common_settings(services: Services) -> dict[str, Any]:
 
 
 def _log_request(handler: tornado.web.RequestHandler) -> None:
-    status = handler.get_status()
-    if status >= 500:
-        level = logging.WARNING
-    elif logging.getLogger("tornado.access").isEnabledFor(logging.DEBUG):
-        level = logging.DEBUG
-    else:
-        return
     request = handler.request
-    logging.getLogger("tornado.access").log(
-        level,
-        "%d %s %s %.1fms",
-        status,
-        request.method,
-        request.path,  # never the query string or headers: keys may travel there
-        1000.0 * request.request_time(),
-    )
+    log_request(handler.get_status(), request.method or "", request.path, request.request_time())
+
+
+def _proxy_endpoints(routes: list[Any]) -> dict[str, tuple[str, str]]:
+    """Path -> (dialect, endpoint) of the routes `ApiRouter` serves without the Application."""
+    return {
+        path: (kwargs["dialect"], kwargs["endpoint"])
+        for path, handler, kwargs in (r for r in routes if len(r) == 3)
+        if handler is ProxyHandler
+    }
+
+
+def build_router(
+    services: Services, gateway: Gateway, *, anthropic_only: bool = False
+) -> ApiRouter:
+    """What a listener serves: the proxy endpoints' lean path in front of the Application."""
+    if anthropic_only:
+        app = build_anthropic_app(services, gateway)
+        routes = _api_routes(services, gateway, "", "anthropic")
+    else:
+        app = build_app(services, gateway)
+        routes = [
+            *_api_routes(services, gateway, "", None),
+            *_api_routes(services, gateway, "/anthropic", "anthropic"),
+            *_api_routes(services, gateway, "/openai", "openai"),
+        ]
+    return ApiRouter(app, _proxy_endpoints(routes), services, gateway)
 
 
 def build_app(services: Services, gateway: Gateway | None = None) -> tornado.web.Application:
@@ -248,7 +261,7 @@ class Server:
     def listen(self, host: str, port: int, anthropic_port: int | None = None) -> None:
         limit = self.services.settings.max_body_bytes + 1
         main = tornado.httpserver.HTTPServer(
-            build_app(self.services, self.gateway),
+            build_router(self.services, self.gateway),
             max_body_size=limit,
             idle_connection_timeout=75,
             chunk_size=READ_CHUNK,
@@ -258,7 +271,7 @@ class Server:
         self.http.append(main)
         if anthropic_port is not None:
             extra = tornado.httpserver.HTTPServer(
-                build_anthropic_app(self.services, self.gateway),
+                build_router(self.services, self.gateway, anthropic_only=True),
                 max_body_size=limit,
                 idle_connection_timeout=75,
                 chunk_size=READ_CHUNK,

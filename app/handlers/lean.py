@@ -1,0 +1,260 @@
+"""The proxy endpoints' common case, served without `tornado.web.RequestHandler`.
+
+Tornado's HTTP server parses every request; `ApiRouter` then gives a POST to
+``/v1/messages``, ``/v1/chat/completions`` or ``/v1/messages/count_tokens`` (under
+any prefix) with a Content-Length within the limit to `ApiCall`, a plain
+`HTTPMessageDelegate` that hands the body to `Gateway` and writes its `Reply`
+straight to the connection. Everything else (the dashboard, ``/v1/models``, other
+methods, chunked or oversized bodies) goes to the Tornado Application as before.
+
+RequestHandler's per-request machinery (its initialisation, default headers, header
+value checks, output transforms, flush and finish bookkeeping) was a tenth of the
+gateway's CPU per request (issue 7's profiles); this path does only what an API call
+needs and behaves the same: request-id headers, the dialect's error envelope,
+Nagle off for streams, a client that goes away cancels its request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from http.client import responses
+from typing import Any, cast
+
+import tornado.web
+from tornado import httputil
+from tornado.http1connection import HTTP1Connection
+from tornado.iostream import StreamClosedError
+
+from app.errors import InternalError
+from app.gateway import ApiRequest, Gateway, Reply, error_reply
+from app.handlers.api import new_request_id
+from app.services import Services
+
+access_log = logging.getLogger("tornado.access")
+log = logging.getLogger("bridgekeeper.api")
+
+
+def log_request(status: int, method: str, path: str, seconds: float) -> None:
+    """Server errors always, other requests at DEBUG; never the query string or headers
+    (keys may travel there)."""
+    if status >= 500:
+        level = logging.WARNING
+    elif access_log.isEnabledFor(logging.DEBUG):
+        level = logging.DEBUG
+    else:
+        return
+    access_log.log(level, "%d %s %s %.1fms", status, method, path, 1000.0 * seconds)
+
+
+_date_cache: list[Any] = [0, ""]
+
+
+def _http_date() -> str:
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[:] = [now, httputil.format_timestamp(now)]
+    return str(_date_cache[1])
+
+
+class ApiRouter(httputil.HTTPServerConnectionDelegate):
+    """The HTTP server's delegate: proxy calls to `ApiCall`, the rest to ``app``."""
+
+    def __init__(
+        self,
+        app: tornado.web.Application,
+        endpoints: Mapping[str, tuple[str, str]],
+        services: Services,
+        gateway: Gateway,
+    ) -> None:
+        self.app = app
+        self.endpoints = dict(endpoints)  # path -> (dialect, endpoint)
+        self.services = services
+        self.gateway = gateway
+
+    def start_request(
+        self, server_conn: object, request_conn: httputil.HTTPConnection
+    ) -> httputil.HTTPMessageDelegate:
+        return _Dispatch(self, server_conn, request_conn)
+
+    def on_close(self, server_conn: object) -> None:
+        self.app.on_close(server_conn)
+
+
+class _Dispatch(httputil.HTTPMessageDelegate):
+    """Decides at the headers which delegate gets the message, then forwards to it."""
+
+    __slots__ = ("router", "server_conn", "request_conn", "target")
+
+    def __init__(
+        self, router: ApiRouter, server_conn: object, request_conn: httputil.HTTPConnection
+    ) -> None:
+        self.router = router
+        self.server_conn = server_conn
+        self.request_conn = request_conn
+        self.target: httputil.HTTPMessageDelegate | None = None
+
+    def headers_received(
+        self,
+        start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
+        headers: httputil.HTTPHeaders,
+    ) -> Any:
+        router = self.router
+        target: httputil.HTTPMessageDelegate | None = None
+        if isinstance(start_line, httputil.RequestStartLine) and start_line.method == "POST":
+            path, _, _ = start_line.path.partition("?")
+            found = router.endpoints.get(path)
+            length = headers.get("Content-Length")
+            if (
+                found is not None
+                and length is not None
+                and length.isdigit()
+                and int(length) <= router.services.settings.max_body_bytes
+            ):
+                target = ApiCall(router, self.request_conn, start_line, found[0], found[1])
+        if target is None:
+            target = router.app.start_request(self.server_conn, self.request_conn)
+        self.target = target
+        return target.headers_received(start_line, headers)
+
+    def data_received(self, chunk: bytes) -> Any:
+        assert self.target is not None
+        return self.target.data_received(chunk)
+
+    def finish(self) -> None:
+        assert self.target is not None
+        self.target.finish()
+
+    def on_connection_close(self) -> None:
+        if self.target is not None:
+            self.target.on_connection_close()
+
+
+class ApiCall(httputil.HTTPMessageDelegate):
+    """One proxy call: collect the body, run the gateway, write the reply."""
+
+    def __init__(
+        self,
+        router: ApiRouter,
+        conn: httputil.HTTPConnection,
+        start_line: httputil.RequestStartLine,
+        dialect: str,
+        endpoint: str,
+    ) -> None:
+        self.services = router.services
+        self.gateway = router.gateway
+        self.conn = cast(HTTP1Connection, conn)
+        self.start_line = start_line
+        self.dialect = dialect
+        self.endpoint = endpoint
+        self.request_id = new_request_id()
+        self.headers: httputil.HTTPHeaders | None = None
+        self.chunks: list[bytes] = []
+        self.task: asyncio.Task[None] | None = None
+        self.started = time.perf_counter()
+        self.status = 0
+
+    # -- HTTPMessageDelegate ---------------------------------------------------------------
+
+    def headers_received(
+        self,
+        start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
+        headers: httputil.HTTPHeaders,
+    ) -> None:
+        self.headers = headers
+        # Called if the client goes away after its request was read (the body below).
+        self.conn.set_close_callback(self.on_connection_close)
+
+    def data_received(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+
+    def finish(self) -> None:
+        body = b"".join(self.chunks)
+        self.chunks = []
+        self.task = asyncio.get_running_loop().create_task(self._run(body))
+
+    def on_connection_close(self) -> None:
+        task = self.task
+        if task is not None and not task.done():
+            task.cancel()
+
+    # -- the call --------------------------------------------------------------------------
+
+    async def _run(self, body: bytes) -> None:
+        task = self.task
+        inflight = self.services.inflight
+        if task is not None:
+            inflight.add(task)
+        assert self.headers is not None
+        req = ApiRequest(self.dialect, self.endpoint, body, self.headers, self.request_id)
+        try:
+            if self.endpoint == "count_tokens":
+                reply = await self.gateway.count_tokens(req)
+            else:
+                reply = await self.gateway.handle(req)
+            await self._write(reply)
+        except asyncio.CancelledError:
+            return  # the client went away; the gateway recorded it and closed the upstream
+        except StreamClosedError:
+            pass
+        except Exception:
+            log.exception("request %s failed while being answered", self.request_id)
+            if self.status == 0:
+                internal = InternalError("internal error")
+                self._write_whole(error_reply(self.dialect, internal, self.request_id))
+            else:
+                self.conn.close()  # the answer is cut short: say so by closing
+        finally:
+            if task is not None:
+                inflight.discard(task)
+            log_request(
+                self.status or 499,
+                self.start_line.method,
+                self.start_line.path.partition("?")[0],
+                time.perf_counter() - self.started,
+            )
+
+    def _start(self, reply: Reply) -> tuple[httputil.ResponseStartLine, httputil.HTTPHeaders]:
+        headers = httputil.HTTPHeaders()
+        for name, value in reply.headers.items():
+            headers[name] = value
+        headers["request-id"] = self.request_id
+        headers["x-request-id"] = self.request_id
+        headers["Date"] = _http_date()
+        self.status = reply.status
+        reason = responses.get(reply.status, "Unknown")
+        return httputil.ResponseStartLine("HTTP/1.1", reply.status, reason), headers
+
+    def _write_whole(self, reply: Reply) -> None:
+        start, headers = self._start(reply)
+        headers["Content-Length"] = str(len(reply.body))
+        self.conn.write_headers(start, headers, reply.body)
+        self.conn.finish()
+
+    async def _write(self, reply: Reply) -> None:
+        stream = reply.stream
+        if stream is None:
+            self._write_whole(reply)
+            return
+        start, headers = self._start(reply)
+        conn = self.conn
+        # Nagle would hold each chunk after the first until the client's delayed ACK (up
+        # to 40 ms); the connection turns it back on when the response ends.
+        conn.stream.set_nodelay(True)
+        first = True
+        try:
+            async for chunk in stream:
+                if first:
+                    first = False
+                    await conn.write_headers(start, headers, chunk)
+                else:
+                    await conn.write(chunk)
+            if first:
+                await conn.write_headers(start, headers)
+        except StreamClosedError:
+            return
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+        conn.finish()
