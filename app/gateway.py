@@ -44,6 +44,7 @@ from app.errors import (
 from app.routing import Route
 from app.secretbox import redact
 from app.services import Services
+from app.silence import SilenceWatch
 from app.translate import anthropic_to_openai as a2o
 from app.translate import anthropic_to_openai_stream as a2o_stream
 from app.translate import openai_to_anthropic as o2a
@@ -144,43 +145,45 @@ def _passthrough_error(status: int, body: bytes, retry_after: float | None) -> G
 
 
 class _Opened:
-    """An upstream stream whose first piece was already read (to fail over on an early break)."""
+    """An upstream stream whose first piece was already read (to fail over on an early break),
+    with the watch that notices its silences."""
 
-    __slots__ = ("_resp", "_first", "status", "headers")
+    __slots__ = ("_resp", "first", "status", "headers", "watch")
 
-    def __init__(self, resp: UpstreamResponse, first: bytes | None) -> None:
+    def __init__(self, resp: UpstreamResponse, first: bytes | None, watch: SilenceWatch) -> None:
         self._resp = resp
-        self._first = first
+        self.first = first  # None when the upstream said nothing for a heartbeat
         self.status = resp.status
         self.headers = resp.headers
+        self.watch = watch
 
     async def read(self) -> bytes:
-        return (self._first or b"") + await self._resp.read()
+        return (self.first or b"") + await self._resp.read()
 
     async def read_chunk(self) -> bytes:
-        if self._first is not None:
-            first, self._first = self._first, None
-            return first
         return await self._resp.read_chunk()
 
     def close(self) -> None:
+        self.watch.close()
         self._resp.close()
 
 
-async def _open_stream(resp: UpstreamResponse) -> UpstreamResponse:
+async def _open_stream(resp: UpstreamResponse) -> _Opened:
     """Wait (up to one heartbeat) for a stream's first bytes.
 
     UpstreamError when the upstream breaks or ends before sending anything; a slow
     first byte is not an error: the stream is committed to and heartbeats cover it.
     """
+    watch = SilenceWatch(HEARTBEAT_SECONDS)
     try:
-        async with asyncio.timeout(HEARTBEAT_SECONDS):
-            first = await resp.read_chunk()
-    except TimeoutError:
-        return _Opened(resp, None)
-    if not first:
+        first = await watch.read(resp.read_chunk)
+    except BaseException:
+        watch.close()
+        raise
+    if first == b"":
+        watch.close()
         raise UpstreamError("upstream ended the stream before sending anything")
-    return _Opened(resp, first)
+    return _Opened(resp, first, watch)
 
 
 class _Attempt:
@@ -524,7 +527,7 @@ class Gateway:
         headers.update(self._limit_headers(call))
         return Reply(200, headers, raw)
 
-    def _stream_reply(self, call: _Call, attempt: _Attempt, resp: UpstreamResponse) -> Reply:
+    def _stream_reply(self, call: _Call, attempt: _Attempt, resp: _Opened) -> Reply:
         headers = {"Content-Type": SSE_TYPE, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         headers.update(self._limit_headers(call))
         if attempt.translated:
@@ -534,7 +537,7 @@ class Gateway:
         return Reply(200, headers, stream=body)
 
     async def _translated_stream(
-        self, call: _Call, attempt: _Attempt, resp: UpstreamResponse
+        self, call: _Call, attempt: _Attempt, resp: _Opened
     ) -> AsyncIterator[bytes]:
         client = call.req.dialect
         if attempt.dialect == "openai":
@@ -544,12 +547,17 @@ class Gateway:
         pipeline = StreamPipeline(translator, attempt.dialect)
         status, err = "ok", None
         ended = False
+        pending: bytes | None = resp.first
+        resp.first = None
+        chunk: bytes | None
+        watch, read = resp.watch, resp.read_chunk
         try:
             while not (ended or translator.done):
-                try:
-                    async with asyncio.timeout(HEARTBEAT_SECONDS):
-                        chunk = await resp.read_chunk()
-                except TimeoutError:
+                if pending is not None:
+                    chunk, pending = pending, None
+                else:
+                    chunk = await watch.read(read)
+                if chunk is None:
                     out = translator.ping()
                 else:
                     ended = not chunk
@@ -582,7 +590,7 @@ class Gateway:
             )
 
     async def _relayed_stream(
-        self, call: _Call, attempt: _Attempt, resp: UpstreamResponse
+        self, call: _Call, attempt: _Attempt, resp: _Opened
     ) -> AsyncIterator[bytes]:
         client = call.req.dialect
         sniffer: AnthropicSniffer | OpenAISniffer
@@ -596,12 +604,17 @@ class Gateway:
         parser = SSEParser()
         meter = OutputMeter(client)
         status, err = "ok", None
+        pending: bytes | None = resp.first
+        resp.first = None
+        chunk: bytes | None
+        watch, read = resp.watch, resp.read_chunk
         try:
             while True:
-                try:
-                    async with asyncio.timeout(HEARTBEAT_SECONDS):
-                        chunk = await resp.read_chunk()
-                except TimeoutError:
+                if pending is not None:
+                    chunk, pending = pending, None
+                else:
+                    chunk = await watch.read(read)
+                if chunk is None:
                     if sniffer.completed or sniffer.error is not None:
                         break  # answered in full; nothing may follow the terminator
                     self._first_byte(call)

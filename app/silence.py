@@ -1,0 +1,77 @@
+"""Noticing an upstream stream that has gone quiet, with one timer per stream.
+
+The gateway sends a keep-alive when an upstream says nothing for a while. Wrapping
+every read in ``asyncio.timeout`` did that by making and cancelling a timer for each
+chunk (~8 µs a chunk, issue 7). `SilenceWatch` keeps one timer for the whole stream:
+each read only notes the time, and the timer, when it comes due, looks at when the
+last chunk came and either moves itself on or interrupts the read in progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+
+class SilenceWatch:
+    """Reads for one task; `read` gives None after ``quiet`` seconds without a chunk.
+
+    Only a read in progress is interrupted (never the task writing to its client), and
+    only when nothing else cancelled the task: a client that leaves still cancels it.
+    Interrupting is safe for aiohttp's ``readany``: data that arrives is kept for the
+    next read.
+    """
+
+    __slots__ = ("_loop", "_task", "_quiet", "_last", "_reading", "_fired", "_handle")
+
+    def __init__(self, quiet: float) -> None:
+        task = asyncio.current_task()
+        assert task is not None, "SilenceWatch runs inside a task"
+        self._loop = asyncio.get_running_loop()
+        self._task = task
+        self._quiet = quiet
+        self._last = self._loop.time()
+        self._reading = False
+        self._fired = False
+        self._handle: asyncio.TimerHandle | None = self._loop.call_at(
+            self._last + quiet, self._check
+        )
+
+    async def read(self, read_chunk: Callable[[], Awaitable[bytes]]) -> bytes | None:
+        """``await read_chunk()``, or None when the upstream was silent for ``quiet`` s."""
+        self._reading = True
+        try:
+            chunk = await read_chunk()
+        except asyncio.CancelledError:
+            self._reading = False
+            if self._fired:
+                self._fired = False
+                if self._task.uncancel() == 0:
+                    self._last = self._loop.time()
+                    self._arm()
+                    return None
+            raise
+        self._reading = False
+        self._last = self._loop.time()
+        return chunk
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _arm(self) -> None:
+        if self._handle is not None:
+            self._handle = self._loop.call_at(self._last + self._quiet, self._check)
+
+    def _check(self) -> None:
+        if self._handle is None or self._task.done():
+            return
+        now = self._loop.time()
+        if not self._reading:
+            self._last = now  # busy writing to the client: not a silence to cover
+        if now < self._last + self._quiet:
+            self._arm()
+            return
+        self._fired = True
+        self._task.cancel()
