@@ -244,13 +244,19 @@ class ApiCall(httputil.HTTPMessageDelegate):
         # to 40 ms); the connection turns it back on when the response ends.
         conn.stream.set_nodelay(True)
         first = True
+        writing = conn.stream.writing
         try:
             async for chunk in stream:
                 if first:
                     first = False
-                    await conn.write_headers(start, headers, chunk)
+                    done = conn.write_headers(start, headers, chunk)
                 else:
-                    await conn.write(chunk)
+                    done = conn.write(chunk)
+                # The connection's future resolves a loop turn after the bytes went out (a
+                # done-callback hop per chunk); wait for it only while the client's socket
+                # is full, which is all the back-pressure a stream needs.
+                if writing():
+                    await done
             if first:
                 await conn.write_headers(start, headers)
         except StreamClosedError:
