@@ -252,6 +252,8 @@ def validate_content(body: dict[str, Any]) -> None:
     for i, message in enumerate(body["messages"]):
         content = message.get("content")
         for j, block in enumerate(content if isinstance(content, list) else []):
+            if block["type"] == "text" and isinstance(block.get("text"), str):
+                continue  # the common block, passed without building its path
             _validate_block(f"messages.{i}.content.{j}", block)
     system = body.get("system")
     for i, block in enumerate(system if isinstance(system, list) else []):

@@ -25,6 +25,8 @@ def estimate_text(text: str) -> int:
     if not text:
         return 0
     chars = len(text)
+    if text.isascii():
+        return math.ceil(chars / 3.5)
     raw = len(text.encode("utf-8", "surrogatepass"))
     # A non-ASCII character takes 2-4 bytes; count each as 2 extra bytes on average.
     non_ascii = min(chars, (raw - chars + 1) // 2)
