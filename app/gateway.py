@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -218,6 +218,10 @@ class Gateway:
         self._perf = perf_clock
 
     # -- entry points ------------------------------------------------------------------------
+
+    def answer(self, req: ApiRequest) -> Awaitable[Reply]:
+        """The reply to ``req``, whichever proxy endpoint it came to."""
+        return self.count_tokens(req) if req.endpoint == "count_tokens" else self.handle(req)
 
     async def handle(self, req: ApiRequest) -> Reply:
         """A Messages or Chat Completions request, streamed or not."""

@@ -182,10 +182,7 @@ class ProxyHandler(BaseApiHandler):
         req = self._request(b"".join(self._chunks))
         self._chunks = []
         try:
-            if self.endpoint == "count_tokens":
-                reply = await self.gateway.count_tokens(req)
-            else:
-                reply = await self.gateway.handle(req)
+            reply = await self.gateway.answer(req)
             await self.write_reply(reply)
         except asyncio.CancelledError:
             # The client went away; the gateway has recorded it and closed the upstream call.

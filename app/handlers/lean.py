@@ -190,10 +190,7 @@ class ApiCall(httputil.HTTPMessageDelegate):
         assert self.headers is not None
         req = ApiRequest(self.dialect, self.endpoint, body, self.headers, self.request_id)
         try:
-            if self.endpoint == "count_tokens":
-                reply = await self.gateway.count_tokens(req)
-            else:
-                reply = await self.gateway.handle(req)
+            reply = await self.gateway.answer(req)
             await self._write(reply)
         except asyncio.CancelledError:
             return  # the client went away; the gateway recorded it and closed the upstream

@@ -1,0 +1,179 @@
+"""CPU instructions per request, counted by valgrind's callgrind: the same count every run.
+
+Timings on a shared VM move ±15 % between runs; an instruction count does not. This
+runs the target (Bridgekeeper, the naive forwarder or the uvloop forwarder) under
+``valgrind --tool=callgrind`` with counting off, sends warm-up requests, switches
+counting on with ``callgrind_control``, sends ``--requests`` sequential requests of
+one scenario (its usage flush included), and prints one JSON line.
+
+    python -m bench.instructions bridgekeeper anthropic openai [--chunks 20]
+    python -m bench.instructions forwarder openai openai
+    python -m bench.instructions forwarder-uvloop openai openai [--app-dir DIR]
+
+Needs Debian's ``valgrind``; about a minute a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import http.client
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench.payloads import body_for
+from bench.procs import PYTHON
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = "bk-instructionsinstructionsinstructionsinstr"
+SHORT = {"openai": "oa", "anthropic": "an"}
+PATHS = {"openai": "/v1/chat/completions", "anthropic": "/v1/messages"}
+
+
+def _start(argv: list[str], ready: str, **kwargs: Any) -> tuple[subprocess.Popen[bytes], int]:
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)
+    assert proc.stdout is not None
+    while True:
+        line = proc.stdout.readline().decode("utf-8", "replace")
+        if not line:
+            raise SystemExit(f"{argv[0]} exited before it was ready")
+        match = re.search(ready, line)
+        if match:
+            return proc, int(match.group(1))
+
+
+def _config(home: Path, fakes: dict[str, int], model: str, upstream: str) -> Path:
+    lines = [
+        "[server]",
+        'host = "127.0.0.1"',
+        "port = 0",
+        f'database_url = "sqlite:///{home}/bridgekeeper.db"',
+        'admin_password = "instructions-admin-password"',
+    ]
+    for dialect, port in fakes.items():
+        base = f"http://127.0.0.1:{port}" + ("/v1" if dialect == "openai" else "")
+        lines += ["", "[[upstreams]]", f'name = "{SHORT[dialect]}"', f'kind = "{dialect}"']
+        lines += [f'base_url = "{base}"', f'keys = ["sk-instructions-{dialect}"]', "timeout = 120"]
+    lines += ["", "[[models]]", f'name = "{model}"', f'upstream = "{SHORT[upstream]}"']
+    lines += ["", "[[keys]]", 'name = "instructions"', f'key = "{KEY}"']
+    lines += ["rpm = 100000000", "tpm = 1000000000000"]
+    path = home / "bridgekeeper.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
+        raise SystemExit("needs valgrind: apt-get install valgrind")
+    work = Path(tempfile.mkdtemp(prefix="bridgekeeper-instructions-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        fakes: dict[str, int] = {}
+        for dialect in ("openai", "anthropic"):
+            fake, port = _start(
+                [PYTHON, "-m", "bench.fake_upstream", "--dialect", dialect],
+                r"READY (\d+)",
+                cwd=ROOT,
+            )
+            procs.append(fake)
+            fakes[dialect] = port
+        model = f"{SHORT[args.upstream]}-bench-" + (f"c{args.chunks}" if args.chunks else "json")
+        out = work / "callgrind.out"
+        valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
+        valgrind.append(f"--callgrind-out-file={out}")
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("BRIDGEKEEPER_", "ANTHROPIC_", "OPENAI_"))
+        }
+        env["PYTHONPATH"] = str(Path(args.app_dir).resolve()) if args.app_dir else str(ROOT)
+        client = args.client
+        if args.target == "bridgekeeper":
+            config = _config(work, fakes, model, args.upstream)
+            argv = [PYTHON, "-m", "app", "serve", "--config", str(config)]
+            target, port = _start(
+                valgrind + argv, r"listening on http://[^:]+:(\d+)", env=env, cwd=work
+            )
+            path = PATHS[client]
+            headers = (
+                {"x-api-key": KEY, "anthropic-version": "2023-06-01"}
+                if client == "anthropic"
+                else {"Authorization": f"Bearer {KEY}"}
+            )
+        else:
+            urls = {d: f"http://127.0.0.1:{p}{PATHS[d]}" for d, p in fakes.items()}
+            loop = "uvloop" if args.target == "forwarder-uvloop" else "asyncio"
+            argv = [PYTHON, "-m", "bench.forwarder", "--loop", loop]
+            argv += ["--openai", urls["openai"], "--anthropic", urls["anthropic"]]
+            target, port = _start(valgrind + argv, r"READY (\d+)", env=env, cwd=ROOT)
+            path = f"/{args.upstream}{PATHS[args.upstream]}"
+            headers = {}
+            client = args.upstream  # a forwarder relays the upstream's own dialect
+        procs.append(target)
+        body = body_for(client, model, stream=args.chunks > 0)
+        headers["Content-Type"] = "application/json"
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+
+        def one() -> None:
+            conn.request("POST", path, body=body, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            if resp.status != 200:
+                raise SystemExit(f"HTTP {resp.status}: {data[:300]!r}")
+
+        for _ in range(args.warmup):
+            one()
+        control = ["callgrind_control"]
+        subprocess.run([*control, "-i", "on", str(target.pid)], check=True, capture_output=True)
+        time.sleep(1.0)  # callgrind takes the switch at its next poll
+        for _ in range(args.requests):
+            one()
+        time.sleep(1.5)  # the usage writer's flush (every second) falls inside the count
+        subprocess.run([*control, "-d", str(target.pid)], check=True, capture_output=True)
+        time.sleep(1.0)
+        total = 0
+        for name in glob.glob(f"{out}*"):
+            for line in Path(name).read_text(errors="replace").splitlines():
+                if line.startswith(("summary:", "totals:")):
+                    total = max(total, int(line.split()[1]))
+        return {
+            "target": args.target,
+            "scenario": f"{args.client} -> {args.upstream}"
+            + (f", {args.chunks}-chunk stream" if args.chunks else ", non-stream"),
+            "requests": args.requests,
+            "instructions_per_request": total // args.requests,
+            "app_dir": args.app_dir,
+        }
+    finally:
+        for proc in procs:
+            proc.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.instructions", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("target", choices=("bridgekeeper", "forwarder", "forwarder-uvloop"))
+    parser.add_argument("client", choices=("anthropic", "openai"), help="the client's dialect")
+    parser.add_argument("upstream", choices=("anthropic", "openai"), help="the upstream's")
+    parser.add_argument("--chunks", type=int, default=0, help="stream with 20 or 200 chunks")
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--app-dir", help="run Bridgekeeper from this checkout instead")
+    args = parser.parse_args(argv)
+    print(orjson.dumps(measure(args)).decode())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
