@@ -209,3 +209,40 @@ upstream = "local"
     expected_time = datetime.fromtimestamp(START - 29 * day, UTC).replace(tzinfo=None)
     assert times == [expected_time, expected_time]
     assert sorted(days.values()) == [2, 3]  # roll-ups of both days kept
+
+
+def test_a_large_batch_is_stored_row_for_row(engine: Engine) -> None:
+    """Rows go in several multi-row INSERTs; none may be lost, doubled or shifted."""
+    from datetime import timedelta
+
+    records = [
+        rec(
+            NOON + timedelta(microseconds=7 * i, seconds=i % 3),
+            key=f"k{i % 7}",
+            input_tokens=i,
+            output_tokens=2 * i,
+            latency_ms=i / 10,
+            ttft_ms=None if i % 2 else i / 20,
+            stream=bool(i % 2),
+            status="error" if i % 11 == 0 else "ok",
+        )
+        for i in range(1234)
+    ]
+    write(engine, records)
+    with Session(engine) as session:
+        stored = list(session.scalars(select(UsageEvent).order_by(UsageEvent.id)))
+    assert len(stored) == len(records)
+    for record, event in zip(records, stored, strict=True):
+        assert (event.time, event.key_name, event.input_tokens, event.output_tokens) == (
+            record.time,
+            record.key_name,
+            record.input_tokens,
+            record.output_tokens,
+        )
+        assert (event.latency_ms, event.ttft_ms, event.stream, event.status) == (
+            record.latency_ms,
+            record.ttft_ms,
+            record.stream,
+            record.status,
+        )
+    assert rollup(engine) == raw_totals(engine)
