@@ -162,8 +162,8 @@ class UsageFilter:
 
 
 _InsertPlan = tuple[str, Callable[[UsageRecord], tuple[Any, ...]], int]
-# SQLite's bound-parameter limit: 32766 since 3.32, 999 before.
-_MAX_VARIABLES = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
+# Rows per INSERT: within SQLite's bound-parameter limit (32766 since 3.32, 999 before).
+_CHUNK = 256 if sqlite3.sqlite_version_info >= (3, 32, 0) else 32
 
 
 @lru_cache(maxsize=4)
@@ -206,11 +206,20 @@ def _insert_rows(session: Session, records: Sequence[UsageRecord]) -> None:
     # (a row's insert cost the serving thread ~0.15 ms under load, `make bench`).
     head, _, group = sql.partition(" VALUES ")
     width = len(_RECORD_FIELDS)
-    per = max(1, min(500, _MAX_VARIABLES // width))
-    for start in range(0, len(records), per):
-        count = min(per, len(records) - start)
-        statement = f"{head} VALUES {', '.join([group] * count)}"
+    start, left = 0, len(records)
+    while left:
+        # Chunks of a few fixed sizes (256, 128, ... 1): the driver caches each distinct
+        # statement it prepares, and a statement of many rows is large.
+        count = _CHUNK if left >= _CHUNK else 1 << (left.bit_length() - 1)
+        statement = _multi_insert(head, group, count)
         conn.exec_driver_sql(statement, tuple(flat[start * width : (start + count) * width]))
+        start += count
+        left -= count
+
+
+@lru_cache(maxsize=16)
+def _multi_insert(head: str, group: str, count: int) -> str:
+    return f"{head} VALUES {', '.join([group] * count)}"
 
 
 def insert_events(session: Session, records: Sequence[UsageRecord]) -> None:
