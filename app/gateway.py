@@ -42,7 +42,7 @@ from app.errors import (
     from_upstream_status,
 )
 from app.routing import Route
-from app.secretbox import redact
+from app.secretbox import mask, redact
 from app.services import Services
 from app.silence import SilenceWatch
 from app.translate import anthropic_to_openai as a2o
@@ -96,6 +96,7 @@ class _Call:
     route: Route | None = None
     upstream: str | None = None
     upstream_key: str | None = None
+    secret: str | None = None  # the upstream key in use, masked wherever an answer echoes it
     target: str | None = None
     stream: bool = False
     usage: Usage = field(default_factory=Usage)
@@ -142,6 +143,15 @@ def _passthrough_error(status: int, body: bytes, retry_after: float | None) -> G
     except orjson.JSONDecodeError:
         pass
     return from_upstream_status(status, message, retry_after=retry_after)
+
+
+def _secret_bytes(secret: str | None) -> bytes | None:
+    """What to look for in relayed bytes: `redact` leaves secrets under 8 characters."""
+    return secret.encode("utf-8") if secret and len(secret) >= 8 else None
+
+
+def _masked(text: str, secret: str | None) -> str:
+    return text.replace(secret, mask(secret)) if secret and len(secret) >= 8 else text
 
 
 class _Opened:
@@ -324,6 +334,7 @@ class Gateway:
             for key in upstream.ring.candidates():
                 call.upstream = upstream.name
                 call.upstream_key = key.display or None
+                call.secret = key.secret
                 call.target = candidate.target
                 call.route = candidate
                 try:
@@ -549,6 +560,7 @@ class Gateway:
         else:
             translator = o2a_stream.StreamTranslator(attempt.ctx)
         pipeline = StreamPipeline(translator, attempt.dialect)
+        secret = _secret_bytes(call.secret)
         status, err = "ok", None
         ended = False
         pending: bytes | None = resp.first
@@ -569,7 +581,10 @@ class Gateway:
                 if out:
                     if call.ttft is None:
                         call.ttft = self._perf() - call.started
-                    yield b"".join(out)
+                    data = b"".join(out)
+                    if secret is not None and secret in data:
+                        data = redact(data, call.secret)  # an error event echoing the key
+                    yield data
             if translator.error is not None:
                 status, err = "error", translator.error
         except GatewayError as exc:
@@ -605,6 +620,7 @@ class Gateway:
             sniffer = OpenAISniffer()
             keepalive = OPENAI_KEEPALIVE
         drop_usage_chunk = bool(attempt.ctx)
+        secret = _secret_bytes(call.secret)
         parser = SSEParser()
         meter = OutputMeter(client)
         status, err = "ok", None
@@ -643,6 +659,8 @@ class Gateway:
                         sniffer.feed(event)
                 if chunk:
                     self._first_byte(call)
+                    if secret is not None and secret in chunk:
+                        chunk = redact(chunk, call.secret)  # an error event echoing the key
                     yield chunk
             if sniffer.error is not None:
                 status = "error"
@@ -774,7 +792,7 @@ class Gateway:
             status=status,
             http_status=http_status,
             error_type=error_type,
-            error_message=err.message[:1000] if err is not None else None,
+            error_message=_masked(err.message, call.secret)[:1000] if err is not None else None,
             input_tokens=usage.input_tokens,
             output_tokens=usage.output_tokens,
             cache_read_tokens=usage.cache_read_tokens,

@@ -31,8 +31,8 @@ from app.secretbox import SecretBox
 from app.server import build_services
 from app.settings import load_settings
 from tests.admin.conftest import Client, full_app
-from tests.conftest import http
-from tests.fakes import FakeUpstream, JsonReply
+from tests.conftest import TEST_KEY, http
+from tests.fakes import FakeUpstream, JsonReply, SSEReply
 from tests.reliability.conftest import body_for, path_for, two_upstreams, usage_rows
 
 pytestmark = pytest.mark.gen_test(timeout=90)
@@ -370,3 +370,49 @@ async def test_the_clients_key_never_reaches_an_upstream(
             "Bearer "
         )
         assert sent_key in ("sk-oa-upstream-1", "sk-ant-upstream-1"), (r.path, r.headers)
+
+
+@pytest.mark.parametrize(("dialect", "model"), COMBOS)
+async def test_an_upstream_key_echoed_mid_stream_is_masked(gateway, tmp_path, dialect, model):  # type: ignore[no-untyped-def]
+    """Some backends quote the key they were sent in an error: after the first byte that
+    error travels in the stream, translated or relayed, and into the usage record."""
+    fo = await FakeUpstream("openai").start()
+    fa = await FakeUpstream("anthropic").start()
+    try:
+        oa_key, an_key = token("sk-oa-echo-"), token("sk-ant-echo-")
+        live = await gateway(
+            two_upstreams(fo.url, fa.url, openai_keys=(oa_key,), anthropic_keys=(an_key,))
+        )
+        echoed = f"Incorrect API key provided: {oa_key if model == 'm-oa' else an_key}"
+        if model == "m-oa":
+            first = b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"x","choices":[{"index":0,"delta":{"role":"assistant","content":"Hi"},"finish_reason":null}]}\n\n'
+            error = (
+                b"data: "
+                + orjson.dumps({"error": {"message": echoed, "type": "server_error"}})
+                + b"\n\n"
+            )
+            fo.push(SSEReply([first, error], delay=0.01))
+        else:
+            first = b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","model":"x","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":3,"output_tokens":1}}}\n\n'
+            error = (
+                b"event: error\ndata: "
+                + orjson.dumps({"type": "error", "error": {"type": "api_error", "message": echoed}})
+                + b"\n\n"
+            )
+            fa.push(SSEReply([first, error], delay=0.01))
+        body = body_for(dialect, model, stream=True)
+        headers = (
+            {"x-api-key": TEST_KEY}
+            if dialect == "anthropic"
+            else {"Authorization": f"Bearer {TEST_KEY}"}
+        )
+        resp = await http("POST", live.url + path_for(dialect), json=body, headers=headers)
+        assert resp.status == 200
+        assert b"Incorrect API key provided: " in resp.content  # the error did reach the client
+        assert not leaks({"oa": oa_key, "an": an_key}, resp.content)
+        rows = await usage_rows(live)
+        assert rows[-1].status == "error" and rows[-1].error_message
+        assert not leaks({"oa": oa_key, "an": an_key}, rows[-1].error_message)
+    finally:
+        await fo.stop()
+        await fa.stop()
