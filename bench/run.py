@@ -503,6 +503,15 @@ def latency(bench: Bench, log: Callable[[str], None]) -> dict[str, Any]:
     return out
 
 
+def _stream_targets(bench: Bench, sc: Scenario, model: str) -> list[dict[str, Any]]:
+    """The upstream itself, the naive forwarder and Bridgekeeper, streaming ``model``."""
+    return [
+        bench.direct_target(sc, model=model),
+        bench.forwarder_target(sc, model=model),
+        bench.gateway_target(sc, model=model),
+    ]
+
+
 def ttfb(bench: Bench, log: Callable[[str], None]) -> dict[str, Any]:
     """Translated streams: first client byte after the upstream's first byte (µs)."""
     out: dict[str, Any] = {}
@@ -511,11 +520,7 @@ def ttfb(bench: Bench, log: Callable[[str], None]) -> dict[str, Any]:
         model = model_name(sc.upstream, f"ttfb{bench.args.ttfb_pause_ms}")
         job = {
             "mode": "ttfb",
-            "targets": [
-                bench.direct_target(sc, model=model),
-                bench.forwarder_target(sc, model=model),
-                bench.gateway_target(sc, model=model),
-            ],
+            "targets": _stream_targets(bench, sc, model),
             "requests": bench.args.ttfb_requests,
             "warmup": 5,
         }
@@ -533,11 +538,7 @@ def pacing(bench: Bench, log: Callable[[str], None]) -> dict[str, Any]:
         job = {
             "mode": "ttfb",
             "per_write": True,
-            "targets": [
-                bench.direct_target(sc, model=model),
-                bench.forwarder_target(sc, model=model),
-                bench.gateway_target(sc, model=model),
-            ],
+            "targets": _stream_targets(bench, sc, model),
             "requests": max(bench.args.ttfb_requests // 4, 5),
             "warmup": 2,
         }
