@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +42,7 @@ from app.errors import (
     from_upstream_status,
 )
 from app.routing import Route
-from app.secretbox import mask, redact
+from app.secretbox import redact, redact_text, redactable
 from app.services import Services
 from app.silence import SilenceWatch
 from app.translate import anthropic_to_openai as a2o
@@ -145,20 +145,11 @@ def _passthrough_error(status: int, body: bytes, retry_after: float | None) -> G
     return from_upstream_status(status, message, retry_after=retry_after)
 
 
-def _secret_bytes(secret: str | None) -> bytes | None:
-    """What to look for in relayed bytes: `redact` leaves secrets under 8 characters."""
-    return secret.encode("utf-8") if secret and len(secret) >= 8 else None
-
-
-def _masked(text: str, secret: str | None) -> str:
-    return text.replace(secret, mask(secret)) if secret and len(secret) >= 8 else text
-
-
 class _Opened:
     """An upstream stream whose first piece was already read (to fail over on an early break),
     with the watch that notices its silences."""
 
-    __slots__ = ("_resp", "first", "status", "headers", "watch")
+    __slots__ = ("_resp", "first", "status", "headers", "watch", "read_chunk")
 
     def __init__(self, resp: UpstreamResponse, first: bytes | None, watch: SilenceWatch) -> None:
         self._resp = resp
@@ -166,12 +157,11 @@ class _Opened:
         self.status = resp.status
         self.headers = resp.headers
         self.watch = watch
+        # The response's own reader: no wrapper coroutine on every chunk's way.
+        self.read_chunk: Callable[[], Awaitable[bytes]] = resp.read_chunk
 
     async def read(self) -> bytes:
         return (self.first or b"") + await self._resp.read()
-
-    async def read_chunk(self) -> bytes:
-        return await self._resp.read_chunk()
 
     def close(self) -> None:
         self.watch.close()
@@ -560,7 +550,7 @@ class Gateway:
         else:
             translator = o2a_stream.StreamTranslator(attempt.ctx)
         pipeline = StreamPipeline(translator, attempt.dialect)
-        secret = _secret_bytes(call.secret)
+        secret = redactable(call.secret)
         status, err = "ok", None
         ended = False
         pending: bytes | None = resp.first
@@ -620,7 +610,7 @@ class Gateway:
             sniffer = OpenAISniffer()
             keepalive = OPENAI_KEEPALIVE
         drop_usage_chunk = bool(attempt.ctx)
-        secret = _secret_bytes(call.secret)
+        secret = redactable(call.secret)
         parser = SSEParser()
         meter = OutputMeter(client)
         status, err = "ok", None
@@ -792,7 +782,7 @@ class Gateway:
             status=status,
             http_status=http_status,
             error_type=error_type,
-            error_message=_masked(err.message, call.secret)[:1000] if err is not None else None,
+            error_message=redact_text(err.message, call.secret)[:1000] if err is not None else None,
             input_tokens=usage.input_tokens,
             output_tokens=usage.output_tokens,
             cache_read_tokens=usage.cache_read_tokens,

@@ -17,12 +17,25 @@ def mask(secret: str) -> str:
     return "…" + secret[-4:] if len(secret) > 4 else "…"
 
 
+def redactable(secret: str | None) -> bytes | None:
+    """``secret`` as the bytes `redact` looks for; None for one too short to mask safely."""
+    return secret.encode("utf-8") if secret and len(secret) >= 8 else None
+
+
 def redact(data: bytes, secret: str | None) -> bytes:
     """``data`` with every copy of ``secret`` masked: some upstreams echo the key they were
     sent in their error messages, which must reach no log, database row or client."""
-    if not secret or len(secret) < 8:
+    found = redactable(secret)
+    if found is None or secret is None:
         return data
-    return data.replace(secret.encode("utf-8"), mask(secret).encode("utf-8"))
+    return data.replace(found, mask(secret).encode("utf-8"))
+
+
+def redact_text(text: str, secret: str | None) -> str:
+    """`redact` for text."""
+    if secret is None or redactable(secret) is None:
+        return text
+    return text.replace(secret, mask(secret))
 
 
 def key_file_for(db_path: Path | None) -> Path:
