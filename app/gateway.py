@@ -39,6 +39,7 @@ from app.errors import (
     OverloadedError,
     RateLimitedError,
     UpstreamError,
+    UpstreamTimeoutError,
     from_upstream_status,
 )
 from app.routing import Route
@@ -172,9 +173,15 @@ async def _open_stream(resp: UpstreamResponse) -> _Opened:
     """Wait (up to one heartbeat) for a stream's first bytes.
 
     UpstreamError when the upstream breaks or ends before sending anything; a slow
-    first byte is not an error: the stream is committed to and heartbeats cover it.
+    first byte is not an error: the stream is committed to and heartbeats cover it,
+    until the upstream's timeout passes without a byte (then UpstreamTimeoutError).
     """
-    watch = SilenceWatch(HEARTBEAT_SECONDS)
+    limit = resp.timeout
+    watch = SilenceWatch(
+        HEARTBEAT_SECONDS,
+        limit,
+        lambda: UpstreamTimeoutError(f"upstream sent nothing for {limit:g} s mid-stream"),
+    )
     try:
         first = await watch.read(resp.read_chunk)
     except BaseException:

@@ -40,6 +40,7 @@ from app.handlers.api import (
     ProxyHandler,
 )
 from app.handlers.lean import ApiRouter, log_request
+from app.http1 import LeanHTTPServer
 from app.metrics import Metrics
 from app.routing import Router
 from app.secretbox import SecretBox, key_file_for, load_or_create_key
@@ -260,7 +261,7 @@ class Server:
 
     def listen(self, host: str, port: int, anthropic_port: int | None = None) -> None:
         limit = self.services.settings.max_body_bytes + 1
-        main = tornado.httpserver.HTTPServer(
+        main = LeanHTTPServer(
             build_router(self.services, self.gateway),
             max_body_size=limit,
             idle_connection_timeout=75,
@@ -270,7 +271,7 @@ class Server:
         self.ports.append(_bind(main, host, port))
         self.http.append(main)
         if anthropic_port is not None:
-            extra = tornado.httpserver.HTTPServer(
+            extra = LeanHTTPServer(
                 build_router(self.services, self.gateway, anthropic_only=True),
                 max_body_size=limit,
                 idle_connection_timeout=75,

@@ -1,10 +1,12 @@
 """Noticing an upstream stream that has gone quiet, with one timer per stream.
 
-The gateway sends a keep-alive when an upstream says nothing for a while. Wrapping
-every read in ``asyncio.timeout`` did that by making and cancelling a timer for each
-chunk (~8 µs a chunk, issue 7). `SilenceWatch` keeps one timer for the whole stream:
-each read only notes the time, and the timer, when it comes due, looks at when the
-last chunk came and either moves itself on or interrupts the read in progress.
+The gateway sends a keep-alive when an upstream says nothing for a while, and gives up
+on one that says nothing for its whole timeout. Wrapping every read in
+``asyncio.timeout`` did the first by making and cancelling a timer for each chunk (~8 µs
+a chunk, issue 7), and aiohttp's ``sock_read`` timeout did the second the same way.
+`SilenceWatch` keeps one timer for the whole stream: each read only notes the time, and
+the timer, when it comes due, looks at when the last chunk came and either moves itself
+on or interrupts the read in progress.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from collections.abc import Awaitable, Callable
 
 
 class SilenceWatch:
-    """Reads for one task; `read` gives None after ``quiet`` seconds without a chunk.
+    """Reads for one task; `read` gives None after ``quiet`` seconds without a chunk, and
+    raises ``expired()`` after ``limit`` seconds without one (keep-alives do not count).
 
     Only a read in progress is interrupted (never the task writing to its client), and
     only when nothing else cancelled the task: a client that leaves still cancels it.
@@ -22,20 +25,36 @@ class SilenceWatch:
     next read.
     """
 
-    __slots__ = ("_loop", "_task", "_quiet", "_last", "_reading", "_fired", "_handle")
+    __slots__ = (
+        "_loop",
+        "_task",
+        "_quiet",
+        "_limit",
+        "_expired",
+        "_last",
+        "_heard",
+        "_reading",
+        "_fired",
+        "_handle",
+    )
 
-    def __init__(self, quiet: float) -> None:
+    def __init__(
+        self,
+        quiet: float,
+        limit: float | None = None,
+        expired: Callable[[], BaseException] = TimeoutError,
+    ) -> None:
         task = asyncio.current_task()
         assert task is not None, "SilenceWatch runs inside a task"
         self._loop = asyncio.get_running_loop()
         self._task = task
         self._quiet = quiet
-        self._last = self._loop.time()
+        self._limit = limit
+        self._expired = expired
+        self._last = self._heard = self._loop.time()
         self._reading = False
         self._fired = False
-        self._handle: asyncio.TimerHandle | None = self._loop.call_at(
-            self._last + quiet, self._check
-        )
+        self._handle: asyncio.TimerHandle | None = self._loop.call_at(self._due(), self._check)
 
     async def read(self, read_chunk: Callable[[], Awaitable[bytes]]) -> bytes | None:
         """``await read_chunk()``, or None when the upstream was silent for ``quiet`` s."""
@@ -47,12 +66,16 @@ class SilenceWatch:
             if self._fired:
                 self._fired = False
                 if self._task.uncancel() == 0:
-                    self._last = self._loop.time()
+                    now = self._loop.time()
+                    if self._limit is not None and now >= self._heard + self._limit:
+                        self.close()
+                        raise self._expired() from None
+                    self._last = now
                     self._arm()
                     return None
             raise
         self._reading = False
-        self._last = self._loop.time()
+        self._last = self._heard = self._loop.time()
         return chunk
 
     def close(self) -> None:
@@ -60,17 +83,23 @@ class SilenceWatch:
             self._handle.cancel()
             self._handle = None
 
+    def _due(self) -> float:
+        due = self._last + self._quiet
+        if self._limit is not None:
+            due = min(due, self._heard + self._limit)
+        return due
+
     def _arm(self) -> None:
         if self._handle is not None:
-            self._handle = self._loop.call_at(self._last + self._quiet, self._check)
+            self._handle = self._loop.call_at(self._due(), self._check)
 
     def _check(self) -> None:
         if self._handle is None or self._task.done():
             return
-        now = self._loop.time()
         if not self._reading:
-            self._last = now  # busy writing to the client: not a silence to cover
-        if now < self._last + self._quiet:
+            # Busy writing to the client: not a silence to cover, nor the upstream's.
+            self._last = self._heard = self._loop.time()
+        if self._loop.time() < self._due():
             self._arm()
             return
         self._fired = True

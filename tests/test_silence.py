@@ -96,3 +96,36 @@ async def test_close_stops_the_timer() -> None:
         async with asyncio.timeout(QUIET * 4):
             await watch.read(queue.get)
     watch.close()  # twice is fine
+
+
+class _Expired(Exception):
+    pass
+
+
+async def test_silence_past_the_limit_raises_and_keep_alives_do_not_reset_it() -> None:
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    watch = SilenceWatch(QUIET, QUIET * 3.5, _Expired)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    outcomes = []
+    with pytest.raises(_Expired):
+        while True:
+            outcomes.append(await watch.read(queue.get))
+    assert outcomes == [None, None, None]  # a keep-alive at each QUIET, then the limit
+    assert loop.time() - started >= QUIET * 3.5 * 0.9
+    watch.close()
+
+
+async def test_a_chunk_restarts_the_limit_and_busy_time_is_not_silence() -> None:
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    watch = SilenceWatch(10.0, QUIET * 2, _Expired)
+    loop = asyncio.get_running_loop()
+    for i in range(6):  # 6 x QUIET: three limits in all, never one without a chunk
+        loop.call_later(QUIET, queue.put_nowait, b"%d" % i)
+        assert await watch.read(queue.get) == b"%d" % i
+    await asyncio.sleep(QUIET * 4)  # writing to a slow client: not the upstream's silence
+    queue.put_nowait(b"x")
+    assert await watch.read(queue.get) == b"x"
+    with pytest.raises(_Expired):
+        await watch.read(queue.get)
+    watch.close()

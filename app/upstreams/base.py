@@ -20,6 +20,9 @@ from app.errors import UpstreamConnectError, UpstreamError, UpstreamTimeoutError
 class UpstreamResponse(Protocol):
     status: int
     headers: Mapping[str, str]
+    # Seconds a stream may stay silent before it is given up on (the gateway's
+    # `SilenceWatch` keeps that time); None for no limit.
+    timeout: float | None
 
     async def read(self) -> bytes: ...
 
@@ -66,20 +69,28 @@ def html_error_summary(status: int, body: bytes) -> str | None:
 class HttpResponse:
     """An aiohttp response behind the UpstreamResponse interface, errors mapped."""
 
-    __slots__ = ("_resp", "status", "headers", "_timeout")
+    __slots__ = ("_resp", "status", "headers", "timeout")
 
-    def __init__(self, resp: aiohttp.ClientResponse, timeout: float) -> None:
+    def __init__(self, resp: aiohttp.ClientResponse, timeout: float, stream: bool = False) -> None:
         self._resp = resp
         self.status = resp.status
         self.headers: Mapping[str, str] = resp.headers
-        self._timeout = timeout
+        self.timeout: float | None = timeout
+        if stream:
+            # From here on the gateway's one silence timer per stream keeps the timeout:
+            # aiohttp's read timeout would re-arm a timer for every chunk.
+            conn = resp.connection
+            protocol = conn.protocol if conn is not None else None
+            if protocol is not None:
+                protocol.read_timeout = None
+                protocol.start_timeout()  # drops the timer armed for the headers
 
     async def read(self) -> bytes:
         try:
             return await self._resp.read()
         except (TimeoutError, aiohttp.ServerTimeoutError):
             raise UpstreamTimeoutError(
-                f"upstream did not finish its answer within {self._timeout:g} s"
+                f"upstream did not finish its answer within {self.timeout:g} s"
             ) from None
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"upstream connection failed while reading: {exc}") from None
@@ -91,7 +102,7 @@ class HttpResponse:
             return await self._resp.content.readany()
         except (TimeoutError, aiohttp.ServerTimeoutError):
             raise UpstreamTimeoutError(
-                f"upstream sent nothing for {self._timeout:g} s mid-stream"
+                f"upstream sent nothing for {self.timeout:g} s mid-stream"
             ) from None
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"upstream stream broke: {exc}") from None
@@ -102,9 +113,10 @@ class HttpResponse:
 
 @lru_cache(maxsize=64)
 def _timeouts(timeout: float, stream: bool) -> aiohttp.ClientTimeout:
-    """A whole answer within ``timeout``; a stream may run on as long as it never falls
-    silent for that long. (A whole answer's read timer too was one more timer handle
-    rescheduled on every read.)"""
+    """A whole answer within ``timeout``; a stream's headers within ``timeout`` of the
+    last byte sent, and then (`HttpResponse`) its body may run on as long as it never
+    falls silent for that long. (A whole answer's read timer too was one more timer
+    handle rescheduled on every read.)"""
     return aiohttp.ClientTimeout(
         total=None if stream else timeout,
         connect=min(timeout, 10.0),
@@ -134,7 +146,7 @@ async def post(
         raise UpstreamConnectError(f"invalid upstream URL {url}") from None
     except aiohttp.ClientError as exc:
         raise UpstreamConnectError(f"upstream request failed: {exc}") from None
-    return HttpResponse(resp, timeout)
+    return HttpResponse(resp, timeout, stream)
 
 
 async def get_json(

@@ -184,6 +184,7 @@ class EchoResponse:
         self.headers: Mapping[str, str] = {
             "content-type": "text/event-stream" if chunks is not None else "application/json"
         }
+        self.timeout: float | None = None
         self._body = body or b""
         self._chunks = chunks
         self._next = 0

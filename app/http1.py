@@ -1,0 +1,237 @@
+"""Tornado's HTTP/1.1 server with its per-request costs taken out.
+
+Every request on Tornado's own server pays for things an API gateway does not need per
+request (issue 7's profiles, a quarter of Tornado's share of the CPU):
+
+- a timer per request for the idle-connection timeout (``gen.with_timeout`` around the
+  header read) - here one timer per connection does it;
+- two ``setsockopt`` calls per response (Nagle on, Nagle off) - here TCP_NODELAY is set
+  once per connection and left on: every response is written whole in one send, or is a
+  stream whose chunks must not wait for the client's delayed ACK;
+- a regular expression call and several Python calls per request header line to
+  validate and store it - here one regular expression checks the whole block (the same
+  rules: RFC 9110 field names and values, CRLF or LF line ends, no folding) and
+  another reads it out;
+- a future, a done-callback and a loop turn per write - here a write that finds
+  nothing queued before it goes straight to the socket; only what the socket does not
+  take at once is queued on the stream as before.
+
+Everything else is Tornado's: `LeanConnection` is an ``HTTP1Connection`` and serves
+`tornado.web.Application` and `ApiRouter` alike; the request body, keep-alive, HEAD,
+HTTP/1.0 and error handling are its own code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+from typing import Any
+
+from tornado import httputil, iostream
+from tornado.concurrent import Future, future_add_done_callback
+from tornado.http1connection import HTTP1Connection, HTTP1ServerConnection, parse_int
+from tornado.httpserver import HTTPServer, _HTTPRequestContext
+from tornado.log import gen_log
+
+# One header line as RFC 9110 has it (field-name ":" OWS field-value OWS), as Tornado's
+# `HTTPHeaders.parse_line` checks it line by line: a token, then a value of visible or
+# obs-text characters with single spaces or tabs only inside it.
+_VCHAR = r"[\x21-\x7e\x80-\xff]"
+_VALUE = rf"(?:{_VCHAR}(?:[ \t\x21-\x7e\x80-\xff]*{_VCHAR})?)?"
+_LINE = rf"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*({_VALUE})[ \t]*\r?\n"
+_HEADER_LINE = re.compile(_LINE)
+_HEADER_BLOCK = re.compile(rf"(?:{_LINE})*\r?\n")
+
+
+def parse_header_block(block: str) -> httputil.HTTPHeaders:
+    """The header lines of a request (after its start line, up to and including the blank
+    line) as `HTTPHeaders`; `HTTPInputError` for anything Tornado's parser rejects."""
+    if _HEADER_BLOCK.fullmatch(block) is None:
+        raise httputil.HTTPInputError("Malformed HTTP headers")
+    headers = httputil.HTTPHeaders()
+    pairs = _HEADER_LINE.findall(block)
+    for name, value in pairs:
+        headers[name] = value
+    if len(headers) != len(pairs):
+        # A name given twice: Tornado keeps every value (rare enough to parse again).
+        headers = httputil.HTTPHeaders()
+        for name, value in pairs:
+            headers.add(name, value)
+    return headers
+
+
+class LeanConnection(HTTP1Connection):
+    """One request on a `LeanServerConnection`: Tornado's, with a leaner header parse,
+    response head and write (see the module's docstring)."""
+
+    def __init__(
+        self,
+        stream: iostream.IOStream,
+        params: Any,
+        context: object,
+        owner: LeanServerConnection,
+    ) -> None:
+        super().__init__(stream, False, params, context)
+        self._owner = owner
+        # Straight to the socket only on a plain TCP stream (TLS has its own buffering).
+        plain = type(stream) is iostream.IOStream
+        self._sock: socket.socket | None = stream.socket if plain else None
+
+    def _parse_headers(self, data: bytes) -> tuple[str, httputil.HTTPHeaders]:
+        self._owner.reading_headers_since = None  # the headers are in: not idle any more
+        text = data.decode("latin1").lstrip("\r\n")
+        eol = text.find("\n")
+        return text[:eol].rstrip("\r"), parse_header_block(text[eol + 1 :])
+
+    def write_headers(
+        self,
+        start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
+        headers: httputil.HTTPHeaders,
+        chunk: bytes | None = None,
+    ) -> Future[None]:
+        assert isinstance(start_line, httputil.ResponseStartLine)
+        request = self._request_start_line
+        assert request is not None and self._request_headers is not None
+        self._response_start_line = start_line
+        code = start_line.code
+        bodiless = request.method == "HEAD" or code in (204, 304) or 100 <= code < 200
+        self._chunking_output = (
+            request.version == "HTTP/1.1" and not bodiless and "Content-Length" not in headers
+        )
+        if request.version == "HTTP/1.1" and self._disconnect_on_finish:
+            headers["Connection"] = "close"
+        if (
+            request.version == "HTTP/1.0"
+            and self._request_headers.get("Connection", "").lower() == "keep-alive"
+        ):
+            headers["Connection"] = "Keep-Alive"
+        if self._chunking_output:
+            headers["Transfer-Encoding"] = "chunked"
+        if request.method == "HEAD" or code == 304:
+            self._expected_content_remaining = 0
+        elif "Content-Length" in headers:
+            self._expected_content_remaining = parse_int(headers["Content-Length"])
+        else:
+            self._expected_content_remaining = None
+        lines = [f"HTTP/1.1 {code} {start_line.reason}"]
+        lines += [f"{name}: {value}" for name, value in headers.get_all()]
+        head = "\r\n".join(lines)
+        breaks = len(lines) - 1
+        if not head.count("\r\n") == head.count("\r") == head.count("\n") == breaks:
+            raise ValueError(f"Illegal characters (CR or LF) in response headers: {head!r}")
+        data = head.encode("latin1") + b"\r\n\r\n"
+        if chunk:
+            data += self._format_chunk(chunk)
+        return self._send(data)
+
+    def write(self, chunk: bytes) -> Future[None]:
+        if self.stream.closed():
+            return super().write(chunk)
+        return self._send(self._format_chunk(chunk))
+
+    def _send(self, data: bytes) -> Future[None]:
+        """Write ``data``: straight to the socket when nothing is queued before it, the
+        rest (or all, on a full or failing socket) queued on the stream as Tornado does."""
+        future: Future[None] = Future()
+        stream = self.stream
+        sent = 0
+        if self._sock is not None and not stream.writing() and not stream.closed():
+            try:
+                sent = self._sock.send(data)
+            except OSError:
+                sent = 0  # full, or failing: the stream's own write reports it properly
+            if sent == len(data):
+                future.set_result(None)
+                return future
+        if stream.closed():
+            future.set_exception(iostream.StreamClosedError())
+            future.exception()
+            return future
+        self._write_future = future
+        self._pending_write = stream.write(memoryview(data)[sent:] if sent else data)
+        future_add_done_callback(self._pending_write, self._on_write_complete)
+        return future
+
+
+class LeanServerConnection(HTTP1ServerConnection):
+    """A connection's request loop, with `LeanConnection` and one idle timer for all its
+    requests (Tornado arms one per request)."""
+
+    def __init__(
+        self,
+        stream: iostream.IOStream,
+        params: Any,
+        context: object,
+        idle_timeout: float,
+    ) -> None:
+        super().__init__(stream, params, context)
+        self.idle_timeout = idle_timeout
+        self.reading_headers_since: float | None = None
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def _check_idle(self) -> None:
+        since = self.reading_headers_since
+        now = self._loop.time()
+        if since is not None and now - since >= self.idle_timeout:
+            self._timer = None
+            self.stream.close()  # idle too long between requests, or headers too slow
+            return
+        start = since if since is not None else now
+        self._timer = self._loop.call_at(start + self.idle_timeout, self._check_idle)
+
+    async def _server_request_loop(self, delegate: httputil.HTTPServerConnectionDelegate) -> None:
+        stream = self.stream
+        self._timer = self._loop.call_at(self._loop.time() + self.idle_timeout, self._check_idle)
+        try:
+            while True:
+                self.reading_headers_since = self._loop.time()
+                conn = LeanConnection(stream, self.params, self.context, self)
+                request_delegate = delegate.start_request(self, conn)
+                try:
+                    ret = await conn.read_response(request_delegate)
+                except (
+                    iostream.StreamClosedError,
+                    iostream.UnsatisfiableReadError,
+                    asyncio.CancelledError,
+                ):
+                    return
+                except Exception:
+                    gen_log.error("Uncaught exception", exc_info=True)
+                    conn.close()
+                    return
+                if not ret:
+                    return
+                if stream._read_buffer_size:
+                    # Pipelined requests already read: let other connections have a turn
+                    # (Tornado yields after every request; with nothing buffered the next
+                    # read waits on the socket anyway).
+                    await asyncio.sleep(0)
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            delegate.on_close(self)
+
+
+def _keep_nodelay(value: bool) -> None:
+    """Stands in for the stream's ``set_nodelay``: the flag stays on (see the module)."""
+
+
+class LeanHTTPServer(HTTPServer):
+    """`tornado.httpserver.HTTPServer` serving its connections with `LeanServerConnection`."""
+
+    def initialize(self, *args: Any, **kwargs: Any) -> None:
+        super().initialize(*args, **kwargs)
+        # Tornado's per-request header timeout becomes the connection's idle timer.
+        self._idle_timeout = float(self.conn_params.header_timeout or 3600)
+        self.conn_params.header_timeout = None
+
+    def handle_stream(self, stream: iostream.IOStream, address: tuple[Any, ...]) -> None:
+        stream.set_nodelay(True)
+        stream.set_nodelay = _keep_nodelay  # type: ignore[method-assign]
+        context = _HTTPRequestContext(stream, address, self.protocol, self.trusted_downstream)
+        conn = LeanServerConnection(stream, self.conn_params, context, self._idle_timeout)
+        self._connections.add(conn)
+        conn.start_serving(self)

@@ -1,0 +1,306 @@
+"""`LeanHTTPServer` must answer byte for byte as Tornado's own server does: the same
+header parse (and the same refusals), the same response heads and framing, keep-alive,
+HEAD, HTTP/1.0; plus what it changes: one idle timer per connection, TCP_NODELAY left on,
+writes straight to the socket that still arrive whole when the socket is full."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import re
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import tornado.httpserver
+import tornado.netutil
+import tornado.web
+from tornado import httputil
+
+from app.http1 import LeanHTTPServer, parse_header_block
+
+pytestmark = pytest.mark.gen_test(timeout=30)
+
+BIG = bytes(range(256)) * (16 * 4096)  # 16 MiB: more than any socket buffer takes at once
+
+
+# -- the header parse --------------------------------------------------------------------------
+
+
+def _tornado_parse(block: str) -> Any:
+    try:
+        return sorted(httputil.HTTPHeaders.parse(block).get_all())
+    except httputil.HTTPInputError:
+        return "refused"
+
+
+def _lean_parse(block: str) -> Any:
+    try:
+        return sorted(parse_header_block(block).get_all())
+    except httputil.HTTPInputError:
+        return "refused"
+
+
+TRICKY = [
+    "\r\n",
+    "Host: a\r\n\r\n",
+    "Host: a\n\n",
+    "Host: a\r\nContent-Length: 5\r\n\r\n",
+    "host: a\r\nHOST: b\r\n\r\n",  # a name twice keeps both values
+    "Set-Cookie: a=1\r\nset-cookie: b=2\r\nX: y\r\n\r\n",
+    "X-Empty:\r\n\r\n",
+    "X-Empty:   \r\n\r\n",
+    "X:  padded value \t \r\n\r\n",
+    "X: in\tside\r\n\r\n",
+    "X: caf\xe9\r\n\r\n",  # obs-text (latin-1 decoded)
+    "X : spaced name\r\n\r\n",
+    "X\t: tab name\r\n\r\n",
+    " Folded: no\r\n\r\n",
+    "X: a\r\n continued\r\n\r\n",
+    "X: a\rb\r\n\r\n",
+    "X: a\x00b\r\n\r\n",
+    "X: a\x7fb\r\n\r\n",
+    "No colon here\r\n\r\n",
+    ": no name\r\n\r\n",
+    "Na(me: bad token\r\n\r\n",
+    "X: a\r\n\r\r\n",
+    "X: ok\r\nY: \x01\r\n\r\n",
+    "X: v:with:colons\r\n\r\n",
+    "Authorization: Bearer sk-abc_DEF.123\r\nx-api-key: k\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("block", TRICKY)
+def test_header_block_parse_matches_tornado_on_the_tricky_cases(block: str) -> None:
+    assert _lean_parse(block) == _tornado_parse(block)
+
+
+ENDS = ["\r\n", "\n"]
+
+
+def test_header_block_parse_matches_tornado_on_random_blocks() -> None:
+    rng = random.Random(7)
+    names = ["Host", "X-Api-Key", "content-length", "A", "x:y", "b c", "", "é", "t!#$%&'*+-.^_`|~"]
+    pieces = ["v", " ", "\t", "\r", "\n", "\x00", "\x7f", "\xe9", ":", "a b", "\x1f", "~"]
+    refused = accepted = 0
+    for _ in range(4000):
+        lines = []
+        for _ in range(rng.randint(0, 4)):
+            value = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 5)))
+            lines.append(rng.choice(names) + ":" + value + rng.choice(ENDS))
+        # What Tornado's read hands the parser: up to the first blank line.
+        message = "GET / HTTP/1.1\r\n" + "".join(lines) + rng.choice(ENDS)
+        end = re.search(r"\r?\n\r?\n", message)
+        assert end is not None
+        block = message[message.find("\n") + 1 : end.end()]
+        expected = _tornado_parse(block)
+        assert _lean_parse(block) == expected, repr(block)
+        if expected == "refused":
+            refused += 1
+        else:
+            accepted += 1
+    assert refused > 500 and accepted > 500  # both sides of the rules were exercised
+
+
+# -- whole servers ---------------------------------------------------------------------------
+
+
+class Text(tornado.web.RequestHandler):
+    def get(self) -> None:
+        self.set_header("X-Thing", "1")
+        self.write("hello")
+
+    def post(self) -> None:
+        self.write(self.request.body[::-1])
+
+    def head(self) -> None:
+        self.set_header("Content-Length", "5")
+
+
+class Empty(tornado.web.RequestHandler):
+    def get(self) -> None:
+        self.set_status(204)
+
+
+class Streamed(tornado.web.RequestHandler):
+    async def get(self) -> None:
+        for i in range(3):
+            self.write(f"part {i}\n")
+            await self.flush()
+
+
+class Big(tornado.web.RequestHandler):
+    async def get(self) -> None:
+        if self.get_argument("stream", ""):
+            for at in range(0, len(BIG), 1 << 20):
+                self.write(BIG[at : at + (1 << 20)])
+                await self.flush()
+        else:
+            self.write(BIG)
+
+
+class Nodelay(tornado.web.RequestHandler):
+    def get(self) -> None:
+        sock = self.request.connection.stream.socket  # type: ignore[union-attr]
+        self.write(str(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)))
+
+
+class Slow(tornado.web.RequestHandler):
+    async def get(self) -> None:
+        await asyncio.sleep(float(self.get_argument("s")))
+        self.write("done")
+
+
+def _app() -> tornado.web.Application:
+    return tornado.web.Application(
+        [
+            (r"/text", Text),
+            (r"/empty", Empty),
+            (r"/streamed", Streamed),
+            (r"/big", Big),
+            (r"/nodelay", Nodelay),
+            (r"/slow", Slow),
+        ]
+    )
+
+
+async def _serve(cls: type[tornado.httpserver.HTTPServer], **kwargs: Any) -> tuple[Any, int]:
+    server = cls(_app(), **kwargs)
+    sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
+    server.add_sockets(sockets)
+    port = sockets[0].getsockname()[1]
+    return server, port
+
+
+@contextlib.asynccontextmanager
+async def both_servers() -> AsyncIterator[dict[str, int]]:
+    tornado_server, tornado_port = await _serve(tornado.httpserver.HTTPServer)
+    lean_server, lean_port = await _serve(LeanHTTPServer)
+    try:
+        yield {"tornado": tornado_port, "lean": lean_port}
+    finally:
+        for server in (tornado_server, lean_server):
+            server.stop()
+            await server.close_all_connections()
+
+
+async def _exchange(port: int, raw: bytes, *, settle: float = 0.3) -> bytes:
+    """Send ``raw`` on one connection; everything the server says until it closes or
+    goes quiet for ``settle`` seconds."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw)
+    await writer.drain()
+    out = b""
+    try:
+        while True:
+            data = await asyncio.wait_for(reader.read(1 << 20), settle)
+            if not data:
+                break
+            out += data
+    except TimeoutError:
+        pass
+    writer.close()
+    return out
+
+
+def _normalised(raw: bytes) -> bytes:
+    return re.sub(rb"Date: [^\r]+", b"Date: -", raw)
+
+
+CONVERSATIONS = {
+    "keep-alive": (
+        b"GET /text HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"POST /text HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+        b"HEAD /text HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /empty HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /streamed HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /missing HTTP/1.1\r\nHost: x\r\n\r\n"
+    ),
+    "close": b"GET /text HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    "http/1.0": b"GET /text HTTP/1.0\r\n\r\n",
+    "http/1.0 keep-alive": (
+        b"GET /text HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+        b"GET /streamed HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+    ),
+    "bare LF": b"GET /text HTTP/1.1\nHost: x\n\n",
+    "duplicate names": b"GET /text HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nx-a: 2\r\n\r\n",
+    "malformed header": b"GET /text HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",
+    "malformed line": b"GET /text HTTP/1.1 extra\r\nHost: x\r\n\r\n",
+    "chunked body": (
+        b"POST /text HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(CONVERSATIONS))
+async def test_answers_are_byte_for_byte_tornados(name: str) -> None:
+    raw = CONVERSATIONS[name]
+    async with both_servers() as servers:
+        tornado_says = await _exchange(servers["tornado"], raw)
+        lean_says = await _exchange(servers["lean"], raw)
+    assert tornado_says  # the conversation got an answer at all
+    assert _normalised(lean_says) == _normalised(tornado_says)
+
+
+@pytest.mark.parametrize("stream", ["", "1"])
+async def test_a_full_socket_still_gets_every_byte(stream: str) -> None:
+    server, port = await _serve(LeanHTTPServer)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET /big?stream={stream} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await asyncio.sleep(0.3)  # the server's sends fill the socket before anything is read
+    head = await reader.readuntil(b"\r\n\r\n")
+    if stream:
+        assert b"Transfer-Encoding: chunked" in head
+        body = b""
+        while True:
+            size = int((await reader.readuntil(b"\r\n"))[:-2], 16)
+            chunk = await reader.readexactly(size + 2)
+            if size == 0:
+                break
+            body += chunk[:-2]
+    else:
+        assert f"Content-Length: {len(BIG)}".encode() in head
+        body = await reader.readexactly(len(BIG))
+    assert body == BIG
+    writer.close()
+    server.stop()
+    await server.close_all_connections()
+
+
+async def test_nodelay_is_on_and_stays_on() -> None:
+    raw = b"GET /nodelay HTTP/1.1\r\nHost: x\r\n\r\n" * 3
+    async with both_servers() as servers:
+        said = await _exchange(servers["lean"], raw)
+    bodies = [part[-1:] for part in said.split(b"\r\n\r\n")[1:]]
+    assert [int(b) != 0 for b in bodies] == [True, True, True]
+
+
+async def test_an_idle_connection_is_closed_but_a_slow_answer_is_not() -> None:
+    server, port = await _serve(LeanHTTPServer, idle_connection_timeout=0.3)
+    loop = asyncio.get_running_loop()
+    try:
+        # Silent from the start: closed after the idle time.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        started = loop.time()
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        assert 0.25 <= loop.time() - started < 2
+        writer.close()
+        # An answer that takes longer than the idle time is not idleness; after it, the
+        # connection is idle again and closed.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /slow?s=0.8 HTTP/1.1\r\nHost: x\r\n\r\n")
+        said = await asyncio.wait_for(reader.read(), 5)
+        assert said.startswith(b"HTTP/1.1 200 OK") and said.endswith(b"done")
+        writer.close()
+        # Headers that trickle in slower than the idle time are cut too.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /text HTTP/1.1\r\n")
+        await asyncio.sleep(0.5)
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+    finally:
+        server.stop()
+        await server.close_all_connections()
