@@ -121,7 +121,40 @@ _ANTHROPIC_TEXT = frozenset(("text", "thinking", "partial_json"))
 _OPENAI_TEXT = frozenset(("content", "reasoning_content", "reasoning"))
 
 
-class OutputMeter:
+class TextCount:
+    """Generated text tallied for a token estimate, without keeping the text.
+
+    Characters and UTF-8 bytes add up over pieces, so the estimate is exactly
+    `app.dialects.tokens.estimate_text` of all the pieces joined.
+    """
+
+    __slots__ = ("chars", "_extra")
+
+    def __init__(self) -> None:
+        self.chars = 0
+        self._extra = 0  # UTF-8 bytes beyond one a character
+
+    def add(self, text: Any) -> None:
+        """Count one piece (a delta's text, thinking or tool arguments)."""
+        if isinstance(text, str) and text:
+            self.chars += len(text)
+            if not text.isascii():
+                self._extra += len(text.encode("utf-8", "surrogatepass")) - len(text)
+
+    def add_counts(self, chars: int, extra: int) -> None:
+        """Count pieces already measured: ``chars`` characters, ``extra`` bytes beyond."""
+        self.chars += chars
+        self._extra += extra
+
+    @property
+    def tokens(self) -> int:
+        if not self.chars:
+            return 0
+        non_ascii = min(self.chars, (self._extra + 1) // 2)
+        return math.ceil((self.chars - non_ascii) / 3.5 + non_ascii)
+
+
+class OutputMeter(TextCount):
     """The output an upstream stream has produced so far, estimated from its deltas.
 
     A stream that ends early (client gone, connection cut) never gets the upstream's own
@@ -129,12 +162,11 @@ class OutputMeter:
     arguments, at `app.dialects.tokens.estimate_text`'s rates).
     """
 
-    __slots__ = ("_anthropic", "_chars", "_non_ascii")
+    __slots__ = ("_anthropic",)
 
     def __init__(self, dialect: str) -> None:
+        super().__init__()
         self._anthropic = dialect == "anthropic"
-        self._chars = 0
-        self._non_ascii = 0
 
     def feed(self, event: SSEEvent) -> None:
         if self._anthropic:
@@ -167,20 +199,6 @@ class OutputMeter:
                 function = call.get("function") if isinstance(call, dict) else None
                 if isinstance(function, dict):
                     self.add(function.get("arguments"))
-
-    def add(self, text: Any) -> None:
-        """Count one delta's text (the stream translators' fast paths call this directly)."""
-        if isinstance(text, str) and text:
-            self._chars += len(text)
-            if not text.isascii():
-                self._non_ascii += min(
-                    len(text), (len(text.encode("utf-8", "surrogatepass")) - len(text) + 1) // 2
-                )
-
-    @property
-    def tokens(self) -> int:
-        ascii_chars = self._chars - self._non_ascii
-        return math.ceil(ascii_chars / 3.5 + self._non_ascii)
 
     def charge(self, usage: Usage) -> Usage:
         """``usage`` with at least the output seen so far (flagged estimated if raised)."""

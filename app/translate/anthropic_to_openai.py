@@ -16,8 +16,8 @@ from typing import Any, Literal, TypedDict
 
 import orjson
 
-from app.dialects.tokens import estimate_anthropic_input, estimate_text
-from app.dialects.usage import Usage, from_openai, to_anthropic
+from app.dialects.tokens import estimate_anthropic_input
+from app.dialects.usage import TextCount, Usage, from_openai, to_anthropic
 from app.errors import InvalidRequestError, UpstreamError
 from app.translate.anthropic_to_openai_errors import (
     context_limit,
@@ -355,20 +355,16 @@ def parse_arguments(raw: Any) -> dict[str, Any]:
     return {}
 
 
-def _estimate_output(pieces: list[str]) -> int:
-    return estimate_text("".join(pieces))
-
-
-def final_usage(upstream: Usage | None, input_estimate: int, output_pieces: list[str]) -> Usage:
+def final_usage(upstream: Usage | None, input_estimate: int, output: TextCount) -> Usage:
     """Upstream usage, or an estimate (``estimated=True``) when it sent none.
 
     An ``output_tokens`` of 0 after content was produced is replaced by the estimate too:
     Claude Code overwrites its count with whatever the final usage says.
     """
-    produced = any(output_pieces)
+    produced = output.chars > 0
     if upstream is None:
-        output = max(1, _estimate_output(output_pieces)) if produced else 0
-        return Usage(input_tokens=input_estimate, output_tokens=output, estimated=True)
+        tokens = max(1, output.tokens) if produced else 0
+        return Usage(input_tokens=input_estimate, output_tokens=tokens, estimated=True)
     usage = Usage(
         input_tokens=upstream.input_tokens,
         output_tokens=upstream.output_tokens,
@@ -378,7 +374,7 @@ def final_usage(upstream: Usage | None, input_estimate: int, output_pieces: list
         estimated=upstream.estimated,
     )
     if usage.output_tokens == 0 and produced:
-        usage.output_tokens = max(1, _estimate_output(output_pieces))
+        usage.output_tokens = max(1, output.tokens)
         usage.estimated = True
     if usage.prompt_tokens == 0:
         usage.input_tokens = input_estimate
@@ -466,8 +462,10 @@ def translate_response(
         bool(tool_blocks),
         matched_stop(choice, ctx.stop_sequences),
     )
-    pieces = [reasoning, text] + [orjson.dumps(b["input"]).decode() for b in tool_blocks]
-    usage = final_usage(from_openai(resp.get("usage")), ctx.input_estimate, pieces)
+    output = TextCount()
+    for piece in [reasoning, text] + [orjson.dumps(b["input"]).decode() for b in tool_blocks]:
+        output.add(piece)
+    usage = final_usage(from_openai(resp.get("usage")), ctx.input_estimate, output)
     return {
         "id": message_id or new_message_id(),
         "type": "message",

@@ -18,7 +18,7 @@ import orjson
 
 from app.dialects.anthropic import error_event
 from app.dialects.sse import ANTHROPIC_PING, SSEEvent, anthropic_event
-from app.dialects.usage import OutputMeter, Usage, from_openai, to_anthropic
+from app.dialects.usage import OutputMeter, TextCount, Usage, from_openai, to_anthropic
 from app.errors import GatewayError, UpstreamError
 from app.translate.anthropic_to_openai import (
     RequestContext,
@@ -29,7 +29,7 @@ from app.translate.anthropic_to_openai import (
 )
 from app.translate.anthropic_to_openai_errors import error_from_payload
 from app.translate.ids import new_message_id, new_tool_id, sanitize_tool_id
-from app.translate.stream_pipeline import TextSlot
+from app.translate.stream_pipeline import TextSlot, plain_run
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ class StreamTranslator:
         self._finish: str | None = None
         self._matched: str | None = None
         self._pending_ws = ""
-        self._pieces: list[str] = []
+        self._produced = TextCount()  # text, thinking and arguments, for a usage estimate
         self._head_for: _Open | None = None  # the block `_head` frames deltas for
         self._head = b""
         self._slots = {"text": TextSlot(), "thinking": TextSlot()}
@@ -153,7 +153,7 @@ class StreamTranslator:
     @property
     def usage(self) -> Usage:
         """The backend's last usage, or an estimate flagged ``estimated=True``."""
-        return final_usage(self._upstream, self.ctx.input_estimate, self._pieces)
+        return final_usage(self._upstream, self.ctx.input_estimate, self._produced)
 
     # -- public API -------------------------------------------------------------------------
 
@@ -216,7 +216,7 @@ class StreamTranslator:
             name, text = found
             if name in _REASONING_KEYS and not self.ctx.thinking:
                 meter.add(text)
-                self._pieces.append(text)
+                self._produced.add(text)
                 return b""
             if slot is None or block is None or _BLOCK_OF[name] != block.kind:
                 return None
@@ -224,12 +224,35 @@ class StreamTranslator:
         assert block is not None
         if not text:
             return b""
-        meter.add(text)
-        self._pieces.append(text)
+        if text.isascii():  # the usual case, counted without two more calls
+            meter.chars += len(text)
+            self._produced.chars += len(text)
+        else:
+            meter.add(text)
+            self._produced.add(text)
         if self._head_for is not block:
             self._head_for = block
             self._head = _DELTA_HEADS[block.kind] % block.index
         return self._head + orjson.dumps(text) + b"}}\n\n"
+
+    def fast_run(self, parts: list[bytes], at: int, out: list[bytes], meter: OutputMeter) -> int:
+        """The text or thinking deltas at ``parts[at:]`` that continue the open block in its
+        learned shape, framed onto ``out`` (`plain_run`); returns where they stop."""
+        if self._finish is not None or self._waiting or self.done or not self.started:
+            return at
+        block = self._open
+        if block is None or block.tool is not None:
+            return at
+        ends = self._slots[block.kind].ends
+        if ends is None:
+            return at
+        if self._head_for is not block:
+            self._head_for = block
+            self._head = _DELTA_HEADS[block.kind] % block.index
+        end, chars, extra = plain_run(parts, at, ends, (self._head, b"}}\n\n"), out)
+        meter.add_counts(chars, extra)
+        self._produced.add_counts(chars, extra)
+        return end
 
     def finish(self) -> list[bytes]:
         """Upstream EOF: finalise after a finish_reason, else report the cut stream."""
@@ -282,11 +305,11 @@ class StreamTranslator:
         parts = self._split(choice)
         out: list[bytes] = []
         if parts.reasoning:
-            self._pieces.append(parts.reasoning)
+            self._produced.add(parts.reasoning)
             if self.ctx.thinking:
                 out += self._thinking(parts.reasoning)
         for text in parts.texts:
-            self._pieces.append(text)
+            self._produced.add(text)
             out += self._text(text)
         for call in parts.calls:
             out += self._tool_fragment(call)
@@ -394,7 +417,7 @@ class StreamTranslator:
 
     def _args_delta(self, tool: _Tool, args: str) -> bytes:
         tool.got_args = True
-        self._pieces.append(args)
+        self._produced.add(args)
         return self._delta({"type": "input_json_delta", "partial_json": args})
 
     def _start_tool(self, tool: _Tool) -> list[bytes]:

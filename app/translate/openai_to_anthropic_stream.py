@@ -37,7 +37,7 @@ from app.translate.openai_to_anthropic import (
     finish_reason,
     json_text,
 )
-from app.translate.stream_pipeline import TextSlot
+from app.translate.stream_pipeline import TextSlot, plain_run
 
 # Anthropic error type of an ``event: error`` -> the error the OpenAI client sees.
 _STREAM_ERRORS: dict[str, type[GatewayError]] = {
@@ -261,7 +261,10 @@ class StreamTranslator:
                 return None
             kind, text, body_at = found
             self._slots[kind].learn(part, body_at, text, _LOCATE[kind])
-        meter.add(text)
+        if text.isascii():
+            meter.chars += len(text)
+        else:
+            meter.add(text)
         field_name = _FIELDS[kind]
         if not text or (field_name == "reasoning_content" and not self.ctx.reasoning):
             return b""
@@ -269,6 +272,25 @@ class StreamTranslator:
         if frame is None:
             return None
         return frame[0] + orjson.dumps(text) + frame[1]
+
+    def fast_run(self, parts: list[bytes], at: int, out: list[bytes], meter: OutputMeter) -> int:
+        """The text (or shown thinking) deltas at ``parts[at:]`` in a learned shape, framed
+        onto ``out`` (`plain_run`); returns where they stop."""
+        if not self.started or self.done:
+            return at
+        for kind in ("text_delta", "thinking_delta"):
+            ends = self._slots[kind].ends
+            field_name = _FIELDS[kind]
+            if ends is None or (field_name == "reasoning_content" and not self.ctx.reasoning):
+                continue
+            frame = self._frame(field_name)
+            if frame is None:
+                continue
+            end, chars, extra = plain_run(parts, at, ends, frame, out)
+            if end > at:
+                meter.add_counts(chars, extra)
+                return end
+        return at
 
     def finish(self) -> list[bytes]:
         """Upstream EOF: finish normally after a message_delta, else report the cut stream."""

@@ -12,6 +12,7 @@ in that read.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -30,12 +31,19 @@ class StreamTranslator(Protocol):
 
     def fast_event(self, part: bytes, meter: OutputMeter) -> bytes | None: ...
 
+    def fast_run(
+        self, parts: list[bytes], at: int, out: list[bytes], meter: OutputMeter
+    ) -> int: ...
+
     def finish(self) -> list[bytes]: ...
 
     def ping(self) -> list[bytes]: ...
 
 
 _PROBE = "\x00bk-probe"
+# One JSON string with nothing escaped in it (no quote, backslash or control character):
+# its bytes are exactly what ``orjson.dumps`` gives for its text.
+_PLAIN_LITERAL = re.compile(rb'"[^"\\\x00-\x1f]+"')
 _PROBE_LITERAL = orjson.dumps(_PROBE)
 
 
@@ -70,6 +78,11 @@ class TextSlot:
             return None
         return text if type(text) is str else None
 
+    @property
+    def ends(self) -> tuple[bytes, bytes] | None:
+        """The learned bytes before and after the text, or None."""
+        return (self._head, self._tail) if self._ends else None
+
     def learn(self, part: bytes, body_at: int, text: str, locate: Callable[[Any], Any]) -> None:
         """``part``'s JSON (from byte ``body_at``) holds ``text`` where ``locate`` looks."""
         self._ends = 0
@@ -86,6 +99,51 @@ class TextSlot:
         except (orjson.JSONDecodeError, AttributeError, LookupError, TypeError):
             return
         self._head, self._tail, self._ends = head, tail, 1
+
+
+def plain_run(
+    parts: list[bytes],
+    at: int,
+    ends: tuple[bytes, bytes],
+    frame: tuple[bytes, bytes],
+    out: list[bytes],
+) -> tuple[int, int, int]:
+    """Frames the events at ``parts[at:]`` for as long as each is ``ends[0]`` + a JSON string
+    with nothing escaped + ``ends[1]`` (one `TextSlot`'s shape), as ``frame[0]`` + the same
+    string + ``frame[1]``, onto ``out``. Returns the index after the last one taken, and the
+    characters and UTF-8 bytes beyond one a character of their texts (for the meters).
+
+    The string's bytes are what ``orjson.dumps`` makes of its text, so this is byte for
+    byte what ``fast_event`` gives for each, without decoding or encoding the text: the
+    bulk of a long stream (issue 7: ~12k CPU instructions an event through ``fast_event``,
+    under a third of that here).
+    """
+    head, tail = ends
+    cut, trim = len(head), len(tail)
+    before, after = frame
+    plain = _PLAIN_LITERAL.fullmatch
+    chars = extra = 0
+    count = len(parts)
+    while at < count:
+        part = parts[at]
+        if not (part.startswith(head) and part.endswith(tail)):
+            break
+        literal = part[cut : len(part) - trim]
+        if plain(literal) is None:
+            break
+        size = len(literal) - 2
+        if literal.isascii():
+            chars += size
+        else:
+            try:
+                text_chars = len(literal[1:-1].decode())
+            except UnicodeDecodeError:
+                break  # not UTF-8: the slow path says so as it always did
+            chars += text_chars
+            extra += size - text_chars
+        out.append(before + literal + after)
+        at += 1
+    return at, chars, extra
 
 
 def simple_event(part: bytes) -> SSEEvent | None:
@@ -135,7 +193,19 @@ class StreamPipeline:
         tail = parts.pop()  # b"" when the read ends on an event boundary
         fast = self.translator.fast_event
         meter = self.meter
-        for part in parts:
+        at, count = 0, len(parts)
+        # A run of deltas is framed in one call (`plain_run`); one event alone is cheaper
+        # through ``fast_event``, which costs fewer calls.
+        run = self.translator.fast_run if count > 1 else None
+        while at < count:
+            if run is not None:
+                taken = run(parts, at, out, meter)
+                if taken > at:
+                    self.fast_events += taken - at
+                    at = taken
+                    continue
+            part = parts[at]
+            at += 1
             if not part:
                 continue  # an extra blank line ends nothing
             framed = fast(part, meter)
