@@ -17,13 +17,14 @@ import orjson
 import pytest
 
 from app.dialects.sse import SSEParser
+from app.dialects.tokens import estimate_text
 from app.dialects.usage import OutputMeter
 from app.translate import anthropic_to_openai_stream as a2o_stream
 from app.translate import openai_to_anthropic_stream as o2a_stream
 from app.translate.anthropic_to_openai import RequestContext as A2OContext
 from app.translate.ids import ToolNames
 from app.translate.openai_to_anthropic import RequestContext as O2AContext
-from app.translate.stream_pipeline import StreamPipeline, TextSlot
+from app.translate.stream_pipeline import StreamPipeline, TextSlot, plain_run
 from tests.translate import test_anthropic_to_openai as a2o_tests
 from tests.translate import test_openai_to_anthropic as o2a_tests
 
@@ -320,6 +321,85 @@ def test_o2a_fast_path_matches_feed(named: bool, reasoning: bool, include_usage:
     assert fast == slow
     assert (b"reasoning_content" in fast) is reasoning
     assert taken >= 8
+
+
+# -- runs of deltas in one read (plain_run) ----------------------------------------------------
+
+TRICKY = [
+    "plain ",
+    "caf\u00e9 \u4f60\u597d \U0001f600",  # non-ASCII: its characters counted right
+    'say "hi"',  # escaped: ends the run, read by fast_event
+    "back\\slash",
+    "tab\there",
+    "\u2028 \u007f <&>/",  # unescaped by orjson all the same
+    "",  # nothing to frame
+    "after ",
+    "x",
+]
+
+
+def _batched(make: Callable[[], Any], dialect: str, events: list[bytes], per_read: int) -> Any:
+    pipeline = StreamPipeline(make(), dialect)
+    out: list[bytes] = []
+    for at in range(0, len(events), per_read):
+        out += pipeline.feed(b"".join(events[at : at + per_read]))
+    out += pipeline.finish()
+    return b"".join(out), pipeline.meter.tokens, pipeline.fast_events
+
+
+@pytest.mark.parametrize("per_read", [1, 3, 1000])
+def test_a2o_runs_in_one_read_match_feed(per_read: int) -> None:
+    texts = [*TRICKY, *(f"word{i} " for i in range(30)), *TRICKY]
+    events = _openai_stream(texts)
+    make = lambda: a2o_stream.StreamTranslator(_a2o_ctx(), message_id="msg_1")  # noqa: E731
+    expected, _, _ = _both_paths(make, "openai", events)
+    one_by_one = _batched(make, "openai", events, 1)
+    got = _batched(make, "openai", events, per_read)
+    assert got[0] == expected
+    assert got[1] == one_by_one[1]  # the same output estimate however the reads fall
+    assert got[2] >= len(texts) - 6  # all but the block's opening and the escaped ones
+    translator = a2o_stream.StreamTranslator(_a2o_ctx(), message_id="msg_1")
+    pipeline = StreamPipeline(translator, "openai")
+    pipeline.feed(b"".join(events))
+    pipeline.finish()
+    # The estimate the translator would give without the upstream's usage: all the text.
+    assert translator.usage.output_tokens == estimate_text("".join(texts))
+
+
+@pytest.mark.parametrize("per_read", [1, 3, 1000])
+@pytest.mark.parametrize("reasoning", [True, False])
+def test_o2a_runs_in_one_read_match_feed(per_read: int, reasoning: bool) -> None:
+    events = _anthropic_stream()
+    at = events.index(next(e for e in events if b'"text":"Hi"' in e))
+    more = [
+        _anthropic_event(
+            "content_block_delta", {"index": 1, "delta": {"type": "text_delta", "text": t}}
+        )
+        for t in [*TRICKY, *(f"word{i} " for i in range(30))]
+    ]
+    events[at + 1 : at + 1] = more
+    make = lambda: o2a_stream.StreamTranslator(  # noqa: E731
+        _o2a_ctx(reasoning), completion_id="chatcmpl-1", created=1
+    )
+    expected, _, _ = _both_paths(make, "anthropic", events)
+    one_by_one = _batched(make, "anthropic", events, 1)
+    got = _batched(make, "anthropic", events, per_read)
+    assert got[0] == expected
+    assert got[1] == one_by_one[1]
+    assert got[2] >= len(more)
+
+
+def test_plain_run_stops_at_what_it_cannot_frame_as_is() -> None:
+    head, tail = b'data: {"d":', b"}"
+    parts = [head + orjson.dumps(t) + tail for t in ["a", "b\u00e9", 'q"', "c"]]
+    parts.insert(2, head + b'"\xff\xfe"' + tail)  # not UTF-8
+    out: list[bytes] = []
+    end, chars, extra = plain_run(parts, 0, (head, tail), (b"<", b">"), out)
+    assert (end, chars, extra) == (2, 3, 1)
+    assert out == [b'<"a">', '<"b\u00e9">'.encode()]
+    assert plain_run(parts, 2, (head, tail), (b"<", b">"), out)[0] == 2
+    assert plain_run(parts, 3, (head, tail), (b"<", b">"), out)[0] == 3
+    assert plain_run(parts, 4, (head, tail), (b"<", b">"), out)[0] == 5
 
 
 # -- TextSlot --------------------------------------------------------------------------------
