@@ -91,34 +91,63 @@ class LeanConnection(HTTP1Connection):
         chunk: bytes | None = None,
     ) -> Future[None]:
         assert isinstance(start_line, httputil.ResponseStartLine)
+        self._frame_response(start_line, headers.get("Content-Length"))
+        # As Tornado does: these replace whatever the application set.
+        for name, value in self._framing_fields():
+            headers[name] = value
+        lines = [f"{name}: {value}" for name, value in headers.get_all()]
+        return self._send_head(start_line, lines, chunk)
+
+    def write_head(
+        self, code: int, reason: str, lines: list[str], chunk: bytes | None = None
+    ) -> Future[None]:
+        """`write_headers` for a head written as ``name: value`` lines with distinct names,
+        none of them Connection or Transfer-Encoding (`ApiCall`: no `HTTPHeaders` built)."""
+        length = None
+        for line in lines:
+            if line.startswith(("Content-Length:", "content-length:")):
+                length = line[15:].strip()
+        start_line = httputil.ResponseStartLine("HTTP/1.1", code, reason)
+        self._frame_response(start_line, length)
+        lines += [f"{name}: {value}" for name, value in self._framing_fields()]
+        return self._send_head(start_line, lines, chunk)
+
+    def _frame_response(self, start_line: httputil.ResponseStartLine, length: str | None) -> None:
+        """Tornado's bookkeeping for a response head: chunked or not, how much body."""
         request = self._request_start_line
-        assert request is not None and self._request_headers is not None
+        assert request is not None
         self._response_start_line = start_line
         code = start_line.code
         bodiless = request.method == "HEAD" or code in (204, 304) or 100 <= code < 200
-        self._chunking_output = (
-            request.version == "HTTP/1.1" and not bodiless and "Content-Length" not in headers
-        )
+        self._chunking_output = request.version == "HTTP/1.1" and not bodiless and length is None
+        if request.method == "HEAD" or code == 304:
+            self._expected_content_remaining = 0
+        elif length is not None:
+            self._expected_content_remaining = parse_int(length)
+        else:
+            self._expected_content_remaining = None
+
+    def _framing_fields(self) -> list[tuple[str, str]]:
+        """The Connection and Transfer-Encoding fields Tornado adds to a response head."""
+        request = self._request_start_line
+        assert request is not None and self._request_headers is not None
+        out = []
         if request.version == "HTTP/1.1" and self._disconnect_on_finish:
-            headers["Connection"] = "close"
+            out.append(("Connection", "close"))
         if (
             request.version == "HTTP/1.0"
             and self._request_headers.get("Connection", "").lower() == "keep-alive"
         ):
-            headers["Connection"] = "Keep-Alive"
+            out.append(("Connection", "Keep-Alive"))
         if self._chunking_output:
-            headers["Transfer-Encoding"] = "chunked"
-        if request.method == "HEAD" or code == 304:
-            self._expected_content_remaining = 0
-        elif "Content-Length" in headers:
-            self._expected_content_remaining = parse_int(headers["Content-Length"])
-        else:
-            self._expected_content_remaining = None
-        lines = [f"HTTP/1.1 {code} {start_line.reason}"]
-        lines += [f"{name}: {value}" for name, value in headers.get_all()]
-        head = "\r\n".join(lines)
-        breaks = len(lines) - 1
-        if not head.count("\r\n") == head.count("\r") == head.count("\n") == breaks:
+            out.append(("Transfer-Encoding", "chunked"))
+        return out
+
+    def _send_head(
+        self, start_line: httputil.ResponseStartLine, lines: list[str], chunk: bytes | None
+    ) -> Future[None]:
+        head = f"HTTP/1.1 {start_line.code} {start_line.reason}\r\n" + "\r\n".join(lines)
+        if not head.count("\r\n") == head.count("\r") == head.count("\n") == len(lines):
             raise ValueError(f"Illegal characters (CR or LF) in response headers: {head!r}")
         data = head.encode("latin1") + b"\r\n\r\n"
         if chunk:

@@ -1,11 +1,13 @@
 """The proxy endpoints' common case, served without `tornado.web.RequestHandler`.
 
-Tornado's HTTP server parses every request; `ApiRouter` then gives a POST to
-``/v1/messages``, ``/v1/chat/completions`` or ``/v1/messages/count_tokens`` (under
-any prefix) with a Content-Length within the limit to `ApiCall`, a plain
-`HTTPMessageDelegate` that hands the body to `Gateway` and writes its `Reply`
-straight to the connection. Everything else (the dashboard, ``/v1/models``, other
-methods, chunked or oversized bodies) goes to the Tornado Application as before.
+Tornado's HTTP server (`app.http1.LeanHTTPServer`) parses every request; `ApiRouter`
+then gives a POST to ``/v1/messages``, ``/v1/chat/completions`` or
+``/v1/messages/count_tokens`` (under any prefix) with a Content-Length within the
+limit to `ApiCall`, a plain `HTTPMessageDelegate` that hands the body to `Gateway` and
+writes its `Reply` straight to the connection, its head as lines (no `HTTPHeaders`).
+Everything else (the dashboard, ``/v1/models``, other methods, chunked or oversized
+bodies, any request on a server other than the lean one) goes to the Tornado
+Application as before.
 
 RequestHandler's per-request machinery (its initialisation, default headers, header
 value checks, output transforms, flush and finish bookkeeping) was a tenth of the
@@ -25,12 +27,12 @@ from typing import Any, cast
 
 import tornado.web
 from tornado import httputil
-from tornado.http1connection import HTTP1Connection
 from tornado.iostream import StreamClosedError
 
 from app.errors import InternalError
 from app.gateway import ApiRequest, Gateway, Reply, error_reply
 from app.handlers.api import new_request_id
+from app.http1 import LeanConnection
 from app.services import Services
 
 access_log = logging.getLogger("tornado.access")
@@ -53,10 +55,15 @@ _date_cache: list[Any] = [0, ""]
 
 
 def _http_date() -> str:
+    """The ``Date`` line, made once a second."""
     now = int(time.time())
     if _date_cache[0] != now:
-        _date_cache[:] = [now, httputil.format_timestamp(now)]
+        _date_cache[:] = [now, "Date: " + httputil.format_timestamp(now)]
     return str(_date_cache[1])
+
+
+def _reason(status: int) -> str:
+    return responses.get(status, "Unknown")
 
 
 class ApiRouter(httputil.HTTPServerConnectionDelegate):
@@ -109,6 +116,7 @@ class _Dispatch(httputil.HTTPMessageDelegate):
             length = headers.get("Content-Length")
             if (
                 found is not None
+                and isinstance(self.request_conn, LeanConnection)
                 and length is not None
                 and length.isdigit()
                 and int(length) <= router.services.settings.max_body_bytes
@@ -145,7 +153,7 @@ class ApiCall(httputil.HTTPMessageDelegate):
     ) -> None:
         self.services = router.services
         self.gateway = router.gateway
-        self.conn = cast(HTTP1Connection, conn)
+        self.conn = cast(LeanConnection, conn)
         self.start_line = start_line
         self.dialect = dialect
         self.endpoint = endpoint
@@ -213,21 +221,17 @@ class ApiCall(httputil.HTTPMessageDelegate):
                 time.perf_counter() - self.started,
             )
 
-    def _start(self, reply: Reply) -> tuple[httputil.ResponseStartLine, httputil.HTTPHeaders]:
-        headers = httputil.HTTPHeaders()
-        for name, value in reply.headers.items():
-            headers[name] = value
-        headers["request-id"] = self.request_id
-        headers["x-request-id"] = self.request_id
-        headers["Date"] = _http_date()
+    def _head(self, reply: Reply) -> list[str]:
         self.status = reply.status
-        reason = responses.get(reply.status, "Unknown")
-        return httputil.ResponseStartLine("HTTP/1.1", reply.status, reason), headers
+        request_id = self.request_id
+        lines = [f"{name}: {value}" for name, value in reply.headers.items()]
+        lines += [f"request-id: {request_id}", f"x-request-id: {request_id}", _http_date()]
+        return lines
 
     def _write_whole(self, reply: Reply) -> None:
-        start, headers = self._start(reply)
-        headers["Content-Length"] = str(len(reply.body))
-        self.conn.write_headers(start, headers, reply.body)
+        lines = self._head(reply)
+        lines.append(f"Content-Length: {len(reply.body)}")
+        self.conn.write_head(reply.status, _reason(reply.status), lines, reply.body)
         self.conn.finish()
 
     async def _write(self, reply: Reply) -> None:
@@ -235,7 +239,7 @@ class ApiCall(httputil.HTTPMessageDelegate):
         if stream is None:
             self._write_whole(reply)
             return
-        start, headers = self._start(reply)
+        lines = self._head(reply)
         conn = self.conn
         # Nagle would hold each chunk after the first until the client's delayed ACK (up
         # to 40 ms); the connection turns it back on when the response ends.
@@ -246,7 +250,7 @@ class ApiCall(httputil.HTTPMessageDelegate):
             async for chunk in stream:
                 if first:
                     first = False
-                    done = conn.write_headers(start, headers, chunk)
+                    done = conn.write_head(reply.status, _reason(reply.status), lines, chunk)
                 else:
                     done = conn.write(chunk)
                 # The connection's future resolves a loop turn after the bytes went out (a
@@ -255,7 +259,7 @@ class ApiCall(httputil.HTTPMessageDelegate):
                 if writing():
                     await done
             if first:
-                await conn.write_headers(start, headers)
+                await conn.write_head(reply.status, _reason(reply.status), lines)
         except StreamClosedError:
             return
         finally:
