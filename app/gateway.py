@@ -164,9 +164,14 @@ class _Opened:
     async def read(self) -> bytes:
         return (self.first or b"") + await self._resp.read()
 
-    def close(self) -> None:
+    def close(self, *, complete: bool = False) -> None:
+        """Stop watching; ``complete``: the answer ended as it should, so its connection
+        is kept for the next request (else it is closed, which also stops the upstream)."""
         self.watch.close()
-        self._resp.close()
+        if complete:
+            self._resp.release()
+        else:
+            self._resp.close()
 
 
 async def _open_stream(resp: UpstreamResponse) -> _Opened:
@@ -597,7 +602,7 @@ class Gateway:
             status = "client_closed"
             raise
         finally:
-            resp.close()
+            resp.close(complete=status == "ok" and translator.done)
             call.usage = translator.usage
             if status != "ok":
                 call.usage = pipeline.meter.charge(call.usage)
@@ -682,7 +687,7 @@ class Gateway:
             status = "client_closed"
             raise
         finally:
-            resp.close()
+            resp.close(complete=status == "ok" and sniffer.completed)
             usage = sniffer.usage
             if isinstance(sniffer, OpenAISniffer) and not sniffer.saw_usage:
                 usage = Usage(input_tokens=call.usage.input_tokens, estimated=True)

@@ -27,6 +27,7 @@ class Received:
     path: str
     headers: dict[str, str]
     body: bytes
+    peer: Any = None  # the gateway's end of the connection: one per upstream connection
 
     @property
     def json(self) -> Any:
@@ -46,6 +47,7 @@ class SSEReply:
     chunks: list[bytes]
     delay: float = 0.0
     cut: bool = False  # close the connection after the chunks, without a terminator
+    end_delay: float = 0.0  # pause between the last chunk and the end of the body
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
 
@@ -228,6 +230,7 @@ class _Handler(tornado.web.RequestHandler):
             self.request.path,
             {k: v for k, v in self.request.headers.get_all()},
             self.request.body,
+            self.request.connection.stream.socket.getpeername(),  # type: ignore[union-attr]
         )
         self.fake.received.append(received)
         reply = self.fake.next_reply(received)
@@ -256,6 +259,8 @@ class _Handler(tornado.web.RequestHandler):
         if reply.cut:
             self.request.connection.stream.close()  # type: ignore[union-attr]
             return
+        if reply.end_delay:
+            await asyncio.sleep(reply.end_delay)
         self.finish()
 
 

@@ -203,6 +203,9 @@ class EchoResponse:
     def close(self) -> None:
         return None
 
+    def release(self) -> None:
+        return None
+
 
 def respond(dialect: str, body: Mapping[str, Any], stream: bool, created: int = 0) -> EchoResponse:
     """The echo answer to ``body`` in ``dialect`` ("anthropic" or "openai")."""
