@@ -85,6 +85,12 @@ class Reply:
     stream: AsyncIterator[bytes] | None = None
 
 
+class LastChunk(bytes):
+    """A stream's final bytes: nothing follows them (the writer ends the body with them)."""
+
+    __slots__ = ()
+
+
 @dataclass(slots=True)
 class _Call:
     """The bookkeeping of one request, turned into its usage event at the end."""
@@ -586,7 +592,7 @@ class Gateway:
                     data = b"".join(out)
                     if secret is not None and secret in data:
                         data = redact(data, call.secret)  # an error event echoing the key
-                    yield data
+                    yield LastChunk(data) if translator.done else data
             if translator.error is not None:
                 status, err = "error", translator.error
         except GatewayError as exc:
@@ -663,6 +669,9 @@ class Gateway:
                     self._first_byte(call)
                     if secret is not None and secret in chunk:
                         chunk = redact(chunk, call.secret)  # an error event echoing the key
+                    if sniffer.completed:
+                        yield LastChunk(chunk)
+                        break  # the rest of the body is drained when the connection is kept
                     yield chunk
             if sniffer.error is not None:
                 status = "error"

@@ -99,7 +99,13 @@ class LeanConnection(HTTP1Connection):
         return self._send_head(start_line, lines, chunk)
 
     def write_head(
-        self, code: int, reason: str, lines: list[str], chunk: bytes | None = None
+        self,
+        code: int,
+        reason: str,
+        lines: list[str],
+        chunk: bytes | None = None,
+        *,
+        last: bool = False,
     ) -> Future[None]:
         """`write_headers` for a head written as ``name: value`` lines with distinct names,
         none of them Connection or Transfer-Encoding (`ApiCall`: no `HTTPHeaders` built)."""
@@ -110,7 +116,7 @@ class LeanConnection(HTTP1Connection):
         start_line = httputil.ResponseStartLine("HTTP/1.1", code, reason)
         self._frame_response(start_line, length)
         lines += [f"{name}: {value}" for name, value in self._framing_fields()]
-        return self._send_head(start_line, lines, chunk)
+        return self._send_head(start_line, lines, chunk, last)
 
     def _frame_response(self, start_line: httputil.ResponseStartLine, length: str | None) -> None:
         """Tornado's bookkeeping for a response head: chunked or not, how much body."""
@@ -144,7 +150,11 @@ class LeanConnection(HTTP1Connection):
         return out
 
     def _send_head(
-        self, start_line: httputil.ResponseStartLine, lines: list[str], chunk: bytes | None
+        self,
+        start_line: httputil.ResponseStartLine,
+        lines: list[str],
+        chunk: bytes | None,
+        last: bool = False,
     ) -> Future[None]:
         head = f"HTTP/1.1 {start_line.code} {start_line.reason}\r\n" + "\r\n".join(lines)
         if not head.count("\r\n") == head.count("\r") == head.count("\n") == len(lines):
@@ -152,12 +162,21 @@ class LeanConnection(HTTP1Connection):
         data = head.encode("latin1") + b"\r\n\r\n"
         if chunk:
             data += self._format_chunk(chunk)
-        return self._send(data)
+        return self._send(self._ending(data) if last else data)
 
-    def write(self, chunk: bytes) -> Future[None]:
+    def write(self, chunk: bytes, *, last: bool = False) -> Future[None]:
+        """Tornado's ``write``; ``last``: nothing follows, so the end of a chunked body goes
+        in the same send (`finish` then leaves it out): one segment less for every stream."""
         if self.stream.closed():
             return super().write(chunk)
-        return self._send(self._format_chunk(chunk))
+        data = self._format_chunk(chunk)
+        return self._send(self._ending(data) if last else data)
+
+    def _ending(self, data: bytes) -> bytes:
+        if self._chunking_output:
+            self._chunking_output = False  # for `finish`: the terminator is written
+            return data + b"0\r\n\r\n"
+        return data
 
     def _send(self, data: bytes) -> Future[None]:
         """Write ``data``: straight to the socket when nothing is queued before it, the

@@ -30,7 +30,7 @@ from tornado import httputil
 from tornado.iostream import StreamClosedError
 
 from app.errors import InternalError
-from app.gateway import ApiRequest, Gateway, Reply, error_reply
+from app.gateway import ApiRequest, Gateway, LastChunk, Reply, error_reply
 from app.handlers.api import new_request_id
 from app.http1 import LeanConnection
 from app.services import Services
@@ -248,11 +248,13 @@ class ApiCall(httputil.HTTPMessageDelegate):
         writing = conn.stream.writing
         try:
             async for chunk in stream:
+                last = type(chunk) is LastChunk
                 if first:
                     first = False
-                    done = conn.write_head(reply.status, _reason(reply.status), lines, chunk)
+                    reason = _reason(reply.status)
+                    done = conn.write_head(reply.status, reason, lines, chunk, last=last)
                 else:
-                    done = conn.write(chunk)
+                    done = conn.write(chunk, last=last)
                 # The connection's future resolves a loop turn after the bytes went out (a
                 # done-callback hop per chunk); wait for it only while the client's socket
                 # is full, which is all the back-pressure a stream needs.

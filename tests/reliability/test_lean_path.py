@@ -4,6 +4,8 @@ must not be able to tell them apart."""
 
 from __future__ import annotations
 
+import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -83,3 +85,71 @@ def test_a_body_larger_than_it_says_is_refused_by_tornado(bed: Bed) -> None:
             data += chunk
     # The first len-5 bytes are not JSON: a 400 in the dialect, never a hang or a 500.
     assert data.startswith(b"HTTP/1.1 400"), data[:200]
+
+
+def _read_response(sock: socket.socket, buf: bytes) -> tuple[int, bytes, bytes]:
+    """One HTTP/1.1 response off ``sock`` (status, body); the bytes read past its end."""
+
+    def need(n: int) -> None:
+        nonlocal buf
+        while len(buf) < n:
+            data = sock.recv(65536)
+            assert data, "connection closed mid-response"
+            buf += data
+
+    def until(marker: bytes) -> bytes:
+        nonlocal buf
+        while marker not in buf:
+            need(len(buf) + 1)
+        line, buf = buf.split(marker, 1)
+        return line
+
+    head = until(b"\r\n\r\n").decode("latin1")
+    status = int(head.split(" ", 2)[1])
+    fields = {
+        k.lower(): v.strip() for k, _, v in (h.partition(":") for h in head.split("\r\n")[1:])
+    }
+    if fields.get("transfer-encoding") == "chunked":
+        body = b""
+        while size := int(until(b"\r\n"), 16):
+            need(size + 2)
+            body, buf = body + buf[:size], buf[size + 2 :]
+        assert until(b"\r\n") == b""  # no trailers: the body ends here
+        return status, body, buf
+    length = int(fields["content-length"])
+    need(length)
+    return status, buf[:length], buf[length:]
+
+
+@pytest.mark.parametrize(("dialect", "model"), [(A, "m-oa"), (OA, "m-an"), (A, "m-an")])
+def test_one_connection_carries_streams_and_whole_answers_in_turn(
+    bed: Bed, dialect: str, model: str
+) -> None:
+    """A stream's body ends in the same write as its last events: the next answer on the
+    connection must start exactly where that one ended, with nothing stray between."""
+    sock = socket.create_connection(("127.0.0.1", bed.port), timeout=20)
+    try:
+        for stream in (True, False, True, True, False):
+            body = orjson.dumps(body_for(dialect, model, stream=stream))
+            head = (
+                f"POST {path_for(dialect)} HTTP/1.1\r\nHost: x\r\n"
+                f"Authorization: {auth()['Authorization']}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            )
+            sock.sendall(head.encode() + body)
+            status, data, rest = _read_response(sock, b"")
+            assert status == 200, data[:300]
+            time.sleep(0.05)  # anything written after the end would be here by now
+            sock.setblocking(False)
+            try:
+                rest += sock.recv(65536)
+            except BlockingIOError:
+                pass
+            sock.setblocking(True)
+            assert rest == b""
+            if stream:
+                assert (b"message_stop" if dialect == A else b"data: [DONE]") in data[-80:]
+            else:
+                assert orjson.loads(data)
+    finally:
+        sock.close()
