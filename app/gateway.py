@@ -192,6 +192,7 @@ async def _open_stream(resp: UpstreamResponse) -> _Opened:
         HEARTBEAT_SECONDS,
         limit,
         lambda: UpstreamTimeoutError(f"upstream sent nothing for {limit:g} s mid-stream"),
+        resp.read_error,
     )
     try:
         first = await watch.read(resp.read_chunk)

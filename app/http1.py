@@ -96,7 +96,7 @@ class LeanConnection(HTTP1Connection):
         for name, value in self._framing_fields():
             headers[name] = value
         lines = [f"{name}: {value}" for name, value in headers.get_all()]
-        return self._send_head(start_line, lines, chunk)
+        return _resolved(self._send_head(start_line, lines, chunk))
 
     def write_head(
         self,
@@ -106,7 +106,7 @@ class LeanConnection(HTTP1Connection):
         chunk: bytes | None = None,
         *,
         last: bool = False,
-    ) -> Future[None]:
+    ) -> Future[None] | None:
         """`write_headers` for a head written as ``name: value`` lines with distinct names,
         none of them Connection or Transfer-Encoding (`ApiCall`: no `HTTPHeaders` built)."""
         length = None
@@ -155,7 +155,7 @@ class LeanConnection(HTTP1Connection):
         lines: list[str],
         chunk: bytes | None,
         last: bool = False,
-    ) -> Future[None]:
+    ) -> Future[None] | None:
         head = f"HTTP/1.1 {start_line.code} {start_line.reason}\r\n" + "\r\n".join(lines)
         if not head.count("\r\n") == head.count("\r") == head.count("\n") == len(lines):
             raise ValueError(f"Illegal characters (CR or LF) in response headers: {head!r}")
@@ -164,9 +164,15 @@ class LeanConnection(HTTP1Connection):
             data += self._format_chunk(chunk)
         return self._send(self._ending(data) if last else data)
 
-    def write(self, chunk: bytes, *, last: bool = False) -> Future[None]:
-        """Tornado's ``write``; ``last``: nothing follows, so the end of a chunked body goes
-        in the same send (`finish` then leaves it out): one segment less for every stream."""
+    def write(self, chunk: bytes) -> Future[None]:
+        if self.stream.closed():
+            return super().write(chunk)
+        return _resolved(self._send(self._format_chunk(chunk)))
+
+    def send_chunk(self, chunk: bytes, *, last: bool = False) -> Future[None] | None:
+        """``write`` for `ApiCall`: None when it all went out at once (no future made), else
+        a future for when it has; ``last``: nothing follows, so the end of a chunked body
+        goes in the same send (`finish` then leaves it out), one segment less a stream."""
         if self.stream.closed():
             return super().write(chunk)
         data = self._format_chunk(chunk)
@@ -178,10 +184,10 @@ class LeanConnection(HTTP1Connection):
             return data + b"0\r\n\r\n"
         return data
 
-    def _send(self, data: bytes) -> Future[None]:
-        """Write ``data``: straight to the socket when nothing is queued before it, the
-        rest (or all, on a full or failing socket) queued on the stream as Tornado does."""
-        future: Future[None] = Future()
+    def _send(self, data: bytes) -> Future[None] | None:
+        """Write ``data``: straight to the socket when nothing is queued before it (None
+        when the socket took it all), the rest (or all, on a full or failing socket)
+        queued on the stream as Tornado does (a future for when it has gone)."""
         stream = self.stream
         sent = 0
         if self._sock is not None and not stream.writing() and not stream.closed():
@@ -190,8 +196,8 @@ class LeanConnection(HTTP1Connection):
             except OSError:
                 sent = 0  # full, or failing: the stream's own write reports it properly
             if sent == len(data):
-                future.set_result(None)
-                return future
+                return None
+        future: Future[None] = Future()
         if stream.closed():
             future.set_exception(iostream.StreamClosedError())
             future.exception()
@@ -200,6 +206,14 @@ class LeanConnection(HTTP1Connection):
         self._pending_write = stream.write(memoryview(data)[sent:] if sent else data)
         future_add_done_callback(self._pending_write, self._on_write_complete)
         return future
+
+
+def _resolved(future: Future[None] | None) -> Future[None]:
+    """Tornado's interface always returns a future: a done one for a write already made."""
+    if future is None:
+        future = Future()
+        future.set_result(None)
+    return future
 
 
 class LeanServerConnection(HTTP1ServerConnection):

@@ -17,7 +17,8 @@ from collections.abc import Awaitable, Callable
 
 class SilenceWatch:
     """Reads for one task; `read` gives None after ``quiet`` seconds without a chunk, and
-    raises ``expired()`` after ``limit`` seconds without one (keep-alives do not count).
+    raises ``expired()`` after ``limit`` seconds without one (keep-alives do not count);
+    a read's own failure is raised as ``errors`` maps it.
 
     Only a read in progress is interrupted (never the task writing to its client), and
     only when nothing else cancelled the task: a client that leaves still cancels it.
@@ -36,6 +37,7 @@ class SilenceWatch:
         "_reading",
         "_fired",
         "_handle",
+        "_errors",
     )
 
     def __init__(
@@ -43,6 +45,7 @@ class SilenceWatch:
         quiet: float,
         limit: float | None = None,
         expired: Callable[[], BaseException] = TimeoutError,
+        errors: Callable[[BaseException], BaseException | None] | None = None,
     ) -> None:
         task = asyncio.current_task()
         assert task is not None, "SilenceWatch runs inside a task"
@@ -51,6 +54,7 @@ class SilenceWatch:
         self._quiet = quiet
         self._limit = limit
         self._expired = expired
+        self._errors = errors  # what a read's own failures mean (None: as they are)
         self._last = self._heard = self._loop.time()
         self._reading = False
         self._fired = False
@@ -74,6 +78,12 @@ class SilenceWatch:
                     self._arm()
                     return None
             raise
+        except Exception as exc:
+            self._reading = False
+            mapped = self._errors(exc) if self._errors is not None else None
+            if mapped is None:
+                raise
+            raise mapped from None
         self._reading = False
         self._last = self._heard = self._loop.time()
         return chunk

@@ -129,3 +129,21 @@ async def test_a_chunk_restarts_the_limit_and_busy_time_is_not_silence() -> None
     with pytest.raises(_Expired):
         await watch.read(queue.get)
     watch.close()
+
+
+async def test_a_reads_own_failure_is_raised_as_mapped() -> None:
+    async def broken() -> bytes:
+        raise ConnectionResetError("reset by peer")
+
+    async def odd() -> bytes:
+        raise KeyError("not mapped")
+
+    def errors(exc: BaseException) -> BaseException | None:
+        return _Expired(f"mapped: {exc}") if isinstance(exc, OSError) else None
+
+    watch = SilenceWatch(10.0, None, _Expired, errors)
+    with pytest.raises(_Expired, match="mapped: reset by peer"):
+        await watch.read(broken)
+    with pytest.raises(KeyError):
+        await watch.read(odd)
+    watch.close()

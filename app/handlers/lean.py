@@ -252,16 +252,18 @@ class ApiCall(httputil.HTTPMessageDelegate):
                 if first:
                     first = False
                     reason = _reason(reply.status)
-                    done = conn.write_head(reply.status, reason, lines, chunk, last=last)
+                    pending = conn.write_head(reply.status, reason, lines, chunk, last=last)
                 else:
-                    done = conn.write(chunk, last=last)
-                # The connection's future resolves a loop turn after the bytes went out (a
-                # done-callback hop per chunk); wait for it only while the client's socket
-                # is full, which is all the back-pressure a stream needs.
-                if writing():
-                    await done
+                    pending = conn.send_chunk(chunk, last=last)
+                # Pending only when the client's socket did not take it all; its future
+                # resolves a loop turn after the bytes went out: wait for it only while
+                # the socket is still full, which is all the back-pressure a stream needs.
+                if pending is not None and writing():
+                    await pending
             if first:
-                await conn.write_head(reply.status, _reason(reply.status), lines)
+                pending = conn.write_head(reply.status, _reason(reply.status), lines)
+                if pending is not None:
+                    await pending
         except StreamClosedError:
             return
         finally:

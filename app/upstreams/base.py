@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from functools import lru_cache
 from typing import Any, Protocol
 
@@ -27,11 +27,14 @@ class UpstreamResponse(Protocol):
 
     async def read(self) -> bytes: ...
 
-    async def read_chunk(self) -> bytes:
-        """The next piece of the body as it arrives; b"" at the end.
+    # The next piece of the body as it arrives; b"" at the end. Safe to cancel (the
+    # gateway's heartbeat timer does): nothing is lost. May raise the HTTP client's own
+    # errors: `read_error` says what they mean.
+    @property
+    def read_chunk(self) -> Callable[[], Awaitable[bytes]]: ...
 
-        Safe to cancel (the gateway's heartbeat timer does): nothing is lost.
-        """
+    def read_error(self, exc: BaseException) -> BaseException | None:
+        """The `UpstreamError` for what ``read_chunk`` raised; None to let it through."""
         ...
 
     def close(self) -> None: ...
@@ -82,13 +85,16 @@ def html_error_summary(status: int, body: bytes) -> str | None:
 class HttpResponse:
     """An aiohttp response behind the UpstreamResponse interface, errors mapped."""
 
-    __slots__ = ("_resp", "status", "headers", "timeout")
+    __slots__ = ("_resp", "status", "headers", "timeout", "read_chunk")
 
     def __init__(self, resp: aiohttp.ClientResponse, timeout: float, stream: bool = False) -> None:
         self._resp = resp
         self.status = resp.status
         self.headers: Mapping[str, str] = resp.headers
         self.timeout: float | None = timeout
+        # The body's own reader, with no wrapper coroutine on every chunk's way (issue 7):
+        # `read_error` maps what it raises.
+        self.read_chunk: Callable[[], Awaitable[bytes]] = resp.content.readany
         if stream:
             # From here on the gateway's one silence timer per stream keeps the timeout:
             # aiohttp's read timeout would re-arm a timer for every chunk.
@@ -110,15 +116,12 @@ class HttpResponse:
         finally:
             self._resp.release()
 
-    async def read_chunk(self) -> bytes:
-        try:
-            return await self._resp.content.readany()
-        except (TimeoutError, aiohttp.ServerTimeoutError):
-            raise UpstreamTimeoutError(
-                f"upstream sent nothing for {self.timeout:g} s mid-stream"
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"upstream stream broke: {exc}") from None
+    def read_error(self, exc: BaseException) -> BaseException | None:
+        if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+            return UpstreamTimeoutError(f"upstream sent nothing for {self.timeout:g} s mid-stream")
+        if isinstance(exc, aiohttp.ClientError):
+            return UpstreamError(f"upstream stream broke: {exc}")
+        return None
 
     def close(self) -> None:
         self._resp.close()

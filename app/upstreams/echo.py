@@ -200,6 +200,9 @@ class EchoResponse:
         await asyncio.sleep(0)
         return chunks[self._next - 1]
 
+    def read_error(self, exc: BaseException) -> BaseException | None:
+        return None
+
     def close(self) -> None:
         return None
 
