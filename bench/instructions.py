@@ -11,6 +11,13 @@ one scenario (its usage flush included), and prints one JSON line.
     python -m bench.instructions forwarder-uvloop openai openai [--app-dir DIR]
 
 Needs Debian's ``valgrind``; about a minute a run.
+
+Usage rows are written every ``--flush-seconds`` (1 s, the product's default). Under
+valgrind a second is only a few requests, so each write's fixed cost (a transaction, the
+daily roll-up, key state) is shared by few rows: ~0.4 M instructions a request, where
+under load a write carries thousands of rows. ``--flush-seconds 3600`` keeps the rows in
+memory and counts the request path alone; the writes' cost under load is what
+``make bench ARGS="--sections accounting"`` measures.
 """
 
 from __future__ import annotations
@@ -51,11 +58,14 @@ def _start(argv: list[str], ready: str, **kwargs: Any) -> tuple[subprocess.Popen
             return proc, int(match.group(1))
 
 
-def _config(home: Path, fakes: dict[str, int], model: str, upstream: str) -> Path:
+def _config(
+    home: Path, fakes: dict[str, int], model: str, upstream: str, flush_seconds: float = 1.0
+) -> Path:
     lines = [
         "[server]",
         'host = "127.0.0.1"',
         "port = 0",
+        f"usage_flush_seconds = {flush_seconds}",
         f'database_url = "sqlite:///{home}/bridgekeeper.db"',
         'admin_password = "instructions-admin-password"',
     ]
@@ -98,7 +108,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         env["PYTHONPATH"] = str(Path(args.app_dir).resolve()) if args.app_dir else str(ROOT)
         client = args.client
         if args.target == "bridgekeeper":
-            config = _config(work, fakes, model, args.upstream)
+            config = _config(work, fakes, model, args.upstream, args.flush_seconds)
             argv = [PYTHON, "-m", "app", "serve", "--config", str(config)]
             target, port = _start(
                 valgrind + argv, r"listening on http://[^:]+:(\d+)", env=env, cwd=work
@@ -170,6 +180,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--app-dir", help="run Bridgekeeper from this checkout instead")
+    parser.add_argument(
+        "--flush-seconds",
+        type=float,
+        default=1.0,
+        help="Bridgekeeper's usage write interval (1, the default; 3600 leaves the usage rows "
+        "in memory: the request path alone, see the module's docstring)",
+    )
     args = parser.parse_args(argv)
     print(orjson.dumps(measure(args)).decode())
     return 0
