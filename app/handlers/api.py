@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import secrets
 from typing import Any
 
 import orjson
@@ -30,10 +29,11 @@ from app.errors import (
 from app.gateway import ApiRequest, Gateway, Reply, error_reply
 from app.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from app.services import Services
+from app.translate.ids import random_hex
 
 
 def new_request_id() -> str:
-    return "req_" + secrets.token_hex(12)
+    return "req_" + random_hex()
 
 
 def guess_dialect(request: tornado.httputil.HTTPServerRequest) -> str:

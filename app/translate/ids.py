@@ -7,8 +7,8 @@ later requests (PROTOCOL.md §6.10): the same input always gives the same output
 from __future__ import annotations
 
 import hashlib
+import random
 import re
-import secrets
 from collections.abc import Iterable
 
 _ID_OK = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -34,17 +34,27 @@ def sanitize_tool_id(tool_id: str) -> str:
     return _ID_BAD_CHAR.sub("_", tool_id) + "_" + _hash8(tool_id)
 
 
+# Ids must be unique, not secret: a generator seeded once from the OS (``secrets`` asked
+# the kernel for every id, a system call each: two a request, issue 7's traces).
+_fresh = random.Random()
+
+
+def random_hex() -> str:
+    """24 hex digits (96 random bits) for a new id."""
+    return f"{_fresh.getrandbits(96):024x}"
+
+
 def new_tool_id() -> str:
     """A fresh Anthropic-style id for a tool call the backend sent without one."""
-    return "toolu_" + secrets.token_hex(12)
+    return "toolu_" + random_hex()
 
 
 def new_message_id() -> str:
-    return "msg_" + secrets.token_hex(12)
+    return "msg_" + random_hex()
 
 
 def new_completion_id() -> str:
-    return "chatcmpl-" + secrets.token_hex(12)
+    return "chatcmpl-" + random_hex()
 
 
 def shorten_tool_name(name: str) -> str:
