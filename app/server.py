@@ -23,6 +23,7 @@ from typing import Any
 import tornado.httpserver
 import tornado.web
 
+from app import ioloop
 from app.accounting import RateLimiter, UsageRecorder
 from app.auth import KeyTable, hash_password
 from app.db import admins as admin_queries
@@ -340,6 +341,7 @@ def _tune_gc() -> None:
 
 async def serve_forever(settings: Settings, announce: Callable[[Server, FirstStart], None]) -> None:
     """Start, announce, serve until SIGTERM/SIGINT, stop gracefully."""
+    ioloop.install()
     services, first = await build_services(settings, migrate=False)
     server = Server(services)
     try:

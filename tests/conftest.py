@@ -61,6 +61,10 @@ def write_config(tmp_path: Path, body: str, *, with_key: bool = True, server: st
 
 StartGateway = Callable[..., Awaitable[Live]]
 
+# pytest-tornado's ``io_loop`` is ``IOLoop()``: the same steady-reader bridge as
+# ``bridgekeeper serve`` installs (app/ioloop.py), so every test runs on it.
+tornado.ioloop.IOLoop.configure("app.ioloop.SteadyAsyncIOLoop")
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _base_event_loop() -> Iterator[None]:
