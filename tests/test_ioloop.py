@@ -37,61 +37,66 @@ async def test_the_tests_run_on_it() -> None:
     assert isinstance(IOLoop.current(), SteadyAsyncIOLoop)
 
 
+class _Watched:
+    """A socket pair whose one end is a handler on the current IOLoop (reading what comes)."""
+
+    def __init__(self) -> None:
+        self.io_loop = IOLoop.current()
+        self.a, self.b = socket.socketpair()
+        self.a.setblocking(False)
+        self.events: list[int] = []
+        self.spy = _Spy(self.io_loop.asyncio_loop)
+        self.io_loop.add_handler(self.a.fileno(), self._on_event, IOLoop.READ)
+
+    def _on_event(self, fd: Any, events: int) -> None:
+        self.events.append(events)
+        self.a.recv(64)
+
+    def want_reads(self, reading: bool) -> None:
+        state = IOLoop.READ | IOLoop.ERROR if reading else IOLoop.ERROR
+        self.io_loop.update_handler(self.a.fileno(), state)
+
+    def close(self) -> None:
+        self.io_loop.remove_handler(self.a.fileno())
+        self.a.close()
+        self.b.close()
+
+
 async def test_dropping_and_taking_back_a_reader_costs_no_loop_call() -> None:
-    io_loop = IOLoop.current()
-    assert isinstance(io_loop, SteadyAsyncIOLoop)
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    events: list[int] = []
-    spy = _Spy(io_loop.asyncio_loop)
+    watched = _Watched()
     try:
-        io_loop.add_handler(a.fileno(), lambda fd, ev: events.append(ev) or a.recv(64), IOLoop.READ)
         for _ in range(3):
-            io_loop.update_handler(a.fileno(), IOLoop.ERROR)  # Tornado stops reading
-            io_loop.update_handler(a.fileno(), IOLoop.READ | IOLoop.ERROR)  # and reads again
-        assert spy.calls == ["add"]
-        b.send(b"x")
+            watched.want_reads(False)  # Tornado stops reading
+            watched.want_reads(True)  # and reads again
+        assert watched.spy.calls == ["add"]
+        watched.b.send(b"x")
         await asyncio.sleep(0.05)
-        assert events == [IOLoop.READ]  # listening: the event reaches Tornado
+        assert watched.events == [IOLoop.READ]  # listening: the event reaches Tornado
     finally:
-        io_loop.remove_handler(a.fileno())
-        a.close()
-        b.close()
+        watched.close()
 
 
 async def test_a_muted_reader_that_fires_is_removed_and_not_passed_on() -> None:
-    io_loop = IOLoop.current()
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    events: list[int] = []
-    spy = _Spy(io_loop.asyncio_loop)
+    watched = _Watched()
     try:
-        io_loop.add_handler(a.fileno(), lambda fd, ev: events.append(ev) or a.recv(64), IOLoop.READ)
-        io_loop.update_handler(a.fileno(), IOLoop.ERROR)
-        b.send(b"unread")
+        watched.want_reads(False)
+        watched.b.send(b"unread")
         await asyncio.sleep(0.05)
-        assert events == []  # Tornado was not reading: it does not hear of it
-        assert spy.calls == ["add", "remove"]  # and the loop stops watching (no busy loop)
-        io_loop.update_handler(a.fileno(), IOLoop.READ | IOLoop.ERROR)
+        assert watched.events == []  # Tornado was not reading: it does not hear of it
+        assert watched.spy.calls == ["add", "remove"]  # the loop stops watching: no busy loop
+        watched.want_reads(True)
         await asyncio.sleep(0.05)
-        assert events == [IOLoop.READ]  # the bytes are still there when it reads again
-        assert spy.calls == ["add", "remove", "add"]
+        assert watched.events == [IOLoop.READ]  # the bytes are still there when it reads again
+        assert watched.spy.calls == ["add", "remove", "add"]
     finally:
-        io_loop.remove_handler(a.fileno())
-        a.close()
-        b.close()
+        watched.close()
 
 
 async def test_removing_a_muted_handler_stops_the_loop_watching_it() -> None:
-    io_loop = IOLoop.current()
-    a, b = socket.socketpair()
-    spy = _Spy(io_loop.asyncio_loop)
-    io_loop.add_handler(a.fileno(), lambda fd, ev: None, IOLoop.READ)
-    io_loop.update_handler(a.fileno(), IOLoop.ERROR)
-    io_loop.remove_handler(a.fileno())
-    assert spy.calls == ["add", "remove"]
-    a.close()
-    b.close()
+    watched = _Watched()
+    watched.want_reads(False)
+    watched.close()
+    assert watched.spy.calls == ["add", "remove"]
 
 
 def test_serve_installs_it_on_a_fresh_loop() -> None:
