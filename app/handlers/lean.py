@@ -241,9 +241,8 @@ class ApiCall(httputil.HTTPMessageDelegate):
             return
         lines = self._head(reply)
         conn = self.conn
-        # Nagle would hold each chunk after the first until the client's delayed ACK (up
-        # to 40 ms); the connection turns it back on when the response ends.
-        conn.stream.set_nodelay(True)
+        # Nagle is off on every lean connection (app/http1.py): no chunk waits for the
+        # client's delayed ACK.
         first = True
         writing = conn.stream.writing
         try:
