@@ -105,16 +105,17 @@ class LeanConnection(HTTP1Connection):
         lines: list[str],
         chunk: bytes | None = None,
         *,
+        length: int | None = None,
         last: bool = False,
     ) -> Future[None] | None:
         """`write_headers` for a head written as ``name: value`` lines with distinct names,
-        none of them Connection or Transfer-Encoding (`ApiCall`: no `HTTPHeaders` built)."""
-        length = None
-        for line in lines:
-            if line.startswith(("Content-Length:", "content-length:")):
-                length = line[15:].strip()
+        none of them Content-Length, Connection or Transfer-Encoding (`ApiCall`: no
+        `HTTPHeaders` built); ``length``: the body's Content-Length, None to stream it.
+        None when it all went out at once, else a future for when it has."""
         start_line = httputil.ResponseStartLine("HTTP/1.1", code, reason)
-        self._frame_response(start_line, length)
+        self._frame_response(start_line, None if length is None else str(length))
+        if length is not None:
+            lines.append(f"Content-Length: {length}")
         lines += [f"{name}: {value}" for name, value in self._framing_fields()]
         return self._send_head(start_line, lines, chunk, last)
 

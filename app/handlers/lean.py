@@ -230,8 +230,8 @@ class ApiCall(httputil.HTTPMessageDelegate):
 
     def _write_whole(self, reply: Reply) -> None:
         lines = self._head(reply)
-        lines.append(f"Content-Length: {len(reply.body)}")
-        self.conn.write_head(reply.status, _reason(reply.status), lines, reply.body)
+        reason = _reason(reply.status)
+        self.conn.write_head(reply.status, reason, lines, reply.body, length=len(reply.body))
         self.conn.finish()
 
     async def _write(self, reply: Reply) -> None:

@@ -41,10 +41,10 @@ class StreamTranslator(Protocol):
 
 
 _PROBE = "\x00bk-probe"
+_PROBE_LITERAL = orjson.dumps(_PROBE)
 # One JSON string with nothing escaped in it (no quote, backslash or control character):
 # its bytes are exactly what ``orjson.dumps`` gives for its text.
 _PLAIN_LITERAL = re.compile(rb'"[^"\\\x00-\x1f]+"')
-_PROBE_LITERAL = orjson.dumps(_PROBE)
 
 
 class TextSlot:
