@@ -402,6 +402,69 @@ def test_plain_run_stops_at_what_it_cannot_frame_as_is() -> None:
     assert plain_run(parts, 4, (head, tail), (b"<", b">"), out)[0] == 5
 
 
+def _plain_run_by_definition(
+    parts: list[bytes], at: int, head: bytes, tail: bytes
+) -> tuple[int, int, int, list[bytes]]:
+    """What `plain_run` must give, event by event from its definition."""
+    chars = extra = 0
+    out = []
+    for part in parts[at:]:
+        if not (part.startswith(head) and part.endswith(tail)) or len(part) < len(head) + 2:
+            break
+        literal = part[len(head) : len(part) - len(tail)]
+        inner = literal[1:-1]
+        if not (literal[:1] == literal[-1:] == b'"' and inner) or any(
+            c in b'"\\' or c < 0x20 for c in inner
+        ):
+            break
+        try:
+            text = inner.decode()
+        except UnicodeDecodeError:
+            break
+        chars += len(text)
+        extra += len(inner) - len(text)
+        out.append(b"<" + literal + b">")
+        at += 1
+    return at, chars, extra, out
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_plain_run_takes_what_its_definition_takes(seed: int) -> None:
+    """Windows of up to 64 events are checked together: wherever a run breaks inside one
+    (an escape, a raw control byte, bad UTF-8, another event, two strings), the events
+    taken, the counts and the bytes are those of taking them one by one."""
+    rng = random.Random(seed)
+    head, tail = b'data: {"d":', b"}"
+    texts = ["a", "word ", "caf\u00e9", "\u4f60\u597d", "\U0001f600", "x" * 40]
+    bad = [
+        head + orjson.dumps('q"') + tail,  # escaped
+        head + b'"tab\there"' + tail,  # a raw control byte: not JSON
+        head + b'"a\x01b"' + tail,  # the byte the check joins texts with
+        head + b'"a"\x01"b"' + tail,  # two strings around it
+        head + b'"a""b"' + tail,
+        head + b'"\xff\xfe"' + tail,  # not UTF-8
+        head + b'""' + tail,  # nothing to frame
+        head + b"5" + tail,
+        b'data: {"e":"a"}',
+        head + b'"a"',
+        b"",
+    ]
+    parts = []
+    for _ in range(rng.choice([1, 5, 63, 64, 65, 130, 200])):
+        if rng.random() < 0.04:
+            parts.append(rng.choice(bad))
+        else:
+            parts.append(head + orjson.dumps(rng.choice(texts)) + tail)
+    at = 0
+    while at < len(parts):
+        out: list[bytes] = []
+        end, chars, extra = plain_run(parts, at, (head, tail), (b"<", b">"), out)
+        want_end, want_chars, want_extra, want_out = _plain_run_by_definition(parts, at, head, tail)
+        assert (end, chars, extra) == (want_end, want_chars, want_extra)
+        assert b"".join(out) == b"".join(want_out)
+        at = max(end, at + 1)
+
+
 # -- TextSlot --------------------------------------------------------------------------------
 
 
