@@ -26,12 +26,11 @@ from app.dialects import openai as openai_dialect
 from app.dialects.sse import (
     ANTHROPIC_PING,
     OPENAI_KEEPALIVE,
-    SSEParser,
     anthropic_event,
     openai_chunk,
 )
 from app.dialects.tokens import estimate_anthropic_input, estimate_openai_input
-from app.dialects.usage import OutputMeter, Usage, from_anthropic, from_openai
+from app.dialects.usage import Usage, from_anthropic, from_openai
 from app.errors import (
     GatewayError,
     InternalError,
@@ -53,6 +52,7 @@ from app.translate import openai_to_anthropic_stream as o2a_stream
 from app.translate import route_settings
 from app.translate.options import BackendOptions
 from app.translate.passthrough import AnthropicSniffer, OpenAISniffer, strip_unsigned_thinking
+from app.translate.relay_pipeline import RelayPipeline
 from app.translate.stream_pipeline import StreamPipeline
 from app.upstreams.base import UpstreamResponse, html_error_summary, retry_after_seconds
 from app.upstreams.pool import Upstream
@@ -621,17 +621,11 @@ class Gateway:
         self, call: _Call, attempt: _Attempt, resp: _Opened
     ) -> AsyncIterator[bytes]:
         client = call.req.dialect
-        sniffer: AnthropicSniffer | OpenAISniffer
-        if client == "anthropic":
-            sniffer = AnthropicSniffer()
-            keepalive = ANTHROPIC_PING
-        else:
-            sniffer = OpenAISniffer()
-            keepalive = OPENAI_KEEPALIVE
-        drop_usage_chunk = bool(attempt.ctx)
+        keepalive = ANTHROPIC_PING if client == "anthropic" else OPENAI_KEEPALIVE
+        # attempt.ctx: the gateway asked an OpenAI upstream for usage the client did not.
+        relay = RelayPipeline(client, drop_usage=bool(attempt.ctx))
+        sniffer, meter = relay.sniffer, relay.meter
         secret = redactable(call.secret)
-        parser = SSEParser()
-        meter = OutputMeter(client)
         status, err = "ok", None
         pending: bytes | None = resp.first
         resp.first = None
@@ -650,22 +644,13 @@ class Gateway:
                     yield keepalive
                     continue
                 if not chunk:
-                    for event in parser.finish():
-                        sniffer.feed(event)
+                    chunk = relay.finish()  # what a usage chunk to drop held back
+                    if chunk:
+                        yield chunk
                     break
                 if sniffer.completed or sniffer.error is not None:
                     continue  # bytes after the terminator are not relayed
-                events = parser.feed(chunk)
-                for event in events:
-                    meter.feed(event)
-                if drop_usage_chunk:
-                    assert isinstance(sniffer, OpenAISniffer)
-                    kept = [e for e in events if not sniffer.feed(e)]
-                    if len(kept) != len(events):
-                        chunk = b"".join(b"data: " + e.data.encode() + b"\n\n" for e in kept)
-                else:
-                    for event in events:
-                        sniffer.feed(event)
+                chunk = relay.feed(chunk)
                 if chunk:
                     self._first_byte(call)
                     if secret is not None and secret in chunk:

@@ -47,14 +47,14 @@ def _locator(name: str) -> Callable[[Any], Any]:
     return lambda chunk: chunk["choices"][0]["delta"][name]
 
 
-_LOCATE = {name: _locator(name) for name in _BLOCK_OF}
+OPENAI_TEXT_AT = {name: _locator(name) for name in _BLOCK_OF}
 
 
-def _plain_delta(part: bytes) -> tuple[str, str] | None:
+def openai_text_delta(part: bytes) -> tuple[str, str] | None:
     """``(field, text)`` when ``part`` is a ``data:`` chunk with one choice whose delta holds
     one text field (content or reasoning) and nothing else: no finish, usage or error."""
-    if not part.startswith(b"data: {"):
-        return None
+    if not part.startswith(b"data: {") or b'"finish_reason":"' in part:
+        return None  # (unescaped quotes: JSON's own, never inside a string)
     try:
         chunk = orjson.loads(part[6:])
     except orjson.JSONDecodeError:
@@ -210,7 +210,7 @@ class StreamTranslator:
         slot = self._slots[block.kind] if block is not None and block.tool is None else None
         text = slot.text(part) if slot is not None else None
         if text is None:
-            found = _plain_delta(part)
+            found = openai_text_delta(part)
             if found is None:
                 return None
             name, text = found
@@ -220,7 +220,7 @@ class StreamTranslator:
                 return b""
             if slot is None or block is None or _BLOCK_OF[name] != block.kind:
                 return None
-            slot.learn(part, 6, text, _LOCATE[name])
+            slot.learn(part, 6, text, OPENAI_TEXT_AT[name])
         assert block is not None
         if not text:
             return b""

@@ -76,10 +76,10 @@ def _locator(key: str) -> Callable[[Any], Any]:
     return lambda event: event["delta"][key]
 
 
-_LOCATE = {kind: _locator(key) for kind, key in _TEXT_OF.items()}
+ANTHROPIC_TEXT_AT = {kind: _locator(key) for kind, key in _TEXT_OF.items()}
 
 
-def _plain_delta(part: bytes) -> tuple[str, str, int] | None:
+def anthropic_text_delta(part: bytes) -> tuple[str, str, int] | None:
     """``(delta type, text, where the JSON starts)`` when ``part`` is a text or thinking
     ``content_block_delta`` whose delta holds nothing else."""
     if part.startswith(_DELTA_EVENT):
@@ -256,11 +256,11 @@ class StreamTranslator:
             kind = "thinking_delta"
             text = self._slots["thinking_delta"].text(part)
         if text is None:
-            found = _plain_delta(part)
+            found = anthropic_text_delta(part)
             if found is None:
                 return None
             kind, text, body_at = found
-            self._slots[kind].learn(part, body_at, text, _LOCATE[kind])
+            self._slots[kind].learn(part, body_at, text, ANTHROPIC_TEXT_AT[kind])
         if text.isascii():
             meter.chars += len(text)
         else:

@@ -105,7 +105,7 @@ class OpenAISniffer:
         ):
             return False
         try:
-            data = orjson.loads(data_text)
+            data = event.json()  # shared with the output meter
         except orjson.JSONDecodeError:
             return False
         if not isinstance(data, dict):

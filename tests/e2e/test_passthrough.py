@@ -99,6 +99,28 @@ async def test_openai_stream_relayed_and_usage_chunk_hidden_when_not_asked(gatew
     assert (rows[0].input_tokens, rows[0].output_tokens, rows[0].stream) == (20, 3, True)
 
 
+async def test_openai_usage_chunk_cut_across_reads_is_still_hidden(gateway, fake_openai):  # type: ignore[no-untyped-def]
+    """The usage chunk the gateway asked for arrives in two reads: neither half may reach
+    the client (half of it, then [DONE], made one broken JSON line for the SDK)."""
+    live = await gateway(openai_config(fake_openai))
+    chunks = openai_stream(["Hel", "lo"], prompt=20, completion=3)
+    usage_chunk = chunks[-2]
+    raw = b"".join(chunks)
+    cut = raw.index(usage_chunk) + len(usage_chunk) // 2
+    fake_openai.push(SSEReply([raw[:cut], raw[cut:]], delay=0.05))
+    async with openai.AsyncOpenAI(
+        base_url=live.url + "/v1", api_key=TEST_KEY, max_retries=0
+    ) as client:
+        stream = await client.chat.completions.create(
+            model="gpt-test", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        got = [chunk async for chunk in stream]
+    assert "".join(c.choices[0].delta.content or "" for c in got if c.choices) == "Hello"
+    assert all(c.usage is None for c in got)
+    rows = await usage_rows(live)
+    assert (rows[0].input_tokens, rows[0].output_tokens) == (20, 3)
+
+
 async def test_openai_sdk_stream_with_include_usage(gateway, fake_openai):  # type: ignore[no-untyped-def]
     live = await gateway(openai_config(fake_openai))
     fake_openai.push(SSEReply(openai_stream(["a", "b", "c"], prompt=5, completion=3)))
