@@ -104,6 +104,7 @@ class TextSlot:
 
 
 _WINDOW = 64  # events `plain_run` checks at once: bounds what a run that breaks wastes
+_FEW = 5  # fewer events than this are cheaper one by one
 # Plain literals joined by \x01 (a byte no plain literal holds): a run's texts checked at once.
 _PLAIN_JOINED = re.compile(rb'"[^"\\\x00-\x1f]+"(?:\x01"[^"\\\x00-\x1f]+")*')
 _starts, _ends = bytes.startswith, bytes.endswith
@@ -147,6 +148,8 @@ def _window(
     """`plain_run` over at most `_WINDOW` events: how many it took, and their counts."""
     head, tail = ends
     window = parts[at : at + _WINDOW]
+    if len(window) < _FEW:
+        return _one_by_one(window, ends, frame, out)
     shaped = list(map(_starts, window, repeat(head, len(window))))
     if False in shaped:
         window = window[: shaped.index(False)]

@@ -16,6 +16,7 @@ import aiohttp
 import orjson
 
 from app.errors import UpstreamConnectError, UpstreamError, UpstreamTimeoutError
+from app.upstreams.bulk_read import bulk_reader
 
 
 class UpstreamResponse(Protocol):
@@ -92,9 +93,9 @@ class HttpResponse:
         self.status = resp.status
         self.headers: Mapping[str, str] = resp.headers
         self.timeout: float | None = timeout
-        # The body's own reader, with no wrapper coroutine on every chunk's way (issue 7):
+        # The body's own reader, taking what is buffered in one piece (issue 7):
         # `read_error` maps what it raises.
-        self.read_chunk: Callable[[], Awaitable[bytes]] = resp.content.readany
+        self.read_chunk: Callable[[], Awaitable[bytes]] = bulk_reader(resp.content)
         if stream:
             # From here on the gateway's one silence timer per stream keeps the timeout:
             # aiohttp's read timeout would re-arm a timer for every chunk.
