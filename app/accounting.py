@@ -51,24 +51,42 @@ def _duration(seconds: float) -> str:
 
 @dataclass(slots=True)
 class _Window:
+    """One key's last minute: admission times, and token charges as two parallel deques of
+    floats. Not a list per charge: a busy key holds a minute of requests (120,000 at
+    2,000 a second), and that many lists cost the garbage collector (issue 7: a full
+    window made every request dearer than an empty one) where floats cost it nothing."""
+
     requests: deque[float] = field(default_factory=deque)
-    tokens: deque[list[float]] = field(default_factory=deque)  # [time, tokens]
-    # Running sum of ``tokens``: summing the deque per request was O(requests in the window).
+    times: deque[float] = field(default_factory=deque)  # each charge's time
+    amounts: deque[float] = field(default_factory=deque)  # and its tokens (0 once taken back)
+    first: int = 0  # the number of the charge at times[0]: charges are numbered in order
+    # Running sum of ``amounts``: summing the deque per request was O(requests in the window).
     total: float = 0.0
 
     def expire(self, now: float) -> None:
         cutoff = now - WINDOW
-        while self.requests and self.requests[0] <= cutoff:
-            self.requests.popleft()
-        tokens = self.tokens
-        while tokens and tokens[0][0] <= cutoff:
-            entry = tokens.popleft()
-            self.total -= entry[1]
-            entry[1] = 0.0  # no longer counted: a later settle must not take it off again
+        requests = self.requests
+        while requests and requests[0] <= cutoff:
+            requests.popleft()
+        times, amounts = self.times, self.amounts
+        while times and times[0] <= cutoff:
+            times.popleft()
+            self.total -= amounts.popleft()
+            self.first += 1
 
-    def add(self, entry: list[float]) -> None:
-        self.tokens.append(entry)
-        self.total += entry[1]
+    def charge(self, when: float, tokens: float) -> int:
+        """Adds a charge; returns its number (for `take_back`)."""
+        self.times.append(when)
+        self.amounts.append(tokens)
+        self.total += tokens
+        return self.first + len(self.times) - 1
+
+    def take_back(self, number: int) -> None:
+        """Cancels charge ``number`` if it is still in the window."""
+        at = number - self.first
+        if at >= 0:
+            self.total -= self.amounts[at]
+            self.amounts[at] = 0.0
 
     def used_tokens(self) -> int:
         return int(self.total)
@@ -79,7 +97,7 @@ class Admission:
     """A request let in: its token reservation and the limit headers to send."""
 
     key_id: int | None
-    entry: list[float] | None
+    charge: int | None  # the reservation's number in its key's window
     headers: dict[str, str]
 
 
@@ -140,12 +158,9 @@ class RateLimiter:
                 now,
             )
         window.requests.append(now)
-        entry: list[float] | None = None
-        if tpm is not None:
-            entry = [now, float(estimate)]
-            window.add(entry)
+        charge = window.charge(now, float(estimate)) if tpm is not None else None
         headers = self._headers(dialect, rpm, tpm, window, used + estimate, now)
-        return Admission(key.id, entry, headers)
+        return Admission(key.id, charge, headers)
 
     def settle(self, admission: Admission, actual_tokens: int) -> None:
         """Replace the reservation with what the request really used, charged as of now.
@@ -153,20 +168,20 @@ class RateLimiter:
         Charged when the request ends rather than at admission: a stream longer than
         the window would otherwise cost nothing, its reservation having expired.
         """
-        entry = admission.entry
-        if entry is None or admission.key_id is None:
+        charge = admission.charge
+        if charge is None or admission.key_id is None:
             return
-        admission.entry = None
+        admission.charge = None
         window = self._windows.get(admission.key_id)
-        if window is not None:
-            window.total -= entry[1]
-        entry[1] = 0.0
-        if window is not None and actual_tokens > 0:
-            window.add([self._clock(), float(actual_tokens)])
+        if window is None:
+            return
+        window.take_back(charge)
+        if actual_tokens > 0:
+            window.charge(self._clock(), float(actual_tokens))
 
     def _token_wait(self, window: _Window, tpm: int, estimate: int, now: float) -> float:
         remaining: float = window.used_tokens() + estimate - tpm
-        for when, tokens in window.tokens:
+        for when, tokens in zip(window.times, window.amounts, strict=True):
             remaining -= tokens
             if remaining <= 0:
                 return when + WINDOW - now
@@ -200,7 +215,7 @@ class RateLimiter:
             reset = (window.requests[0] + WINDOW) if window.requests else now
             _window_headers(out, dialect, "requests", rpm, rpm - len(window.requests), reset, now)
         if tpm is not None:
-            reset = (window.tokens[0][0] + WINDOW) if window.tokens else now
+            reset = (window.times[0] + WINDOW) if window.times else now
             _window_headers(out, dialect, "tokens", tpm, tpm - used_tokens, reset, now)
         return out
 

@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -131,22 +132,31 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         procs.append(target)
         body = body_for(client, model, stream=args.chunks > 0)
         headers["Content-Type"] = "application/json"
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+        conns = [
+            http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+            for _ in range(args.connections)
+        ]
 
-        def one() -> None:
+        def one(conn: http.client.HTTPConnection) -> None:
             conn.request("POST", path, body=body, headers=headers)
             resp = conn.getresponse()
             data = resp.read()
             if resp.status != 200:
                 raise SystemExit(f"HTTP {resp.status}: {data[:300]!r}")
 
-        for _ in range(args.warmup):
-            one()
+        def run(count: int) -> None:
+            with ThreadPoolExecutor(len(conns)) as pool:
+                for done in [
+                    pool.submit(lambda c: [one(c) for _ in range(count // len(conns))], c)
+                    for c in conns
+                ]:
+                    done.result()
+
+        run(args.warmup * len(conns))
         control = ["callgrind_control"]
         subprocess.run([*control, "-i", "on", str(target.pid)], check=True, capture_output=True)
         time.sleep(1.0)  # callgrind takes the switch at its next poll
-        for _ in range(args.requests):
-            one()
+        run(args.requests)
         time.sleep(1.5)  # the usage writer's flush (every second) falls inside the count
         subprocess.run([*control, "-d", str(target.pid)], check=True, capture_output=True)
         time.sleep(1.0)
@@ -160,6 +170,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "scenario": f"{args.client} -> {args.upstream}"
             + (f", {args.chunks}-chunk stream" if args.chunks else ", non-stream"),
             "requests": args.requests,
+            "connections": args.connections,
             "instructions_per_request": total // args.requests,
             "app_dir": args.app_dir,
         }
@@ -179,6 +190,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunks", type=int, default=0, help="stream with 20 or 200 chunks")
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=1,
+        help="clients at once (each sequential); under valgrind the upstream's whole answer "
+        "is in before the gateway reads it, as under load",
+    )
     parser.add_argument("--app-dir", help="run Bridgekeeper from this checkout instead")
     parser.add_argument(
         "--flush-seconds",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from app.accounting import RateLimiter
@@ -168,3 +170,37 @@ def test_openai_headers_on_admission_and_refusal() -> None:
     assert info.value.headers["x-ratelimit-remaining-requests"] == "0"
     assert info.value.headers["x-ratelimit-reset-requests"] == "15s"
     assert info.value.headers["x-ratelimit-remaining-tokens"] == "500"
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_token_window_matches_a_list_of_every_charge(seed: int) -> None:
+    """Reservations taken back in any order, before and after they leave the window: the
+    tokens in the window are those of a plain list of every charge still in it."""
+    rng = random.Random(seed)
+    clock = FakeClock()
+    limiter = RateLimiter(clock=clock)
+    k = key(tpm=10**12)
+    charges: list[list[float]] = []  # [time, tokens], as the window should hold them
+    open_: list[tuple[object, list[float]]] = []
+    for _ in range(400):
+        step = rng.random()
+        if step < 0.45:
+            estimate = rng.randint(1, 500)
+            entry = [clock(), float(estimate)]
+            charges.append(entry)
+            open_.append((limiter.admit(k, estimate, "openai"), entry))
+        elif step < 0.8 and open_:
+            admission, entry = open_.pop(rng.randrange(len(open_)))
+            actual = rng.randint(0, 500)
+            limiter.settle(admission, actual)  # type: ignore[arg-type]
+            entry[1] = 0.0
+            if actual:
+                charges.append([clock(), float(actual)])
+        else:
+            clock.advance(rng.choice([0.5, 5.0, 30.0]))
+        window = limiter._windows.get(k.id)
+        if window is None:
+            continue
+        window.expire(clock())
+        in_window = sum(t for when, t in charges if when > clock() - 60)
+        assert window.used_tokens() == int(in_window)
