@@ -42,7 +42,8 @@ from bench.payloads import body_for
 from bench.procs import PYTHON
 
 ROOT = Path(__file__).resolve().parents[1]
-KEY = "bk-instructionsinstructionsinstructionsinstr"
+KEY = "bk-instructionsinstructionsinstructionsinstr"  # with RPM/TPM limits
+OPEN_KEY = "bk-instructionsopenopenopenopenopenopenopenop"  # without
 SHORT = {"openai": "oa", "anthropic": "an"}
 PATHS = {"openai": "/v1/chat/completions", "anthropic": "/v1/messages"}
 
@@ -77,6 +78,7 @@ def _config(
     lines += ["", "[[models]]", f'name = "{model}"', f'upstream = "{SHORT[upstream]}"']
     lines += ["", "[[keys]]", 'name = "instructions"', f'key = "{KEY}"']
     lines += ["rpm = 100000000", "tpm = 1000000000000"]
+    lines += ["", "[[keys]]", 'name = "instructions-open"', f'key = "{OPEN_KEY}"']
     path = home / "bridgekeeper.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -115,10 +117,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 valgrind + argv, r"listening on http://[^:]+:(\d+)", env=env, cwd=work
             )
             path = PATHS[client]
+            key = OPEN_KEY if args.open_key else KEY
             headers = (
-                {"x-api-key": KEY, "anthropic-version": "2023-06-01"}
+                {"x-api-key": key, "anthropic-version": "2023-06-01"}
                 if client == "anthropic"
-                else {"Authorization": f"Bearer {KEY}"}
+                else {"Authorization": f"Bearer {key}"}
             )
         else:
             urls = {d: f"http://127.0.0.1:{p}{PATHS[d]}" for d, p in fakes.items()}
@@ -156,8 +159,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         control = ["callgrind_control"]
         subprocess.run([*control, "-i", "on", str(target.pid)], check=True, capture_output=True)
         time.sleep(1.0)  # callgrind takes the switch at its next poll
+        began = time.monotonic()
         run(args.requests)
-        time.sleep(1.5)  # the usage writer's flush (every second) falls inside the count
+        seconds = time.monotonic() - began
+        # The usage writer's last flush falls inside the count (none when held off).
+        time.sleep(args.flush_seconds + 0.5 if args.flush_seconds <= 60 else 1.5)
         subprocess.run([*control, "-d", str(target.pid)], check=True, capture_output=True)
         time.sleep(1.0)
         total = 0
@@ -171,7 +177,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             + (f", {args.chunks}-chunk stream" if args.chunks else ", non-stream"),
             "requests": args.requests,
             "connections": args.connections,
+            "limits": not args.open_key,
+            "flush_seconds": args.flush_seconds,
             "instructions_per_request": total // args.requests,
+            "requests_per_second": round(args.requests / seconds, 1),
             "app_dir": args.app_dir,
         }
     finally:
@@ -190,6 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunks", type=int, default=0, help="stream with 20 or 200 chunks")
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument(
+        "--open-key",
+        action="store_true",
+        help="send with a key that has no RPM/TPM limits (the limiter's cost: compare)",
+    )
     parser.add_argument(
         "--connections",
         type=int,
