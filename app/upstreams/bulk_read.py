@@ -17,6 +17,7 @@ beside ``readany`` on real responses, and another fails on a version without the
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 from aiohttp.streams import StreamReader
@@ -33,6 +34,7 @@ NEEDED = frozenset(
         "_protocol",
         "_exception",
         "_timer",
+        "_loop",
     }
 )
 SUPPORTED = NEEDED <= set(StreamReader.__slots__) and hasattr(StreamReader, "_read_nowait_chunk")
@@ -61,15 +63,21 @@ def take_all(content: StreamReader) -> bytes:
 
 
 def bulk_reader(content: StreamReader) -> Callable[[], Awaitable[bytes]]:
-    """``content.readany``, taking two or more buffered chunks in one piece."""
+    """``content.readany``, taking two or more buffered chunks in one piece.
+
+    Not a coroutine of its own: a read of one chunk (one event a read, as a client alone
+    sees it) is ``readany``'s coroutine as it is, with no frame around it.
+    """
     readany = content.readany
     if not SUPPORTED or type(content) is not StreamReader:
         return readany
     buffer = content._buffer
 
-    async def read() -> bytes:
+    def read() -> Awaitable[bytes]:
         if len(buffer) < 2 or content._exception is not None:
-            return await readany()
-        return take_all(content)
+            return readany()
+        taken: asyncio.Future[bytes] = content._loop.create_future()
+        taken.set_result(take_all(content))  # awaited at once, without a loop turn
+        return taken
 
     return read
