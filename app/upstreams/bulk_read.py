@@ -35,9 +35,13 @@ NEEDED = frozenset(
         "_exception",
         "_timer",
         "_loop",
+        "_eof",
     }
 )
-SUPPORTED = NEEDED <= set(StreamReader.__slots__) and hasattr(StreamReader, "_read_nowait_chunk")
+SUPPORTED_METHODS = ("_read_nowait_chunk", "_wait")
+SUPPORTED = NEEDED <= set(StreamReader.__slots__) and all(
+    hasattr(StreamReader, name) for name in SUPPORTED_METHODS
+)
 
 
 def take_all(content: StreamReader) -> bytes:
@@ -63,19 +67,26 @@ def take_all(content: StreamReader) -> bytes:
 
 
 def bulk_reader(content: StreamReader) -> Callable[[], Awaitable[bytes]]:
-    """``content.readany``, taking two or more buffered chunks in one piece.
+    """``content.readany``, taking everything buffered in one piece: what is there when
+    it is called, or what has come by the time the read that waited for it resumes.
 
-    Not a coroutine of its own: a read of one chunk (one event a read, as a client alone
-    sees it) is ``readany``'s coroutine as it is, with no frame around it.
+    Not a coroutine when there is something to take: the result is ready at once.
     """
     readany = content.readany
     if not SUPPORTED or type(content) is not StreamReader:
         return readany
     buffer = content._buffer
 
+    async def wait_then_take() -> bytes:
+        while not buffer and not content._eof:
+            await content._wait("readany")
+        return take_all(content) if buffer else b""
+
     def read() -> Awaitable[bytes]:
-        if len(buffer) < 2 or content._exception is not None:
-            return readany()
+        if content._exception is not None:
+            return readany()  # raises it
+        if not buffer:
+            return wait_then_take()
         taken: asyncio.Future[bytes] = content._loop.create_future()
         taken.set_result(take_all(content))  # awaited at once, without a loop turn
         return taken

@@ -19,9 +19,16 @@ from tests.fakes import SSEReply
 pytestmark = pytest.mark.gen_test(timeout=30)
 
 
+class _Transport:
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
 class _Protocol(BaseProtocol):
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop)
+        self.transport = _Transport()  # type: ignore[assignment]  # "connected", nothing more
         self.resumed = 0
 
     def pause_reading(self) -> None:
@@ -122,3 +129,40 @@ async def test_a_real_chunked_body_read_in_bulk(fake_openai, delay: float) -> No
             if not delay:
                 assert reads < len(chunks)
     assert len({r.peer for r in fake_openai.received}) == 1
+
+
+@pytest.mark.parametrize("chunks", [1, 2, 30])
+async def test_a_read_that_waited_takes_all_that_came_meanwhile(chunks: int) -> None:
+    """The read waits on an empty buffer; several chunks come before it resumes (as when
+    an upstream sends a burst): it takes them all, leaving the reader as readany does."""
+    loop = asyncio.get_running_loop()
+    sides = []
+    for _ in range(2):
+        protocol = _Protocol(loop)
+        reader = StreamReader(protocol, 2**16, loop=loop)
+        reader.begin_http_chunk_receiving()
+        sides.append((protocol, reader))
+    (p_any, r_any), (p_bulk, r_bulk) = sides
+    waiting_any = asyncio.ensure_future(r_any.readany())
+    waiting_bulk = asyncio.ensure_future(bulk_reader(r_bulk)())
+    await asyncio.sleep(0)  # both are waiting now
+    for i in range(chunks):
+        for _, reader in sides:
+            reader.feed_data(b"chunk %d;" % i)
+            reader.end_http_chunk_receiving()
+    assert (
+        await waiting_bulk == await waiting_any == b"".join(b"chunk %d;" % i for i in range(chunks))
+    )
+    assert _state(r_bulk, p_bulk) == _state(r_any, p_any)
+    # The end of the body while waiting: b"", as readany gives.
+    waiting_bulk = asyncio.ensure_future(bulk_reader(r_bulk)())
+    await asyncio.sleep(0)
+    r_bulk.feed_eof()
+    assert await waiting_bulk == b""
+    # A failure while waiting is raised to the reader.
+    reader = StreamReader(_Protocol(loop), 2**16, loop=loop)
+    waiting_bulk = asyncio.ensure_future(bulk_reader(reader)())
+    await asyncio.sleep(0)
+    reader.set_exception(aiohttp.ClientPayloadError("cut"))
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await waiting_bulk
