@@ -643,14 +643,13 @@ class Gateway:
                     self._first_byte(call)
                     yield keepalive
                     continue
-                if not chunk:
-                    chunk = relay.finish()  # what a usage chunk to drop held back
-                    if chunk:
-                        yield chunk
-                    break
-                if sniffer.completed or sniffer.error is not None:
+                ended = not chunk
+                if ended:
+                    chunk = relay.finish()  # what was held back to drop a usage chunk
+                elif sniffer.completed or sniffer.error is not None:
                     continue  # bytes after the terminator are not relayed
-                chunk = relay.feed(chunk)
+                else:
+                    chunk = relay.feed(chunk)
                 if chunk:
                     self._first_byte(call)
                     if secret is not None and secret in chunk:
@@ -659,6 +658,8 @@ class Gateway:
                         yield LastChunk(chunk)
                         break  # the rest of the body is drained when the connection is kept
                     yield chunk
+                if ended:
+                    break
             if sniffer.error is not None:
                 status = "error"
                 err = from_upstream_status(

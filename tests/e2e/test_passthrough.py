@@ -121,6 +121,26 @@ async def test_openai_usage_chunk_cut_across_reads_is_still_hidden(gateway, fake
     assert (rows[0].input_tokens, rows[0].output_tokens) == (20, 3)
 
 
+async def test_openai_stream_ending_without_a_blank_line_loses_nothing(gateway, fake_openai):  # type: ignore[no-untyped-def]
+    """While a usage chunk may have to be dropped, an event without its blank line is held
+    back; the body's end must still let it through."""
+    live = await gateway(openai_config(fake_openai))
+    chunks = openai_stream(["Hel", "lo"], prompt=20, completion=3)
+    assert chunks[-1] == b"data: [DONE]\n\n"
+    chunks[-1] = b"data: [DONE]\n"
+    fake_openai.push(SSEReply(chunks, delay=0.02))
+    resp = await http(
+        "POST",
+        live.url + "/v1/chat/completions",
+        headers={"Authorization": f"Bearer {TEST_KEY}"},
+        json={"model": "gpt-test", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+    )
+    assert resp.status == 200
+    assert resp.content == b"".join(c for c in chunks if c != chunks[-2])
+    rows = await usage_rows(live)
+    assert (rows[0].status, rows[0].input_tokens, rows[0].output_tokens) == ("ok", 20, 3)
+
+
 async def test_openai_sdk_stream_with_include_usage(gateway, fake_openai):  # type: ignore[no-untyped-def]
     live = await gateway(openai_config(fake_openai))
     fake_openai.push(SSEReply(openai_stream(["a", "b", "c"], prompt=5, completion=3)))
