@@ -10,6 +10,7 @@ in-stream error event. Exactly one usage event is recorded per request.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -83,6 +84,9 @@ class Reply:
     headers: dict[str, str]
     body: bytes = b""
     stream: AsyncIterator[bytes] | None = None
+    # Work for once the reply is written (a whole answer's usage record: not on the
+    # client's critical path). The writer awaits it whether or not the write succeeded.
+    after: Callable[[], Awaitable[None]] | None = None
 
 
 class LastChunk(bytes):
@@ -546,10 +550,9 @@ class Gateway:
             else:
                 out = o2a.translate_response(data, attempt.ctx)
             raw = orjson.dumps(out)
-        await self._record(call, None)
         headers = {"Content-Type": JSON_TYPE}
         headers.update(self._limit_headers(call))
-        return Reply(200, headers, raw)
+        return Reply(200, headers, raw, after=functools.partial(self._record, call, None))
 
     def _stream_reply(self, call: _Call, attempt: _Attempt, resp: _Opened) -> Reply:
         headers = {"Content-Type": SSE_TYPE, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

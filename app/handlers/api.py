@@ -173,14 +173,15 @@ class ProxyHandler(BaseApiHandler):
     async def post(self) -> None:
         if self._too_large:
             if not self._finished:
-                reply = await self.gateway.reject(self._request(b""), self._payload_error())
-                self._write_plain(reply)
+                refused = await self.gateway.reject(self._request(b""), self._payload_error())
+                self._write_plain(refused)
             return
         self._task = asyncio.current_task()
         if self._task is not None:
             self.services.inflight.add(self._task)
         req = self._request(b"".join(self._chunks))
         self._chunks = []
+        reply: Reply | None = None
         try:
             reply = await self.gateway.answer(req)
             await self.write_reply(reply)
@@ -188,6 +189,8 @@ class ProxyHandler(BaseApiHandler):
             # The client went away; the gateway has recorded it and closed the upstream call.
             return
         finally:
+            if reply is not None and reply.after is not None:
+                await reply.after()
             if self._task is not None:
                 self.services.inflight.discard(self._task)
 

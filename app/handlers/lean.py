@@ -197,6 +197,7 @@ class ApiCall(httputil.HTTPMessageDelegate):
             inflight.add(task)
         assert self.headers is not None
         req = ApiRequest(self.dialect, self.endpoint, body, self.headers, self.request_id)
+        reply: Reply | None = None
         try:
             reply = await self.gateway.answer(req)
             await self._write(reply)
@@ -212,6 +213,8 @@ class ApiCall(httputil.HTTPMessageDelegate):
             else:
                 self.conn.close()  # the answer is cut short: say so by closing
         finally:
+            if reply is not None and reply.after is not None:
+                await reply.after()
             if task is not None:
                 inflight.discard(task)
             log_request(
