@@ -152,7 +152,7 @@ class RelayPipeline:
             if found is None:
                 return False
             kind, text, body_at = found
-            slot = self._slots.get(kind) or self._slots.setdefault(kind, TextSlot())
+            slot = self._slots.setdefault(kind, TextSlot())
             slot.learn(part, body_at, text, self._at[kind])
         self.meter.add(text)
         self.fast_events += 1

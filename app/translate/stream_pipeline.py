@@ -130,7 +130,7 @@ def plain_run(
     """
     chars = extra = 0
     while True:
-        taken, more_chars, more_extra = _window(parts, at, ends, frame, out)
+        taken, more_chars, more_extra = _window(parts[at : at + _WINDOW], ends, frame, out)
         at += taken
         chars += more_chars
         extra += more_extra
@@ -139,15 +139,10 @@ def plain_run(
 
 
 def _window(
-    parts: list[bytes],
-    at: int,
-    ends: tuple[bytes, bytes],
-    frame: tuple[bytes, bytes],
-    out: list[bytes],
+    window: list[bytes], ends: tuple[bytes, bytes], frame: tuple[bytes, bytes], out: list[bytes]
 ) -> tuple[int, int, int]:
-    """`plain_run` over at most `_WINDOW` events: how many it took, and their counts."""
+    """`plain_run` over one window of events: how many it took, and their counts."""
     head, tail = ends
-    window = parts[at : at + _WINDOW]
     if len(window) < _FEW:
         return _one_by_one(window, ends, frame, out)
     shaped = list(map(_starts, window, repeat(head, len(window))))
@@ -158,7 +153,7 @@ def _window(
         window = window[: shaped.index(False)]
     count = len(window)
     if count < 2:
-        return _one_by_one(parts[at : at + count], ends, frame, out)
+        return _one_by_one(window, ends, frame, out)
     pieces = list(map(itemgetter(slice(len(head), -len(tail) or None)), window))
     literals = b"\x01".join(pieces)
     if literals.count(b"\x01") != count - 1:
