@@ -220,6 +220,20 @@ class RateLimiter:
         return out
 
 
+@lru_cache(maxsize=256)
+def _header_names(dialect: str, kind: str, limit: int) -> tuple[str, str, str, str]:
+    """A window's limit header name and value, and its remaining and reset header names."""
+    if dialect == "anthropic":
+        prefix = f"anthropic-ratelimit-{kind}-"
+        return f"{prefix}limit", str(limit), f"{prefix}remaining", f"{prefix}reset"
+    return (
+        f"x-ratelimit-limit-{kind}",
+        str(limit),
+        f"x-ratelimit-remaining-{kind}",
+        f"x-ratelimit-reset-{kind}",
+    )
+
+
 def _window_headers(
     out: dict[str, str],
     dialect: str,
@@ -229,16 +243,13 @@ def _window_headers(
     reset: float,
     now: float,
 ) -> None:
-    """One window's limit headers: Anthropic resets as RFC 3339, OpenAI as durations."""
-    remaining = max(remaining, 0)
-    if dialect == "anthropic":
-        out[f"anthropic-ratelimit-{kind}-limit"] = str(limit)
-        out[f"anthropic-ratelimit-{kind}-remaining"] = str(remaining)
-        out[f"anthropic-ratelimit-{kind}-reset"] = _rfc3339(reset)
-    else:
-        out[f"x-ratelimit-limit-{kind}"] = str(limit)
-        out[f"x-ratelimit-remaining-{kind}"] = str(remaining)
-        out[f"x-ratelimit-reset-{kind}"] = _duration(reset - now)
+    """One window's limit headers: Anthropic resets as RFC 3339, OpenAI as durations.
+    Names and the limit's text are made once per key (half of the limiter's cost was
+    building them for every request)."""
+    limit_name, limit_text, remaining_name, reset_name = _header_names(dialect, kind, limit)
+    out[limit_name] = limit_text
+    out[remaining_name] = str(remaining) if remaining > 0 else "0"
+    out[reset_name] = _rfc3339(reset) if dialect == "anthropic" else _duration(reset - now)
 
 
 WriteBatch = Callable[[Sequence[UsageRecord], Sequence[KeyState]], None]

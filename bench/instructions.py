@@ -16,8 +16,19 @@ Usage rows are written every ``--flush-seconds`` (1 s, the product's default). U
 valgrind a second is only a few requests, so each write's fixed cost (a transaction, the
 daily roll-up, key state) is shared by few rows: ~0.4 M instructions a request, where
 under load a write carries thousands of rows. ``--flush-seconds 3600`` keeps the rows in
-memory and counts the request path alone; the writes' cost under load is what
-``make bench ARGS="--sections accounting"`` measures.
+memory and counts the request path alone.
+
+Two more targets count issue 7's accounting goal ("usage recording + auth + limits cost
+≤ 5%, on and off") without the wall clock's noise:
+
+    python -m bench.instructions usage-writer [--rows 1500]
+    python -m bench.instructions accounting [anthropic openai] [--rows 1500]
+
+``usage-writer`` runs the product's batch writer alone (`bench.usage_rows`) and prints
+its instructions a row, for writes of ``--rows`` rows (a second's worth under load).
+``accounting`` counts the request path with a key without limits and the rows kept in
+memory (off), with a limited key (the limiter's share), and the writer's row (the
+writes' share), and prints both shares of the off figure.
 """
 
 from __future__ import annotations
@@ -166,11 +177,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         time.sleep(args.flush_seconds + 0.5 if args.flush_seconds <= 60 else 1.5)
         subprocess.run([*control, "-d", str(target.pid)], check=True, capture_output=True)
         time.sleep(1.0)
-        total = 0
-        for name in glob.glob(f"{out}*"):
-            for line in Path(name).read_text(errors="replace").splitlines():
-                if line.startswith(("summary:", "totals:")):
-                    total = max(total, int(line.split()[1]))
+        total = _count(out)
         return {
             "target": args.target,
             "scenario": f"{args.client} -> {args.upstream}"
@@ -189,13 +196,119 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _count(out: Path) -> int:
+    """The instructions callgrind counted: the largest total of its dump files."""
+    total = 0
+    for name in glob.glob(f"{out}*"):
+        for line in Path(name).read_text(errors="replace").splitlines():
+            if line.startswith(("summary:", "totals:")):
+                total = max(total, int(line.split()[1]))
+    return total
+
+
+def measure_writer(args: argparse.Namespace) -> dict[str, Any]:
+    """The usage writer's instructions a row (`bench.usage_rows`), batches of ``--rows``."""
+    if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
+        raise SystemExit("needs valgrind: apt-get install valgrind")
+    work = Path(tempfile.mkdtemp(prefix="bridgekeeper-instructions-"))
+    out = work / "callgrind.out"
+    argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
+    argv += [PYTHON, "-m", "bench.usage_rows", "--rows", str(args.rows), "--batches", "4"]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(Path(args.app_dir).resolve()) if args.app_dir else str(ROOT)
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+
+    def expect(word: bytes) -> None:
+        assert proc.stdout is not None
+        while (line := proc.stdout.readline()) and not line.startswith(word):
+            pass
+        if not line:
+            raise SystemExit("bench.usage_rows exited early")
+
+    def send() -> None:
+        assert proc.stdin is not None
+        proc.stdin.write(b"\n")
+        proc.stdin.flush()
+
+    try:
+        expect(b"READY")
+        send()
+        expect(b"GO")  # the batches are built; only their writing is counted
+        control = ["callgrind_control"]
+        subprocess.run([*control, "-i", "on", str(proc.pid)], check=True, capture_output=True)
+        time.sleep(1.0)
+        send()
+        expect(b"DONE")
+        subprocess.run([*control, "-d", str(proc.pid)], check=True, capture_output=True)
+        time.sleep(1.0)
+        return {
+            "target": "usage-writer",
+            "rows_per_batch": args.rows,
+            "batches": 4,
+            "instructions_per_row": _count(out) // (4 * args.rows),
+            "app_dir": args.app_dir,
+        }
+    finally:
+        proc.kill()
+        proc.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def measure_accounting(args: argparse.Namespace) -> dict[str, Any]:
+    """Auth-only against auth + limits + usage writes, counted (issue 7's "on and off").
+
+    Off: a key without limits, the usage rows kept in memory. On: a key with RPM/TPM
+    limits, plus the writer's instructions for the request's row (in batches of
+    ``--rows``, as under load). Auth, routing and the usage record itself are in both.
+    """
+    args.flush_seconds = 3600.0
+    args.open_key = True
+    off = measure(args)
+    args.open_key = False
+    limited = measure(args)
+    writer = measure_writer(args)
+    base = off["instructions_per_request"]
+    limits = limited["instructions_per_request"] - base
+    row = writer["instructions_per_row"]
+    return {
+        "target": "accounting",
+        "scenario": off["scenario"],
+        "off_instructions_per_request": base,
+        "limits_instructions_per_request": limits,
+        "usage_write_instructions_per_row": row,
+        "rows_per_batch": args.rows,
+        "cost": (limits + row) / base,
+        "limits_cost": limits / base,
+        "usage_write_cost": row / base,
+        "app_dir": args.app_dir,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.instructions", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("target", choices=("bridgekeeper", "forwarder", "forwarder-uvloop"))
-    parser.add_argument("client", choices=("anthropic", "openai"), help="the client's dialect")
-    parser.add_argument("upstream", choices=("anthropic", "openai"), help="the upstream's")
+    parser.add_argument(
+        "target",
+        choices=("bridgekeeper", "forwarder", "forwarder-uvloop", "usage-writer", "accounting"),
+    )
+    parser.add_argument(
+        "client",
+        nargs="?",
+        default="anthropic",
+        choices=("anthropic", "openai"),
+        help="the client's dialect (anthropic)",
+    )
+    parser.add_argument(
+        "upstream",
+        nargs="?",
+        default="openai",
+        choices=("anthropic", "openai"),
+        help="the upstream's (openai)",
+    )
     parser.add_argument("--chunks", type=int, default=0, help="stream with 20 or 200 chunks")
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=30)
@@ -219,8 +332,17 @@ def main(argv: list[str] | None = None) -> int:
         help="Bridgekeeper's usage write interval (1, the default; 3600 leaves the usage rows "
         "in memory: the request path alone, see the module's docstring)",
     )
+    parser.add_argument(
+        "--rows",
+        type=int,
+        default=1500,
+        help="usage-writer, accounting: rows a write (1500: a second's at this machine's rate)",
+    )
     args = parser.parse_args(argv)
-    print(orjson.dumps(measure(args)).decode())
+    run = {"usage-writer": measure_writer, "accounting": measure_accounting}.get(
+        args.target, measure
+    )
+    print(orjson.dumps(run(args)).decode())
     return 0
 
 

@@ -161,6 +161,29 @@ class UsageFilter:
         return stmt
 
 
+# The driver binds int, float and str at once, but any other value (None, bool) only after
+# asking its adapter registry and then the adaptation protocol: two failed attribute
+# lookups, each raising a formatted AttributeError in C, ~16 k instructions a usage row
+# (a row has about five such values). Found in the registry, each is one C call. What is
+# bound does not change: None is still NULL (an empty dict's ``get`` answers None for
+# None) and a bool its int.
+sqlite3.register_adapter(type(None), {}.get)
+sqlite3.register_adapter(bool, int)
+
+
+@lru_cache(maxsize=64)
+def _second_text(day: int, hour: int, minute: int, second: int) -> str:
+    return f"{date.fromordinal(day)} {hour:02d}:{minute:02d}:{second:02d}"
+
+
+def sqlite_datetime(when: datetime) -> str:
+    """The text SQLAlchemy stores for a SQLite DATETIME, ``YYYY-MM-DD HH:MM:SS.ffffff``
+    (any tzinfo left out, as SQLAlchemy does). A batch's rows share their seconds, so each
+    second's text is made once: `datetime.isoformat` was ~7 k instructions a row."""
+    head = _second_text(when.toordinal(), when.hour, when.minute, when.second)
+    return "%s.%06d" % (head, when.microsecond)  # noqa: UP031 (the fastest of the three forms)
+
+
 _InsertPlan = tuple[str, Callable[[UsageRecord], tuple[Any, ...]], int]
 # Rows per INSERT: within SQLite's bound-parameter limit (32766 since 3.32, 999 before).
 _CHUNK = 256 if sqlite3.sqlite_version_info >= (3, 32, 0) else 32
@@ -195,11 +218,7 @@ def _insert_rows(session: Session, records: Sequence[UsageRecord]) -> None:
     flat: list[Any] = []
     for record in records:
         row = list(values(record))
-        when = row[at]
-        if when.tzinfo is None and when.microsecond:
-            row[at] = when.isoformat(" ")
-        else:
-            row[at] = when.strftime("%Y-%m-%d %H:%M:%S.%f")
+        row[at] = sqlite_datetime(row[at])
         flat += row
     # Many rows per INSERT: the driver releases the GIL around every statement it steps,
     # and with the event loop waiting for the GIL each release became a thread handoff
@@ -239,15 +258,7 @@ def insert_events(session: Session, records: Sequence[UsageRecord]) -> None:
         if r.key_id is not None and (r.key_id not in last_used or last_used[r.key_id] < r.time):
             last_used[r.key_id] = r.time
     for (day, key_name, model, upstream), rows in buckets.items():
-        totals = {
-            "requests": len(rows),
-            "errors": sum(1 for r in rows if r.is_error),
-            "input_tokens": sum(r.input_tokens for r in rows),
-            "output_tokens": sum(r.output_tokens for r in rows),
-            "cache_read_tokens": sum(r.cache_read_tokens for r in rows),
-            "cache_write_tokens": sum(r.cache_write_tokens for r in rows),
-            "latency_ms_total": sum(r.latency_ms for r in rows),
-        }
+        totals = _totals(rows)
         where = (
             (UsageDaily.day == day)
             & (UsageDaily.key_name == key_name)
@@ -270,6 +281,30 @@ def insert_events(session: Session, records: Sequence[UsageRecord]) -> None:
             .where((ProxyKey.last_used_at.is_(None)) | (ProxyKey.last_used_at < when))
             .values(last_used_at=when)
         )
+
+
+def _totals(rows: list[UsageRecord]) -> dict[str, Any]:
+    """One roll-up bucket's sums, in one pass (seven generator sums were ~5 k instructions
+    a row)."""
+    errors = input_tokens = output_tokens = cache_read = cache_write = 0
+    latency = 0.0
+    for r in rows:
+        if r.status != "ok":
+            errors += 1
+        input_tokens += r.input_tokens
+        output_tokens += r.output_tokens
+        cache_read += r.cache_read_tokens
+        cache_write += r.cache_write_tokens
+        latency += r.latency_ms
+    return {
+        "requests": len(rows),
+        "errors": errors,
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "cache_read_tokens": cache_read,
+        "cache_write_tokens": cache_write,
+        "latency_ms_total": latency,
+    }
 
 
 async def iter_export(

@@ -246,3 +246,27 @@ def test_a_large_batch_is_stored_row_for_row(engine: Engine) -> None:
             record.status,
         )
     assert rollup(engine) == raw_totals(engine)
+
+
+def test_the_time_text_is_what_sqlalchemy_stores() -> None:
+    """Usage rows bypass SQLAlchemy's parameter processing; their DATETIME text must be the
+    one its SQLite dialect writes, or time filters and ordering would compare unlike text."""
+    import random
+
+    from sqlalchemy.dialects import sqlite
+
+    from app.db.usage import sqlite_datetime
+
+    process = sqlite.DATETIME().bind_processor(sqlite.dialect())
+    assert process is not None
+    rng = random.Random(7)
+    whens = [datetime(9, 1, 2, 3, 4, 5, 7), NOON, NOON.replace(tzinfo=UTC)]
+    whens += [
+        datetime(2026, 1, 1)
+        + timedelta(
+            seconds=rng.randrange(10**8), microseconds=rng.choice([0, 1, rng.randrange(10**6)])
+        )
+        for _ in range(300)
+    ]
+    for when in whens:
+        assert sqlite_datetime(when) == process(when), when
