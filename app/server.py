@@ -136,7 +136,7 @@ async def build_services(
     first = await _bootstrap(services, settings)
     await services.reload()
     recorder.start()
-    services.start_refresh()
+    services.start_refresh(settings.key_refresh_seconds)
     return services, first
 
 

@@ -125,6 +125,10 @@ class Settings:
     usage_buffer_size: int = field(
         default=10000, metadata=_help("usage events held in memory before back-pressure")
     )
+    key_refresh_seconds: float = field(
+        default=2.0,
+        metadata=_help("how often keys created or revoked from the command line are looked for"),
+    )
     retention_days: int | None = field(
         default=None, metadata=_help("delete raw usage events older than this (roll-ups stay)")
     )
@@ -239,6 +243,7 @@ _SERVER_FIELDS = {
     "default_max_tokens",
     "usage_flush_seconds",
     "usage_buffer_size",
+    "key_refresh_seconds",
     "retention_days",
     "metrics_token",
     "log_level",
@@ -469,9 +474,13 @@ def load_settings(
         "request_timeout",
         "default_temperature",
         "usage_flush_seconds",
+        "key_refresh_seconds",
     ):
         if name in values:
             _opt_float(where, f"server.{name}", values[name])
+    for name in ("usage_flush_seconds", "key_refresh_seconds"):
+        if name in values and not values[name] > 0:
+            raise where.error(f"server.{name}", "must be more than 0")
     if "behind_proxy" in values:
         _expect(where, "server.behind_proxy", values["behind_proxy"], bool, "true/false")
 

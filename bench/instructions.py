@@ -79,6 +79,9 @@ def _config(
         'host = "127.0.0.1"',
         "port = 0",
         f"usage_flush_seconds = {flush_seconds}",
+        # The key refresh's query (every 2 s by default) would fall a varying number of
+        # times into a count of a few seconds: ~0.1 M instructions a request at random.
+        "key_refresh_seconds = 3600",
         f'database_url = "sqlite:///{home}/bridgekeeper.db"',
         'admin_password = "instructions-admin-password"',
     ]

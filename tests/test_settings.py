@@ -186,6 +186,8 @@ def test_compatibility_variables(tmp_path: Path) -> None:
             "keys[0] (k).expires: expected a date",
         ),
         ('[server]\nport = "eighty"\n', "server.port: expected an integer"),
+        ("[server]\nusage_flush_seconds = 0\n", "server.usage_flush_seconds: must be more than 0"),
+        ("[server]\nkey_refresh_seconds = -1\n", "server.key_refresh_seconds: must be more than 0"),
         ("[server]\nwhatever = 1\n", "server: unknown setting 'whatever'"),
         (
             '[server]\ndefault_upstream = "ghost"\n',

@@ -311,6 +311,20 @@ async def test_revocation_by_the_cli_reaches_a_running_gateway(gateway, fake_ope
     assert status == 401
 
 
+async def test_the_key_refresh_interval_is_the_configured_one(gateway, fake_openai):  # type: ignore[no-untyped-def]
+    """``key_refresh_seconds = 3600``: a revocation from the command line is not looked
+    for before then (the default, 2 s, would have found it)."""
+    live = await gateway(routes(fake_openai), server="key_refresh_seconds = 3600")
+    out = await run_cli("keys", "create", "erin", "--database-url", live.services_db_url)
+    erin = out.strip().splitlines()[-1]
+    assert (await post(live, "openai", key=erin)).status == 200
+    await run_cli("keys", "revoke", "erin", "--database-url", live.services_db_url)
+    await asyncio.sleep(3.0)
+    assert (await post(live, "openai", key=erin)).status == 200
+    await live.services.reload()  # what the refresh would do, or a config reload
+    assert (await post(live, "openai", key=erin)).status == 401
+
+
 @pytest.mark.parametrize("dialect", ["anthropic", "openai"])
 async def test_model_outside_the_key_globs_is_403_naming_it(gateway, fake_openai, dialect):  # type: ignore[no-untyped-def]
     live = await gateway(
