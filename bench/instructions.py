@@ -267,6 +267,7 @@ def measure_accounting(args: argparse.Namespace) -> dict[str, Any]:
     limits, plus the writer's instructions for the request's row (in batches of
     ``--rows``, as under load). Auth, routing and the usage record itself are in both.
     """
+    args.target = "bridgekeeper"
     args.flush_seconds = 3600.0
     args.open_key = True
     off = measure(args)
