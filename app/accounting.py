@@ -44,7 +44,11 @@ def _duration(seconds: float) -> str:
     """OpenAI's reset format: ``"1s"``, ``"6m0s"``, ``"12ms"``."""
     if seconds < 1:
         return f"{max(int(seconds * 1000), 0)}ms"
-    whole = int(seconds + 0.999)
+    return _whole_seconds(int(seconds + 0.999))
+
+
+@lru_cache(maxsize=128)
+def _whole_seconds(whole: int) -> str:
     minutes, secs = divmod(whole, 60)
     return f"{minutes}m{secs}s" if minutes else f"{secs}s"
 
@@ -131,7 +135,7 @@ class RateLimiter:
         if window is None:
             window = self._windows[key.id] = _Window()
         window.expire(now)
-        used = window.used_tokens()
+        used = int(window.total)
         if rpm is not None and len(window.requests) >= rpm:
             wait = window.requests[0] + WINDOW - now
             raise self._refuse(
@@ -210,13 +214,26 @@ class RateLimiter:
         used_tokens: int,
         now: float,
     ) -> dict[str, str]:
+        """The limit headers: Anthropic's resets as RFC 3339, OpenAI's as durations. Names
+        and limits are made once per key (building them was half the limiter's cost)."""
         out: dict[str, str] = {}
+        anthropic = dialect == "anthropic"
         if rpm is not None:
-            reset = (window.requests[0] + WINDOW) if window.requests else now
-            _window_headers(out, dialect, "requests", rpm, rpm - len(window.requests), reset, now)
+            requests = window.requests
+            reset = requests[0] + WINDOW if requests else now
+            limit_name, limit, left_name, reset_name = _header_names(dialect, "requests", rpm)
+            out[limit_name] = limit
+            left = rpm - len(requests)
+            out[left_name] = str(left) if left > 0 else "0"
+            out[reset_name] = _rfc3339(reset) if anthropic else _duration(reset - now)
         if tpm is not None:
-            reset = (window.times[0] + WINDOW) if window.times else now
-            _window_headers(out, dialect, "tokens", tpm, tpm - used_tokens, reset, now)
+            times = window.times
+            reset = times[0] + WINDOW if times else now
+            limit_name, limit, left_name, reset_name = _header_names(dialect, "tokens", tpm)
+            out[limit_name] = limit
+            left = tpm - used_tokens
+            out[left_name] = str(left) if left > 0 else "0"
+            out[reset_name] = _rfc3339(reset) if anthropic else _duration(reset - now)
         return out
 
 
@@ -232,24 +249,6 @@ def _header_names(dialect: str, kind: str, limit: int) -> tuple[str, str, str, s
         f"x-ratelimit-remaining-{kind}",
         f"x-ratelimit-reset-{kind}",
     )
-
-
-def _window_headers(
-    out: dict[str, str],
-    dialect: str,
-    kind: str,
-    limit: int,
-    remaining: int,
-    reset: float,
-    now: float,
-) -> None:
-    """One window's limit headers: Anthropic resets as RFC 3339, OpenAI as durations.
-    Names and the limit's text are made once per key (half of the limiter's cost was
-    building them for every request)."""
-    limit_name, limit_text, remaining_name, reset_name = _header_names(dialect, kind, limit)
-    out[limit_name] = limit_text
-    out[remaining_name] = str(remaining) if remaining > 0 else "0"
-    out[reset_name] = _rfc3339(reset) if dialect == "anthropic" else _duration(reset - now)
 
 
 WriteBatch = Callable[[Sequence[UsageRecord], Sequence[KeyState]], None]

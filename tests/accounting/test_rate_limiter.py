@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import random
+from datetime import UTC, datetime
 
 import pytest
 
@@ -204,3 +206,74 @@ def test_token_window_matches_a_list_of_every_charge(seed: int) -> None:
         window.expire(clock())
         in_window = sum(t for when, t in charges if when > clock() - 60)
         assert window.used_tokens() == int(in_window)
+
+
+def _reference_headers(
+    dialect: str, rpm: int, tpm: int, requests: list[float], charges: list[list[float]], now: float
+) -> dict[str, str]:
+    """The limit headers by their definition, from every request and charge in the window."""
+    in_window = [c for c in charges if c[0] > now - 60]
+    req_reset = (min(requests) if requests else now) + 60
+    tok_reset = (in_window[0][0] if in_window else now) + 60
+    used = int(sum(c[1] for c in in_window))
+    out = {}
+    for kind, limit, left, reset in (
+        ("requests", rpm, rpm - len(requests), req_reset),
+        ("tokens", tpm, tpm - used, tok_reset),
+    ):
+        if dialect == "anthropic":
+            when = datetime.fromtimestamp(math.floor(reset), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            out[f"anthropic-ratelimit-{kind}-limit"] = str(limit)
+            out[f"anthropic-ratelimit-{kind}-remaining"] = str(max(left, 0))
+            out[f"anthropic-ratelimit-{kind}-reset"] = when
+        else:
+            seconds = reset - now
+            if seconds < 1:
+                text = f"{max(int(seconds * 1000), 0)}ms"
+            else:
+                minutes, secs = divmod(int(seconds + 0.999), 60)
+                text = f"{minutes}m{secs}s" if minutes else f"{secs}s"
+            out[f"x-ratelimit-limit-{kind}"] = str(limit)
+            out[f"x-ratelimit-remaining-{kind}"] = str(max(left, 0))
+            out[f"x-ratelimit-reset-{kind}"] = text
+    return out
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_admission_headers_match_their_definition(seed: int) -> None:
+    """Random admissions, settlements and clock steps on keys with both limits, in both
+    dialects: every admission's headers are those computed from the window's contents."""
+    rng = random.Random(seed)
+    clock = FakeClock()
+    limiter = RateLimiter(clock=clock)
+    k = key(rpm=rng.choice([40, 1000]), tpm=rng.choice([3000, 10**6]), key_id=seed + 1)
+    assert k.rpm is not None and k.tpm is not None
+    requests: list[float] = []
+    charges: list[list[float]] = []
+    open_: list[tuple[object, list[float]]] = []
+    for _ in range(300):
+        step = rng.random()
+        if step < 0.5:
+            estimate = rng.randint(1, 400)
+            dialect = rng.choice(["anthropic", "openai"])
+            now = clock()
+            requests = [t for t in requests if t > now - 60]
+            try:
+                admission = limiter.admit(k, estimate, dialect)
+            except RateLimitedError:
+                continue
+            requests.append(now)
+            entry = [now, float(estimate)]
+            charges.append(entry)
+            expected = _reference_headers(dialect, k.rpm, k.tpm, requests, charges, now)
+            assert admission.headers == expected
+            open_.append((admission, entry))
+        elif step < 0.8 and open_:
+            admission, entry = open_.pop(rng.randrange(len(open_)))
+            actual = rng.randint(0, 400)
+            limiter.settle(admission, actual)  # type: ignore[arg-type]
+            entry[1] = 0.0
+            if actual:
+                charges.append([clock(), float(actual)])
+        else:
+            clock.advance(rng.choice([0.25, 0.9, 7.5, 30.0]))
