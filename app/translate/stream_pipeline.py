@@ -245,6 +245,16 @@ class StreamPipeline:
 
     def feed(self, chunk: bytes) -> list[bytes]:
         parser = self._parser
+        if chunk.find(b"\n\n") == len(chunk) - 2 > 0 and parser.idle and b"\r" not in chunk:
+            # One whole event, a live stream's usual read: straight to the translator (the
+            # general path below costs ~0.8 k more instructions an event).
+            part = chunk[:-2]
+            framed = self.translator.fast_event(part, self.meter)
+            if framed is None:
+                event = simple_event(part)
+                return self._slow(parser.feed(chunk) if event is None else [event])
+            self.fast_events += 1
+            return [framed] if framed else []
         if b"\r" in chunk:
             return self._slow(parser.feed(chunk))  # CRLF framing: the parser knows it
         out: list[bytes] = []
