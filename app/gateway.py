@@ -594,7 +594,7 @@ class Gateway:
                     if call.ttft is None:
                         call.ttft = self._perf() - call.started
                     data = b"".join(out)
-                    if secret is not None and secret in data:
+                    if secret is not None and data.find(secret) >= 0:
                         data = redact(data, call.secret)  # an error event echoing the key
                     yield LastChunk(data) if translator.done else data
             if translator.error is not None:
@@ -655,7 +655,7 @@ class Gateway:
                     chunk = relay.feed(chunk)
                 if chunk:
                     self._first_byte(call)
-                    if secret is not None and secret in chunk:
+                    if secret is not None and chunk.find(secret) >= 0:
                         chunk = redact(chunk, call.secret)  # an error event echoing the key
                     if sniffer.completed:
                         yield LastChunk(chunk)

@@ -91,7 +91,7 @@ class RelayPipeline:
 
     def _relay(self, chunk: bytes) -> bytes:
         parser = self._parser
-        if b"\r" in chunk:
+        if chunk.find(b"\r") >= 0:
             return self._parsed(chunk)  # CRLF framing: the parser knows it
         before = b""
         if not parser.idle:
