@@ -181,6 +181,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         subprocess.run([*control, "-d", str(target.pid)], check=True, capture_output=True)
         time.sleep(1.0)
         total = _count(out)
+        if args.keep:
+            for name in glob.glob(f"{out}*"):
+                shutil.copy(name, Path(args.keep) / Path(name).name)
         return {
             "target": args.target,
             "scenario": f"{args.client} -> {args.upstream}"
@@ -335,6 +338,11 @@ def main(argv: list[str] | None = None) -> int:
         default=1.0,
         help="Bridgekeeper's usage write interval (1, the default; 3600 leaves the usage rows "
         "in memory: the request path alone, see the module's docstring)",
+    )
+    parser.add_argument(
+        "--keep",
+        metavar="DIR",
+        help="copy callgrind's output files here (callgrind_annotate shows where it went)",
     )
     parser.add_argument(
         "--rows",

@@ -217,7 +217,7 @@ def simple_event(part: bytes) -> SSEEvent | None:
     ``data: …`` line, optionally after one ``event: …`` line; None for anything else.
     The parser's line splitting and decoding cost more than the event's translation."""
     if part.startswith(b"data:"):
-        if b"\n" in part:
+        if part.find(b"\n") >= 0:
             return None
         data = part[6:] if part.startswith(b" ", 5) else part[5:]
         return SSEEvent(None, data.decode("utf-8", "replace"))
