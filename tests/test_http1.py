@@ -19,7 +19,7 @@ import tornado.netutil
 import tornado.web
 from tornado import httputil
 
-from app.http1 import LeanHTTPServer, parse_header_block
+from app.http1 import LeanHTTPServer, head_end, parse_header_block
 
 pytestmark = pytest.mark.gen_test(timeout=30)
 
@@ -78,6 +78,20 @@ def test_header_block_parse_matches_tornado_on_the_tricky_cases(block: str) -> N
 
 
 ENDS = ["\r\n", "\n"]
+
+
+def test_head_end_is_where_tornados_head_regex_ends() -> None:
+    """The request head is read up to `head_end` instead of Tornado's ``\\r?\\n\\r?\\n``
+    search: the same end (or none) on every buffer of CRs, LFs and other bytes."""
+    rng = random.Random(11)
+    pattern = re.compile(rb"\r?\n\r?\n")
+    buffers = [b"", b"\n\n", b"\r\n\r\n", b"\n\r\n", b"\r\n\n", b"a\n\n\r\n", b"\n\n\r\n"]
+    buffers += [
+        bytes(rng.choice(b"\r\na:") for _ in range(rng.randint(0, 24))) for _ in range(20000)
+    ]
+    for buffer in buffers:
+        match = pattern.search(buffer)
+        assert head_end(bytearray(buffer)) == (match.end() if match else -1), buffer
 
 
 def test_header_block_parse_matches_tornado_on_random_blocks() -> None:
@@ -225,6 +239,9 @@ CONVERSATIONS = {
         b"GET /streamed HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
     ),
     "bare LF": b"GET /text HTTP/1.1\nHost: x\n\n",
+    "CRLF lines, LF blank line": (
+        b"GET /text HTTP/1.1\r\nHost: x\r\n\nGET /text HTTP/1.1\nHost: y\n\r\n"
+    ),
     "duplicate names": b"GET /text HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nx-a: 2\r\n\r\n",
     "malformed header": b"GET /text HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",
     "malformed line": b"GET /text HTTP/1.1 extra\r\nHost: x\r\n\r\n",
@@ -233,6 +250,28 @@ CONVERSATIONS = {
         b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
     ),
 }
+
+
+@pytest.mark.parametrize("ended", [True, False])
+async def test_a_head_over_the_size_limit_is_refused_like_tornados(ended: bool) -> None:
+    """Over Tornado's 64 KiB, whether its blank line came or not: the connection is closed."""
+    raw = b"GET /text HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70000
+    raw += b"\r\n\r\n" if ended else b""
+
+    async def closed_without_a_word(port: int) -> bool:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(raw)
+        said = await asyncio.wait_for(reader.read(), 5)  # to EOF: the server closed it
+        writer.close()
+        return said == b""
+
+    async with both_servers() as servers:
+        assert await closed_without_a_word(servers["tornado"])
+        assert await closed_without_a_word(servers["lean"])
+        fine = CONVERSATIONS["close"]  # and the servers go on serving
+        assert _normalised(await _exchange(servers["lean"], fine)) == _normalised(
+            await _exchange(servers["tornado"], fine)
+        )
 
 
 @pytest.mark.parametrize("name", list(CONVERSATIONS))
