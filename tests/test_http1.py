@@ -245,6 +245,13 @@ CONVERSATIONS = {
     "duplicate names": b"GET /text HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nx-a: 2\r\n\r\n",
     "malformed header": b"GET /text HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",
     "malformed line": b"GET /text HTTP/1.1 extra\r\nHost: x\r\n\r\n",
+    "bodies over many reads": (
+        b"POST /text HTTP/1.1\r\nHost: x\r\nContent-Length: 300000\r\n\r\n"
+        + bytes(range(256)) * 1171
+        + b"a" * 224
+        + b"POST /text HTTP/1.1\r\nHost: x\r\nContent-Length: 70000\r\n\r\n"
+        + b"xy" * 35000
+    ),
     "chunked body": (
         b"POST /text HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
