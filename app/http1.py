@@ -33,7 +33,7 @@ from tornado import httputil, iostream
 from tornado.concurrent import Future, future_add_done_callback
 from tornado.http1connection import HTTP1Connection, HTTP1ServerConnection, parse_int
 from tornado.httpserver import HTTPServer, _HTTPRequestContext
-from tornado.log import gen_log
+from tornado.log import app_log, gen_log
 
 # One header line as RFC 9110 has it (field-name ":" OWS field-value OWS), as Tornado's
 # `HTTPHeaders.parse_line` checks it line by line: a token, then a value of visible or
@@ -375,11 +375,26 @@ class LeanHTTPServer(HTTPServer):
         self._idle_timeout = float(self.conn_params.header_timeout or 3600)
         self.conn_params.header_timeout = None
 
+    def _handle_connection(self, connection: socket.socket, address: Any) -> None:
+        """`TCPServer._handle_connection` with a `LeanStream` for a plain TCP connection
+        (built as one: swapping an instance's class afterwards made every attribute
+        lookup on it dearer than what the swap saved)."""
+        if self.ssl_options is not None:
+            super()._handle_connection(connection, address)
+            return
+        try:
+            stream = LeanStream(
+                connection,
+                max_buffer_size=self.max_buffer_size,
+                read_chunk_size=self.read_chunk_size,
+            )
+            self.handle_stream(stream, address)
+        except Exception:
+            app_log.error("Error in connection callback", exc_info=True)
+
     def handle_stream(self, stream: iostream.IOStream, address: tuple[Any, ...]) -> None:
-        stream.set_nodelay(True)
-        if type(stream) is iostream.IOStream:
-            stream.__class__ = LeanStream  # built by TCPServer: its methods swapped in
-        else:
+        iostream.IOStream.set_nodelay(stream, True)
+        if type(stream) is not LeanStream:
             stream.set_nodelay = _keep_nodelay  # type: ignore[method-assign]
         context = _HTTPRequestContext(stream, address, self.protocol, self.trusted_downstream)
         conn = LeanServerConnection(stream, self.conn_params, context, self._idle_timeout)
