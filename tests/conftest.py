@@ -18,6 +18,7 @@ import tornado.ioloop
 from app.server import Server, build_services
 from app.services import Services
 from app.settings import load_settings
+from tests.databases import database_url
 from tests.fakes import FakeUpstream
 
 TEST_KEY = "bk-test-key-000000000000"
@@ -47,8 +48,8 @@ def write_config(tmp_path: Path, body: str, *, with_key: bool = True, server: st
 
     ``server`` holds extra lines for the ``[server]`` table.
     """
-    db = tmp_path / "bridgekeeper.db"
-    text = f'[server]\ndatabase_url = "sqlite:///{db}"\nadmin_password = "test-admin-pw"\n'
+    db = database_url(tmp_path, "bridgekeeper.db")
+    text = f'[server]\ndatabase_url = "{db}"\nadmin_password = "test-admin-pw"\n'
     text += f'secret_key = "{SECRET_KEY}"\nusage_flush_seconds = 0.05\n'
     text += server.strip() + "\n" if server.strip() else ""
     text += body

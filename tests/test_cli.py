@@ -11,13 +11,15 @@ from pathlib import Path
 
 import orjson
 import pytest
-from sqlalchemy import create_engine, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.auth import hash_key, verify_password
 from app.cli import main
+from app.db.engine import make_sync_engine
 from app.db.models import AdminUser, ProxyKey
 from app.db.usage import EXPORT_COLUMNS, UsageRecord, insert_events
+from tests.databases import database_url
 
 
 def run(*args: str) -> tuple[int, str]:
@@ -28,11 +30,11 @@ def run(*args: str) -> tuple[int, str]:
 
 @pytest.fixture
 def db(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'cli.db'}"
+    return database_url(tmp_path, "cli.db")
 
 
 def rows(url: str, model: type) -> list:  # type: ignore[type-arg]
-    engine = create_engine(url)
+    engine = make_sync_engine(url)
     with Session(engine) as session:
         found = list(session.scalars(select(model)))
     engine.dispose()
@@ -108,7 +110,7 @@ def test_db_upgrade(db: str) -> None:
 
 def _seed_usage(url: str) -> None:
     run("db", "upgrade", "--database-url", url)
-    engine = create_engine(url)
+    engine = make_sync_engine(url)
     records = [
         UsageRecord(
             time=datetime(2026, 1, 1, 10, 0, 0),

@@ -167,7 +167,7 @@ class UsageFilter:
 # (a row has about five such values). Found in the registry, each is one C call. What is
 # bound does not change: None is still NULL (an empty dict's ``get`` answers None for
 # None) and a bool its int.
-sqlite3.register_adapter(type(None), {}.get)
+sqlite3.register_adapter(type(None), cast(Callable[[None], None], {}.get))
 sqlite3.register_adapter(bool, int)
 
 

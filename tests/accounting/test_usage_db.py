@@ -16,6 +16,7 @@ from app.db.engine import make_sync_engine, upgrade
 from app.db.models import ProxyKey, UsageDaily, UsageEvent
 from app.db.usage import UsageRecord, delete_older_than, insert_events
 from tests.conftest import TEST_KEY, http
+from tests.databases import database_url
 from tests.team.support import START, FakeClock, eventually
 
 NOON = datetime(2025, 6, 15, 12, 0)
@@ -23,7 +24,7 @@ NOON = datetime(2025, 6, 15, 12, 0)
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
-    url = f"sqlite:///{tmp_path / 'usage.db'}"
+    url = database_url(tmp_path, "usage.db")
     upgrade(url)
     engine = make_sync_engine(url)
     yield engine

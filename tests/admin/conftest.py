@@ -25,15 +25,16 @@ from app.db.usage import UsageRecord, insert_events
 from app.server import build_app, build_services
 from app.services import Services
 from app.settings import load_settings
+from tests.databases import database_url
 
 ADMIN_PASSWORD = "correct-horse-battery"
 SECRET_KEY = "Gk1hY0c7oQ7m0oGJbJ0xv0Hn7K3z4cQx0m9o0x2q3yE="
 
 
 def write_config(tmp_path: Path, body: str = "") -> Path:
-    db = tmp_path / "dash.db"
+    db = database_url(tmp_path, "dash.db")
     text = (
-        f'[server]\ndatabase_url = "sqlite:///{db}"\nadmin_password = "{ADMIN_PASSWORD}"\n'
+        f'[server]\ndatabase_url = "{db}"\nadmin_password = "{ADMIN_PASSWORD}"\n'
         f'secret_key = "{SECRET_KEY}"\nusage_flush_seconds = 0.05\n' + body
     )
     path = tmp_path / "bridgekeeper.toml"
