@@ -273,8 +273,10 @@ class UsageRecorder:
         purge: PurgeBatch | None = None,
         retention_days: int | None = None,
         clock: Callable[[], float] = time.time,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
         self._write = write
+        self._on_close = on_close  # run in the writer thread once the last flush is done
         self._interval = interval
         self._max = max_buffer
         self._purge = purge
@@ -394,4 +396,9 @@ class UsageRecorder:
             await asyncio.sleep(0.2 * (attempt + 1))
         if self._buffer:
             log.error("%d usage events could not be written at shutdown", len(self._buffer))
+        if self._on_close is not None:
+            try:
+                await asyncio.get_running_loop().run_in_executor(self._executor, self._on_close)
+            except Exception:
+                log.exception("closing the usage writer failed")
         self._executor.shutdown(wait=True)

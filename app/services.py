@@ -155,8 +155,14 @@ class Services:
 
 def make_writer(
     database_url: str,
-) -> tuple[Callable[[Sequence[UsageRecord], Sequence[KeyState]], None], Callable[[datetime], int]]:
-    """The recorder's batch writer and retention purge, on a sync engine of their own."""
+) -> tuple[
+    Callable[[Sequence[UsageRecord], Sequence[KeyState]], None],
+    Callable[[datetime], int],
+    Callable[[], None],
+]:
+    """The recorder's batch writer, retention purge and close (the engine's connections
+    closed: left to the garbage collector, PostgreSQL's warn that they were never closed),
+    on a sync engine of their own."""
     engine = make_sync_engine(database_url)
 
     def write(records: Sequence[UsageRecord], keys: Sequence[KeyState]) -> None:
@@ -168,4 +174,4 @@ def make_writer(
         with Session(engine) as session, session.begin():
             return delete_older_than(session, cutoff)
 
-    return write, purge
+    return write, purge, engine.dispose

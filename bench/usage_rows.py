@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bridgekeeper-usage-rows-") as work:
         url = f"sqlite:///{Path(work) / 'bridgekeeper.db'}"
         upgrade(url)
-        write, _purge = make_writer(url)
+        write, _purge, close = make_writer(url)
         start = datetime.now(UTC).replace(tzinfo=None)
         serial = 0
         for _ in range(3):  # statements prepared, pages cached, the roll-up rows made
@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             for rows in batches:
                 write(rows, [])
             print("DONE", flush=True)
+        close()
     return 0
 
 

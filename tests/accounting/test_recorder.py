@@ -228,3 +228,23 @@ async def test_usage_is_still_written_while_a_long_purge_runs() -> None:
     finally:
         done.set()
         await recorder.close()
+
+
+async def test_close_closes_the_writer_after_its_last_flush_on_its_thread() -> None:
+    """The writer's engine is closed (``on_close``) once, after the events left at shutdown
+    are written, on the writer's own thread (SQLite connections belong to theirs)."""
+    writer = FakeWriter()
+    seen: list[tuple[list[str], str]] = []
+    recorder = UsageRecorder(
+        writer,
+        interval=3600,
+        on_close=lambda: seen.append((writer.written, threading.current_thread().name)),
+    )
+    recorder.start()
+    for n in range(3):
+        await recorder.record(event(n))
+    await recorder.close()
+    assert len(seen) == 1
+    written, thread = seen[0]
+    assert written == ["req_0", "req_1", "req_2"]
+    assert thread.startswith("usage-writer")
