@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test test-postgres lint bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -19,6 +19,14 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The database-facing tests again, on PostgreSQL: POSTGRES_URL names a server and a role
+# that may create databases (each test gets its own). `.ci/run` starts one and runs this.
+PG_TESTS := tests/admin tests/e2e tests/accounting tests/team tests/reliability tests/db tests/test_cli.py
+test-postgres: $(STAMP)
+	@test -n "$(POSTGRES_URL)" || { echo "usage: make test-postgres POSTGRES_URL=postgresql://user:password@host:5432/postgres"; exit 2; }
+	$(BIN)/pip install -q -e '.[test,dev,fast,postgres]'
+	BRIDGEKEEPER_TEST_POSTGRES='$(POSTGRES_URL)' $(BIN)/python -m pytest -q $(PYTEST_ARGS) $(PG_TESTS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check app tests bench

@@ -21,6 +21,7 @@ from sqlalchemy.exc import OperationalError
 
 from app.db.engine import sqlite_path
 from tests.conftest import Live, http
+from tests.databases import POSTGRES
 from tests.reliability.conftest import (
     auth,
     body_for,
@@ -94,6 +95,9 @@ async def start(gateway: Any, fake_openai: Any, fake_anthropic: Any) -> Live:
     return await gateway(two_upstreams(fake_openai.url, fake_anthropic.url))  # type: ignore[no-any-return]
 
 
+@pytest.mark.skipif(
+    bool(POSTGRES), reason="holds SQLite's file lock (the outage below is any database's)"
+)
 async def test_a_locked_database_delays_usage_but_no_request(  # type: ignore[no-untyped-def]
     gateway, fake_openai, fake_anthropic, holders
 ):
@@ -136,6 +140,7 @@ def break_engine(live: Live, state: dict[str, bool]) -> None:
     event.listen(live.services.db.engine.sync_engine, "before_cursor_execute", refuse)
 
 
+@pytest.mark.skipif(bool(POSTGRES), reason="holds SQLite's file lock while it is down")
 async def test_an_unreachable_database_is_not_the_clients_problem(  # type: ignore[no-untyped-def]
     gateway, fake_openai, fake_anthropic, holders, broken_reads
 ):

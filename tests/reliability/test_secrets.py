@@ -32,6 +32,7 @@ from app.server import build_services
 from app.settings import load_settings
 from tests.admin.conftest import Client, full_app
 from tests.conftest import TEST_KEY, http
+from tests.databases import POSTGRES
 from tests.fakes import FakeUpstream, JsonReply, SSEReply
 from tests.reliability.conftest import body_for, path_for, two_upstreams, usage_rows
 
@@ -226,6 +227,7 @@ async def test_a_full_session_reveals_no_secret_anywhere(  # type: ignore[no-unt
     assert "…" + s["oa1"][-4:] in "".join(pages.values())
 
 
+@pytest.mark.skipif(bool(POSTGRES), reason="reads the SQLite file's bytes")
 async def test_proxy_keys_are_stored_as_sha256_hashes(gateway):  # type: ignore[no-untyped-def]
     live = await gateway("")
     async with live.services.db.session() as session, session.begin():
@@ -266,6 +268,7 @@ async def stored_secrets(live: Any) -> list[str]:
         return list(await session.scalars(select(UpstreamKey.secret)))
 
 
+@pytest.mark.skipif(bool(POSTGRES), reason="reads the SQLite file's bytes")
 async def test_upstream_keys_are_encrypted_with_the_configured_key(gateway, fake_openai):  # type: ignore[no-untyped-def]
     secret = token("sk-upstream-")
     fernet = Fernet.generate_key().decode()
