@@ -120,6 +120,10 @@ class Bench:
         self.forwarder: Proc | None = None  # issue 7's naive forwarder (default asyncio loop)
         self.forwarder_uvloop: Proc | None = None  # the same on uvloop: the stack's floor
         self.gateway: Proc | None = None
+        # The accounting section's pair, both idle until it runs: the same history, so
+        # only their usage writes differ (the main gateway, warm from the throughput
+        # section with a large database and heap, measured dearer than a fresh process).
+        self.accounting_gateway: Proc | None = None
         self.lean: Proc | None = None
 
     # -- processes ----------------------------------------------------------------------------
@@ -146,6 +150,9 @@ class Bench:
         self.forwarder_uvloop = self._start_forwarder("forwarder-uvloop", "uvloop")
         self.gateway = self._start_gateway("bridgekeeper", deferred_usage=False)
         if "accounting" in self.args.sections:
+            self.accounting_gateway = self._start_gateway(
+                "bridgekeeper-accounting", deferred_usage=False
+            )
             self.lean = self._start_gateway("bridgekeeper-deferred-usage", deferred_usage=True)
 
     def _start_forwarder(self, name: str, loop: str) -> Proc:
@@ -169,7 +176,13 @@ class Bench:
         return proc
 
     def stop(self) -> None:
-        procs = (self.gateway, self.lean, self.forwarder, self.forwarder_uvloop)
+        procs = (
+            self.gateway,
+            self.accounting_gateway,
+            self.lean,
+            self.forwarder,
+            self.forwarder_uvloop,
+        )
         for proc in (*procs, *self.fakes.values()):
             if proc is not None:
                 proc.stop()
@@ -429,13 +442,14 @@ def throughput(bench: Bench, log: Callable[[str], None]) -> dict[str, Any]:
 
 
 def accounting(bench: Bench, log: Callable[[str], None]) -> dict[str, Any]:
-    """Limits and usage writes on vs off, interleaved and repeated (medians)."""
+    """Limits and usage writes on vs off: rounds of the three back to back, each round's
+    costs computed within it, their medians reported."""
     args = bench.args
     sc = Scenario("anthropic", "openai", 0)
-    assert bench.lean is not None
+    assert bench.lean is not None and bench.accounting_gateway is not None
     variants = {
-        "on": (bench.gateway, LIMITED_KEY),
-        "limits_off": (bench.gateway, OPEN_KEY),
+        "on": (bench.accounting_gateway, LIMITED_KEY),
+        "limits_off": (bench.accounting_gateway, OPEN_KEY),
         "all_off": (bench.lean, OPEN_KEY),
     }
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
@@ -452,6 +466,18 @@ def accounting(bench: Bench, log: Callable[[str], None]) -> dict[str, Any]:
     med = {name: _median_run(r) for name, r in runs.items()}
     rps = {name: m["rps"] for name, m in med.items()}
     cpu = {name: m["cpu_ms_per_request"] for name, m in med.items()}
+
+    def cost(slower: str, faster: str, field: str = "rps") -> float:
+        """The median over rounds of one round's cost: the variants of a round ran back to
+        back, so a drift of the machine's speed between rounds cancels out."""
+        ratios = []
+        for a, b in zip(runs[slower], runs[faster], strict=True):
+            if field == "rps" and b["rps"]:
+                ratios.append(1 - a["rps"] / b["rps"])
+            elif field == "cpu" and a["cpu_ms_per_request"]:
+                ratios.append(b["cpu_ms_per_request"] / a["cpu_ms_per_request"] - 1)
+        return statistics.median(ratios) if ratios else 0.0
+
     return {
         "scenario": sc.label,
         "variants": {
@@ -462,12 +488,10 @@ def accounting(bench: Bench, log: Callable[[str], None]) -> dict[str, Any]:
         "runs": med,
         "rps": rps,
         "cpu_ms_per_request": cpu,
-        "throughput_cost": 1 - rps["on"] / rps["all_off"] if rps["all_off"] else 0.0,
-        "limits_throughput_cost": 1 - rps["on"] / rps["limits_off"] if rps["limits_off"] else 0.0,
-        "usage_write_throughput_cost": 1 - rps["limits_off"] / rps["all_off"]
-        if rps["all_off"]
-        else 0.0,
-        "cpu_cost": cpu["on"] / cpu["all_off"] - 1 if cpu["all_off"] else 0.0,
+        "throughput_cost": cost("on", "all_off"),
+        "limits_throughput_cost": cost("on", "limits_off"),
+        "usage_write_throughput_cost": cost("limits_off", "all_off"),
+        "cpu_cost": cost("all_off", "on", "cpu"),
     }
 
 
@@ -634,9 +658,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pace-ms", type=int, default=10, help="paced stream: ms between chunks")
     parser.add_argument("--hold-streams", type=int, default=1000, help="concurrent slow streams")
     parser.add_argument("--hold-seconds", type=int, help="slow stream length (30; quick 10)")
-    parser.add_argument(
-        "--accounting-repeats", type=int, help="on/off interleaved repeats (3; quick 1)"
-    )
+    parser.add_argument("--accounting-repeats", type=int, help="on/off rounds (7; quick 1)")
     parser.add_argument(
         "--sections", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}"
     )
@@ -665,7 +687,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     default("seq_requests", 2000, 300)
     default("ttfb_requests", 100, 20)
     default("hold_seconds", 30, 10)
-    default("accounting_repeats", 3, 1)
+    default("accounting_repeats", 7, 1)
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = set(args.sections) - set(SECTIONS)
     if unknown:
