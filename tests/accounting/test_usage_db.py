@@ -249,6 +249,43 @@ def test_a_large_batch_is_stored_row_for_row(engine: Engine) -> None:
     assert rollup(engine) == raw_totals(engine)
 
 
+@pytest.mark.parametrize("shape", ["all ok", "all streamed", "one error", "mixed"])
+def test_columns_one_value_over_a_chunk_are_stored_as_bound(engine: Engine, shape: str) -> None:
+    """Columns None (or one flag value) in every row of a chunk are written as literals
+    instead of bound: every field must read back as it was recorded, in chunks where they
+    are constant, where one row differs, and where they vary."""
+    rng = __import__("random").Random(shape)
+    records = []
+    for i in range(300):  # chunks of 256, 32, 8 and 4
+        failed = shape == "mixed" and rng.random() < 0.3 or shape == "one error" and i == 200
+        records.append(
+            rec(
+                NOON + timedelta(microseconds=i),
+                key=f"k{i % 3}",
+                key_id=(i % 3) + 1 if shape != "all ok" or i % 2 else None,
+                upstream_key=None if shape == "all ok" else "...abcd",
+                status="error" if failed else "ok",
+                error_type="api_error" if failed else None,
+                error_message="upstream said no" if failed else None,
+                ttft_ms=i / 7 if shape == "all streamed" or shape == "mixed" and i % 2 else None,
+                stream=shape == "all streamed" or shape == "mixed" and bool(i % 3),
+                tokens_estimated=shape == "all streamed" or shape != "all ok" and i % 5 == 0,
+                input_tokens=i,
+            )
+        )
+    write(engine, records)
+    fields = (
+        "time", "request_id", "key_id", "key_name", "upstream_key", "status", "error_type",
+        "error_message", "ttft_ms", "stream", "tokens_estimated", "input_tokens",
+    )  # fmt: skip
+    with Session(engine) as session:
+        stored = list(session.scalars(select(UsageEvent).order_by(UsageEvent.id)))
+    assert [tuple(getattr(e, f) for f in fields) for e in stored] == [
+        tuple(getattr(r, f) for f in fields) for r in records
+    ]
+    assert rollup(engine) == raw_totals(engine)
+
+
 def test_the_time_text_is_what_sqlalchemy_stores() -> None:
     """Usage rows bypass SQLAlchemy's parameter processing; their DATETIME text must be the
     one its SQLite dialect writes, or time filters and ordering would compare unlike text."""
