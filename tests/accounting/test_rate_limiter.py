@@ -174,6 +174,25 @@ def test_openai_headers_on_admission_and_refusal() -> None:
     assert info.value.headers["x-ratelimit-remaining-tokens"] == "500"
 
 
+def _settle_one(
+    rng: random.Random,
+    limiter: RateLimiter,
+    open_: list[tuple[object, list[float]]],
+    charges: list[list[float]],
+    now: float,
+    *,
+    most: int,
+) -> None:
+    """Settles a random open admission with a random real usage, and the model with it:
+    its reservation becomes 0 and the real usage a charge of now."""
+    admission, entry = open_.pop(rng.randrange(len(open_)))
+    actual = rng.randint(0, most)
+    limiter.settle(admission, actual)  # type: ignore[arg-type]
+    entry[1] = 0.0
+    if actual:
+        charges.append([now, float(actual)])
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_token_window_matches_a_list_of_every_charge(seed: int) -> None:
     """Reservations taken back in any order, before and after they leave the window: the
@@ -192,12 +211,7 @@ def test_token_window_matches_a_list_of_every_charge(seed: int) -> None:
             charges.append(entry)
             open_.append((limiter.admit(k, estimate, "openai"), entry))
         elif step < 0.8 and open_:
-            admission, entry = open_.pop(rng.randrange(len(open_)))
-            actual = rng.randint(0, 500)
-            limiter.settle(admission, actual)  # type: ignore[arg-type]
-            entry[1] = 0.0
-            if actual:
-                charges.append([clock(), float(actual)])
+            _settle_one(rng, limiter, open_, charges, clock(), most=500)
         else:
             clock.advance(rng.choice([0.5, 5.0, 30.0]))
         window = limiter._windows.get(k.id)
@@ -269,11 +283,6 @@ def test_admission_headers_match_their_definition(seed: int) -> None:
             assert admission.headers == expected
             open_.append((admission, entry))
         elif step < 0.8 and open_:
-            admission, entry = open_.pop(rng.randrange(len(open_)))
-            actual = rng.randint(0, 400)
-            limiter.settle(admission, actual)  # type: ignore[arg-type]
-            entry[1] = 0.0
-            if actual:
-                charges.append([clock(), float(actual)])
+            _settle_one(rng, limiter, open_, charges, clock(), most=400)
         else:
             clock.advance(rng.choice([0.25, 0.9, 7.5, 30.0]))
