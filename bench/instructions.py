@@ -99,8 +99,7 @@ def _config(
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
-        raise SystemExit("needs valgrind: apt-get install valgrind")
+    _need_valgrind()
     work = Path(tempfile.mkdtemp(prefix="bridgekeeper-instructions-"))
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -170,16 +169,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     done.result()
 
         run(args.warmup * len(conns))
-        control = ["callgrind_control"]
-        subprocess.run([*control, "-i", "on", str(target.pid)], check=True, capture_output=True)
-        time.sleep(1.0)  # callgrind takes the switch at its next poll
+        _callgrind("-i", "on", target.pid)
         began = time.monotonic()
         run(args.requests)
         seconds = time.monotonic() - began
         # The usage writer's last flush falls inside the count (none when held off).
         time.sleep(args.flush_seconds + 0.5 if args.flush_seconds <= 60 else 1.5)
-        subprocess.run([*control, "-d", str(target.pid)], check=True, capture_output=True)
-        time.sleep(1.0)
+        _callgrind("-d", target.pid)
         total = _count(out)
         if args.keep:
             for name in glob.glob(f"{out}*"):
@@ -202,6 +198,18 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _need_valgrind() -> None:
+    if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
+        raise SystemExit("needs valgrind: apt-get install valgrind")
+
+
+def _callgrind(*command: str | int) -> None:
+    """``callgrind_control`` on a running target (``-i on``: count; ``-d``: dump), then a
+    second for callgrind to take it at its next poll."""
+    subprocess.run(["callgrind_control", *map(str, command)], check=True, capture_output=True)
+    time.sleep(1.0)
+
+
 def _count(out: Path) -> int:
     """The instructions callgrind counted: the largest total of its dump files."""
     total = 0
@@ -214,8 +222,7 @@ def _count(out: Path) -> int:
 
 def measure_writer(args: argparse.Namespace) -> dict[str, Any]:
     """The usage writer's instructions a row (`bench.usage_rows`), batches of ``--rows``."""
-    if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
-        raise SystemExit("needs valgrind: apt-get install valgrind")
+    _need_valgrind()
     work = Path(tempfile.mkdtemp(prefix="bridgekeeper-instructions-"))
     out = work / "callgrind.out"
     argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
@@ -243,13 +250,10 @@ def measure_writer(args: argparse.Namespace) -> dict[str, Any]:
         expect(b"READY")
         send()
         expect(b"GO")  # the batches are built; only their writing is counted
-        control = ["callgrind_control"]
-        subprocess.run([*control, "-i", "on", str(proc.pid)], check=True, capture_output=True)
-        time.sleep(1.0)
+        _callgrind("-i", "on", proc.pid)
         send()
         expect(b"DONE")
-        subprocess.run([*control, "-d", str(proc.pid)], check=True, capture_output=True)
-        time.sleep(1.0)
+        _callgrind("-d", proc.pid)
         return {
             "target": "usage-writer",
             "rows_per_batch": args.rows,
@@ -302,20 +306,14 @@ def main(argv: list[str] | None = None) -> int:
         "target",
         choices=("bridgekeeper", "forwarder", "forwarder-uvloop", "usage-writer", "accounting"),
     )
-    parser.add_argument(
-        "client",
-        nargs="?",
-        default="anthropic",
-        choices=("anthropic", "openai"),
-        help="the client's dialect (anthropic)",
-    )
-    parser.add_argument(
-        "upstream",
-        nargs="?",
-        default="openai",
-        choices=("anthropic", "openai"),
-        help="the upstream's (openai)",
-    )
+    for side, default in (("client", "anthropic"), ("upstream", "openai")):
+        parser.add_argument(
+            side,
+            nargs="?",
+            default=default,
+            choices=("anthropic", "openai"),
+            help=f"the {side}'s dialect ({default})",
+        )
     parser.add_argument("--chunks", type=int, default=0, help="stream with 20 or 200 chunks")
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=30)

@@ -240,9 +240,10 @@ def _insert_rows(session: Session, records: Sequence[UsageRecord]) -> None:
         count = _CHUNK if left >= _CHUNK else 1 << (left.bit_length() - 1)
         chunk = flat[start * width : (start + count) * width]
         literals = _constant_columns(chunk, count, width, nullable, flags)
-        for column, _literal in reversed(literals):
-            # Written into the statement, not bound: drop the column from every row.
-            del chunk[column :: width - sum(1 for c, _ in literals if c > column)]
+        for dropped, (column, _literal) in enumerate(reversed(literals)):
+            # Written into the statement, not bound: drop the column from every row (the
+            # rows are ``dropped`` narrower already, the columns after it gone).
+            del chunk[column :: width - dropped]
         conn.exec_driver_sql(_multi_insert(head, width, count, literals), tuple(chunk))
         start += count
         left -= count
@@ -327,7 +328,7 @@ def _totals(rows: list[UsageRecord]) -> dict[str, Any]:
     errors = input_tokens = output_tokens = cache_read = cache_write = 0
     latency = 0.0
     for r in rows:
-        if r.status != "ok":
+        if r.is_error:
             errors += 1
         input_tokens += r.input_tokens
         output_tokens += r.output_tokens
