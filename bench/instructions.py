@@ -177,9 +177,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         time.sleep(args.flush_seconds + 0.5 if args.flush_seconds <= 60 else 1.5)
         _callgrind("-d", target.pid)
         total = _count(out)
-        if args.keep:
-            for name in glob.glob(f"{out}*"):
-                shutil.copy(name, Path(args.keep) / Path(name).name)
+        _keep(args, out)
         return {
             "target": args.target,
             "scenario": f"{args.client} -> {args.upstream}"
@@ -220,6 +218,14 @@ def _count(out: Path) -> int:
     return total
 
 
+def _keep(args: argparse.Namespace, out: Path) -> None:
+    """Callgrind's output files copied to ``--keep`` (callgrind_annotate reads them)."""
+    if args.keep:
+        Path(args.keep).mkdir(parents=True, exist_ok=True)
+        for name in glob.glob(f"{out}*"):
+            shutil.copy(name, Path(args.keep) / Path(name).name)
+
+
 def measure_writer(args: argparse.Namespace) -> dict[str, Any]:
     """The usage writer's instructions a row (`bench.usage_rows`), batches of ``--rows``."""
     _need_valgrind()
@@ -254,6 +260,7 @@ def measure_writer(args: argparse.Namespace) -> dict[str, Any]:
         send()
         expect(b"DONE")
         _callgrind("-d", proc.pid)
+        _keep(args, out)
         return {
             "target": "usage-writer",
             "rows_per_batch": args.rows,
