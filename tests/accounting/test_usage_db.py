@@ -37,11 +37,10 @@ def rec(
     return UsageRecord(
         time=when,
         request_id=f"req_{when.isoformat()}_{key}_{model}",
-        client_dialect="openai",
         key_name=key,
         requested_model=model,
         upstream=upstream,
-        **kw,
+        **{"client_dialect": "openai"} | kw,
     )
 
 
@@ -249,22 +248,34 @@ def test_a_large_batch_is_stored_row_for_row(engine: Engine) -> None:
     assert rollup(engine) == raw_totals(engine)
 
 
-@pytest.mark.parametrize("shape", ["all ok", "all streamed", "one error", "mixed"])
+@pytest.mark.parametrize("shape", ["all ok", "all streamed", "one error", "mixed", "odd words"])
 def test_columns_one_value_over_a_chunk_are_stored_as_bound(engine: Engine, shape: str) -> None:
-    """Columns None (or one flag value) in every row of a chunk are written as literals
-    instead of bound: every field must read back as it was recorded, in chunks where they
-    are constant, where one row differs, and where they vary."""
+    """Columns None (or one flag value, or one of the gateway's words) in every row of a
+    chunk are written as literals instead of bound: every field must read back as it was
+    recorded, in chunks where they are constant, where one row differs, where they vary,
+    and where the one value is not a plain word (a quote in it: bound after all)."""
     rng = __import__("random").Random(shape)
     records = []
     for i in range(300):  # chunks of 256, 32, 8 and 4
         failed = shape == "mixed" and rng.random() < 0.3 or shape == "one error" and i == 200
+        status = "error" if failed else "ok"
+        dialect, endpoint = "openai", "chat/completions"
+        if shape == "mixed":
+            dialect = rng.choice(["openai", "anthropic"])
+            endpoint = "messages" if dialect == "anthropic" else endpoint
+        elif shape == "one error" and i == 40:
+            dialect, endpoint = "anthropic", "count_tokens"
+        elif shape == "odd words":
+            status, endpoint = "o'k", "Chat Completions"
         records.append(
             rec(
                 NOON + timedelta(microseconds=i),
+                client_dialect=dialect,
+                endpoint=endpoint,
                 key=f"k{i % 3}",
                 key_id=(i % 3) + 1 if shape != "all ok" or i % 2 else None,
                 upstream_key=None if shape == "all ok" else "...abcd",
-                status="error" if failed else "ok",
+                status=status,
                 error_type="api_error" if failed else None,
                 error_message="upstream said no" if failed else None,
                 ttft_ms=i / 7 if shape == "all streamed" or shape == "mixed" and i % 2 else None,
@@ -277,6 +288,7 @@ def test_columns_one_value_over_a_chunk_are_stored_as_bound(engine: Engine, shap
     fields = (
         "time", "request_id", "key_id", "key_name", "upstream_key", "status", "error_type",
         "error_message", "ttft_ms", "stream", "tokens_estimated", "input_tokens",
+        "client_dialect", "endpoint",
     )  # fmt: skip
     with Session(engine) as session:
         stored = list(session.scalars(select(UsageEvent).order_by(UsageEvent.id)))
