@@ -69,6 +69,27 @@ def test_keys_have_separate_windows_and_defaults_apply_without_overrides() -> No
             limiter.admit(k, 1, "openai")
 
 
+def test_a_changed_key_record_brings_its_new_limits_and_keeps_the_window() -> None:
+    """Keys edited in the dashboard or CLI arrive as new records: their limits apply at
+    once, to the requests already in the window."""
+    limiter = RateLimiter(clock=FakeClock())
+    for _ in range(3):
+        limiter.admit(key(rpm=5), 1, "openai")
+    with pytest.raises(RateLimitedError):
+        limiter.admit(key(rpm=3), 1, "openai")
+    headers = limiter.admit(key(rpm=4), 1, "openai").headers
+    assert (headers["x-ratelimit-limit-requests"], headers["x-ratelimit-remaining-requests"]) == (
+        "4",
+        "0",
+    )
+    assert limiter.admit(key(), 1, "openai").headers == {}  # limits removed: not counted
+    six = key(rpm=6)
+    for _ in range(2):
+        limiter.admit(six, 1, "openai")
+    with pytest.raises(RateLimitedError):
+        limiter.admit(six, 1, "openai")
+
+
 def test_no_limit_means_no_headers_and_no_refusal() -> None:
     limiter = RateLimiter(clock=FakeClock())
     k = key()
