@@ -138,10 +138,11 @@ class UsageEvent(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     time: Mapped[datetime] = mapped_column(DateTime)
     request_id: Mapped[str] = mapped_column(String(64))
-    key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    key_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # In UsageRecord's order from here (its tuples go to the driver as they are).
     client_dialect: Mapped[str] = mapped_column(String(16))
     endpoint: Mapped[str] = mapped_column(String(32), default="messages")
+    key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    key_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
     requested_model: Mapped[str | None] = mapped_column(String(200), nullable=True)
     upstream: Mapped[str | None] = mapped_column(String(200), nullable=True)
     upstream_key: Mapped[str | None] = mapped_column(String(200), nullable=True)

@@ -131,6 +131,53 @@ def test_insert_bumps_last_used_of_the_key(engine: Engine) -> None:
         assert session.get(ProxyKey, 1).last_used_at == NOON + timedelta(minutes=5)  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_random_batches_keep_the_rollup_and_last_used(engine: Engine, seed: int) -> None:
+    """Batches of one bucket (told apart by counts over the columns) and of several, across
+    midnight, with and without keys: the roll-up equals the raw events' sums and each
+    key's ``last_used_at`` its latest request."""
+    import random
+
+    rng = random.Random(seed)
+    with Session(engine) as session, session.begin():
+        for key_id in (1, 2):
+            session.add(
+                ProxyKey(id=key_id, name=f"k{key_id}", key_hash=f"h{key_id}", prefix="bk-",
+                         created_at=NOON, models=[])
+            )  # fmt: skip
+    latest: dict[int, datetime] = {}
+    for batch in range(8):
+        uniform = rng.random() < 0.5
+        records = []
+        for i in range(rng.choice([1, 3, 40, 300])):
+            when = NOON + timedelta(hours=rng.choice([0, 0, 11.99, 12.01]), microseconds=i)
+            key_id = 1 if uniform else rng.choice([1, 2, None])
+            if uniform and batch % 2:
+                when = NOON + timedelta(minutes=batch, microseconds=i)  # one day too
+            records.append(
+                rec(
+                    when,
+                    key=f"k{key_id}" if key_id else None,  # type: ignore[arg-type]
+                    model="m1" if uniform else rng.choice(["m1", "m2", None]),  # type: ignore[arg-type]
+                    key_id=key_id,
+                    status=rng.choice(["ok", "ok", "error", "rate_limited"]),
+                    input_tokens=rng.randint(0, 99),
+                    output_tokens=rng.randint(0, 99),
+                    cache_read_tokens=rng.randint(0, 9),
+                    cache_write_tokens=rng.randint(0, 9),
+                    latency_ms=rng.randint(1, 4000) / 8,
+                )
+            )
+            if key_id is not None:
+                latest[key_id] = max(latest.get(key_id, when), when)
+        write(engine, records)
+    assert rollup(engine) == raw_totals(engine)
+    with Session(engine) as session:
+        assert {k.id: k.last_used_at for k in session.scalars(select(ProxyKey))} == {
+            key_id: latest.get(key_id) for key_id in (1, 2)
+        }
+
+
 def test_retention_deletes_only_older_events_in_batches_and_keeps_the_rollup(
     engine: Engine,
 ) -> None:
