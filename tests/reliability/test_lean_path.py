@@ -20,7 +20,22 @@ A, OA = "anthropic", "openai"
 
 @pytest.fixture(scope="module")
 def bed(bed_factory: Callable[..., Bed]) -> Bed:
-    return bed_factory()
+    # Limits high enough never to refuse: each answer carries the limit headers.
+    return bed_factory(server="default_rpm = 1000000\ndefault_tpm = 1000000000\n")
+
+
+def _limit_names(dialect: str) -> set[str]:
+    if dialect == A:
+        return {
+            f"anthropic-ratelimit-{k}-{p}"
+            for k in ("requests", "tokens")
+            for p in ("limit", "remaining", "reset")
+        }
+    return {
+        f"x-ratelimit-{p}-{k}"
+        for k in ("requests", "tokens")
+        for p in ("limit", "remaining", "reset")
+    }
 
 
 def _shape(resp: Resp, stream: bool) -> Any:
@@ -60,6 +75,17 @@ def test_content_length_and_chunked_bodies_get_the_same_answer(
         assert headers["content-type"].startswith(expected_type)
         if not stream:
             assert int(headers["content-length"]) == len(resp.body)
+        assert _limit_names(dialect) <= set(headers), sorted(headers)
+        assert (
+            headers[
+                (
+                    "anthropic-ratelimit-requests-limit"
+                    if dialect == A
+                    else "x-ratelimit-limit-requests"
+                )
+            ]
+            == "1000000"
+        )
         answers.append(_shape(resp, stream))
     assert answers[0] == answers[1]
     # Only the Content-Length request went the lean way; the chunked one through tornado.web.
