@@ -114,3 +114,39 @@ async def test_window_totals_and_series(seeded: Services) -> None:
     ]
     assert [(p.day.day, p.requests) for p in series] == [(30, 0), (1, 1), (2, 199)]
     assert series[0].error_rate == 0.0 and series[1].error_rate == 100.0
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize("status", ["error", "rate_limited", None])
+async def test_failures_are_read_through_their_partial_index(
+    seeded: Services, status: str | None
+) -> None:
+    """A failure status's page and totals, and the failures subtracted for "ok", all walk
+    the failures' partial index: SQLite uses it only when the query states its condition."""
+    if seeded.db.engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's query plans")
+    from sqlalchemy import event
+
+    seen: list[tuple[str, object]] = []
+
+    def capture(_conn: object, _cursor: object, sql: str, params: object, *_: object) -> None:
+        if "FROM usage_events" in sql:
+            seen.append((sql, params))
+
+    engine = seeded.db.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        async with seeded.db.session() as session:
+            if status is None:  # "ok": the roll-up minus the failures
+                await dashboard.filter_totals(session, UsageFilter(status="ok"))
+            else:
+                await dashboard.filter_totals(session, UsageFilter(status=status))
+                await dashboard.events_page(session, UsageFilter(status=status), limit=7)
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+    assert seen
+    async with seeded.db.engine.connect() as conn:
+        for sql, params in seen:
+            plan = await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params)  # type: ignore[arg-type]
+            details = " | ".join(str(row[-1]) for row in plan)
+            assert "ix_usage_events_failure_time" in details, (sql, details)

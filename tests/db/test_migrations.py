@@ -48,3 +48,52 @@ def test_driver_urls() -> None:
     assert sync_url("sqlite+aiosqlite:///x.db") == "sqlite:///x.db"
     assert sync_url("postgresql://u:p@h/db") == "postgresql+psycopg://u:p@h/db"
     assert sync_url("postgresql+asyncpg://u:p@h/db") == "postgresql+psycopg://u:p@h/db"
+
+
+def test_0002_keeps_the_events_and_indexes_only_failures(tmp_path: Path) -> None:
+    """A database with events at 0001 upgrades: its rows stay, the status index becomes
+    the failures' partial one (an "ok" row has no entry), and a downgrade restores it."""
+    from alembic import command
+
+    from app.db.engine import alembic_config
+    from tests.databases import database_url
+
+    url = database_url(tmp_path, "old.db")
+    cfg = alembic_config(url)
+    command.upgrade(cfg, "0001")
+    engine = make_sync_engine(url)
+    row = (
+        "INSERT INTO usage_events (time, request_id, client_dialect, endpoint, stream, status,"
+        " http_status, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,"
+        " tokens_estimated, latency_ms) VALUES ('2026-12-07 01:02:03.000004', :id, 'openai',"
+        " 'chat', false, :status, 200, 1, 2, 0, 0, false, 1.5)"
+    )
+    with engine.begin() as conn:
+        for i, status in enumerate(["ok", "error", "ok", "rate_limited"]):
+            conn.execute(text(row), {"id": f"req_{i}", "status": status})
+
+    def indexes() -> set[str]:
+        with engine.connect() as conn:
+            return {ix["name"] or "" for ix in inspect(conn).get_indexes("usage_events")}
+
+    def failure_index_definition() -> str:
+        with engine.connect() as conn:
+            if engine.dialect.name == "sqlite":
+                sql = "SELECT sql FROM sqlite_master WHERE name = 'ix_usage_events_failure_time'"
+            else:
+                sql = "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_usage_events_failure_time'"
+            return str(conn.execute(text(sql)).scalar())
+
+    assert "ix_usage_events_status_time" in indexes()
+    command.upgrade(cfg, "head")
+    assert "ix_usage_events_failure_time" in indexes()
+    assert "ix_usage_events_status_time" not in indexes()
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM usage_events")).scalar() == 4
+    assert (
+        "<> 'ok'" in failure_index_definition()
+    )  # PostgreSQL: WHERE ((status)::text <> 'ok'::text)
+    command.downgrade(cfg, "0001")
+    assert "ix_usage_events_status_time" in indexes()
+    assert "ix_usage_events_failure_time" not in indexes()
+    engine.dispose()
