@@ -163,7 +163,8 @@ class LeanConnection(HTTP1Connection):
         last: bool = False,
     ) -> Future[None] | None:
         head = f"HTTP/1.1 {start_line.code} {start_line.reason}\r\n" + "\r\n".join(lines)
-        if not head.count("\r\n") == head.count("\r") == head.count("\n") == len(lines):
+        # The separators are len(lines) CRs and as many LFs: one more of either is in a line.
+        if not head.count("\r") == head.count("\n") == len(lines):
             raise ValueError(f"Illegal characters (CR or LF) in response headers: {head!r}")
         data = head.encode("latin1") + b"\r\n\r\n"
         if chunk:

@@ -19,7 +19,7 @@ import tornado.netutil
 import tornado.web
 from tornado import httputil
 
-from app.http1 import LeanHTTPServer, head_end, parse_header_block
+from app.http1 import LeanConnection, LeanHTTPServer, head_end, parse_header_block
 
 pytestmark = pytest.mark.gen_test(timeout=30)
 
@@ -116,6 +116,25 @@ def test_header_block_parse_matches_tornado_on_random_blocks() -> None:
         else:
             accepted += 1
     assert refused > 500 and accepted > 500  # both sides of the rules were exercised
+
+
+@pytest.mark.parametrize("bad", ["\r", "\n", "\r\n", "\n\r", "\r\r\n\n"])
+@pytest.mark.parametrize("where", ["value", "name", "last"])
+def test_a_response_head_with_cr_or_lf_in_a_line_is_never_sent(bad: str, where: str) -> None:
+    """Response splitting: a line of the head holding CR or LF raises instead of going out
+    (the lean path writes its heads without Tornado's per-header check)."""
+    sent: list[bytes] = []
+    conn: Any = type("Stub", (), {"_send": lambda self, data: sent.append(data)})()
+    start = httputil.ResponseStartLine("HTTP/1.1", 200, "OK")
+    good = ["Content-Type: application/json", "request-id: req_1"]
+    LeanConnection._send_head(conn, start, list(good), None)
+    assert sent == [
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nrequest-id: req_1\r\n\r\n"
+    ]
+    line = {"value": f"x-a: 1{bad}x-b: 2", "name": f"x{bad}a: 1", "last": f"x-a: 1{bad}"}[where]
+    with pytest.raises(ValueError, match="CR or LF"):
+        LeanConnection._send_head(conn, start, [*good, line], None)
+    assert len(sent) == 1
 
 
 # -- whole servers ---------------------------------------------------------------------------
