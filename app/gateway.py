@@ -522,8 +522,9 @@ class Gateway:
         out.update(self._limit_headers(call))
         return Reply(status, out, body)
 
-    def _limit_headers(self, call: _Call) -> dict[str, str]:
-        return dict(call.admission.headers) if call.admission is not None else {}
+    def _limit_headers(self, call: _Call) -> Mapping[str, str]:
+        """The admission's limit headers (read only: every caller copies them into its own)."""
+        return call.admission.headers if call.admission is not None else {}
 
     # -- answers -----------------------------------------------------------------------------
 
