@@ -204,7 +204,7 @@ def sqlite_datetime(when: datetime) -> str:
     (any tzinfo left out, as SQLAlchemy does). A batch's rows share their seconds, so each
     second's text is made once: `datetime.isoformat` was ~7 k instructions a row."""
     head = _second_text(when.toordinal(), when.hour, when.minute, when.second)
-    return "%s.%06d" % (head, when.microsecond)  # noqa: UP031 (the fastest of the three forms)
+    return head + "." + str(when.microsecond).zfill(6)  # faster than "%s.%06d" or an f-string
 
 
 # The INSERT's text, the getter of a record's values in its column order (None: the
