@@ -89,20 +89,6 @@ class _Window:
             self.total -= amounts.popleft()
             self.first += 1
 
-    def charge(self, when: float, tokens: float) -> int:
-        """Adds a charge; returns its number (for `take_back`)."""
-        self.times.append(when)
-        self.amounts.append(tokens)
-        self.total += tokens
-        return self.first + len(self.times) - 1
-
-    def take_back(self, number: int) -> None:
-        """Cancels charge ``number`` if it is still in the window."""
-        at = number - self.first
-        if at >= 0:
-            self.total -= self.amounts[at]
-            self.amounts[at] = 0.0
-
     def used_tokens(self) -> int:
         return int(self.total)
 

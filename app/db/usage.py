@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from functools import lru_cache
 from itertools import chain
-from operator import itemgetter
 from typing import Any, NamedTuple, TypeVar, cast
 
 from sqlalchemy import (
@@ -207,9 +206,8 @@ def sqlite_datetime(when: datetime) -> str:
     return head + "." + str(when.microsecond).zfill(6)  # faster than "%s.%06d" or an f-string
 
 
-# The INSERT's text, the getter of a record's values in its column order (None: the
-# record's own order), and the columns in that order.
-_InsertPlan = tuple[str, Callable[[UsageRecord], tuple[Any, ...]] | None, tuple[str, ...]]
+# The INSERT's text and its columns, in the record's order.
+_InsertPlan = tuple[str, tuple[str, ...]]
 # Columns often one value over a whole chunk of rows: the optional ones (None for a request
 # that went well) and the flags.
 _OPTIONAL = ("error_type", "error_message", "ttft_ms", "key_id", "upstream_key")
@@ -229,10 +227,11 @@ def _sqlite_insert(dialect: Dialect) -> _InsertPlan | None:
     """The INSERT for a batch of events, the getter of its parameters, its column order."""
     compiled = insert(_EVENTS).compile(dialect=dialect, column_keys=_RECORD_FIELDS)
     order = compiled.positiontup
-    if order is None or sorted(order) != sorted(_RECORD_FIELDS):
-        return None  # a column with a Python-side default: let SQLAlchemy fill it in
-    pick = None if order == _RECORD_FIELDS else itemgetter(*(_COLUMN[name] for name in order))
-    return str(compiled), pick, tuple(order)
+    if order != _RECORD_FIELDS:
+        # A column with a Python-side default, or out of the record's order: SQLAlchemy
+        # binds them (test_usage_db checks this is not what happens).
+        return None
+    return str(compiled), tuple(order)
 
 
 def _insert_rows(
@@ -249,9 +248,9 @@ def _insert_rows(
     if plan is None:
         conn.execute(insert(_EVENTS), [r._asdict() for r in records])
         return
-    sql, pick, order = plan
+    sql, order = plan
     width = len(_RECORD_FIELDS)
-    flat: list[Any] = list(chain.from_iterable(records if pick is None else map(pick, records)))
+    flat: list[Any] = list(chain.from_iterable(records))
     flat[order.index("time") :: width] = [sqlite_datetime(t) for t in columns[_COLUMN["time"]]]
     # Many rows per INSERT: the driver releases the GIL around every statement it steps,
     # and with the event loop waiting for the GIL each release became a thread handoff
@@ -315,15 +314,18 @@ def _multi_insert(head: str, width: int, count: int, literals: tuple[tuple[int, 
 
 _DAILY = cast(Table, UsageDaily.__table__)
 _KEYS = cast(Table, ProxyKey.__table__)
-_TOTAL_COLUMNS = (
-    "requests",
-    "errors",
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "latency_ms_total",
-)
+# Roll-up sums and the record column each one adds up.
+_SUMS = {
+    name: _COLUMN[column]
+    for name, column in (
+        ("input_tokens", "input_tokens"),
+        ("output_tokens", "output_tokens"),
+        ("cache_read_tokens", "cache_read_tokens"),
+        ("cache_write_tokens", "cache_write_tokens"),
+        ("latency_ms_total", "latency_ms"),
+    )
+}
+_TOTAL_COLUMNS = ("requests", "errors", *_SUMS)
 # The roll-up's statements, built once: built per batch through the ORM (expressions made,
 # then the session's "evaluate" pass over them) they were ~5.8 M instructions a batch, a
 # quarter of a row's cost at a few hundred rows a second.
@@ -410,18 +412,6 @@ def _last_used(
         if key_id is not None and (key_id not in latest or latest[key_id] < when):
             latest[key_id] = when
     return latest
-
-
-_SUMS = {
-    name: _COLUMN[column]
-    for name, column in (
-        ("input_tokens", "input_tokens"),
-        ("output_tokens", "output_tokens"),
-        ("cache_read_tokens", "cache_read_tokens"),
-        ("cache_write_tokens", "cache_write_tokens"),
-        ("latency_ms_total", "latency_ms"),
-    )
-}
 
 
 def _totals(columns: list[tuple[Any, ...]]) -> dict[str, Any]:

@@ -367,3 +367,15 @@ def test_the_time_text_is_what_sqlalchemy_stores() -> None:
     ]
     for when in whens:
         assert sqlite_datetime(when) == process(when), when
+
+
+def test_sqlite_rows_go_to_the_driver_in_the_records_own_order() -> None:
+    """The SQLite insert sends the records' tuples as they are: the model's columns must
+    stay in UsageRecord's order (else rows would go the slower generic way, silently)."""
+    from sqlalchemy.dialects import sqlite
+
+    from app.db.usage import _sqlite_insert
+
+    plan = _sqlite_insert(sqlite.dialect())
+    assert plan is not None
+    assert plan[1] == UsageRecord._fields
