@@ -65,6 +65,9 @@ _KNOWN_EVENTS = frozenset(
     }
 )
 CUT_MESSAGE = "upstream stream ended before completion"
+# Events that carry nothing for the client (`feed`), framed as Anthropic sends them.
+_SILENT_NAMES = frozenset({b"event: ping", b"event: content_block_stop"})
+_SILENT = (b"event: ping\n", b"event: content_block_stop\n")
 _DELTA_EVENT = b"event: content_block_delta\ndata: {"
 _BARE_DELTA = b'data: {"type":"content_block_delta"'
 _HOLE = "\x00"  # stands for the text while a chunk's constant head and tail are cut out
@@ -250,6 +253,8 @@ class StreamTranslator:
         """
         if not self.started or self.done:
             return None
+        if part.startswith(_SILENT):
+            return self._silent(part)
         kind = "text_delta"
         text = self._slots["text_delta"].text(part)
         if text is None:
@@ -272,6 +277,20 @@ class StreamTranslator:
         if frame is None:
             return None
         return frame[0] + orjson.dumps(text) + frame[1]
+
+    @staticmethod
+    def _silent(part: bytes) -> bytes | None:
+        """A named ``ping`` or ``content_block_stop`` with one line of valid JSON: nothing for
+        the client, as `feed` says, without an SSEEvent (~3 µs each through it). None for
+        anything else (malformed data fails the stream there)."""
+        at = part.find(b"\ndata: ")
+        if at < 0 or part.find(b"\n", at + 1) >= 0 or part[:at] not in _SILENT_NAMES:
+            return None
+        try:
+            orjson.loads(part[at + 7 :])
+        except orjson.JSONDecodeError:
+            return None
+        return b""
 
     def fast_run(self, parts: list[bytes], at: int, out: list[bytes], meter: OutputMeter) -> int:
         """The text (or shown thinking) deltas at ``parts[at:]`` in a learned shape, framed

@@ -323,6 +323,31 @@ def test_o2a_fast_path_matches_feed(named: bool, reasoning: bool, include_usage:
     assert taken >= 8
 
 
+@pytest.mark.parametrize(
+    ("silent", "fails"),
+    [
+        (b'event: ping\ndata: {"type":"ping"}\n\n', False),
+        (b'event: ping\ndata: {"type": "ping"}\n\n', False),
+        (b'event: content_block_stop\ndata: {"type":"content_block_stop","index":0}\n\n', False),
+        (b"event: ping\ndata: {bad\n\n", True),  # malformed: the stream fails, as via `feed`
+        (b"event: content_block_stop\ndata: [1]\n\n", False),  # not an object: nothing
+        (b'event: ping\ndata: {"type":"ping"}\ndata: {}\n\n', True),  # two lines, joined
+        (b'event: pingx\ndata: {"type":"ping"}\n\n', False),  # another name: dropped
+    ],
+)
+def test_o2a_silent_events_match_feed(silent: bytes, fails: bool) -> None:
+    """Pings and block stops carry nothing for the client; the fast path answers them
+    without the parser only when `feed` would also say nothing."""
+    make = lambda: o2a_stream.StreamTranslator(  # noqa: E731
+        _o2a_ctx(), completion_id="chatcmpl-1", created=1
+    )
+    events = _anthropic_stream()
+    events.insert(len(events) - 3, silent)
+    slow, fast, _taken = _both_paths(make, "anthropic", events)
+    assert fast == slow
+    assert (b'"error"' in fast) is fails
+
+
 # -- runs of deltas in one read (plain_run) ----------------------------------------------------
 
 TRICKY = [
