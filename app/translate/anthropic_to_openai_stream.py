@@ -218,7 +218,6 @@ class StreamTranslator:
                 meter.add(text)
                 self._produced.add(text)
                 return b""
-            opening = b""
             if block is None and _BLOCK_OF[name] == "text" and not self._pending_ws:
                 # A stream's first text opens its block here, as `_text` would (nothing
                 # open, nothing waiting, no whitespace held back), and teaches the slot its
@@ -227,12 +226,12 @@ class StreamTranslator:
                 if not text.strip():
                     return None  # held back or dropped as whitespace: `_text` decides
                 opening = self._begin("text", {"type": "text", "text": ""})[0]
-                block, slot = self._open, self._slots["text"]
+                self._slots["text"].learn(part, 6, text, OPENAI_TEXT_AT[name])
+                assert self._open is not None
+                return opening + self._framed(self._open, text, meter)
             if slot is None or block is None or _BLOCK_OF[name] != block.kind:
                 return None
             slot.learn(part, 6, text, OPENAI_TEXT_AT[name])
-            if opening:
-                return opening + self._framed(block, text, meter)
         assert block is not None
         if not text:
             return b""

@@ -67,7 +67,7 @@ _KNOWN_EVENTS = frozenset(
 CUT_MESSAGE = "upstream stream ended before completion"
 # Events that carry nothing for the client (`feed`), framed as Anthropic sends them.
 _SILENT_NAMES = frozenset({b"event: ping", b"event: content_block_stop"})
-_SILENT = (b"event: ping\n", b"event: content_block_stop\n")
+_SILENT = tuple(name + b"\n" for name in _SILENT_NAMES)
 _DELTA_EVENT = b"event: content_block_delta\ndata: {"
 _BARE_DELTA = b'data: {"type":"content_block_delta"'
 _HOLE = "\x00"  # stands for the text while a chunk's constant head and tail are cut out
