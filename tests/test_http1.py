@@ -135,6 +135,12 @@ def test_a_response_head_with_cr_or_lf_in_a_line_is_never_sent(bad: str, where: 
     with pytest.raises(ValueError, match="CR or LF"):
         LeanConnection._send_head(conn, start, [*good, line], None)
     assert len(sent) == 1
+    LeanConnection._send_head(conn, start, [], None)
+    assert sent[1] == b"HTTP/1.1 200 OK\r\n\r\n"
+    bad_start = httputil.ResponseStartLine("HTTP/1.1", 200, f"OK{bad}x-a: 1")
+    with pytest.raises(ValueError, match="CR or LF"):
+        LeanConnection._send_head(conn, bad_start, list(good), None)
+    assert len(sent) == 2
 
 
 # -- whole servers ---------------------------------------------------------------------------
