@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -29,14 +28,11 @@ log = logging.getLogger("bridgekeeper.accounting")
 WINDOW = 60.0
 
 
-def _rfc3339(epoch: float) -> str:
-    return _rfc3339_second(math.floor(epoch))
-
-
 @lru_cache(maxsize=256)
 def _rfc3339_second(second: int) -> str:
-    # strftime costs ~15 µs and Anthropic-dialect replies carry two of these per request;
-    # reset times repeat for a whole second.
+    """A reset time as RFC 3339, ``second`` being whole seconds since the epoch (reset
+    times are after it: ``int`` floors them). strftime costs ~15 µs and Anthropic-dialect
+    replies carry two of these per request; reset times repeat for a whole second."""
     return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -243,7 +239,7 @@ def _headers(dialect: str, window: _Window, used_tokens: int, now: float) -> dic
         out[r_limit_name] = r_limit
         left = rpm - len(requests)
         out[r_left_name] = str(left) if left > 0 else "0"
-        out[r_reset_name] = _rfc3339(reset) if anthropic else _duration(reset - now)
+        out[r_reset_name] = _rfc3339_second(int(reset)) if anthropic else _duration(reset - now)
     tpm = window.tpm
     if tpm is not None:
         times = window.times
@@ -251,7 +247,7 @@ def _headers(dialect: str, window: _Window, used_tokens: int, now: float) -> dic
         out[t_limit_name] = t_limit
         left = tpm - used_tokens
         out[t_left_name] = str(left) if left > 0 else "0"
-        out[t_reset_name] = _rfc3339(reset) if anthropic else _duration(reset - now)
+        out[t_reset_name] = _rfc3339_second(int(reset)) if anthropic else _duration(reset - now)
     return out
 
 

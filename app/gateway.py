@@ -551,13 +551,16 @@ class Gateway:
             else:
                 out = o2a.translate_response(data, attempt.ctx)
             raw = orjson.dumps(out)
-        headers = {"Content-Type": JSON_TYPE}
-        headers.update(self._limit_headers(call))
+        headers = {"Content-Type": JSON_TYPE, **self._limit_headers(call)}
         return Reply(200, headers, raw, after=functools.partial(self._record, call, None))
 
     def _stream_reply(self, call: _Call, attempt: _Attempt, resp: _Opened) -> Reply:
-        headers = {"Content-Type": SSE_TYPE, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        headers.update(self._limit_headers(call))
+        headers = {
+            "Content-Type": SSE_TYPE,
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+            **self._limit_headers(call),
+        }
         if attempt.translated:
             body = self._translated_stream(call, attempt, resp)
         else:
