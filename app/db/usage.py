@@ -214,10 +214,19 @@ _OPTIONAL = ("error_type", "error_message", "ttft_ms", "key_id", "upstream_key")
 _FLAGS = ("stream", "tokens_estimated")
 # Columns the gateway fills from its own few words ("anthropic", "messages", "ok"…), never
 # from what a client or an admin typed: written as a literal when one word over a chunk, the
-# statement's variants stay few. (Names, models and keys are left bound: their variety is
-# the users', and each new statement of a few hundred rows costs its preparation.)
+# statement's variants stay few. (Names, models and keys are left bound, see `_SHARED`:
+# their variety is the users', and each new statement of a few hundred rows costs its
+# preparation.)
 _WORDS = ("client_dialect", "endpoint", "status")
 _WORD = re.compile(r"[a-z][a-z_/]{0,31}")
+# Columns that say who asked for what, and where it went: one value over a chunk whenever
+# one key's traffic fills it. Such a value is bound once for the whole chunk, a numbered
+# parameter every row refers to (a text bound costs the driver ~1 k instructions: a copy
+# made under the connection's mutex). Whatever the value, the statement is the same.
+_SHARED = (
+    "key_id", "key_name", "requested_model", "upstream", "upstream_key", "target_model",
+    "http_status",
+)  # fmt: skip
 # Rows per INSERT: within SQLite's bound-parameter limit (32766 since 3.32, 999 before).
 _CHUNK = 256 if sqlite3.sqlite_version_info >= (3, 32, 0) else 32
 
@@ -256,60 +265,96 @@ def _insert_rows(
     # and with the event loop waiting for the GIL each release became a thread handoff
     # (a row's insert cost the serving thread ~0.15 ms under load, `make bench`).
     head = sql.partition(" VALUES ")[0]
-    nullable = tuple(order.index(name) for name in _OPTIONAL)
-    flags = tuple(order.index(name) for name in _FLAGS)
-    words = tuple(order.index(name) for name in _WORDS)
+    checked = _Checked(
+        nullable=tuple(order.index(name) for name in _OPTIONAL),
+        flags=tuple(order.index(name) for name in _FLAGS),
+        words=tuple(order.index(name) for name in _WORDS),
+        shared=tuple(order.index(name) for name in _SHARED),
+    )
     start, left = 0, len(records)
     while left:
         # Chunks of a few fixed sizes (256, 128, ... 1): the driver caches each distinct
         # statement it prepares, and a statement of many rows is large.
         count = _CHUNK if left >= _CHUNK else 1 << (left.bit_length() - 1)
         chunk = flat[start * width : (start + count) * width]
-        literals = _constant_columns(chunk, count, width, nullable, flags, words)
-        for dropped, (column, _literal) in enumerate(reversed(literals)):
-            # Written into the statement, not bound: drop the column from every row (the
-            # rows are ``dropped`` narrower already, the columns after it gone).
-            del chunk[column :: width - dropped]
-        conn.exec_driver_sql(_multi_insert(head, width, count, literals), tuple(chunk))
+        literals, shared = _constant_columns(chunk, count, width, checked)
+        values = [chunk[column] for column in shared]  # the first row's: every row's
+        dropped = sorted([column for column, _literal in literals] + list(shared))
+        for gone, column in enumerate(reversed(dropped)):
+            # Not bound row by row: drop the column from every row (the rows are ``gone``
+            # narrower already, the columns after it gone).
+            del chunk[column :: width - gone]
+        statement = _multi_insert(head, width, count, literals, shared)
+        conn.exec_driver_sql(statement, tuple(values + chunk) if values else tuple(chunk))
         start += count
         left -= count
 
 
+class _Checked(NamedTuple):
+    """Where the columns checked for one value over a chunk are, by kind."""
+
+    nullable: tuple[int, ...]
+    flags: tuple[int, ...]
+    words: tuple[int, ...]
+    shared: tuple[int, ...]
+
+
 def _constant_columns(
-    chunk: list[Any],
-    count: int,
-    width: int,
-    nullable: tuple[int, ...],
-    flags: tuple[int, ...],
-    words: tuple[int, ...],
-) -> tuple[tuple[int, str], ...]:
-    """The columns one value in every row of ``chunk``, with their SQL literal. Bound,
-    None and bool each took the driver an adapter lookup (~1.3 k instructions a value,
-    five a usage row), a text ~0.9 k (copied into a fresh allocation under the
-    connection's mutex); the whole check is a few C calls a column per chunk."""
+    chunk: list[Any], count: int, width: int, checked: _Checked
+) -> tuple[tuple[tuple[int, str], ...], tuple[int, ...]]:
+    """The columns one value in every row of ``chunk``: those written into the statement
+    as a literal (with it), and the `_SHARED` ones bound once for the chunk. Bound row by
+    row, None and bool each took the driver an adapter lookup (~1.3 k instructions a
+    value), a text ~0.9 k (copied into a fresh allocation under the connection's mutex);
+    the whole check is a few C calls a column per chunk."""
     found: list[tuple[int, str]] = []
-    for column in sorted(nullable + flags + words):
+    shared: list[int] = []
+    for column in sorted(set(checked.nullable + checked.flags + checked.words + checked.shared)):
         values = chunk[column::width]
         first = values[0]
-        if column in words:
+        if column in checked.words:
             if values.count(first) == count and type(first) is str and _WORD.fullmatch(first):
                 found.append((column, f"'{first}'"))
-        elif values.count(None) == count:
+        elif column in checked.nullable and values.count(None) == count:
             found.append((column, "NULL"))
-        elif column in flags and values.count(True) == count:
+        elif column in checked.flags and values.count(True) == count:
             found.append((column, "1"))
-        elif column in flags and values.count(False) == count:
+        elif column in checked.flags and values.count(False) == count:
             found.append((column, "0"))
-    return tuple(found)
+        elif column in checked.shared and count > 1 and values.count(first) == count:
+            shared.append(column)
+    return tuple(found), tuple(shared)
 
 
 @lru_cache(maxsize=64)
-def _multi_insert(head: str, width: int, count: int, literals: tuple[tuple[int, str], ...]) -> str:
-    marks = ["?"] * width
+def _multi_insert(
+    head: str,
+    width: int,
+    count: int,
+    literals: tuple[tuple[int, str], ...],
+    shared: tuple[int, ...],
+) -> str:
+    """``count`` rows of ``width`` columns: literals written in, ``shared`` columns the
+    parameters ?1, ?2… (in column order), the others numbered on, row after row."""
+    marks: list[str | None] = [None] * width
     for column, literal in literals:
         marks[column] = literal
-    group = f"({', '.join(marks)})"
-    return f"{head} VALUES {', '.join([group] * count)}"
+    if not shared:
+        group = f"({', '.join(mark or '?' for mark in marks)})"
+        return f"{head} VALUES {', '.join([group] * count)}"
+    for number, column in enumerate(shared, 1):
+        marks[column] = f"?{number}"
+    rows = []
+    number = len(shared)
+    for _ in range(count):
+        row = []
+        for mark in marks:
+            if mark is None:
+                number += 1
+                mark = f"?{number}"
+            row.append(mark)
+        rows.append(f"({', '.join(row)})")
+    return f"{head} VALUES {', '.join(rows)}"
 
 
 _DAILY = cast(Table, UsageDaily.__table__)

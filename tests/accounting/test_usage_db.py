@@ -345,6 +345,71 @@ def test_columns_one_value_over_a_chunk_are_stored_as_bound(engine: Engine, shap
     assert rollup(engine) == raw_totals(engine)
 
 
+@pytest.mark.parametrize("shape", ["one key", "one row differs", "no key", "odd names"])
+def test_who_and_where_one_value_over_a_chunk_is_bound_once(engine: Engine, shape: str) -> None:
+    """Key, model, upstream and HTTP status one value over a chunk (one key's traffic) are
+    bound once for the chunk as numbered parameters every row refers to: each row must
+    read back as recorded, where one row differs, where the one value is None, and where
+    names hold quotes, question marks and non-ASCII text."""
+    from sqlalchemy import event
+
+    key, model, upstream = "alice", "claude-x", "an"
+    if shape == "odd names":
+        key, model, upstream = "o'neil ?1 ü", "m'1; DROP TABLE x", "?"
+    records = []
+    for i in range(300):  # chunks of 256, 32, 8 and 4
+        other = shape == "one row differs" and i in (100, 290)
+        records.append(
+            UsageRecord(
+                time=NOON + timedelta(microseconds=i),
+                request_id=f"req_{i}",
+                client_dialect="anthropic",
+                key_id=None if shape == "no key" else 7 + other,
+                key_name=None if shape == "no key" else key + "2" * other,
+                requested_model=model,
+                upstream=None if shape == "no key" else upstream,
+                upstream_key=None if shape == "no key" else "...wxyz",
+                target_model=None if shape == "no key" else model + "-target" * other,
+                http_status=401 if shape == "no key" else 200 + 302 * other,
+                status="error" if shape == "no key" or other else "ok",
+                input_tokens=i,
+                output_tokens=2 * i,
+                latency_ms=i / 4,
+            )
+        )
+    statements: list[tuple[str, int]] = []
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def seen(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if statement.startswith("INSERT INTO usage_events"):
+            statements.append((statement, len(parameters)))
+
+    write(engine, records)
+    fields = UsageRecord._fields
+    with Session(engine) as session:
+        stored = list(session.scalars(select(UsageEvent).order_by(UsageEvent.id)))
+    assert [tuple(getattr(e, f) for f in fields) for e in stored] == [tuple(r) for r in records]
+    assert rollup(engine) == raw_totals(engine)
+    if engine.dialect.name != "sqlite":
+        return
+    # Per chunk (256, 32, 8, 4 rows): the parameters bound once, and those bound a row (time,
+    # request id and the five numbers, and where rows differ the shared kind and status).
+    # None in key_id and upstream_key is written as NULL, as before.
+    once = {
+        "one key": [(7, 7)] * 4,
+        "one row differs": [(3, 12), (7, 7), (3, 12), (7, 7)],
+        "no key": [(5, 7)] * 4,
+        "odd names": [(7, 7)] * 4,
+    }[shape]
+    rows = (256, 32, 8, 4)
+    assert [bound for _s, bound in statements] == [
+        s + n * r for (s, r), n in zip(once, rows, strict=True)
+    ]
+    assert all(
+        statement.count("?1,") == n for (statement, _b), n in zip(statements, rows, strict=True)
+    )
+
+
 def test_the_time_text_is_what_sqlalchemy_stores() -> None:
     """Usage rows bypass SQLAlchemy's parameter processing; their DATETIME text must be the
     one its SQLite dialect writes, or time filters and ordering would compare unlike text."""
