@@ -122,6 +122,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             if not k.startswith(("BRIDGEKEEPER_", "ANTHROPIC_", "OPENAI_"))
         }
         env["PYTHONPATH"] = str(Path(args.app_dir).resolve()) if args.app_dir else str(ROOT)
+        env["PYTHONHASHSEED"] = str(args.hash_seed)
         client = args.client
         if args.target == "bridgekeeper":
             config = _config(work, fakes, model, args.upstream, args.flush_seconds)
@@ -189,6 +190,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "instructions_per_request": total // args.requests,
             "requests_per_second": round(args.requests / seconds, 1),
             "app_dir": args.app_dir,
+            "hash_seed": args.hash_seed,
         }
     finally:
         for proc in procs:
@@ -235,6 +237,7 @@ def measure_writer(args: argparse.Namespace) -> dict[str, Any]:
     argv += [PYTHON, "-m", "bench.usage_rows", "--rows", str(args.rows), "--batches", "4"]
     env = dict(os.environ)
     env["PYTHONPATH"] = str(Path(args.app_dir).resolve()) if args.app_dir else str(ROOT)
+    env["PYTHONHASHSEED"] = str(args.hash_seed)
     proc = subprocess.Popen(
         argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env
     )
@@ -267,6 +270,7 @@ def measure_writer(args: argparse.Namespace) -> dict[str, Any]:
             "batches": 4,
             "instructions_per_row": _count(out) // (4 * args.rows),
             "app_dir": args.app_dir,
+            "hash_seed": args.hash_seed,
         }
     finally:
         proc.kill()
@@ -302,6 +306,7 @@ def measure_accounting(args: argparse.Namespace) -> dict[str, Any]:
         "limits_cost": limits / base,
         "usage_write_cost": row / base,
         "app_dir": args.app_dir,
+        "hash_seed": args.hash_seed,
     }
 
 
@@ -354,6 +359,15 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=1500,
         help="usage-writer, accounting: rows a write (1500: a second's at this machine's rate)",
+    )
+    parser.add_argument(
+        "--hash-seed",
+        type=int,
+        default=0,
+        help="the counted process's PYTHONHASHSEED (0). With random seeds, counts of the same "
+        "code differ by up to ~2 k instructions a request: string hashes place the type "
+        "attribute cache's entries, and its misses follow them. Fixed, a run repeats; try "
+        "several to see the spread",
     )
     args = parser.parse_args(argv)
     run = {"usage-writer": measure_writer, "accounting": measure_accounting}.get(
