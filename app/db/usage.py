@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from functools import lru_cache
 from itertools import chain
+from operator import itemgetter
 from typing import Any, NamedTuple, TypeVar, cast
 
 from sqlalchemy import (
@@ -404,9 +405,9 @@ def insert_events(session: Session, records: Sequence[UsageRecord]) -> None:
     conn = session.connection()
     columns = list(zip(*records, strict=True))
     _insert_rows(conn, records, columns)
-    for (day, key_name, model, upstream), bucket in _buckets(records, columns).items():
+    for (day, key_name, model, upstream), rows in _buckets(records, columns).items():
         values = {"day": day, "key_name": key_name, "model": model, "upstream": upstream}
-        values.update(_totals(bucket))
+        values.update(_totals(columns, rows))
         bumped = conn.execute(_BUMP_DAY, {f"b_{k}": v for k, v in values.items()})
         if bumped.rowcount == 0:
             conn.execute(_ADD_DAY, values)
@@ -419,29 +420,38 @@ _TIME, _KEY_ID = _COLUMN["time"], _COLUMN["key_id"]
 _BUCKET_COLUMNS = (_COLUMN["key_name"], _COLUMN["requested_model"], _COLUMN["upstream"])
 
 
-def _bucket(record: UsageRecord) -> _Bucket:
-    return (
-        record.time.date(),
-        record.key_name or "",
-        record.requested_model or "",
-        record.upstream or "",
-    )
-
-
 def _buckets(
     records: Sequence[UsageRecord], columns: list[tuple[Any, ...]]
-) -> dict[_Bucket, list[tuple[Any, ...]]]:
-    """The batch's columns by roll-up bucket (day, key, model, upstream). Under load a
-    batch is often one bucket: told by a few counts in C instead of a look at every row."""
+) -> Mapping[_Bucket, list[int] | None]:
+    """The batch's rows by roll-up bucket (day, key, model, upstream), as row numbers (None:
+    every row). Under load a batch is often one bucket: told by a few counts in C instead
+    of a look at every row. Otherwise rows are grouped from the columns (a bucket made
+    from each record's attributes, and a record list a bucket, were ~2 k instructions a
+    row more, with three keys taking turns)."""
     first, times = records[0], columns[_TIME]
-    if min(times).date() == max(times).date() and all(
-        columns[c].count(first[c]) == len(records) for c in _BUCKET_COLUMNS
-    ):
-        return {_bucket(first): columns}
-    found: dict[_Bucket, list[UsageRecord]] = {}
-    for record in records:
-        found.setdefault(_bucket(record), []).append(record)
-    return {bucket: list(zip(*rows, strict=True)) for bucket, rows in found.items()}
+    day = min(times).date()
+    one_day = day == max(times).date()
+    if one_day and all(columns[c].count(first[c]) == len(records) for c in _BUCKET_COLUMNS):
+        return {_bucket(day, first.key_name, first.requested_model, first.upstream): None}
+    days = [day] * len(times) if one_day else [when.date() for when in times]
+    found: dict[tuple[Any, ...], list[int]] = {}
+    for at, seen in enumerate(zip(days, *(columns[c] for c in _BUCKET_COLUMNS), strict=True)):
+        rows = found.get(seen)
+        if rows is None:
+            found[seen] = [at]
+        else:
+            rows.append(at)
+    out: dict[_Bucket, list[int]] = {}
+    for seen, rows in found.items():
+        bucket = _bucket(*seen)
+        merged = out.setdefault(bucket, rows)  # None and "" are one bucket
+        if merged is not rows:
+            out[bucket] = merged + rows
+    return out
+
+
+def _bucket(day: date, key_name: str | None, model: str | None, upstream: str | None) -> _Bucket:
+    return day, key_name or "", model or "", upstream or ""
 
 
 def _last_used(
@@ -459,16 +469,25 @@ def _last_used(
     return latest
 
 
-def _totals(columns: list[tuple[Any, ...]]) -> dict[str, Any]:
-    """One roll-up bucket's sums from its columns, each in C (seven generator sums over the
-    rows were ~5 k instructions a row)."""
-    statuses = columns[_COLUMN["status"]]
+def _totals(columns: list[tuple[Any, ...]], rows: list[int] | None) -> dict[str, Any]:
+    """The sums of a roll-up bucket's ``rows`` (None: all) from the batch's columns, each
+    in C (seven generator sums over the rows were ~5 k instructions a row)."""
+    take: Callable[[int], tuple[Any, ...]]
+    if rows is None:
+        take = columns.__getitem__
+    elif len(rows) == 1:
+        row = rows[0]
+        take = lambda column: (columns[column][row],)  # noqa: E731
+    else:
+        pick = itemgetter(*rows)
+        take = lambda column: pick(columns[column])  # noqa: E731
+    statuses = take(_COLUMN["status"])
     totals: dict[str, Any] = {
         "requests": len(statuses),
         "errors": len(statuses) - statuses.count(OK),
     }
     for name, column in _SUMS.items():
-        totals[name] = sum(columns[column])
+        totals[name] = sum(take(column))
     return totals
 
 

@@ -134,7 +134,7 @@ def test_insert_bumps_last_used_of_the_key(engine: Engine) -> None:
 @pytest.mark.parametrize("seed", range(6))
 def test_random_batches_keep_the_rollup_and_last_used(engine: Engine, seed: int) -> None:
     """Batches of one bucket (told apart by counts over the columns) and of several, across
-    midnight, with and without keys: the roll-up equals the raw events' sums and each
+    midnight, with and without keys, a model None and "" (one bucket): the roll-up equals the raw events' sums and each
     key's ``last_used_at`` its latest request."""
     import random
 
@@ -158,7 +158,7 @@ def test_random_batches_keep_the_rollup_and_last_used(engine: Engine, seed: int)
                 rec(
                     when,
                     key=f"k{key_id}" if key_id else None,  # type: ignore[arg-type]
-                    model="m1" if uniform else rng.choice(["m1", "m2", None]),  # type: ignore[arg-type]
+                    model="m1" if uniform else rng.choice(["m1", "m2", None, ""]),  # type: ignore[arg-type]
                     key_id=key_id,
                     status=rng.choice(["ok", "ok", "error", "rate_limited"]),
                     input_tokens=rng.randint(0, 99),
