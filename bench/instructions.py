@@ -235,11 +235,19 @@ def measure_writer(args: argparse.Namespace) -> dict[str, Any]:
     out = work / "callgrind.out"
     argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
     argv += [PYTHON, "-m", "bench.usage_rows", "--rows", str(args.rows), "--batches", "4"]
+    argv += ["--keys", str(args.keys)]
     env = dict(os.environ)
     env["PYTHONPATH"] = str(Path(args.app_dir).resolve()) if args.app_dir else str(ROOT)
     env["PYTHONHASHSEED"] = str(args.hash_seed)
+    # Run from the work directory: from this checkout's, ``-m`` would put it ahead of
+    # PYTHONPATH, and ``--app-dir`` would count this checkout's writer.
     proc = subprocess.Popen(
-        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env
+        argv,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        cwd=work,
     )
     assert proc.stdin is not None and proc.stdout is not None
 
@@ -268,6 +276,7 @@ def measure_writer(args: argparse.Namespace) -> dict[str, Any]:
             "target": "usage-writer",
             "rows_per_batch": args.rows,
             "batches": 4,
+            "keys": args.keys,
             "instructions_per_row": _count(out) // (4 * args.rows),
             "app_dir": args.app_dir,
             "hash_seed": args.hash_seed,
@@ -302,6 +311,7 @@ def measure_accounting(args: argparse.Namespace) -> dict[str, Any]:
         "limits_instructions_per_request": limits,
         "usage_write_instructions_per_row": row,
         "rows_per_batch": args.rows,
+        "keys": args.keys,
         "cost": (limits + row) / base,
         "limits_cost": limits / base,
         "usage_write_cost": row / base,
@@ -359,6 +369,13 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=1500,
         help="usage-writer, accounting: rows a write (1500: a second's at this machine's rate)",
+    )
+    parser.add_argument(
+        "--keys",
+        type=int,
+        default=1,
+        help="usage-writer, accounting: keys whose rows take turns in a batch (1: one key's "
+        "traffic, whose name the writer binds once a chunk)",
     )
     parser.add_argument(
         "--hash-seed",

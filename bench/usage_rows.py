@@ -21,8 +21,10 @@ from app.db.usage import UsageRecord
 from app.services import make_writer
 
 
-def batch(rows: int, start: datetime, serial: int) -> list[UsageRecord]:
-    """A second's rows as one key sees them under load: a translated non-stream answer."""
+def batch(rows: int, start: datetime, serial: int, keys: int = 1) -> list[UsageRecord]:
+    """A second's rows of a translated non-stream answer under load, from one key or from
+    ``keys`` keys taking turns (the writer binds a key's name once for a chunk of its
+    rows, row by row where keys mix)."""
     step = timedelta(seconds=1) / rows
     return [
         UsageRecord(
@@ -31,7 +33,7 @@ def batch(rows: int, start: datetime, serial: int) -> list[UsageRecord]:
             client_dialect="anthropic",
             endpoint="messages",
             key_id=None,
-            key_name="bench-limited",
+            key_name="bench-limited" if keys == 1 else f"bench-{i % keys}",
             requested_model="oa-bench-json",
             upstream="oa",
             upstream_key="…ench",
@@ -53,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.usage_rows")
     parser.add_argument("--rows", type=int, default=1500, help="rows a batch (a second's worth)")
     parser.add_argument("--batches", type=int, default=4)
+    parser.add_argument("--keys", type=int, default=1, help="keys taking turns row by row")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bridgekeeper-usage-rows-") as work:
         url = f"sqlite:///{Path(work) / 'bridgekeeper.db'}"
@@ -61,12 +64,12 @@ def main(argv: list[str] | None = None) -> int:
         start = datetime.now(UTC).replace(tzinfo=None)
         serial = 0
         for _ in range(3):  # statements prepared, pages cached, the roll-up rows made
-            write(batch(args.rows, start + timedelta(seconds=serial), serial), [])
+            write(batch(args.rows, start + timedelta(seconds=serial), serial, args.keys), [])
             serial += 1
         print("READY", flush=True)
         for _line in sys.stdin:
             batches = [
-                batch(args.rows, start + timedelta(seconds=serial + n), serial + n)
+                batch(args.rows, start + timedelta(seconds=serial + n), serial + n, args.keys)
                 for n in range(args.batches)
             ]
             serial += args.batches
