@@ -121,8 +121,9 @@ def test_header_block_parse_matches_tornado_on_random_blocks() -> None:
 @pytest.mark.parametrize("bad", ["\r", "\n", "\r\n", "\n\r", "\r\r\n\n"])
 @pytest.mark.parametrize("where", ["value", "name", "last"])
 def test_a_response_head_with_cr_or_lf_in_a_line_is_never_sent(bad: str, where: str) -> None:
-    """Response splitting: a line of the head holding CR or LF raises instead of going out
-    (the lean path writes its heads without Tornado's per-header check)."""
+    """Response splitting: a line of the head, or its start line, holding CR or LF raises
+    instead of going out (the lean path writes its heads without Tornado's per-header
+    check); a head of no lines is the start line alone."""
     sent: list[bytes] = []
     conn: Any = type("Stub", (), {"_send": lambda self, data: sent.append(data)})()
     start = httputil.ResponseStartLine("HTTP/1.1", 200, "OK")

@@ -134,8 +134,8 @@ def test_insert_bumps_last_used_of_the_key(engine: Engine) -> None:
 @pytest.mark.parametrize("seed", range(6))
 def test_random_batches_keep_the_rollup_and_last_used(engine: Engine, seed: int) -> None:
     """Batches of one bucket (told apart by counts over the columns) and of several, across
-    midnight, with and without keys, a model None and "" (one bucket): the roll-up equals the raw events' sums and each
-    key's ``last_used_at`` its latest request."""
+    midnight, with and without keys, with a model None and "" (one bucket): the roll-up
+    equals the raw events' sums and each key's ``last_used_at`` its latest request."""
     import random
 
     rng = random.Random(seed)
