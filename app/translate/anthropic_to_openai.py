@@ -198,7 +198,7 @@ def translate_request(
         raise InvalidRequestError("stop_sequences: Input should be a list of strings")
     stops = [s for s in raw_stops or [] if isinstance(s, str) and s]
     if stops:
-        out["stop"] = stops
+        out["stop"] = stops[: opts.max_stop_sequences]
     stream = body.get("stream") is True
     if stream:
         out["stream"] = True

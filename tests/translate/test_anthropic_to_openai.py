@@ -34,7 +34,7 @@ import os
 import random
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anthropic
 import httpx2
@@ -55,7 +55,7 @@ from app.translate.anthropic_to_openai import (
 )
 from app.translate.anthropic_to_openai_stream import StreamTranslator
 from app.translate.ids import ToolNames
-from app.translate.options import BackendOptions
+from app.translate.options import BackendOptions, max_stop_sequences
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "anthropic_to_openai"
 REGEN = os.environ.get("BRIDGEKEEPER_REGEN") == "1"
@@ -633,3 +633,34 @@ def test_upstream_error_bodies_that_are_not_objects() -> None:
     assert upstream_error(500, b"\xff\xfe garbage").status == 500
     long = upstream_error(400, b"x" * 10_000).message
     assert len(long) == 2000
+
+
+@pytest.mark.parametrize(
+    ("base_url", "limit"),
+    [
+        ("https://api.openai.com/v1", 4),
+        ("https://API.OpenAI.com:443/v1/", 4),
+        ("http://127.0.0.1:8000/v1", None),
+        ("https://api.deepseek.com", None),
+        ("https://api.openai.com.example.net/v1", None),
+        ("", None),
+        ("http://[::1", None),  # not a URL: no limit rather than an error
+    ],
+)
+def test_openai_s_own_api_gets_four_stop_sequences(base_url: str, limit: int | None) -> None:
+    """api.openai.com refuses more than four ``stop`` entries (PROTOCOL.md §6.1): the gateway
+    tells the translator so for that host alone, and the first four are sent."""
+    from app.gateway import Gateway
+    from app.routing import Route, RouteSettings
+    from app.upstreams.keyring import KeyRing
+    from app.upstreams.pool import Upstream, UpstreamSpec
+
+    assert max_stop_sequences(base_url) == limit
+    spec = UpstreamSpec(name="u", kind="openai", base_url=base_url)
+    upstream = Upstream(spec, KeyRing([]), None)
+    route = Route(requested="claude-x", upstream="u", target="gpt-x", settings=RouteSettings())
+    opts = Gateway._options(cast(Any, None), upstream, route)
+    body = {"model": "claude-x", "max_tokens": 9, "messages": [{"role": "user", "content": "hi"}]}
+    body["stop_sequences"] = ["a", "b", "c", "d", "e"]
+    out, _ctx = translate_request(body, opts)
+    assert out["stop"] == ["a", "b", "c", "d", "e"][:limit]
