@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict
 
-import orjson
-
 from app.errors import InvalidRequestError
 from app.translate.ids import ToolNames, sanitize_tool_id
+from app.translate.json_repair import object_arguments
 
+log = logging.getLogger(__name__)
 Block = dict[str, Any]
 Role = Literal["user", "assistant"]
 
@@ -239,16 +240,6 @@ def _tool_result(tool_use_id: str, content: str | list[Block] | None) -> Block:
     return block
 
 
-def _json_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, list):
-        return "an array"
-    return "a string" if isinstance(value, str) else "null"
-
-
 def _arguments(raw: Any, param: str) -> dict[str, Any]:
     if isinstance(raw, dict):
         return raw
@@ -256,15 +247,11 @@ def _arguments(raw: Any, param: str) -> dict[str, Any]:
         return {}
     if not isinstance(raw, str):
         raise _bad(f"Invalid type for '{param}': expected a JSON string.", param)
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise _bad(f"Invalid '{param}': the arguments are not valid JSON ({exc}).", param) from None
-    if not isinstance(value, dict):
-        raise _bad(
-            f"Invalid '{param}': the arguments must be a JSON object, got {_json_type(value)}.",
-            param,
-        )
+    value, done = object_arguments(raw)
+    if done is not None:
+        # A model's own call, cut off or malformed, in the history: refusing it would fail
+        # every later turn of the conversation (§6.4). The arguments are not logged.
+        log.warning("%s: tool-call arguments that are not a JSON object %s", param, done)
     return value
 
 
