@@ -18,7 +18,9 @@ from app.dialects.usage import Usage, from_anthropic, from_openai
 
 
 def strip_unsigned_thinking(body: dict[str, Any]) -> dict[str, Any]:
-    """Drop assistant thinking blocks whose signature is empty (never accepted upstream)."""
+    """Drop assistant thinking blocks whose signature is empty (never accepted upstream),
+    and an assistant message left with no content by that (Anthropic refuses an empty
+    one; the turns around it, both the user's, it takes as one)."""
     messages = body.get("messages")
     if not isinstance(messages, list):
         return body
@@ -36,6 +38,8 @@ def strip_unsigned_thinking(body: dict[str, Any]) -> dict[str, Any]:
             ]
             if len(kept) != len(content):
                 changed = True
+                if not kept:
+                    continue  # only unsigned thinking: a reasoning-only answer
                 message = dict(message, content=kept)
         out_messages.append(message)
     return dict(body, messages=out_messages) if changed else body

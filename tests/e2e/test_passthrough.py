@@ -242,6 +242,9 @@ async def test_unsigned_thinking_blocks_are_stripped_for_anthropic_upstreams(
             ],
         },
         {"role": "user", "content": "next"},
+        # A reasoning-only answer from an OpenAI backend: nothing left once stripped.
+        {"role": "assistant", "content": [{"type": "thinking", "thinking": "hm", "signature": ""}]},
+        {"role": "user", "content": "and?"},
     ]
     if True:
         resp = await http(
@@ -251,10 +254,14 @@ async def test_unsigned_thinking_blocks_are_stripped_for_anthropic_upstreams(
             json={"model": "claude-x", "max_tokens": 5, "messages": history},
         )
     assert resp.status == 200
-    assert fake_anthropic.received[0].json["messages"][1]["content"] == [
+    sent = fake_anthropic.received[0].json["messages"]
+    assert sent[1]["content"] == [
         {"type": "thinking", "thinking": "genuine", "signature": "EqQBsig"},
         {"type": "text", "text": "answer"},
     ]
+    # The emptied assistant message is gone (Anthropic refuses empty content): the two
+    # user turns around it go as they are, which Anthropic takes as one.
+    assert sent[2:] == [{"role": "user", "content": "next"}, {"role": "user", "content": "and?"}]
 
 
 async def test_upstream_client_error_is_relayed_verbatim_in_passthrough(gateway, fake_anthropic):  # type: ignore[no-untyped-def]
