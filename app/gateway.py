@@ -609,7 +609,9 @@ class Gateway:
             # answer, complete it normally; otherwise tell the client what went wrong.
             tail = translator.finish() if not translator.done else []
             if translator.error is not None:
-                tail = [_stream_error_bytes(client, exc)]
+                # The cut stream's own error event, last, gives way to what happened; the
+                # block left open is still closed before it (PROTOCOL.md §7.1).
+                tail[-1:] = [_stream_error_bytes(client, exc)]
                 status, err = "error", exc
             if tail:
                 yield b"".join(tail)

@@ -525,6 +525,11 @@ async def test_stream_cut_without_a_terminator(gateway, fakes, dialect, model, h
     error = stream_error(dialect, resp)
     assert error["type"] == ("api_error" if dialect == "anthropic" else "server_error")
     assert "Hello" in resp.content.decode() or "Hel" in resp.content.decode()
+    if dialect == "anthropic" and model == "m-oa":
+        # Translated, the text block is closed before the error, cut connection or clean end
+        # (§7.1; a passed-through stream is relayed as the upstream sent it).
+        names = [e.event for e in SSEParser().feed(resp.content)]
+        assert names[-3:] == ["content_block_delta", "content_block_stop", "error"], names
     assert len(fake.received) == 1  # no second attempt after bytes reached the client
     rows = await usage_rows(live)
     assert [(r.status, r.http_status, r.error_type) for r in rows] == [("error", 200, "api_error")]
