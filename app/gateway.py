@@ -51,7 +51,7 @@ from app.translate import anthropic_to_openai_stream as a2o_stream
 from app.translate import openai_to_anthropic as o2a
 from app.translate import openai_to_anthropic_stream as o2a_stream
 from app.translate import route_settings
-from app.translate.options import BackendOptions, max_stop_sequences
+from app.translate.options import NO_QUIRKS, BackendOptions, openai_quirks
 from app.translate.passthrough import AnthropicSniffer, OpenAISniffer, strip_unsigned_thinking
 from app.translate.relay_pipeline import RelayPipeline
 from app.translate.stream_pipeline import StreamPipeline
@@ -446,12 +446,18 @@ class Gateway:
     def _options(self, upstream: Upstream, route: Route, input_tokens: int = 0) -> BackendOptions:
         spec = upstream.spec
         settings = route.settings
+        quirks = (
+            openai_quirks(spec.base_url, route.target, spec.reasoning)
+            if spec.kind == "openai"
+            else NO_QUIRKS
+        )
         return BackendOptions(
             target_model=route.target,
-            max_tokens_field=spec.max_tokens_field,
-            reasoning=spec.reasoning,
+            max_tokens_field=quirks.max_tokens_field or spec.max_tokens_field,
+            reasoning=quirks.reasoning or spec.reasoning,
             top_k=spec.top_k,
-            max_stop_sequences=max_stop_sequences(spec.base_url),
+            max_stop_sequences=quirks.max_stop_sequences,
+            sampling=quirks.sampling,
             default_max_tokens=settings.max_tokens or 4096,
             max_tokens_limit=route_settings.output_limit(
                 settings.max_tokens, settings.context_window, input_tokens

@@ -188,7 +188,7 @@ def translate_request(
     out: dict[str, Any] = {"model": opts.target_model, "messages": messages}
     if body.get("max_tokens") is not None:
         out[opts.max_tokens_field] = body["max_tokens"]
-    for key in ("temperature", "top_p"):
+    for key in ("temperature", "top_p") if opts.sampling else ():
         if body.get(key) is not None:
             out[key] = body[key]
     if opts.top_k and body.get("top_k") is not None:

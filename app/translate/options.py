@@ -6,12 +6,17 @@ translators read it and never look anything up themselves.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import urlsplit
 
 # api.openai.com refuses a request with more than four ``stop`` entries (PROTOCOL.md §6.1).
 OPENAI_MAX_STOP = 4
+OPENAI_API_HOST = "api.openai.com"
+# OpenAI's reasoning models (o1, o3, o4-mini, gpt-5…, codex-mini): they reason, take
+# ``max_completion_tokens`` only, and refuse any temperature or top_p but the default.
+_OPENAI_REASONING_MODEL = re.compile(r"(?:o\d|gpt-5|codex)(?![a-z])", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +34,9 @@ class BackendOptions:
     # OpenAI backends: the most ``stop`` entries the backend takes (None: no limit); an
     # Anthropic client's first ones are sent.
     max_stop_sequences: int | None = None
+    # OpenAI backends: send a client's temperature and top_p (OpenAI's reasoning models
+    # refuse them).
+    sampling: bool = True
     # Anthropic backends: max_tokens when an OpenAI client sends none (Anthropic requires it).
     default_max_tokens: int = 4096
     # Anthropic backends: the most output the route allows (its max_tokens cap, lowered to
@@ -41,12 +49,38 @@ class BackendOptions:
     input_estimate: int | None = None
 
 
-@lru_cache(maxsize=64)  # per request, for a handful of upstreams
-def max_stop_sequences(base_url: str) -> int | None:
-    """The ``stop`` limit of an OpenAI backend at ``base_url``: OpenAI's own API takes four;
-    servers that speak its dialect (vLLM, Ollama, llama.cpp, DeepSeek…) take more."""
+@dataclass(frozen=True, slots=True)
+class OpenAIQuirks:
+    """What an OpenAI-dialect backend takes, where it differs from the upstream's settings."""
+
+    max_stop_sequences: int | None = None
+    reasoning: str | None = None  # replaces the upstream's setting
+    max_tokens_field: str | None = None  # likewise
+    sampling: bool = True
+
+
+NO_QUIRKS = OpenAIQuirks()
+
+
+@lru_cache(maxsize=256)  # per request, for a handful of upstreams and models
+def openai_quirks(base_url: str, model: str, reasoning: str) -> OpenAIQuirks:
+    """OpenAI's own API (``base_url`` on api.openai.com) and ``model`` on it: four ``stop``
+    entries at most; a reasoning model gets ``max_completion_tokens``, no temperature or
+    top_p, and no earlier thinking replayed (its Chat Completions take none back); any
+    other model is never asked to reason (``reasoning_effort`` is refused). Servers that
+    speak the dialect (vLLM, Ollama, llama.cpp, DeepSeek…) keep the upstream's settings."""
     try:
         host = urlsplit(base_url).hostname
     except ValueError:
-        return None
-    return OPENAI_MAX_STOP if host == "api.openai.com" else None
+        return NO_QUIRKS
+    if host != OPENAI_API_HOST:
+        return NO_QUIRKS
+    name = model.rpartition("/")[2]
+    if _OPENAI_REASONING_MODEL.match(name) and "chat" not in name.lower():  # gpt-5-chat: no
+        return OpenAIQuirks(
+            max_stop_sequences=OPENAI_MAX_STOP,
+            reasoning="strip" if reasoning == "replay" else reasoning,
+            max_tokens_field="max_completion_tokens",
+            sampling=False,
+        )
+    return OpenAIQuirks(max_stop_sequences=OPENAI_MAX_STOP, reasoning="off")

@@ -55,7 +55,7 @@ from app.translate.anthropic_to_openai import (
 )
 from app.translate.anthropic_to_openai_stream import StreamTranslator
 from app.translate.ids import ToolNames
-from app.translate.options import BackendOptions, max_stop_sequences
+from app.translate.options import BackendOptions
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "anthropic_to_openai"
 REGEN = os.environ.get("BRIDGEKEEPER_REGEN") == "1"
@@ -635,32 +635,66 @@ def test_upstream_error_bodies_that_are_not_objects() -> None:
     assert len(long) == 2000
 
 
+_CLAUDE_CODE_LIKE = {
+    "model": "claude-x",
+    "max_tokens": 32000,
+    "thinking": {"type": "enabled", "budget_tokens": 31999},
+    "temperature": 0.5,
+    "stop_sequences": ["a", "b", "c", "d", "e"],
+    "messages": [{"role": "user", "content": "hi"}],
+}
+# What Claude Code's request turns into, by backend: everything as the upstream is set...
+_AS_SET = {
+    "stop": ["a", "b", "c", "d", "e"],
+    "reasoning_effort": "high",
+    "max_tokens": 32000,
+    "temperature": 0.5,
+}
+# ...an OpenAI chat model on api.openai.com, and an OpenAI reasoning model there.
+_CHAT_MODEL = {"stop": ["a", "b", "c", "d"], "max_tokens": 32000, "temperature": 0.5}
+_REASONING_MODEL = {
+    "stop": ["a", "b", "c", "d"],
+    "reasoning_effort": "high",
+    "max_completion_tokens": 32000,
+}
+_OPENAI = "https://api.openai.com/v1"
+
+
 @pytest.mark.parametrize(
-    ("base_url", "limit"),
+    ("base_url", "model", "sent", "reasoning"),
     [
-        ("https://api.openai.com/v1", 4),
-        ("https://API.OpenAI.com:443/v1/", 4),
-        ("http://127.0.0.1:8000/v1", None),
-        ("https://api.deepseek.com", None),
-        ("https://api.openai.com.example.net/v1", None),
-        ("", None),
-        ("http://[::1", None),  # not a URL: no limit rather than an error
+        (_OPENAI, "gpt-4.1", _CHAT_MODEL, "off"),
+        ("https://API.OpenAI.com:443/v1/", "gpt-4o-mini", _CHAT_MODEL, "off"),
+        (_OPENAI, "gpt-5-chat-latest", _CHAT_MODEL, "off"),
+        (_OPENAI, "o3-mini", _REASONING_MODEL, "strip"),
+        (_OPENAI, "gpt-5", _REASONING_MODEL, "strip"),
+        (_OPENAI, "o1", _REASONING_MODEL, "strip"),
+        ("http://127.0.0.1:8000/v1", "o3", _AS_SET, "replay"),
+        ("https://api.deepseek.com", "deepseek-reasoner", _AS_SET, "replay"),
+        ("https://api.openai.com.example.net/v1", "gpt-4.1", _AS_SET, "replay"),
+        ("", "gpt-4.1", _AS_SET, "replay"),
+        ("http://[::1", "gpt-4.1", _AS_SET, "replay"),  # not a URL: as the upstream is set
     ],
 )
-def test_openai_s_own_api_gets_four_stop_sequences(base_url: str, limit: int | None) -> None:
-    """api.openai.com refuses more than four ``stop`` entries (PROTOCOL.md §6.1): the gateway
-    tells the translator so for that host alone, and the first four are sent."""
+def test_openai_s_own_api_gets_what_its_models_take(
+    base_url: str, model: str, sent: dict[str, Any], reasoning: str
+) -> None:
+    """api.openai.com (and only it, PROTOCOL.md §6.1, §6.7): four stop sequences at most;
+    a reasoning model gets max_completion_tokens and no temperature; any other model no
+    reasoning_effort, which it refuses. Claude Code's own request, through the gateway's
+    options for such an upstream."""
     from app.gateway import Gateway
     from app.routing import Route, RouteSettings
     from app.upstreams.keyring import KeyRing
     from app.upstreams.pool import Upstream, UpstreamSpec
 
-    assert max_stop_sequences(base_url) == limit
-    spec = UpstreamSpec(name="u", kind="openai", base_url=base_url)
+    spec = UpstreamSpec(name="u", kind="openai", base_url=base_url, reasoning="replay")
     upstream = Upstream(spec, KeyRing([]), None)
-    route = Route(requested="claude-x", upstream="u", target="gpt-x", settings=RouteSettings())
+    route = Route(requested="claude-x", upstream="u", target=model, settings=RouteSettings())
     opts = Gateway._options(cast(Any, None), upstream, route)
-    body = {"model": "claude-x", "max_tokens": 9, "messages": [{"role": "user", "content": "hi"}]}
-    body["stop_sequences"] = ["a", "b", "c", "d", "e"]
-    out, _ctx = translate_request(body, opts)
-    assert out["stop"] == ["a", "b", "c", "d", "e"][:limit]
+    out, _ctx = translate_request(copy.deepcopy(_CLAUDE_CODE_LIKE), opts)
+    fields = ("stop", "reasoning_effort", "max_tokens", "max_completion_tokens", "temperature")
+    assert {k: out[k] for k in fields if k in out} == sent
+    # The upstream says "replay"; OpenAI's own API takes no thinking back, and its chat
+    # models are never asked to reason.
+    assert opts.reasoning == reasoning
