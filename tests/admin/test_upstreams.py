@@ -412,3 +412,26 @@ async def test_test_button_speaks_anthropic_to_anthropic_upstreams(
         assert FIRST not in page
     finally:
         await fake.stop()
+
+
+@pytest.mark.parametrize(
+    ("base_url", "model", "field"),
+    [
+        ("https://api.openai.com/v1", "o3-mini", "max_completion_tokens"),
+        ("https://api.openai.com/v1", "gpt-4.1", "max_tokens"),
+        ("http://127.0.0.1:8000/v1", "o3-mini", "max_tokens"),
+    ],
+)
+def test_the_test_request_names_max_tokens_as_the_model_takes_it(
+    base_url: str, model: str, field: str
+) -> None:
+    """OpenAI's reasoning models refuse ``max_tokens``: the Test button's request, like the
+    gateway's, sends them ``max_completion_tokens`` (the upstream is set to max_tokens)."""
+    from app.handlers.admin.probe import probe_body
+    from app.upstreams.keyring import KeyRing
+    from app.upstreams.pool import Upstream, UpstreamSpec
+
+    spec = UpstreamSpec(name="u", kind="openai", base_url=base_url)
+    endpoint, body = probe_body(Upstream(spec, KeyRing([]), None), model)
+    assert endpoint == "chat" and body[field] == 16
+    assert {"max_tokens", "max_completion_tokens"} & set(body) == {field}
