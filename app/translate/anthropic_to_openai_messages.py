@@ -376,6 +376,14 @@ class _Converter:
         user_parts = moved + parts
         if not user_parts:
             return
+        last = self.out[-1] if self.out else None
+        if last is not None and last["role"] == "user":
+            # Two user turns in a row (sent so, or an empty assistant turn between them was
+            # dropped) go as one: chat templates of Llama, Mistral and others on local
+            # servers refuse a conversation whose roles do not alternate (§6.2).
+            before = last["content"]
+            user_parts = ([_text_part(before)] if isinstance(before, str) else before) + user_parts
+            self.out.pop()
         if all(p["type"] == "text" for p in user_parts):
             # Text-only content goes as one string: DeepSeek and several local servers reject
             # content-part arrays, and every backend accepts a string.
