@@ -458,6 +458,7 @@ class Gateway:
             top_k=spec.top_k,
             max_stop_sequences=quirks.max_stop_sequences,
             sampling=quirks.sampling,
+            mistral_tool_ids=quirks.mistral_tool_ids,
             default_max_tokens=settings.max_tokens or 4096,
             max_tokens_limit=route_settings.output_limit(
                 settings.max_tokens, settings.context_window, input_tokens

@@ -15,7 +15,7 @@ from typing import Any, Literal, Required, TypedDict
 import orjson
 
 from app.errors import InvalidRequestError
-from app.translate.ids import ToolNames, sanitize_tool_id
+from app.translate.ids import ToolNames, mistral_tool_id, sanitize_tool_id
 from app.translate.options import BackendOptions
 
 log = logging.getLogger(__name__)
@@ -340,7 +340,7 @@ class _Converter:
         text = "\n".join(texts)
         if block.get("is_error") is True:
             text = f"{TOOL_ERROR_PREFIX} {text}" if text else TOOL_ERROR_PREFIX
-        return sanitize_tool_id(raw_id), text, media
+        return self.tool_id(raw_id), text, media
 
     def user(self, path: str, content: str | list[Any]) -> None:
         blocks: list[Any] = [_text_part(content)] if isinstance(content, str) else content
@@ -432,6 +432,12 @@ class _Converter:
         self.out.append(message)
         self.pending = [call["id"] for call in calls]
 
+    def tool_id(self, raw_id: str) -> str:
+        """A history tool-call id as the backend takes it (§6.10)."""
+        if self.opts.mistral_tool_ids:
+            return mistral_tool_id(raw_id)
+        return sanitize_tool_id(raw_id)
+
     def tool_call(self, path: str, block: dict[str, Any]) -> OpenAIToolCall:
         raw_id = block.get("id")
         if not isinstance(raw_id, str) or not raw_id:
@@ -443,7 +449,7 @@ class _Converter:
         if not isinstance(tool_input, dict):
             raise _bad(path, "tool_use.input must be a JSON object")
         return {
-            "id": sanitize_tool_id(raw_id),
+            "id": self.tool_id(raw_id),
             "type": "function",
             "function": {
                 "name": self.names.to_backend(name),

@@ -34,6 +34,25 @@ def sanitize_tool_id(tool_id: str) -> str:
     return _ID_BAD_CHAR.sub("_", tool_id) + "_" + _hash8(tool_id)
 
 
+_BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_MISTRAL_ID = re.compile(r"^[A-Za-z0-9]{9}$")
+
+
+def mistral_tool_id(tool_id: str) -> str:
+    """``tool_id`` in the grammar of Mistral-family backends (mistral-common, vLLM's
+    ``MistralToolCall``): nine letters and digits. Their own ids stay as they are; any
+    other becomes the first nine base-62 digits of its SHA-256, the same every time, so a
+    call and its result still pair up in every later request (PROTOCOL.md §6.10)."""
+    if _MISTRAL_ID.match(tool_id):
+        return tool_id
+    number = int.from_bytes(hashlib.sha256(tool_id.encode("utf-8")).digest()[:8], "big")
+    digits = []
+    for _ in range(9):
+        number, digit = divmod(number, 62)
+        digits.append(_BASE62[digit])
+    return "".join(digits)
+
+
 # Ids must be unique, not secret: a generator seeded once from the OS (``secrets`` asked
 # the kernel for every id, a system call each: two a request, issue 7's traces).
 _fresh = random.Random()

@@ -17,6 +17,10 @@ OPENAI_API_HOST = "api.openai.com"
 # OpenAI's reasoning models (o1, o3, o4-mini, gpt-5…, codex-mini): they reason, take
 # ``max_completion_tokens`` only, and refuse any temperature or top_p but the default.
 _OPENAI_REASONING_MODEL = re.compile(r"(?:o\d|gpt-5|codex)(?![a-z])", re.IGNORECASE)
+MISTRAL_API_HOST = "api.mistral.ai"
+_MISTRAL_MODEL = re.compile(
+    r"(?:mistral|mixtral|magistral|codestral|devstral|ministral|pixtral)", re.I
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +41,8 @@ class BackendOptions:
     # OpenAI backends: send a client's temperature and top_p (OpenAI's reasoning models
     # refuse them).
     sampling: bool = True
+    # OpenAI backends: tool-call ids in the history as nine letters and digits (Mistral).
+    mistral_tool_ids: bool = False
     # Anthropic backends: max_tokens when an OpenAI client sends none (Anthropic requires it).
     default_max_tokens: int = 4096
     # Anthropic backends: the most output the route allows (its max_tokens cap, lowered to
@@ -57,9 +63,11 @@ class OpenAIQuirks:
     reasoning: str | None = None  # replaces the upstream's setting
     max_tokens_field: str | None = None  # likewise
     sampling: bool = True
+    mistral_tool_ids: bool = False
 
 
 NO_QUIRKS = OpenAIQuirks()
+_MISTRAL_QUIRKS = OpenAIQuirks(mistral_tool_ids=True)
 
 
 @lru_cache(maxsize=256)  # per request, for a handful of upstreams and models
@@ -67,15 +75,19 @@ def openai_quirks(base_url: str, model: str, reasoning: str) -> OpenAIQuirks:
     """OpenAI's own API (``base_url`` on api.openai.com) and ``model`` on it: four ``stop``
     entries at most; a reasoning model gets ``max_completion_tokens``, no temperature or
     top_p, and no earlier thinking replayed (its Chat Completions take none back); any
-    other model is never asked to reason (``reasoning_effort`` is refused). Servers that
-    speak the dialect (vLLM, Ollama, llama.cpp, DeepSeek…) keep the upstream's settings."""
+    other model is never asked to reason (``reasoning_effort`` is refused). Mistral's API,
+    and Mistral-family models wherever they are served, take tool-call ids of nine letters
+    and digits only. Other servers that speak the dialect (vLLM, Ollama, llama.cpp,
+    DeepSeek…) keep the upstream's settings."""
     try:
         host = urlsplit(base_url).hostname
     except ValueError:
-        return NO_QUIRKS
+        host = None
+    name = model.rpartition("/")[2]
+    if host == MISTRAL_API_HOST or _MISTRAL_MODEL.search(name):
+        return _MISTRAL_QUIRKS
     if host != OPENAI_API_HOST:
         return NO_QUIRKS
-    name = model.rpartition("/")[2]
     if _OPENAI_REASONING_MODEL.match(name) and "chat" not in name.lower():  # gpt-5-chat: no
         return OpenAIQuirks(
             max_stop_sequences=OPENAI_MAX_STOP,

@@ -698,3 +698,65 @@ def test_openai_s_own_api_gets_what_its_models_take(
     # The upstream says "replay"; OpenAI's own API takes no thinking back, and its chat
     # models are never asked to reason.
     assert opts.reasoning == reasoning
+
+
+@pytest.mark.parametrize(
+    ("base_url", "model", "mapped"),
+    [
+        ("https://api.mistral.ai/v1", "mistral-large-latest", True),
+        ("https://api.mistral.ai/v1", "some-future-model", True),
+        ("http://127.0.0.1:8000/v1", "mistralai/Devstral-Small-2505", True),
+        ("http://127.0.0.1:11434/v1", "Mixtral-8x7B-Instruct", True),
+        ("http://127.0.0.1:11434/v1", "qwen3:8b", False),
+        ("https://api.openai.com/v1", "gpt-4.1", False),
+    ],
+)
+def test_mistral_backends_get_nine_character_tool_ids(
+    base_url: str, model: str, mapped: bool
+) -> None:
+    """Mistral's API and Mistral-family models anywhere refuse tool-call ids that are not
+    nine letters and digits (PROTOCOL.md §6.10): the history's ids are mapped, the same
+    way for a call and its result, and ids already in that grammar kept."""
+    from app.gateway import Gateway
+    from app.routing import Route, RouteSettings
+    from app.translate.ids import mistral_tool_id
+    from app.upstreams.keyring import KeyRing
+    from app.upstreams.pool import Upstream, UpstreamSpec
+
+    spec = UpstreamSpec(name="u", kind="openai", base_url=base_url)
+    route = Route(requested="claude-x", upstream="u", target=model, settings=RouteSettings())
+    opts = Gateway._options(cast(Any, None), Upstream(spec, KeyRing([]), None), route)
+    assert opts.mistral_tool_ids is mapped
+    body = {
+        "model": "claude-x",
+        "max_tokens": 9,
+        "messages": [
+            {"role": "user", "content": "go"},
+            {
+                "role": "assistant",
+                "content": [{"type": "tool_use", "id": "toolu_01XYZ", "name": "f", "input": {}}],
+            },
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": "toolu_01XYZ", "content": "ok"}],
+            },
+        ],
+    }
+    out, _ctx = translate_request(body, opts)
+    call_id = out["messages"][1]["tool_calls"][0]["id"]
+    assert out["messages"][2]["tool_call_id"] == call_id
+    assert call_id == (mistral_tool_id("toolu_01XYZ") if mapped else "toolu_01XYZ")
+    assert re.fullmatch(r"[A-Za-z0-9]{9}", mistral_tool_id("toolu_01XYZ"))
+
+
+def test_mistral_tool_ids_are_stable_and_distinct() -> None:
+    from app.translate.ids import mistral_tool_id
+
+    rng = random.Random(5)
+    ids = {f"toolu_{rng.getrandbits(96):024x}" for _ in range(20000)}
+    mapped = {mistral_tool_id(i) for i in ids}
+    assert len(mapped) == len(ids)
+    assert all(re.fullmatch(r"[A-Za-z0-9]{9}", m) for m in mapped)
+    assert mistral_tool_id("abcDEF123") == "abcDEF123"
+    assert mistral_tool_id("toolu_1") == mistral_tool_id("toolu_1") != mistral_tool_id("toolu_2")
+    assert mistral_tool_id("") == mistral_tool_id("")
