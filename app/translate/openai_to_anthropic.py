@@ -135,6 +135,10 @@ def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_number(value: Any) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _reject_unsupported(body: dict[str, Any]) -> None:
     n = body.get("n")
     if n is not None and n != 1:
@@ -529,6 +533,8 @@ def translate_request(
         top_k = body.get("top_k")
         if _is_int(top_k) and top_k > 0:
             out["top_k"] = top_k
+    elif _is_number(body.get("top_p")) and 0.95 <= body["top_p"] <= 1:
+        out["top_p"] = body["top_p"]  # the only top_p thinking allows (§1.2)
     if tools:
         out["tools"] = tools
         if choice is not None:

@@ -178,7 +178,8 @@ def assert_valid_anthropic_request(body: dict[str, Any]) -> None:
         assert re.match(r"^[A-Za-z0-9_-]{1,64}$", tool["name"])
         assert tool["input_schema"]["type"] == "object"
     if "thinking" in body:
-        assert "temperature" not in body and "top_p" not in body and "top_k" not in body
+        assert "temperature" not in body and "top_k" not in body
+        assert body.get("top_p", 1) >= 0.95
         assert body.get("tool_choice", {}).get("type", "auto") in ("auto", "none")
         if body["thinking"]["type"] == "enabled":
             assert 1024 <= body["thinking"]["budget_tokens"] < body["max_tokens"]
