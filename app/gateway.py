@@ -51,7 +51,7 @@ from app.translate import anthropic_to_openai_stream as a2o_stream
 from app.translate import openai_to_anthropic as o2a
 from app.translate import openai_to_anthropic_stream as o2a_stream
 from app.translate import route_settings
-from app.translate.options import NO_QUIRKS, BackendOptions, openai_quirks
+from app.translate.options import NO_QUIRKS, BackendOptions, OpenAIQuirks, openai_quirks
 from app.translate.passthrough import AnthropicSniffer, OpenAISniffer, strip_unsigned_thinking
 from app.translate.relay_pipeline import RelayPipeline
 from app.translate.stream_pipeline import StreamPipeline
@@ -135,6 +135,14 @@ def error_reply(
         headers=headers,
         body=orjson.dumps(module.error_body(err, request_id)),
     )
+
+
+def _quirks(upstream: Upstream, route: Route) -> OpenAIQuirks:
+    """What the route's model on an OpenAI-dialect upstream takes (`openai_quirks`)."""
+    spec = upstream.spec
+    if spec.kind != "openai":
+        return NO_QUIRKS
+    return openai_quirks(spec.base_url, route.target, spec.reasoning)
 
 
 def _stream_error_bytes(dialect: str, err: GatewayError) -> bytes:
@@ -446,11 +454,7 @@ class Gateway:
     def _options(self, upstream: Upstream, route: Route, input_tokens: int = 0) -> BackendOptions:
         spec = upstream.spec
         settings = route.settings
-        quirks = (
-            openai_quirks(spec.base_url, route.target, spec.reasoning)
-            if spec.kind == "openai"
-            else NO_QUIRKS
-        )
+        quirks = _quirks(upstream, route)
         return BackendOptions(
             target_model=route.target,
             max_tokens_field=quirks.max_tokens_field or spec.max_tokens_field,
@@ -459,6 +463,7 @@ class Gateway:
             max_stop_sequences=quirks.max_stop_sequences,
             sampling=quirks.sampling,
             mistral_tool_ids=quirks.mistral_tool_ids,
+            strict_schema=quirks.strict_schema,
             default_max_tokens=settings.max_tokens or 4096,
             max_tokens_limit=route_settings.output_limit(
                 settings.max_tokens, settings.context_window, input_tokens
@@ -489,7 +494,7 @@ class Gateway:
             if client == "anthropic":
                 out = strip_unsigned_thinking(out)
             drop_usage = False
-            if client == "openai" and call.stream:
+            if client == "openai" and call.stream and not _quirks(upstream, route).strict_schema:
                 options = out.get("stream_options")
                 if not (isinstance(options, dict) and options.get("include_usage")):
                     # Ask for usage so it can be accounted; that chunk is not relayed.

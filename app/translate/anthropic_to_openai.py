@@ -202,7 +202,8 @@ def translate_request(
     stream = body.get("stream") is True
     if stream:
         out["stream"] = True
-        out["stream_options"] = {"include_usage": True}
+        if not opts.strict_schema:
+            out["stream_options"] = {"include_usage": True}
     tool_choice, no_parallel = _tool_choice(body, tools, dropped, names)
     if tools:
         out["tools"] = tools
@@ -217,7 +218,7 @@ def translate_request(
     if response_format is not None:
         out["response_format"] = response_format
     metadata = body.get("metadata")
-    if isinstance(metadata, dict):
+    if isinstance(metadata, dict) and not opts.strict_schema:
         user_id = metadata.get("user_id")
         if isinstance(user_id, str) and user_id:
             # Claude Code's id is ~150 characters; OpenAI-side `user` limits are 64-128.

@@ -43,6 +43,9 @@ class BackendOptions:
     sampling: bool = True
     # OpenAI backends: tool-call ids in the history as nine letters and digits (Mistral).
     mistral_tool_ids: bool = False
+    # OpenAI backends that refuse any field outside their own schema (Mistral's API): no
+    # ``stream_options`` (usage comes in the last chunk anyway) and no ``user``.
+    strict_schema: bool = False
     # Anthropic backends: max_tokens when an OpenAI client sends none (Anthropic requires it).
     default_max_tokens: int = 4096
     # Anthropic backends: the most output the route allows (its max_tokens cap, lowered to
@@ -64,10 +67,17 @@ class OpenAIQuirks:
     max_tokens_field: str | None = None  # likewise
     sampling: bool = True
     mistral_tool_ids: bool = False
+    strict_schema: bool = False
 
 
 NO_QUIRKS = OpenAIQuirks()
-_MISTRAL_QUIRKS = OpenAIQuirks(mistral_tool_ids=True)
+_MISTRAL_MODEL_QUIRKS = OpenAIQuirks(mistral_tool_ids=True)
+# Mistral's API refuses what its schema does not name (422 "Extra inputs are not
+# permitted"): stream_options, user, max_completion_tokens, reasoning_effort, and a
+# reasoning_content on an assistant message.
+_MISTRAL_API_QUIRKS = OpenAIQuirks(
+    reasoning="off", max_tokens_field="max_tokens", mistral_tool_ids=True, strict_schema=True
+)
 
 
 @lru_cache(maxsize=256)  # per request, for a handful of upstreams and models
@@ -77,15 +87,17 @@ def openai_quirks(base_url: str, model: str, reasoning: str) -> OpenAIQuirks:
     top_p, and no earlier thinking replayed (its Chat Completions take none back); any
     other model is never asked to reason (``reasoning_effort`` is refused). Mistral's API,
     and Mistral-family models wherever they are served, take tool-call ids of nine letters
-    and digits only. Other servers that speak the dialect (vLLM, Ollama, llama.cpp,
-    DeepSeek…) keep the upstream's settings."""
+    and digits only; Mistral's API also nothing outside its schema. Other servers that
+    speak the dialect (vLLM, Ollama, llama.cpp, DeepSeek…) keep the upstream's settings."""
     try:
         host = urlsplit(base_url).hostname
     except ValueError:
         host = None
     name = model.rpartition("/")[2]
-    if host == MISTRAL_API_HOST or _MISTRAL_MODEL.search(name):
-        return _MISTRAL_QUIRKS
+    if host == MISTRAL_API_HOST:
+        return _MISTRAL_API_QUIRKS
+    if _MISTRAL_MODEL.search(name):
+        return _MISTRAL_MODEL_QUIRKS
     if host != OPENAI_API_HOST:
         return NO_QUIRKS
     if _OPENAI_REASONING_MODEL.match(name) and "chat" not in name.lower():  # gpt-5-chat: no

@@ -760,3 +760,35 @@ def test_mistral_tool_ids_are_stable_and_distinct() -> None:
     assert mistral_tool_id("abcDEF123") == "abcDEF123"
     assert mistral_tool_id("toolu_1") == mistral_tool_id("toolu_1") != mistral_tool_id("toolu_2")
     assert mistral_tool_id("") == mistral_tool_id("")
+
+
+def test_mistral_s_api_gets_only_fields_of_its_schema() -> None:
+    """Mistral's API answers 422 "Extra inputs are not permitted" to anything outside its
+    schema: Claude Code's request goes there without stream_options, user,
+    reasoning_effort or max_completion_tokens; an OpenAI client's own stream is passed
+    through without the gateway's usage request (Mistral sends usage in the last chunk)."""
+    from app.gateway import ApiRequest, Gateway, _Call
+    from app.routing import Route, RouteSettings
+    from app.upstreams.keyring import KeyRing
+    from app.upstreams.pool import Upstream, UpstreamSpec
+
+    def upstream_at(base_url: str) -> Upstream:
+        spec = UpstreamSpec(name="u", kind="openai", base_url=base_url, reasoning="replay")
+        return Upstream(spec, KeyRing([]), None)
+
+    route = Route(requested="claude-x", upstream="u", target="mistral-large-latest",
+                  settings=RouteSettings())  # fmt: skip
+    mistral = upstream_at("https://api.mistral.ai/v1")
+    body = copy.deepcopy(_CLAUDE_CODE_LIKE) | {"stream": True}
+    body["metadata"] = {"user_id": "someone"}
+    out, _ctx = translate_request(body, Gateway._options(cast(Any, None), mistral, route))
+    assert not {"stream_options", "user", "reasoning_effort", "max_completion_tokens"} & set(out)
+    assert out["max_tokens"] == 32000 and out["stream"] is True
+
+    chat = {"model": "claude-x", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    for upstream, asked in ((mistral, False), (upstream_at("http://127.0.0.1:9/v1"), True)):
+        request = ApiRequest("openai", "chat", orjson.dumps(chat), {}, "req_1")
+        call = _Call(req=request, started=0.0, stream=True)
+        attempt = Gateway._prepare(cast(Any, None), call, chat, route, upstream, 5)
+        assert not attempt.translated
+        assert ("stream_options" in orjson.loads(attempt.body)) is asked
