@@ -517,7 +517,15 @@ class Gateway:
         if not attempt.translated:
             err = _passthrough_error(status, body, retry_after)
         elif attempt.dialect == "openai":
-            err = a2o.upstream_error(status, body, retry_after)
+            sent = attempt.parsed
+            asked = sent.get("max_tokens", sent.get("max_completion_tokens"))
+            err = a2o.upstream_error(
+                status,
+                body,
+                retry_after,
+                input_tokens=attempt.ctx.input_estimate,
+                max_tokens=asked if type(asked) is int else None,
+            )
         else:
             err = o2a.upstream_error(status, body, retry_after)
         summary = html_error_summary(status, body)

@@ -60,8 +60,34 @@ def context_limit(message: str) -> tuple[int, int, int] | None:
     return None
 
 
-def _context_message(message: str) -> str | None:
+# Errors that name only the most output the model gives, not the context: with the input as
+# the gateway estimated it, they say the same as a context-length error.
+# OpenAI: "max_tokens is too large: 32000. This model supports at most 16384 completion
+# tokens, whereas you provided 32000."
+_OUT_OPENAI = re.compile(r"too large: (\d+)\.\s*This model supports at most (\d+) completion", re.I)
+# DeepSeek: "Invalid max_tokens value, the valid range of max_tokens is [1, 8192]".
+_OUT_RANGE = re.compile(r"valid range of max(?:_completion)?_tokens is \[1, (\d+)\]", re.I)
+
+
+def output_limit(message: str, requested: int | None) -> tuple[int, int] | None:
+    """(max_tokens asked for, the most the model gives) from an output-limit error."""
+    m = _OUT_OPENAI.search(message)
+    if m:
+        return int(m.group(1)), int(m.group(2))
+    m = _OUT_RANGE.search(message)
+    if m and requested is not None:
+        return requested, int(m.group(1))
+    return None
+
+
+def _context_message(
+    message: str, input_tokens: int | None = None, max_tokens: int | None = None
+) -> str | None:
     found = context_limit(message)
+    if found is None and input_tokens is not None:
+        out = output_limit(message, max_tokens)
+        if out is not None:
+            found = (input_tokens, out[0], input_tokens + out[1])
     if found is None:
         return None
     # Claude Code matches exactly this wording on a 400 to lower max_tokens and retry
@@ -119,9 +145,14 @@ def _error_fields(data: Any) -> tuple[str, str | None, int | None]:
 
 
 def _build_error(
-    status: int, message: str, code: str | None, retry_after: float | None
+    status: int,
+    message: str,
+    code: str | None,
+    retry_after: float | None,
+    input_tokens: int | None = None,
+    max_tokens: int | None = None,
 ) -> GatewayError:
-    rewritten = _context_message(message)
+    rewritten = _context_message(message, input_tokens, max_tokens)
     if rewritten is not None:
         return InvalidRequestError(rewritten, code=code)
     err = from_upstream_status(status, message, retry_after=retry_after, code=code)
@@ -131,13 +162,23 @@ def _build_error(
     return err
 
 
-def upstream_error(status: int, body: bytes, retry_after: float | None = None) -> GatewayError:
+def upstream_error(
+    status: int,
+    body: bytes,
+    retry_after: float | None = None,
+    *,
+    input_tokens: int | None = None,
+    max_tokens: int | None = None,
+) -> GatewayError:
     """An OpenAI backend's non-2xx answer as the error the Anthropic client sees (§6.11).
 
     The message is kept verbatim from ``{"error":{"message"}}``, ``{"error": "..."}``,
     ``{"detail": ...}``, ``{"message": ...}`` or the plain-text body; an HTML page becomes a
     one-line summary with its title; context-length errors are rewritten into Anthropic's
-    wording when the input, ``max_tokens`` and limit can all be read from them.
+    wording when the input, ``max_tokens`` and limit can all be read from them, and so are
+    output-limit errors ("supports at most 16384 completion tokens") given the request's
+    ``input_tokens`` (as estimated) and ``max_tokens``: Claude Code lowers its max_tokens
+    on that wording and asks again (its 32,000 is more than many models give).
     """
     text = body.decode("utf-8", "replace").strip()
     code: str | None = None
@@ -158,7 +199,7 @@ def upstream_error(status: int, body: bytes, retry_after: float | None = None) -
                 message = text[:_MAX_MESSAGE]
         else:
             message, code, _ = _error_fields(data)
-    return _build_error(status, message, code, retry_after)
+    return _build_error(status, message, code, retry_after, input_tokens, max_tokens)
 
 
 _STREAM_STATUS_HINTS = (

@@ -642,6 +642,32 @@ async def test_vllm_context_length_400_in_anthropic_wording(gateway, fake_openai
     ]
 
 
+async def test_an_output_limit_400_in_the_wording_claude_code_retries_on(gateway, fake_openai):  # type: ignore[no-untyped-def]
+    """OpenAI's "supports at most 16384 completion tokens" names no context: with the
+    gateway's own input estimate it reads as Anthropic's context-limit error, on which
+    Claude Code lowers its max_tokens (32,000) under the model's limit and asks again."""
+    live = await gateway(config(fake_openai))
+    message = (
+        "max_tokens is too large: 32000. This model supports at most 16384 completion tokens, "
+        "whereas you provided 32000."
+    )
+    error = {"message": message, "type": "invalid_request_error", "param": "max_tokens"}
+    fake_openai.push(JsonReply(400, {"error": error | {"code": "invalid_value"}}))
+    body: dict[str, Any] = {
+        "model": MODEL,
+        "max_tokens": 32000,
+        "messages": [{"role": "user", "content": "hello " * 400}],
+    }
+    async with client(live) as sdk:
+        with pytest.raises(anthropic.BadRequestError) as info:
+            await sdk.messages.create(**body)
+    found = CLAUDE_CODE_CONTEXT_RE.search(info.value.api_message)
+    assert found is not None
+    estimate = estimate_anthropic_input(body)
+    assert found.groups() == (str(estimate), "32000", str(estimate + 16384))
+    assert fake_openai.received[0].json["max_tokens"] == 32000
+
+
 async def test_upstream_429_is_rate_limit_error_with_retry_after(gateway, fake_openai):  # type: ignore[no-untyped-def]
     live = await gateway(config(fake_openai))
     fake_openai.push(

@@ -9,7 +9,8 @@ Every folder in ``tests/fixtures/anthropic_to_openai/`` is one case, recognised 
   ``stream_state.json`` (the translator's final attributes). An input event named
   ``x-test-ping`` stands for 15 s of upstream silence: the harness calls ``ping()``. The
   upstream's EOF comes after the last byte of the file (``finish()`` is always called);
-* ``upstream_error.json`` (``status``, ``body`` text, ``retry_after``) → ``error.json``;
+* ``upstream_error.json`` (``status``, ``body`` text, ``retry_after``, and the request's
+  ``input_tokens`` estimate and ``max_tokens`` where the case needs them) → ``error.json``;
 * ``count_tokens_in.json`` [+ ``options.json``] → ``count_tokens_out.json``.
 
 ``context.json`` holds the RequestContext: ``client_model``, ``tools`` (client tool names),
@@ -435,7 +436,13 @@ def test_stream_byte_by_byte_is_identical(case: Path) -> None:
 @pytest.mark.parametrize("case", all_cases("upstream_error.json"))
 def test_upstream_error(case: Path) -> None:
     raw = load_json(case / "upstream_error.json")
-    err = upstream_error(raw["status"], raw["body"].encode(), retry_after=raw.get("retry_after"))
+    err = upstream_error(
+        raw["status"],
+        raw["body"].encode(),
+        retry_after=raw.get("retry_after"),
+        input_tokens=raw.get("input_tokens"),
+        max_tokens=raw.get("max_tokens"),
+    )
     golden(case, "error.json", error_dict(err))
 
 
