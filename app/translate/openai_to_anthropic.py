@@ -8,6 +8,7 @@ backend's non-2xx answer (§6.11). The stream lives in `openai_to_anthropic_stre
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import time
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from app.translate.openai_to_anthropic_messages import (
     to_wire,
 )
 from app.translate.options import BackendOptions
+
+log = logging.getLogger(__name__)
 
 # OpenAI reasoning_effort -> Anthropic thinking budget (PROTOCOL.md §6.7; LiteLLM's table).
 THINKING_BUDGETS = {
@@ -539,7 +542,9 @@ def translate_request(
         out["tools"] = tools
         if choice is not None:
             if thinking is not None and choice["type"] in ("any", "tool"):
-                # Forced tool use is rejected with thinking on (§1.2): the model may still call it.
+                # Forced tool use is rejected with thinking on (§1.2): the model may still call
+                # it. Said in the log, as §6.5 asks: the client asked for more.
+                log.info("tool_choice %r sent as 'auto': thinking is on", choice["type"])
                 choice = {k: v for k, v in choice.items() if k != "name"} | {"type": "auto"}
             out["tool_choice"] = choice
     if thinking is not None:

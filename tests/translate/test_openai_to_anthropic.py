@@ -993,3 +993,25 @@ def test_reasoning_tool_loop_round_trips_signed_thinking_through_the_sdk_message
     body, ctx = translate_request(second, BackendOptions(target_model=TARGET_MODEL))
     assert "thinking" not in body and not ctx.reasoning
     assert_valid_anthropic_request(body)
+
+
+def test_a_forced_tool_choice_dropped_for_thinking_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Thinking refuses forced tool use (§1.2); the request goes with ``auto``, and the log
+    says so (§6.5): the client asked for more than it gets."""
+    import logging
+
+    body = {
+        "model": "gpt-4o",
+        "reasoning_effort": "high",
+        "tool_choice": "required",
+        "tools": [
+            {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+        ],
+        "messages": [{"role": "user", "content": "go"}],
+    }
+    with caplog.at_level(logging.INFO, logger="app.translate.openai_to_anthropic"):
+        out, _ctx = translate_request(body, BackendOptions(target_model="claude-x"))
+    assert out["tool_choice"] == {"type": "auto"}
+    assert "tool_choice 'any' sent as 'auto': thinking is on" in caplog.text
