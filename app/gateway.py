@@ -53,6 +53,7 @@ from app.translate import openai_to_anthropic_stream as o2a_stream
 from app.translate import route_settings
 from app.translate.options import NO_QUIRKS, BackendOptions, OpenAIQuirks, openai_quirks
 from app.translate.passthrough import AnthropicSniffer, OpenAISniffer, strip_unsigned_thinking
+from app.translate.refused_params import refused_params
 from app.translate.relay_pipeline import RelayPipeline
 from app.translate.stream_pipeline import StreamPipeline
 from app.upstreams.base import UpstreamResponse, html_error_summary, retry_after_seconds
@@ -247,6 +248,9 @@ class Gateway:
     def __init__(self, services: Services, *, perf_clock: Any = time.perf_counter) -> None:
         self.services = services
         self._perf = perf_clock
+        # Optional fields each (upstream, model) refused: left out of its requests from then
+        # on, rather than a refused request and a second one every time.
+        self._refused: dict[tuple[str, str], frozenset[str]] = {}
 
     # -- entry points ------------------------------------------------------------------------
 
@@ -352,72 +356,100 @@ class Gateway:
                 last_error = err
                 continue
             attempt = self._prepare(call, body, candidate, upstream, estimate)
-            for key in upstream.ring.candidates():
-                call.upstream = upstream.name
-                call.upstream_key = key.display or None
-                call.secret = key.secret
-                call.target = candidate.target
-                call.route = candidate
-                try:
-                    resp = await upstream.send(
-                        "messages" if attempt.dialect == "anthropic" else "chat",
-                        attempt.body,
-                        key,
-                        stream=call.stream,
-                        client_headers=req.headers if req.dialect == "anthropic" else None,
-                        parsed=attempt.parsed,
-                        client_dialect=req.dialect,
-                    )
-                except UpstreamError as exc:
-                    upstream.ring.mark_failed(key, exc.message)
-                    last_error = exc
-                    continue
-                if resp.status < 400:
-                    if call.stream:
-                        try:
-                            opened = await _open_stream(resp)
-                        except UpstreamError as exc:
-                            # Broke before its first byte: nothing reached the client yet,
-                            # so the next key may still answer.
-                            resp.close()
-                            upstream.ring.mark_failed(key, exc.message)
-                            last_error = exc
-                            continue
+            again = True
+            while again:
+                again = False
+                for key in upstream.ring.candidates():
+                    call.upstream = upstream.name
+                    call.upstream_key = key.display or None
+                    call.secret = key.secret
+                    call.target = candidate.target
+                    call.route = candidate
+                    try:
+                        resp = await upstream.send(
+                            "messages" if attempt.dialect == "anthropic" else "chat",
+                            attempt.body,
+                            key,
+                            stream=call.stream,
+                            client_headers=req.headers if req.dialect == "anthropic" else None,
+                            parsed=attempt.parsed,
+                            client_dialect=req.dialect,
+                        )
+                    except UpstreamError as exc:
+                        upstream.ring.mark_failed(key, exc.message)
+                        last_error = exc
+                        continue
+                    if resp.status < 400:
+                        if call.stream:
+                            try:
+                                opened = await _open_stream(resp)
+                            except UpstreamError as exc:
+                                # Broke before its first byte: nothing reached the client yet,
+                                # so the next key may still answer.
+                                resp.close()
+                                upstream.ring.mark_failed(key, exc.message)
+                                last_error = exc
+                                continue
+                            upstream.ring.mark_success(key)
+                            # A stream may stay open for minutes: keep only what reading it needs,
+                            # not the request in three forms (raw, parsed, re-encoded; Claude Code
+                            # sends ~120 KB a turn, several times that as Python objects).
+                            req.body = attempt.body = b""
+                            attempt.parsed = {}
+                            return self._stream_reply(call, attempt, opened)
                         upstream.ring.mark_success(key)
-                        # A stream may stay open for minutes: keep only what reading it needs,
-                        # not the request in three forms (raw, parsed, re-encoded; Claude Code
-                        # sends ~120 KB a turn, several times that as Python objects).
-                        req.body = attempt.body = b""
-                        attempt.parsed = {}
-                        return self._stream_reply(call, attempt, opened)
-                    upstream.ring.mark_success(key)
-                    return await self._whole_reply(call, attempt, resp)
-                err_body = redact(await resp.read(), key.secret)
-                retry_after = retry_after_seconds(resp.headers)
-                failure = self._upstream_error(attempt, resp.status, err_body, retry_after)
-                if resp.status == 429:
-                    upstream.ring.mark_rate_limited(key, retry_after, failure.message)
-                elif resp.status in (401, 403):
-                    upstream.ring.mark_rejected(key, resp.status, failure.message)
-                    # The client's key never goes upstream: this is the gateway's key, and a
-                    # 401 would send the client (Claude Code: "please log in") the wrong way.
-                    failure = UpstreamError(
-                        f"upstream {upstream.name!r} rejected the gateway's API key "
-                        f"(HTTP {resp.status}): {failure.message}"
-                    )
-                elif resp.status >= 500 or resp.status == 408:
-                    upstream.ring.mark_failed(key, failure.message)
-                else:
-                    # The client's own mistake: another key or upstream would say the same.
-                    if not attempt.translated:
-                        await self._record(call, failure)
-                        return self._relay_error(call, resp.status, resp.headers, err_body)
-                    raise failure
-                last_error = failure
+                        return await self._whole_reply(call, attempt, resp)
+                    err_body = redact(await resp.read(), key.secret)
+                    retry_after = retry_after_seconds(resp.headers)
+                    failure = self._upstream_error(attempt, resp.status, err_body, retry_after)
+                    if resp.status == 429:
+                        upstream.ring.mark_rate_limited(key, retry_after, failure.message)
+                    elif resp.status in (401, 403):
+                        upstream.ring.mark_rejected(key, resp.status, failure.message)
+                        # The client's key never goes upstream: this is the gateway's key, and a
+                        # 401 would send the client (Claude Code: "please log in") the wrong way.
+                        failure = UpstreamError(
+                            f"upstream {upstream.name!r} rejected the gateway's API key "
+                            f"(HTTP {resp.status}): {failure.message}"
+                        )
+                    elif resp.status >= 500 or resp.status == 408:
+                        upstream.ring.mark_failed(key, failure.message)
+                    else:
+                        # The client's own mistake: another key or upstream would say the same.
+                        if not attempt.translated:
+                            await self._record(call, failure)
+                            return self._relay_error(call, resp.status, resp.headers, err_body)
+                        if self._drop_refused(attempt, upstream, err_body):
+                            again = True  # the same request without what was refused
+                            break
+                        raise failure
+                    last_error = failure
             wait = upstream.ring.soonest_recovery()
             if wait is not None:
                 soonest = wait if soonest is None else min(soonest, wait)
         raise self._exhausted(last_error, soonest)
+
+    def _drop_refused(self, attempt: _Attempt, upstream: Upstream, err_body: bytes) -> bool:
+        """When the 400 refuses optional fields the gateway added (`refused_params`), take
+        them out of ``attempt`` and remember them for this upstream and model: True."""
+        if attempt.dialect != "openai":
+            return False
+        message = err_body.decode("utf-8", "replace")
+        dropped = refused_params(message, attempt.parsed)
+        if not dropped:
+            return False
+        where = (upstream.name, attempt.route.target)
+        self._refused[where] = self._refused.get(where, frozenset()).union(dropped)
+        for name in dropped:
+            del attempt.parsed[name]
+        attempt.body = orjson.dumps(attempt.parsed)
+        log.warning(
+            "upstream %r refused %s for model %r: sent again without it, and left out from now on",
+            upstream.name,
+            ", ".join(dropped),
+            attempt.route.target,
+        )
+        return True
 
     def _fallback_routes(self, route: Route) -> list[Route]:
         out = []
@@ -509,6 +541,8 @@ class Gateway:
         else:
             translated, ctx = o2a.translate_request(adjusted, opts)
         route_settings.force_params(translated, settings.params)
+        for name in self._refused.get((upstream.name, route.target), ()):
+            translated.pop(name, None)
         return _Attempt(upstream, route, dialect, orjson.dumps(translated), ctx, True, translated)
 
     def _upstream_error(

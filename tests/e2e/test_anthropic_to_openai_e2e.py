@@ -668,6 +668,61 @@ async def test_an_output_limit_400_in_the_wording_claude_code_retries_on(gateway
     assert fake_openai.received[0].json["max_tokens"] == 32000
 
 
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        {"error": {"message": "Unrecognized request argument supplied: reasoning_effort",
+                   "type": "invalid_request_error", "param": None, "code": None}},
+        {"error": {"message": "Unsupported parameter: 'reasoning_effort' is not supported with "
+                   "this model.", "type": "invalid_request_error", "param": "reasoning_effort",
+                   "code": "unsupported_parameter"}},
+        {"error": '"llama3.2:latest" does not support thinking'},  # Ollama
+    ],
+)  # fmt: skip
+async def test_a_backend_that_refuses_reasoning_effort_is_asked_again_without_it(
+    gateway, fake_openai, refusal
+):  # type: ignore[no-untyped-def]
+    """Claude Code always asks for thinking; a backend without it refuses the
+    ``reasoning_effort`` the gateway adds. The request goes again without it, and later
+    requests to that upstream and model leave it out from the start."""
+    live = await gateway(config(fake_openai))
+    fake_openai.push(JsonReply(400, refusal))
+    fake_openai.push(JsonReply(200, openai_completion("first")))
+    fake_openai.push(JsonReply(200, openai_completion("second")))
+    body: dict[str, Any] = {
+        "model": MODEL,
+        "max_tokens": 2048,
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    async with client(live) as sdk:
+        first = await sdk.messages.create(**body)
+        second = await sdk.messages.create(**body)
+    assert [b.text for b in first.content if b.type == "text"] == ["first"]
+    assert [b.text for b in second.content if b.type == "text"] == ["second"]
+    sent = [r.json for r in fake_openai.received]
+    assert ["reasoning_effort" in s for s in sent] == [True, False, False]
+    assert sent[0] | {"reasoning_effort": None} == sent[1] | {"reasoning_effort": None}
+    rows = await usage_rows(live)
+    assert [(r.status, r.http_status) for r in rows] == [("ok", 200), ("ok", 200)]
+
+
+async def test_any_other_400_is_the_client_s_and_not_sent_again(gateway, fake_openai):  # type: ignore[no-untyped-def]
+    live = await gateway(config(fake_openai))
+    error = {"message": "messages.0.content: unsupported content", "type": "invalid_request_error"}
+    fake_openai.push(JsonReply(400, {"error": error}))
+    async with client(live) as sdk:
+        with pytest.raises(anthropic.BadRequestError) as info:
+            await sdk.messages.create(
+                model=MODEL,
+                max_tokens=2048,
+                thinking={"type": "enabled", "budget_tokens": 1024},
+                messages=[{"role": "user", "content": "hi"}],
+            )
+    assert info.value.api_message == "messages.0.content: unsupported content"
+    assert len(fake_openai.received) == 1
+
+
 async def test_upstream_429_is_rate_limit_error_with_retry_after(gateway, fake_openai):  # type: ignore[no-untyped-def]
     live = await gateway(config(fake_openai))
     fake_openai.push(
