@@ -541,8 +541,9 @@ class Gateway:
         else:
             translated, ctx = o2a.translate_request(adjusted, opts)
         route_settings.force_params(translated, settings.params)
-        for name in self._refused.get((upstream.name, route.target), ()):
-            translated.pop(name, None)
+        if self._refused:
+            for name in self._refused.get((upstream.name, route.target), ()):
+                translated.pop(name, None)
         return _Attempt(upstream, route, dialect, orjson.dumps(translated), ctx, True, translated)
 
     def _upstream_error(

@@ -88,6 +88,9 @@ def _parse_inline(name: str, upstreams: Iterable[str]) -> tuple[str, str, RouteS
     return upstream, model, RouteSettings(params=params, **values)
 
 
+_REMEMBERED = 1024  # resolved model names a router keeps
+
+
 class Router:
     """Resolves requested model names; built from route specs and the upstream names."""
 
@@ -108,6 +111,9 @@ class Router:
         self._default_upstream = default_upstream
         self._default_model = default_model
         self._defaults = defaults
+        # Resolved names: a Route and its settings are frozen dataclasses, ~10 k instructions
+        # to make for every request; this router never changes (a change builds a new one).
+        self._resolved: dict[str, Route] = {}
 
     def _with_defaults(self, s: RouteSettings) -> RouteSettings:
         d = self._defaults
@@ -131,6 +137,14 @@ class Router:
 
     def resolve(self, model: str) -> Route:
         """The route for ``model``; NotFoundError naming the models that exist."""
+        route = self._resolved.get(model)
+        if route is None:
+            route = self._resolve(model)
+            if len(self._resolved) < _REMEMBERED:  # names a glob or inline route may take
+                self._resolved[model] = route
+        return route
+
+    def _resolve(self, model: str) -> Route:
         spec = self._exact.get(model)
         if spec is not None:
             return self._route(model, spec, spec.name)

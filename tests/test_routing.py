@@ -67,3 +67,22 @@ def test_defaults_fill_unset_settings() -> None:
 
 def test_public_names_skip_globs_and_disabled() -> None:
     assert Router(ROUTES, UPSTREAMS).public_names() == ["claude-3-haiku"]
+
+
+def test_a_name_resolves_once_per_router_and_unknown_names_are_not_kept() -> None:
+    """A resolved name is kept (its Route is frozen; the router never changes), up to a
+    bound a client sending made-up names under a glob cannot pass; an unknown name is
+    never kept, so it stays a NotFoundError."""
+    import app.routing
+
+    router = Router(ROUTES, UPSTREAMS)
+    first = router.resolve("claude-3-opus")
+    assert router.resolve("claude-3-opus") is first
+    assert router.resolve("claude-3-haiku") is not first
+    for _ in range(2):
+        with pytest.raises(NotFoundError):
+            router.resolve("mistral-large")
+    for i in range(app.routing._REMEMBERED + 10):
+        assert router.resolve(f"claude-x-{i}").target == f"claude-x-{i}"
+    assert len(router._resolved) == app.routing._REMEMBERED
+    assert Router(ROUTES, UPSTREAMS).resolve("claude-3-opus") == first  # equal, not kept
