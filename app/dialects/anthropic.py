@@ -9,6 +9,7 @@ import binascii
 from datetime import UTC, datetime
 from typing import Any
 
+from app.dialects.json_values import is_int, is_number
 from app.errors import GatewayError, InvalidRequestError
 
 _TYPE_BY_KIND = {
@@ -25,7 +26,6 @@ _TYPE_BY_KIND = {
 }
 
 _ROLES = ("user", "assistant", "system")
-_NUMBER = (int, float)
 _IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 # Backends parse max_tokens as a 32-bit integer; above it they fail with a 500 or wrap around.
 MAX_TOKENS_LIMIT = 2**31 - 1
@@ -53,14 +53,6 @@ def error_body(err: GatewayError, request_id: str | None = None) -> dict[str, An
 def error_event(err: GatewayError) -> dict[str, Any]:
     """The in-stream ``error`` event for a failure after the first byte."""
     return {"type": "error", "error": {"type": error_type(err), "message": err.message}}
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, _NUMBER) and not isinstance(value, bool)
 
 
 def _bad_base64(data: str) -> bool:
@@ -177,7 +169,7 @@ def validate_request(body: Any, *, count_tokens: bool = False) -> dict[str, Any]
         max_tokens = body.get("max_tokens")
         if max_tokens is None:
             raise InvalidRequestError("max_tokens: Field required")
-        if not _is_int(max_tokens):
+        if not is_int(max_tokens):
             raise InvalidRequestError("max_tokens: Input should be a valid integer")
         if max_tokens < 0:
             raise InvalidRequestError("max_tokens: Input should be greater than or equal to 0")
@@ -192,16 +184,16 @@ def validate_request(body: Any, *, count_tokens: bool = False) -> dict[str, Any]
         raise InvalidRequestError("stream: Input should be a valid boolean")
     temperature = body.get("temperature")
     if temperature is not None:
-        if not _is_number(temperature):
+        if not is_number(temperature):
             raise InvalidRequestError("temperature: Input should be a valid number")
         if not 0 <= temperature <= 1:
             raise InvalidRequestError("temperature: Input should be between 0 and 1")
     for field in ("top_p",):
         value = body.get(field)
-        if value is not None and (not _is_number(value) or not 0 <= value <= 1):
+        if value is not None and (not is_number(value) or not 0 <= value <= 1):
             raise InvalidRequestError(f"{field}: Input should be a number between 0 and 1")
     top_k = body.get("top_k")
-    if top_k is not None and (not _is_int(top_k) or top_k < 0):
+    if top_k is not None and (not is_int(top_k) or top_k < 0):
         raise InvalidRequestError("top_k: Input should be a non-negative integer")
     stops = body.get("stop_sequences")
     if stops is not None and (
@@ -263,7 +255,7 @@ def validate_content(body: dict[str, Any]) -> None:
             raise InvalidRequestError(f"system.{i}.text: Field required (a string)")
     thinking = body.get("thinking")
     if isinstance(thinking, dict) and thinking.get("type") == "enabled":
-        if not _is_int(thinking.get("budget_tokens")):
+        if not is_int(thinking.get("budget_tokens")):
             raise InvalidRequestError("thinking.budget_tokens: Field required (an integer)")
     if body.get("service_tier") is not None and not isinstance(body["service_tier"], str):
         raise InvalidRequestError("service_tier: Input should be a valid string")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import binascii
 from typing import Any
 
+from app.dialects.json_values import is_int, is_number
 from app.errors import GatewayError, InvalidRequestError
 
 # kind -> (type, code); statuses are the error's own except overloaded (529 -> 503).
@@ -25,7 +26,6 @@ _ENVELOPE = {
 }
 
 _ROLES = ("system", "developer", "user", "assistant", "tool", "function")
-_NUMBER = (int, float)
 _TOOL_CHOICES = ("none", "auto", "required")
 # Backends parse token limits as 32-bit integers; above it they fail with a 500 or wrap around.
 MAX_TOKENS_LIMIT = 2**31 - 1
@@ -48,14 +48,6 @@ def error_object(err: GatewayError) -> dict[str, Any]:
 def error_body(err: GatewayError, request_id: str | None = None) -> dict[str, Any]:
     """``{"error": {"message", "type", "param", "code"}}``."""
     return {"error": error_object(err)}
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, _NUMBER) and not isinstance(value, bool)
 
 
 def _bad(message: str, param: str) -> InvalidRequestError:
@@ -216,7 +208,7 @@ def validate_request(body: Any) -> dict[str, Any]:
             )
     for field in ("max_tokens", "max_completion_tokens", "n", "top_logprobs", "seed"):
         value = body.get(field)
-        if value is not None and not _is_int(value):
+        if value is not None and not is_int(value):
             raise _bad(f"Invalid type for '{field}': expected an integer.", field)
     for field in ("max_tokens", "max_completion_tokens"):
         value = body.get(field)
@@ -234,7 +226,7 @@ def validate_request(body: Any) -> dict[str, Any]:
             )
     temperature = body.get("temperature")
     if temperature is not None:
-        if not _is_number(temperature):
+        if not is_number(temperature):
             raise _bad("Invalid type for 'temperature': expected a number.", "temperature")
         if not 0 <= temperature <= 2:
             raise _bad(
@@ -242,11 +234,11 @@ def validate_request(body: Any) -> dict[str, Any]:
                 "temperature",
             )
     top_p = body.get("top_p")
-    if top_p is not None and (not _is_number(top_p) or not 0 <= top_p <= 1):
+    if top_p is not None and (not is_number(top_p) or not 0 <= top_p <= 1):
         raise _bad("Invalid 'top_p': expected a number between 0 and 1.", "top_p")
     for field in ("presence_penalty", "frequency_penalty"):
         value = body.get(field)
-        if value is not None and (not _is_number(value) or not -2 <= value <= 2):
+        if value is not None and (not is_number(value) or not -2 <= value <= 2):
             raise _bad(f"Invalid '{field}': expected a number between -2 and 2.", field)
     if "stream" in body and body["stream"] is not None and not isinstance(body["stream"], bool):
         raise _bad("Invalid type for 'stream': expected a boolean.", "stream")

@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from app.dialects.json_values import is_int
 from app.dialects.sse import SSEEvent
 
 
@@ -38,7 +39,7 @@ class Usage:
 
 
 def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+    return value if is_int(value) and value > 0 else 0
 
 
 def from_anthropic(usage: dict[str, Any] | None, into: Usage | None = None) -> Usage:

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from app.dialects.json_values import is_int
 from app.errors import GatewayError, InvalidRequestError, from_upstream_status
 
 # "…maximum context length is 8192 tokens. However, you requested 9000 tokens (5000 in the
@@ -129,7 +130,7 @@ def _error_fields(data: Any) -> tuple[str, str | None, int | None]:
         code = err.get("code")
         etype = err.get("type")
         code_str = code if isinstance(code, str) else etype if isinstance(etype, str) else None
-        status = code if isinstance(code, int) and not isinstance(code, bool) else None
+        status = code if is_int(code) else None
         return message, code_str, status
     if isinstance(err, str) and err:
         return err, None, None
@@ -138,7 +139,7 @@ def _error_fields(data: Any) -> tuple[str, str | None, int | None]:
     msg = data.get("message")
     if isinstance(msg, str) and msg:
         code = data.get("code")
-        status = code if isinstance(code, int) and not isinstance(code, bool) else None
+        status = code if is_int(code) else None
         etype = data.get("type")
         return msg, etype if isinstance(etype, str) else None, status
     return orjson.dumps(data).decode(), None, None

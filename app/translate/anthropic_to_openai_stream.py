@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from app.dialects.anthropic import error_event
+from app.dialects.json_values import is_int
 from app.dialects.sse import ANTHROPIC_PING, SSEEvent, anthropic_event
 from app.dialects.usage import OutputMeter, TextCount, Usage, from_openai, to_anthropic
 from app.errors import GatewayError, UpstreamError
@@ -362,7 +363,7 @@ class StreamTranslator:
 
     def _tool_fragment(self, call: dict[str, Any]) -> list[bytes]:
         raw_index = call.get("index")
-        if isinstance(raw_index, int) and not isinstance(raw_index, bool):
+        if is_int(raw_index):
             oa_index = raw_index
         else:
             oa_index = self._last_oa_index if self._last_oa_index is not None else 0

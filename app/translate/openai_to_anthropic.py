@@ -12,10 +12,11 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Literal, NotRequired, TypedDict, TypeGuard
+from typing import Any, Literal, NotRequired, TypedDict
 
 import orjson
 
+from app.dialects.json_values import is_int, is_number
 from app.dialects.usage import from_anthropic, to_openai
 from app.errors import GatewayError, InvalidRequestError, OverloadedError, from_upstream_status
 from app.translate.ids import ToolNames, new_completion_id, new_tool_id
@@ -132,14 +133,6 @@ class RequestContext:
 
 def _bad(message: str, param: str) -> InvalidRequestError:
     return InvalidRequestError(message, param=param)
-
-
-def _is_int(value: Any) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> TypeGuard[int | float]:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _reject_unsupported(body: dict[str, Any]) -> None:
@@ -272,7 +265,7 @@ def _thinking(body: dict[str, Any]) -> dict[str, Any] | None:
             return None
         if kind == "enabled":
             budget = raw.get("budget_tokens")
-            if not _is_int(budget) or budget < MIN_THINKING_BUDGET:
+            if not is_int(budget) or budget < MIN_THINKING_BUDGET:
                 raise _bad(
                     "Invalid 'thinking.budget_tokens': expected an integer >= "
                     f"{MIN_THINKING_BUDGET}.",
@@ -507,10 +500,10 @@ def translate_request(
         if opts.max_tokens_limit is not None:
             # A context window with no cap leaves less room than the 4096 default.
             max_tokens = min(max_tokens, opts.max_tokens_limit)
-    if not _is_int(max_tokens) or max_tokens < 1:
+    if not is_int(max_tokens) or max_tokens < 1:
         raise _bad("Invalid 'max_tokens': expected a positive integer.", "max_tokens")
     budget = thinking.get("budget_tokens") if thinking else None
-    if thinking is not None and _is_int(budget) and max_tokens <= budget:
+    if thinking is not None and is_int(budget) and max_tokens <= budget:
         max_tokens, thinking = _fit_thinking(thinking, budget, opts.max_tokens_limit)
 
     tools, choice, json_tool = _response_format(
@@ -534,9 +527,9 @@ def translate_request(
         elif body.get("top_p") is not None:
             out["top_p"] = body["top_p"]
         top_k = body.get("top_k")
-        if _is_int(top_k) and top_k > 0:
+        if is_int(top_k) and top_k > 0:
             out["top_k"] = top_k
-    elif _is_number(body.get("top_p")) and 0.95 <= body["top_p"] <= 1:
+    elif is_number(body.get("top_p")) and 0.95 <= body["top_p"] <= 1:
         out["top_p"] = body["top_p"]  # the only top_p thinking allows (§1.2)
     if tools:
         out["tools"] = tools
