@@ -18,7 +18,7 @@ from typing import Any
 
 KINDS = ("openai", "anthropic", "echo")
 ROTATIONS = ("ordered", "round_robin")
-REASONING = ("replay", "strip", "off")
+REASONING = ("replay", "replay_reasoning", "strip", "off")
 MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens")
 DEFAULT_ANTHROPIC_URL = "https://api.anthropic.com"
 DEFAULT_OPENAI_URL = "https://api.openai.com/v1"

@@ -217,3 +217,16 @@ def test_serve_with_bad_config_prints_one_line_without_traceback(tmp_path: Path)
     assert result.stderr.strip().count("\n") == 0
     assert "Traceback" not in result.stderr
     assert "unknown kind 'grpc'" in result.stderr and str(path) in result.stderr
+
+
+def test_every_reasoning_setting_parses_and_others_are_refused(tmp_path: Path) -> None:
+    from app.settings import REASONING
+
+    for value in REASONING:
+        text = f'[[upstreams]]\nname = "u"\nkind = "openai"\nreasoning = "{value}"\n'
+        s = load_settings(config_path=str(write(tmp_path, text)), environ={}, cwd=tmp_path)
+        assert s.upstreams[0].reasoning == value
+    assert "replay_reasoning" in REASONING
+    with pytest.raises(ConfigError, match="reasoning"):
+        text = '[[upstreams]]\nname = "u"\nkind = "openai"\nreasoning = "always"\n'
+        load_settings(config_path=str(write(tmp_path, text)), environ={}, cwd=tmp_path)

@@ -172,7 +172,7 @@ def translate_request(
     ``service_tier``, ``inference_geo``, unknown top-level fields, server tools and their
     blocks, ``redacted_thinking``, signatures, empty/whitespace text blocks, Claude Code's
     billing line in ``system``, assistant turns left empty, ``top_k`` unless ``opts.top_k``,
-    thinking text unless ``opts.reasoning == "replay"``.
+    thinking text unless ``opts.reasoning`` replays it (`REPLAYED`).
     Invents: one leading system message (``system`` and every ``role: "system"`` message,
     joined by blank lines), ``(no result)`` tool messages for unanswered calls,
     ``[tool error]`` prefixes, text markers for media moved out of tool results,

@@ -16,7 +16,7 @@ import orjson
 
 from app.errors import InvalidRequestError
 from app.translate.ids import ToolNames, mistral_tool_id, sanitize_tool_id
-from app.translate.options import BackendOptions
+from app.translate.options import REPLAYED, BackendOptions
 
 log = logging.getLogger(__name__)
 
@@ -410,7 +410,7 @@ class _Converter:
                 thinking = block.get("thinking")
                 if not isinstance(thinking, str):
                     raise _bad(bpath, "thinking block requires a string 'thinking'")
-                if self.opts.reasoning == "replay" and nonblank(thinking):
+                if self.opts.reasoning in REPLAYED and nonblank(thinking):
                     reasoning.append(thinking)
             elif btype == "tool_use":
                 calls.append(self.tool_call(bpath, block))
@@ -426,7 +426,7 @@ class _Converter:
             return
         message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or None}
         if reasoning:
-            message["reasoning_content"] = "\n\n".join(reasoning)
+            message[REPLAYED[self.opts.reasoning]] = "\n\n".join(reasoning)
         if calls:
             message["tool_calls"] = calls
         self.out.append(message)

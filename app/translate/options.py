@@ -23,6 +23,10 @@ _MISTRAL_MODEL = re.compile(
 )
 
 
+# The ``reasoning`` settings that send earlier thinking back, and the field each writes.
+REPLAYED = {"replay": "reasoning_content", "replay_reasoning": "reasoning"}
+
+
 @dataclass(slots=True)
 class BackendOptions:
     """Per-request facts about the target: model name and the upstream's quirks.
@@ -35,7 +39,8 @@ class BackendOptions:
     # OpenAI backends: "max_tokens" or "max_completion_tokens" (o-series, newer APIs).
     max_tokens_field: str = "max_tokens"
     # OpenAI backends: "replay" sends earlier thinking back as reasoning_content,
-    # "strip" drops it, "off" drops it and never asks the backend to reason.
+    # "replay_reasoning" as reasoning (vLLM >= 0.16 reads only that field), "strip" drops
+    # it, "off" drops it and never asks the backend to reason.
     reasoning: str = "strip"
     # OpenAI backends: forward Anthropic top_k (vLLM, SGLang, llama.cpp accept it).
     top_k: bool = False
@@ -107,7 +112,7 @@ def openai_quirks(base_url: str, model: str, reasoning: str) -> OpenAIQuirks:
     if _OPENAI_REASONING_MODEL.match(name) and "chat" not in name.lower():  # gpt-5-chat: no
         return OpenAIQuirks(
             max_stop_sequences=OPENAI_MAX_STOP,
-            reasoning="strip" if reasoning == "replay" else reasoning,
+            reasoning="strip" if reasoning in REPLAYED else reasoning,
             max_tokens_field="max_completion_tokens",
             sampling=False,
         )

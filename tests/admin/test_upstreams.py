@@ -435,3 +435,16 @@ def test_the_test_request_names_max_tokens_as_the_model_takes_it(
     endpoint, body = probe_body(Upstream(spec, KeyRing([]), None), model)
     assert endpoint == "chat" and body[field] == 16
     assert {"max_tokens", "max_completion_tokens"} & set(body) == {field}
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_thinking_replayed_as_reasoning_is_a_choice(
+    client: Client, services: Services, fake: FakeUpstream
+) -> None:
+    """vLLM >= 0.16 reads earlier thinking only from ``reasoning``: the upstream form offers
+    it, and the gateway's options carry it to the translator."""
+    await client.login()
+    page = body(await client.get("/admin/upstreams"))
+    assert 'value="replay_reasoning"' in page and "replay earlier thinking as reasoning" in page
+    await add_upstream(client, fake, reasoning="replay_reasoning")
+    assert services.pool.get("local").spec.reasoning == "replay_reasoning"

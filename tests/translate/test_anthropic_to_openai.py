@@ -799,3 +799,11 @@ def test_mistral_s_api_gets_only_fields_of_its_schema() -> None:
         attempt = Gateway._prepare(cast(Any, None), call, chat, route, upstream, 5)
         assert not attempt.translated
         assert ("stream_options" in orjson.loads(attempt.body)) is asked
+
+
+def test_openai_s_own_api_never_gets_thinking_back_in_either_field() -> None:
+    from app.translate.options import REPLAYED, openai_quirks
+
+    for setting in REPLAYED:
+        assert openai_quirks("https://api.openai.com/v1", "o3", setting).reasoning == "strip"
+        assert openai_quirks("http://127.0.0.1:8000/v1", "o3", setting).reasoning is None

@@ -216,6 +216,7 @@ _EN = {
     "rotation.ordered": "ordered (first healthy)",
     "rotation.round_robin": "round robin",
     "reasoning.replay": "replay earlier thinking",
+    "reasoning.replay_reasoning": "replay earlier thinking as reasoning",
     "reasoning.strip": "strip earlier thinking",
     "reasoning.off": "off",
     # model routes
@@ -531,6 +532,7 @@ _ZH = {
     "rotation.ordered": "顺序（第一个可用）",
     "rotation.round_robin": "轮询",
     "reasoning.replay": "回传先前的思考",
+    "reasoning.replay_reasoning": "以 reasoning 字段回传先前的思考",
     "reasoning.strip": "去掉先前的思考",
     "reasoning.off": "关闭",
     "models.title": "模型",
@@ -842,6 +844,7 @@ _FR = {
     "rotation.ordered": "ordonnée (première saine)",
     "rotation.round_robin": "tourniquet",
     "reasoning.replay": "renvoyer le raisonnement",
+    "reasoning.replay_reasoning": "renvoyer le raisonnement en champ reasoning",
     "reasoning.strip": "retirer le raisonnement",
     "reasoning.off": "désactivé",
     "models.title": "Modèles",
