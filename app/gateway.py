@@ -51,7 +51,7 @@ from app.translate import anthropic_to_openai_stream as a2o_stream
 from app.translate import openai_to_anthropic as o2a
 from app.translate import openai_to_anthropic_stream as o2a_stream
 from app.translate import route_settings
-from app.translate.options import NO_QUIRKS, BackendOptions, OpenAIQuirks, openai_quirks
+from app.translate.options import BackendOptions
 from app.translate.passthrough import AnthropicSniffer, OpenAISniffer, strip_unsigned_thinking
 from app.translate.refused_params import refused_params
 from app.translate.relay_pipeline import RelayPipeline
@@ -136,14 +136,6 @@ def error_reply(
         headers=headers,
         body=orjson.dumps(module.error_body(err, request_id)),
     )
-
-
-def _quirks(upstream: Upstream, route: Route) -> OpenAIQuirks:
-    """What the route's model on an OpenAI-dialect upstream takes (`openai_quirks`)."""
-    spec = upstream.spec
-    if spec.kind != "openai":
-        return NO_QUIRKS
-    return openai_quirks(spec.base_url, route.target, spec.reasoning)
 
 
 def _stream_error_bytes(dialect: str, err: GatewayError) -> bytes:
@@ -486,7 +478,7 @@ class Gateway:
     def _options(self, upstream: Upstream, route: Route, input_tokens: int = 0) -> BackendOptions:
         spec = upstream.spec
         settings = route.settings
-        quirks = _quirks(upstream, route)
+        quirks = upstream.quirks(route.target)
         return BackendOptions(
             target_model=route.target,
             max_tokens_field=quirks.max_tokens_field or spec.max_tokens_field,
@@ -526,7 +518,11 @@ class Gateway:
             if client == "anthropic":
                 out = strip_unsigned_thinking(out)
             drop_usage = False
-            if client == "openai" and call.stream and not _quirks(upstream, route).strict_schema:
+            if (
+                client == "openai"
+                and call.stream
+                and not upstream.quirks(route.target).strict_schema
+            ):
                 options = out.get("stream_options")
                 if not (isinstance(options, dict) and options.get("include_usage")):
                     # Ask for usage so it can be accounted; that chunk is not relayed.

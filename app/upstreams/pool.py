@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 
 from app.errors import NotFoundError
+from app.translate.options import NO_QUIRKS, OpenAIQuirks, openai_quirks
 from app.upstreams import anthropic as anthropic_kind
 from app.upstreams import echo
 from app.upstreams import openai as openai_kind
@@ -58,6 +59,18 @@ class Upstream:
     @property
     def kind(self) -> str:
         return self.spec.kind
+
+    def quirks(self, model: str) -> OpenAIQuirks:
+        """What ``model`` on this upstream takes beyond its settings (`openai_quirks`); none
+        for an upstream that does not speak the OpenAI dialect."""
+        spec = self.spec
+        if spec.kind != "openai":
+            return NO_QUIRKS
+        return openai_quirks(spec.base_url, model, spec.reasoning)
+
+    def max_tokens_field(self, model: str) -> str:
+        """The field an OpenAI-dialect request names its output limit with, for ``model``."""
+        return self.quirks(model).max_tokens_field or self.spec.max_tokens_field
 
     def dialect(self, client_dialect: str) -> str:
         """The dialect this upstream speaks to a client of ``client_dialect`` (echo mirrors it)."""

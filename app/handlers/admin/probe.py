@@ -13,7 +13,6 @@ import orjson
 
 from app.errors import GatewayError
 from app.secretbox import redact
-from app.translate.options import openai_quirks
 from app.upstreams.keyring import KeyState
 from app.upstreams.pool import Upstream
 
@@ -40,9 +39,7 @@ def probe_body(upstream: Upstream, model: str) -> tuple[str, dict[str, object]]:
     messages = [{"role": "user", "content": PROMPT}]
     if upstream.kind == "anthropic":
         return "messages", {"model": model, "max_tokens": 16, "messages": messages}
-    spec = upstream.spec
-    quirks = openai_quirks(spec.base_url, model, spec.reasoning)
-    field = quirks.max_tokens_field or spec.max_tokens_field or "max_tokens"
+    field = upstream.max_tokens_field(model) or "max_tokens"
     return "chat", {"model": model, "messages": messages, field: 16, "stream": False}
 
 
