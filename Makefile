@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-postgres lint bench clean
+.PHONY: run test test-postgres lint bench clean claude-code
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -27,6 +27,13 @@ test-postgres: $(STAMP)
 	@test -n "$(POSTGRES_URL)" || { echo "usage: make test-postgres POSTGRES_URL=postgresql://user:password@host:5432/postgres"; exit 2; }
 	$(BIN)/pip install -q -e '.[test,dev,fast,postgres]'
 	BRIDGEKEEPER_TEST_POSTGRES='$(POSTGRES_URL)' $(BIN)/python -m pytest -q $(PYTEST_ARGS) $(PG_TESTS)
+
+# The real Claude Code CLI for tests/e2e/test_claude_code_cli.py (skipped without it), from
+# the npm registry, pinned; `.ci/run` installs it.
+CLAUDE_CODE_VERSION := 2.1.197
+claude-code:
+	npm install --prefix .cache/claude-code --no-audit --no-fund --loglevel=error \
+		@anthropic-ai/claude-code@$(CLAUDE_CODE_VERSION)
 
 lint: $(STAMP)
 	$(BIN)/ruff check app tests bench

@@ -7,12 +7,15 @@ HTTP status and a neutral ``kind``; the dialect modules (`app.dialects.anthropic
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 class GatewayError(Exception):
     """Base of every error a client may see; never rendered with a traceback."""
 
     status: int = 500
     kind: str = "api_error"
+    fixed_headers: Mapping[str, str] = {}  # sent with every error of the class
 
     def __init__(
         self,
@@ -28,7 +31,7 @@ class GatewayError(Exception):
         self.retry_after = retry_after
         self.param = param
         self.code = code
-        self.headers = dict(headers or {})
+        self.headers = {**self.fixed_headers, **(headers or {})}
 
 
 class InvalidRequestError(GatewayError):
@@ -39,10 +42,15 @@ class InvalidRequestError(GatewayError):
 
 
 class UnauthorizedError(GatewayError):
-    """No proxy key, or an unknown, revoked or expired one (401)."""
+    """No proxy key, or an unknown, revoked or expired one (401).
+
+    Sent with ``x-should-retry: false``, which Claude Code and both SDKs obey: Claude Code
+    otherwise retries a 401 ten times, for minutes, before saying the key is wrong.
+    """
 
     status = 401
     kind = "authentication"
+    fixed_headers = {"x-should-retry": "false"}
 
 
 class BillingError(GatewayError):

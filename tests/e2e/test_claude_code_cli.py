@@ -1,0 +1,370 @@
+"""The real Claude Code CLI through the gateway, nothing changed but its base URL.
+
+Claude Code (the npm package ``@anthropic-ai/claude-code``, pinned in ``.ci/run``) runs
+in print mode (``claude -p``) against the live gateway, which translates to a fake
+OpenAI-compatible backend or passes through to a fake Anthropic one. Each test pins what
+Claude Code did with the gateway's answers: it ran the tool the backend asked for and
+sent the output back, showed the backend's thinking, answered the context-limit error by
+asking again with fewer tokens, and reported a bad key as one.
+
+``make claude-code`` (or ``.ci/run``) installs the binary into ``.cache/claude-code``;
+``CLAUDE_CODE_BIN`` names another one. Without it these tests are skipped, as the browser
+tests are without Chromium.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from sqlalchemy import select
+
+from app.db.models import UsageEvent
+from app.dialects.sse import OPENAI_DONE, anthropic_event, openai_chunk
+from tests.conftest import Live, flushed
+from tests.fakes import (
+    FakeUpstream,
+    JsonReply,
+    SSEReply,
+    anthropic_message,
+    anthropic_stream,
+    openai_stream,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+CLAUDE = os.environ.get("CLAUDE_CODE_BIN") or str(
+    ROOT / ".cache" / "claude-code" / "node_modules" / ".bin" / "claude"
+)
+
+pytestmark = [
+    pytest.mark.skipif(
+        shutil.which(CLAUDE) is None,
+        reason=f"Claude Code is not installed at {CLAUDE} (make claude-code)",
+    ),
+    pytest.mark.gen_test(timeout=90),
+]
+
+MODEL = "claude-sonnet-4-5"
+TARGET = "qwen3-coder"
+# What the backend asks Claude Code to run, and what running it prints.
+COMMAND = "echo bridgekeeper-$((6*7))"
+PRINTED = "bridgekeeper-42"
+BASE_CHUNK = {"id": "chatcmpl-cc", "object": "chat.completion.chunk", "created": 1700000000}
+
+
+def openai_config(fake: FakeUpstream, reasoning: str = "strip") -> str:
+    return f"""
+[[upstreams]]
+name = "local"
+kind = "openai"
+base_url = "{fake.url}"
+keys = ["sk-local"]
+reasoning = "{reasoning}"
+
+[[models]]
+name = "claude-*"
+upstream = "local"
+target = "{TARGET}"
+"""
+
+
+def anthropic_config(fake: FakeUpstream) -> str:
+    return f"""
+[[upstreams]]
+name = "cloud"
+kind = "anthropic"
+base_url = "{fake.url}"
+keys = ["sk-ant-cloud"]
+
+[[models]]
+name = "claude-*"
+upstream = "cloud"
+"""
+
+
+def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    return openai_chunk(dict(BASE_CHUNK, model=TARGET, choices=[choice], **extra))
+
+
+def usage(prompt: int, completion: int) -> bytes:
+    counts = {"prompt_tokens": prompt, "completion_tokens": completion}
+    return openai_chunk(
+        dict(
+            BASE_CHUNK,
+            model=TARGET,
+            choices=[],
+            usage=counts | {"total_tokens": prompt + completion},
+        )
+    )
+
+
+def bash_call_stream(reasoning: str = "") -> list[bytes]:
+    """An OpenAI stream asking for one Bash call, its arguments cut in three fragments
+    (and, with ``reasoning``, thinking first, as vLLM's ``reasoning_content``)."""
+    args = orjson.dumps({"command": COMMAND, "description": "Print a greeting"}).decode()
+    out = [chunk({"role": "assistant", "content": None})]
+    if reasoning:
+        half = len(reasoning) // 2
+        out += [chunk({"reasoning_content": reasoning[:half]})]
+        out += [chunk({"reasoning_content": reasoning[half:]})]
+    call = {"index": 0, "id": "call_cc1", "type": "function"}
+    out.append(chunk({"tool_calls": [call | {"function": {"name": "Bash", "arguments": ""}}]}))
+    for piece in (args[:10], args[10:30], args[30:]):
+        out.append(chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}))
+    return out + [chunk({}, "tool_calls"), usage(1200, 30), OPENAI_DONE]
+
+
+async def run_claude(
+    live: Live, home: Path, *args: str, base_url: str | None = None
+) -> list[dict[str, Any]]:
+    """``claude -p`` against the gateway; its ``stream-json`` events, one dict each."""
+    home.mkdir(exist_ok=True)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "ANTHROPIC_BASE_URL": base_url or live.url,
+        "ANTHROPIC_API_KEY": live.key,
+        "DISABLE_TELEMETRY": "1",
+        "DISABLE_AUTOUPDATER": "1",
+        "DISABLE_ERROR_REPORTING": "1",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        CLAUDE,
+        "-p",
+        *args,
+        "--model",
+        MODEL,
+        "--output-format",
+        "stream-json",
+        "--verbose",
+        cwd=str(home),
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 75)
+    events = [orjson.loads(line) for line in out.splitlines() if line.startswith(b"{")]
+    assert events and events[-1]["type"] == "result", (out + err).decode(errors="replace")[-2000:]
+    return events
+
+
+async def usage_rows(live: Live) -> list[UsageEvent]:
+    await flushed(live)
+    async with live.services.db.session() as session:
+        return list(await session.scalars(select(UsageEvent).order_by(UsageEvent.id)))
+
+
+def blocks(events: list[dict[str, Any]], role: str) -> list[dict[str, Any]]:
+    """Every content block of the ``role`` messages Claude Code reported, in order."""
+    return [b for e in events if e["type"] == role for b in e["message"]["content"]]
+
+
+def tool_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    return [m for m in body["messages"] if m["role"] == "tool"]
+
+
+async def test_claude_code_runs_a_tool_a_translated_stream_asked_for(
+    gateway, fake_openai, tmp_path
+):  # type: ignore[no-untyped-def]
+    live = await gateway(openai_config(fake_openai))
+    fake_openai.push(
+        SSEReply(bash_call_stream()),
+        SSEReply(openai_stream(["The command printed ", PRINTED, "."], TARGET, prompt=1300)),
+    )
+    events = await run_claude(
+        live, tmp_path / "home", "Say hello from the shell", "--allowedTools", "Bash"
+    )
+
+    first, second = (r.json for r in fake_openai.received)
+    assert first["model"] == TARGET and first["stream"] is True
+    assert "Bash" in [t["function"]["name"] for t in first["tools"]]
+    assert first["messages"][0]["role"] == "system"
+    # Claude Code ran the command and sent its output back as the call's tool message.
+    (tool,) = tool_messages(second)
+    assert tool["tool_call_id"] == "call_cc1"
+    assert PRINTED in tool["content"]
+    (call,) = second["messages"][-2]["tool_calls"]
+    assert call["id"] == "call_cc1"
+    assert orjson.loads(call["function"]["arguments"]) == {
+        "command": COMMAND,
+        "description": "Print a greeting",
+    }
+    uses = [b for b in blocks(events, "assistant") if b["type"] == "tool_use"]
+    assert [(u["name"], u["input"]["command"]) for u in uses] == [("Bash", COMMAND)]
+    result = events[-1]
+    assert result["subtype"] == "success" and result["is_error"] is False
+    assert result["result"] == f"The command printed {PRINTED}."
+    assert result["num_turns"] == 2
+    rows = await usage_rows(live)
+    assert [(r.key_name, r.requested_model, r.target_model, r.stream) for r in rows] == [
+        ("tester", MODEL, TARGET, True)
+    ] * 2
+    assert [(r.input_tokens, r.output_tokens, r.status) for r in rows] == [
+        (1200, 30, "ok"),
+        (1300, 7, "ok"),
+    ]
+
+
+async def test_claude_code_runs_parallel_calls_and_answers_each(gateway, fake_openai, tmp_path):  # type: ignore[no-untyped-def]
+    """Two calls in one turn, their fragments interleaved as some backends send them, on
+    the gateway's ``/anthropic`` prefix: Claude Code runs both and answers each by id."""
+    live = await gateway(openai_config(fake_openai))
+    commands = ["echo first-$((1+1))", "echo second-$((2+2))"]
+    out = [chunk({"role": "assistant", "content": None})]
+    for i in (0, 1):
+        call = {"index": i, "id": f"call_par{i}", "type": "function"}
+        out.append(chunk({"tool_calls": [call | {"function": {"name": "Bash", "arguments": ""}}]}))
+    args = [orjson.dumps({"command": c, "description": "Print"}).decode() for c in commands]
+    for piece in range(0, 40, 8):  # call 0 and call 1 take turns
+        for i in (0, 1):
+            part = {"index": i, "function": {"arguments": args[i][piece : piece + 8]}}
+            out.append(chunk({"tool_calls": [part]}))
+    for i in (0, 1):
+        out.append(chunk({"tool_calls": [{"index": i, "function": {"arguments": args[i][40:]}}]}))
+    out += [chunk({}, "tool_calls"), usage(1200, 60), OPENAI_DONE]
+    fake_openai.push(SSEReply(out), SSEReply(openai_stream(["Both ran."], TARGET)))
+    events = await run_claude(
+        live,
+        tmp_path / "home",
+        "Print two things",
+        "--allowedTools",
+        "Bash",
+        base_url=live.url + "/anthropic",
+    )
+
+    uses = [b for b in blocks(events, "assistant") if b["type"] == "tool_use"]
+    assert [u["input"]["command"] for u in uses] == commands
+    second = fake_openai.received[1].json
+    replies = {m["tool_call_id"]: m["content"] for m in tool_messages(second)}
+    assert set(replies) == {"call_par0", "call_par1"}
+    assert "first-2" in replies["call_par0"] and "second-4" in replies["call_par1"]
+    assert [c["id"] for c in second["messages"][-3]["tool_calls"]] == ["call_par0", "call_par1"]
+    assert events[-1]["result"] == "Both ran."
+
+
+async def test_claude_code_shows_backend_thinking_and_replays_it(gateway, fake_openai, tmp_path):  # type: ignore[no-untyped-def]
+    """vLLM-style ``reasoning_content`` reaches Claude Code as a thinking block; with
+    ``reasoning = "replay"`` the next turn sends it back to the backend."""
+    live = await gateway(openai_config(fake_openai, reasoning="replay"))
+    thought = "The user wants a greeting; the shell can print one."
+    fake_openai.push(
+        SSEReply(bash_call_stream(reasoning=thought)),
+        SSEReply(openai_stream(["Done."], TARGET, prompt=1300)),
+    )
+    events = await run_claude(
+        live, tmp_path / "home", "Say hello from the shell", "--allowedTools", "Bash"
+    )
+
+    thinking = [b for b in blocks(events, "assistant") if b["type"] == "thinking"]
+    assert [b["thinking"] for b in thinking] == [thought]
+    second = fake_openai.received[1].json
+    assistant = second["messages"][-2]
+    assert assistant["reasoning_content"] == thought
+    assert assistant["tool_calls"][0]["function"]["name"] == "Bash"
+    assert events[-1]["result"] == "Done."
+
+
+async def test_claude_code_asks_again_under_a_backend_s_output_limit(
+    gateway, fake_openai, tmp_path
+):  # type: ignore[no-untyped-def]
+    """A backend refusing Claude Code's max_tokens: the gateway's context-limit wording
+    makes Claude Code lower it and ask again, and the user never sees the error."""
+    live = await gateway(openai_config(fake_openai))
+    message = (
+        "max_tokens is too large: 64000. This model supports at most 16384 completion tokens, "
+        "whereas you provided 64000."
+    )
+    error = {"message": message, "type": "invalid_request_error", "param": "max_tokens"}
+    fake_openai.push(
+        JsonReply(400, {"error": error | {"code": "invalid_value"}}),
+        SSEReply(openai_stream(["Hello."], TARGET)),
+    )
+    events = await run_claude(live, tmp_path / "home", "Say hello")
+
+    first, second = (r.json for r in fake_openai.received)
+    assert first["max_tokens"] > 16384
+    assert 0 < second["max_tokens"] <= 16384
+    assert events[-1]["result"] == "Hello."
+    assert events[-1]["is_error"] is False
+
+
+async def test_claude_code_through_to_an_anthropic_backend(gateway, fake_anthropic, tmp_path):  # type: ignore[no-untyped-def]
+    """Same dialect: Claude Code's request reaches the backend with the upstream key, and
+    a tool round trip works on the backend's own stream."""
+    live = await gateway(anthropic_config(fake_anthropic))
+    call_id = "toolu_01CcBridgekeeper"
+    args = orjson.dumps({"command": COMMAND, "description": "Print a greeting"}).decode()
+    start = anthropic_message("", MODEL) | {"content": [], "stop_reason": None}
+    tool_stream = [
+        anthropic_event("message_start", {"type": "message_start", "message": start}),
+        anthropic_event(
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "tool_use", "id": call_id, "name": "Bash", "input": {}},
+            },
+        ),
+        anthropic_event(
+            "content_block_delta",
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "input_json_delta", "partial_json": args},
+            },
+        ),
+        anthropic_event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        anthropic_event(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+                "usage": {"output_tokens": 25},
+            },
+        ),
+        anthropic_event("message_stop", {"type": "message_stop"}),
+    ]
+    fake_anthropic.push(
+        SSEReply(tool_stream), SSEReply(anthropic_stream(["It printed 42."], MODEL))
+    )
+    events = await run_claude(
+        live, tmp_path / "home", "Say hello from the shell", "--allowedTools", "Bash"
+    )
+
+    first, second = fake_anthropic.received
+    assert first.headers["X-Api-Key"] == "sk-ant-cloud"
+    assert live.key not in orjson.dumps(dict(first.headers)).decode()
+    assert first.json["model"] == MODEL
+    results = [
+        b
+        for m in second.json["messages"]
+        if m["role"] == "user" and isinstance(m["content"], list)
+        for b in m["content"]
+        if b.get("type") == "tool_result"
+    ]
+    assert [r["tool_use_id"] for r in results] == [call_id]
+    assert PRINTED in orjson.dumps(results[0]["content"]).decode()
+    assert events[-1]["result"] == "It printed 42."
+
+
+async def test_claude_code_reports_a_key_the_gateway_does_not_know(gateway, fake_openai, tmp_path):  # type: ignore[no-untyped-def]
+    """At once: without ``x-should-retry: false`` Claude Code retries a 401 ten times, for
+    minutes, before it says anything."""
+    live = await gateway(openai_config(fake_openai))
+    live.key = "bk-not-a-key-of-this-gateway-0000"
+    events = await run_claude(live, tmp_path / "home", "Say hello")
+
+    assert fake_openai.received == []
+    assert [e for e in events if e.get("subtype") == "api_retry"] == []
+    result = events[-1]
+    assert result["is_error"] is True
+    assert result["api_error_status"] == 401
+    assert "Invalid API key" in result["result"]
