@@ -725,6 +725,8 @@ def test_bad_key(bed: Bed, which: str, path: tuple[str, str, str, Any]) -> None:
         check_error(A, resp, 401, "authentication_error", AUTH_SAYS[which])
     else:
         check_error(O, resp, 401, "invalid_request_error", AUTH_SAYS[which], code="invalid_api_key")
+    # A key will not become valid by asking again (Claude Code retries a 401 without it).
+    assert resp.headers["x-should-retry"] == "false"
     assert len(bed.fo.received) + len(bed.fa.received) == seen
 
 
