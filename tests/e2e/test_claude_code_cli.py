@@ -121,7 +121,7 @@ def bash_call_stream(reasoning: str = "") -> list[bytes]:
 
 
 async def run_claude(
-    live: Live, home: Path, *args: str, base_url: str | None = None
+    live: Live, home: Path, *args: str, base_url: str | None = None, model: str = MODEL
 ) -> list[dict[str, Any]]:
     """``claude -p`` against the gateway; its ``stream-json`` events, one dict each."""
     home.mkdir(exist_ok=True)
@@ -140,7 +140,7 @@ async def run_claude(
         "-p",
         *args,
         "--model",
-        MODEL,
+        model,
         "--output-format",
         "stream-json",
         "--verbose",
@@ -368,3 +368,70 @@ async def test_claude_code_reports_a_key_the_gateway_does_not_know(gateway, fake
     assert result["is_error"] is True
     assert result["api_error_status"] == 401
     assert "Invalid API key" in result["result"]
+
+
+async def test_a_session_moved_to_an_anthropic_backend_keeps_working(
+    gateway, fake_openai, fake_anthropic, tmp_path
+):  # type: ignore[no-untyped-def]
+    """A local model's thinking has no signature, which a real Anthropic backend refuses:
+    when the user switches the same session to a model on Anthropic (``--continue
+    --model``), the gateway leaves those blocks out and the rest of the history goes as is."""
+    live = await gateway(
+        f"""
+[[upstreams]]
+name = "local"
+kind = "openai"
+base_url = "{fake_openai.url}"
+keys = ["sk-local"]
+
+[[upstreams]]
+name = "cloud"
+kind = "anthropic"
+base_url = "{fake_anthropic.url}"
+keys = ["sk-ant-cloud"]
+
+[[models]]
+name = "claude-sonnet-*"
+upstream = "local"
+target = "{TARGET}"
+
+[[models]]
+name = "claude-opus-*"
+upstream = "cloud"
+"""
+    )
+    thought = "A shell command prints it."
+    fake_openai.push(
+        SSEReply(bash_call_stream(reasoning=thought)),
+        SSEReply(openai_stream(["Printed."], TARGET)),
+    )
+    home = tmp_path / "home"
+    await run_claude(live, home, "Say hello from the shell", "--allowedTools", "Bash")
+    fake_anthropic.push(SSEReply(anthropic_stream(["Still here."], "claude-opus-4-5")))
+    events = await run_claude(live, home, "And now?", "--continue", model="claude-opus-4-5")
+
+    (sent,) = fake_anthropic.received
+    history = sent.json["messages"]
+    kinds = [
+        [b["type"] for b in m["content"]] if isinstance(m["content"], list) else ["text"]
+        for m in history
+    ]
+    assert not any("thinking" in k for k in kinds)
+    assert ["tool_use"] in kinds  # the assistant turn kept its call, minus the thinking
+    uses = [b for m in history if isinstance(m["content"], list) for b in m["content"]]
+    assert [b["input"]["command"] for b in uses if b["type"] == "tool_use"] == [COMMAND]
+    assert events[-1]["result"] == "Still here."
+
+
+async def test_claude_code_retries_an_overloaded_backend(gateway, fake_openai, tmp_path):  # type: ignore[no-untyped-def]
+    """A backend's 503 reaches Claude Code as Anthropic's 529 ``overloaded_error``, which it
+    retries by itself; the second answer is the one the user sees."""
+    live = await gateway(openai_config(fake_openai))
+    busy = {"error": {"message": "Server is busy", "type": "server_error", "code": None}}
+    fake_openai.push(JsonReply(503, busy), SSEReply(openai_stream(["Back."], TARGET)))
+    events = await run_claude(live, tmp_path / "home", "Say hello")
+
+    retries = [e for e in events if e.get("subtype") == "api_retry"]
+    assert [r["error_status"] for r in retries] == [529]
+    assert len(fake_openai.received) == 2
+    assert events[-1]["result"] == "Back."
