@@ -52,7 +52,12 @@ from app.translate import openai_to_anthropic as o2a
 from app.translate import openai_to_anthropic_stream as o2a_stream
 from app.translate import route_settings
 from app.translate.options import BackendOptions
-from app.translate.passthrough import AnthropicSniffer, OpenAISniffer, strip_unsigned_thinking
+from app.translate.passthrough import (
+    AnthropicSniffer,
+    OpenAISniffer,
+    strip_refused_thinking,
+    strip_unsigned_thinking,
+)
 from app.translate.refused_params import refused_params
 from app.translate.relay_pipeline import RelayPipeline
 from app.translate.stream_pipeline import StreamPipeline
@@ -407,13 +412,14 @@ class Gateway:
                     elif resp.status >= 500 or resp.status == 408:
                         upstream.ring.mark_failed(key, failure.message)
                     else:
-                        # The client's own mistake: another key or upstream would say the same.
-                        if not attempt.translated:
-                            await self._record(call, failure)
-                            return self._relay_error(call, resp.status, resp.headers, err_body)
+                        # The client's own mistake: another key or upstream would say the same,
+                        # unless it refused what the request means the same without.
                         if self._drop_refused(attempt, upstream, err_body):
                             again = True  # the same request without what was refused
                             break
+                        if not attempt.translated:
+                            await self._record(call, failure)
+                            return self._relay_error(call, resp.status, resp.headers, err_body)
                         raise failure
                     last_error = failure
             wait = upstream.ring.soonest_recovery()
@@ -422,12 +428,25 @@ class Gateway:
         raise self._exhausted(last_error, soonest)
 
     def _drop_refused(self, attempt: _Attempt, upstream: Upstream, err_body: bytes) -> bool:
-        """When the 400 refuses optional fields the gateway added (`refused_params`), take
-        them out of ``attempt`` and remember them for this upstream and model: True."""
-        if attempt.dialect != "openai":
-            return False
+        """When a 400 refuses what the request means the same without, take it out of
+        ``attempt``: True. To an OpenAI backend, optional fields the gateway added
+        (`refused_params`, remembered for this upstream and model); to an Anthropic one,
+        thinking whose signature it did not make (the history's, for this request)."""
         message = err_body.decode("utf-8", "replace")
-        dropped = refused_params(message, attempt.parsed)
+        if attempt.dialect == "anthropic":
+            stripped = strip_refused_thinking(message, attempt.parsed)
+            if stripped is None:
+                return False
+            attempt.parsed = stripped
+            attempt.body = orjson.dumps(stripped)
+            log.warning(
+                "upstream %r refused a thinking signature in the history of a request for %r: "
+                "sent again without the history's thinking",
+                upstream.name,
+                attempt.route.target,
+            )
+            return True
+        dropped = refused_params(message, attempt.parsed) if attempt.translated else ()
         if not dropped:
             return False
         where = (upstream.name, attempt.route.target)

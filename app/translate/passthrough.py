@@ -3,12 +3,14 @@
 A passed-through request keeps every field but ``model`` (and the route's
 settings). Anthropic thinking blocks with an empty signature — produced by a
 translated OpenAI backend earlier in the conversation — are stripped, because a
-real Anthropic backend rejects them (PROTOCOL.md §6.7). Streams are relayed
+real Anthropic backend rejects them (PROTOCOL.md §6.7); signed ones the backend refuses
+(another backend's signatures) go when its 400 says so. Streams are relayed
 byte for byte while `AnthropicSniffer`/`OpenAISniffer` read usage from them.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -18,9 +20,35 @@ from app.dialects.usage import Usage, from_anthropic, from_openai
 
 
 def strip_unsigned_thinking(body: dict[str, Any]) -> dict[str, Any]:
-    """Drop assistant thinking blocks whose signature is empty (never accepted upstream),
-    and an assistant message left with no content by that (Anthropic refuses an empty
-    one; the turns around it, both the user's, it takes as one)."""
+    """Drop assistant thinking blocks whose signature is empty (never accepted upstream)."""
+    return _strip_thinking(body, signed_too=False)
+
+
+# Anthropic's 400 for a signature it did not make (another Anthropic-compatible backend's,
+# or one a client edited): "messages.1.content.0: Invalid `signature` in `thinking` block".
+_BAD_SIGNATURE = re.compile(r"invalid\W+(?:signature|data)\W+in\W+(?:redacted_)?thinking", re.I)
+
+
+def strip_refused_thinking(message: str, body: dict[str, Any]) -> dict[str, Any] | None:
+    """When the backend's 400 ``message`` refuses a thinking block's signature, ``body``
+    without any thinking in its history; None when the error is another one or there is
+    no thinking left to take out."""
+    if not _BAD_SIGNATURE.search(message):
+        return None
+    stripped = _strip_thinking(body, signed_too=True)
+    return stripped if stripped is not body else None
+
+
+def _strip_thinking(body: dict[str, Any], *, signed_too: bool) -> dict[str, Any]:
+    """``body`` without the history's unsigned (with ``signed_too``, all) thinking and
+    redacted thinking blocks.
+
+    An assistant message left with no content goes too (Anthropic refuses an empty one
+    and merges the user turns around it). When the last assistant message lost its
+    thinking but calls a tool, thinking is turned off for this request: with thinking on,
+    Anthropic requires that message to start with a genuine thinking block (§6.4 step 6),
+    and signatures cannot be made up.
+    """
     messages = body.get("messages")
     if not isinstance(messages, list):
         return body
@@ -28,21 +56,47 @@ def strip_unsigned_thinking(body: dict[str, Any]) -> dict[str, Any]:
     out_messages = []
     for message in messages:
         content = message.get("content") if isinstance(message, dict) else None
-        if message.get("role") == "assistant" and isinstance(content, list):
-            kept = [
-                b
-                for b in content
-                if not (
-                    isinstance(b, dict) and b.get("type") == "thinking" and not b.get("signature")
-                )
-            ]
+        if isinstance(content, list) and message.get("role") == "assistant":
+            kept = [b for b in content if not _dropped_thinking(b, signed_too)]
             if len(kept) != len(content):
                 changed = True
                 if not kept:
-                    continue  # only unsigned thinking: a reasoning-only answer
+                    continue  # only thinking: a reasoning-only answer
                 message = dict(message, content=kept)
         out_messages.append(message)
-    return dict(body, messages=out_messages) if changed else body
+    if not changed:
+        return body
+    out = dict(body, messages=out_messages)
+    if _thinking_on(body) and _calls_without_thinking(out_messages):
+        del out["thinking"]
+    return out
+
+
+def _calls_without_thinking(messages: list[Any]) -> bool:
+    """The last assistant message calls a tool but does not start with thinking."""
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "assistant":
+            content = message.get("content")
+            if not isinstance(content, list) or not content:
+                return False
+            first = content[0].get("type") if isinstance(content[0], dict) else None
+            calls = any(isinstance(b, dict) and b.get("type") == "tool_use" for b in content)
+            return calls and first not in ("thinking", "redacted_thinking")
+    return False
+
+
+def _dropped_thinking(block: Any, signed_too: bool) -> bool:
+    if not isinstance(block, dict):
+        return False
+    kind = block.get("type")
+    if kind == "thinking":
+        return signed_too or not block.get("signature")
+    return signed_too and kind == "redacted_thinking"
+
+
+def _thinking_on(body: dict[str, Any]) -> bool:
+    thinking = body.get("thinking")
+    return isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
 
 
 class AnthropicSniffer:

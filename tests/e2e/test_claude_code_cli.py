@@ -435,3 +435,95 @@ async def test_claude_code_retries_an_overloaded_backend(gateway, fake_openai, t
     assert [r["error_status"] for r in retries] == [529]
     assert len(fake_openai.received) == 2
     assert events[-1]["result"] == "Back."
+
+
+async def test_failing_over_mid_tool_loop_drops_the_first_backend_s_signatures(
+    gateway, fake_anthropic, tmp_path
+):  # type: ignore[no-untyped-def]
+    """Thinking signed by one Anthropic-compatible backend is refused by another. Claude
+    Code sends the thinking of the turn that called a tool along with the tool's result;
+    when that request fails over to the route's fallback on another backend, its 400 names
+    the signature, and the gateway asks again without the history's thinking (and, as
+    the last turn calls a tool, without thinking for that request)."""
+    other = await FakeUpstream("anthropic").start()
+    try:
+        live = await gateway(
+            f"""
+[[upstreams]]
+name = "first"
+kind = "anthropic"
+base_url = "{fake_anthropic.url}"
+keys = ["sk-ant-first"]
+
+[[upstreams]]
+name = "second"
+kind = "anthropic"
+base_url = "{other.url}"
+keys = ["sk-ant-second"]
+
+[[models]]
+name = "{MODEL}"
+upstream = "first"
+fallbacks = ["backup"]
+
+[[models]]
+name = "backup"
+upstream = "second"
+target = "{MODEL}"
+"""
+        )
+        args = orjson.dumps({"command": COMMAND, "description": "Print a greeting"}).decode()
+        start = anthropic_message("", MODEL) | {"content": [], "stop_reason": None}
+
+        def event(kind: str, **fields: Any) -> bytes:
+            return anthropic_event(kind, {"type": kind, **fields})
+
+        def delta(index: int, **fields: Any) -> bytes:
+            return event("content_block_delta", index=index, delta=fields)
+
+        thinking = {"type": "thinking", "thinking": "", "signature": ""}
+        call = {"type": "tool_use", "id": "toolu_01Moved", "name": "Bash", "input": {}}
+        signed_call = [
+            event("message_start", message=start),
+            event("content_block_start", index=0, content_block=thinking),
+            delta(0, type="thinking_delta", thinking="The shell can greet."),
+            delta(0, type="signature_delta", signature="c2lnbmVkLWJ5LWZpcnN0"),
+            event("content_block_stop", index=0),
+            event("content_block_start", index=1, content_block=call),
+            delta(1, type="input_json_delta", partial_json=args),
+            event("content_block_stop", index=1),
+            event(
+                "message_delta",
+                delta={"stop_reason": "tool_use", "stop_sequence": None},
+                usage={"output_tokens": 40},
+            ),
+            event("message_stop"),
+        ]
+        overloaded = {"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}
+        fake_anthropic.push(SSEReply(signed_call), JsonReply(529, overloaded))
+        refusal = {
+            "type": "error",
+            "error": {
+                "type": "invalid_request_error",
+                "message": "messages.1.content.0: Invalid `signature` in `thinking` block",
+            },
+        }
+        other.push(JsonReply(400, refusal), SSEReply(anthropic_stream(["Greeted."], MODEL)))
+        events = await run_claude(
+            live, tmp_path / "home", "Say hello from the shell", "--allowedTools", "Bash"
+        )
+    finally:
+        await other.stop()
+
+    refused, retried = (r.json for r in other.received)
+    turn = refused["messages"][-2]
+    assert [b["type"] for b in turn["content"]] == ["thinking", "tool_use"]
+    assert turn["content"][0]["signature"] == "c2lnbmVkLWJ5LWZpcnN0"
+    assert "thinking" in refused
+    assert [b["type"] for b in retried["messages"][-2]["content"]] == ["tool_use"]
+    assert "thinking" not in retried
+    assert retried["messages"][:-2] == refused["messages"][:-2]
+    assert retried["messages"][-1] == refused["messages"][-1]  # the tool's result
+    assert PRINTED in orjson.dumps(retried["messages"][-1]).decode()
+    assert events[-1]["result"] == "Greeted."
+    assert events[-1]["is_error"] is False

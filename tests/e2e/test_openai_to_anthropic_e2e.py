@@ -643,6 +643,50 @@ async def test_reasoning_effort_becomes_thinking(gateway, fake_anthropic):  # ty
     assert (msg.model_extra or {})["reasoning_content"] == "Six sevens."
 
 
+async def test_replayed_thinking_blocks_another_backend_signed_are_left_out(
+    gateway, fake_anthropic
+):  # type: ignore[no-untyped-def]
+    """LiteLLM-style ``thinking_blocks`` signed elsewhere: Anthropic's 400 names the
+    signature, and the request goes again without them (and, as the last turn is plain
+    text, still with thinking)."""
+    live = await gateway(config(fake_anthropic))
+    refusal = {
+        "type": "error",
+        "error": {
+            "type": "invalid_request_error",
+            "message": "messages.1.content.0: Invalid `signature` in `thinking` block",
+        },
+    }
+    fake_anthropic.push(JsonReply(400, refusal))
+    history: Any = [
+        {"role": "user", "content": "6*7?"},
+        {
+            "role": "assistant",
+            "content": "42",
+            "thinking_blocks": [
+                {"type": "thinking", "thinking": "Six sevens.", "signature": "c2lnLWVsc2V3aGVyZQ=="}
+            ],
+        },
+        {"role": "user", "content": "and 6*8?"},
+    ]
+    async with client(live) as sdk:
+        completion = await sdk.chat.completions.create(
+            model="gpt-claude-plain", messages=history, reasoning_effort="medium"
+        )
+    first, second = (r.json for r in fake_anthropic.received)
+    assert first["messages"][1]["content"][0]["signature"] == "c2lnLWVsc2V3aGVyZQ=="
+    assert second == dict(
+        first,
+        messages=[
+            {"role": "user", "content": "6*7?"},
+            {"role": "assistant", "content": [{"type": "text", "text": "42"}]},
+            {"role": "user", "content": "and 6*8?"},
+        ],
+    )
+    assert second["thinking"] == {"type": "enabled", "budget_tokens": 2048}
+    assert completion.choices[0].message.content == "fake reply"
+
+
 async def test_reasoning_effort_streamed_as_reasoning_content(gateway, fake_anthropic):  # type: ignore[no-untyped-def]
     live = await gateway(config(fake_anthropic))
     fake_anthropic.push(

@@ -246,13 +246,12 @@ async def test_unsigned_thinking_blocks_are_stripped_for_anthropic_upstreams(
         {"role": "assistant", "content": [{"type": "thinking", "thinking": "hm", "signature": ""}]},
         {"role": "user", "content": "and?"},
     ]
-    if True:
-        resp = await http(
-            "POST",
-            live.url + "/v1/messages",
-            headers={"x-api-key": TEST_KEY},
-            json={"model": "claude-x", "max_tokens": 5, "messages": history},
-        )
+    resp = await http(
+        "POST",
+        live.url + "/v1/messages",
+        headers={"x-api-key": TEST_KEY},
+        json={"model": "claude-x", "max_tokens": 5, "messages": history},
+    )
     assert resp.status == 200
     sent = fake_anthropic.received[0].json["messages"]
     assert sent[1]["content"] == [
@@ -262,6 +261,90 @@ async def test_unsigned_thinking_blocks_are_stripped_for_anthropic_upstreams(
     # The emptied assistant message is gone (Anthropic refuses empty content): the two
     # user turns around it go as they are, which Anthropic takes as one.
     assert sent[2:] == [{"role": "user", "content": "next"}, {"role": "user", "content": "and?"}]
+
+
+SIGNATURE_400 = {
+    "type": "error",
+    "error": {
+        "type": "invalid_request_error",
+        "message": "messages.1.content.0: Invalid `signature` in `thinking` block",
+    },
+}
+
+
+async def test_a_refused_signature_is_sent_again_without_the_history_s_thinking(
+    gateway, fake_anthropic
+):  # type: ignore[no-untyped-def]
+    """Signatures made by another Anthropic-compatible backend (a session moved between
+    backends): one 400 naming them, then the history goes without thinking. The last turn
+    calls a tool, and with thinking on Anthropic wants it to start with genuine thinking,
+    so this one request goes without thinking."""
+    from tests.fakes import JsonReply
+
+    live = await gateway(anthropic_config(fake_anthropic))
+    call = {"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {"command": "ls"}}
+    history = [
+        {"role": "user", "content": "q"},
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "thinking", "thinking": "elsewhere", "signature": "c2lnLW90aGVy"},
+                {"type": "redacted_thinking", "data": "cmVkYWN0ZWQ="},
+                {"type": "text", "text": "answer"},
+            ],
+        },
+        {"role": "user", "content": "list files"},
+        {
+            "role": "assistant",
+            "content": [{"type": "thinking", "thinking": "ls", "signature": "c2ln"}, call],
+        },
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "a.txt"}],
+        },
+    ]
+    body = {
+        "model": "claude-x",
+        "max_tokens": 2048,
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "messages": history,
+    }
+    fake_anthropic.push(JsonReply(400, SIGNATURE_400))
+    async with anthropic.AsyncAnthropic(
+        base_url=live.url, api_key=TEST_KEY, max_retries=0
+    ) as client:
+        message = await client.messages.create(**body)
+    assert message.content[0].text == "fake reply"
+    first, second = (r.json for r in fake_anthropic.received)
+    assert first == body
+    assert second == {
+        "model": "claude-x",
+        "max_tokens": 2048,
+        "messages": [
+            history[0],
+            {"role": "assistant", "content": [{"type": "text", "text": "answer"}]},
+            history[2],
+            {"role": "assistant", "content": [call]},
+            history[4],
+        ],
+    }
+    rows = await usage_rows(live)
+    assert [(r.status, r.http_status) for r in rows] == [("ok", 200)]
+
+
+async def test_a_signature_400_with_no_thinking_to_drop_is_the_client_s(gateway, fake_anthropic):  # type: ignore[no-untyped-def]
+    from tests.fakes import JsonReply
+
+    live = await gateway(anthropic_config(fake_anthropic))
+    fake_anthropic.push(JsonReply(400, SIGNATURE_400))
+    resp = await http(
+        "POST",
+        live.url + "/v1/messages",
+        headers={"x-api-key": TEST_KEY},
+        json={"model": "claude-x", "max_tokens": 5, "messages": [{"role": "user", "content": "q"}]},
+    )
+    assert (resp.status, resp.json()) == (400, SIGNATURE_400)
+    assert len(fake_anthropic.received) == 1
 
 
 async def test_upstream_client_error_is_relayed_verbatim_in_passthrough(gateway, fake_anthropic):  # type: ignore[no-untyped-def]
