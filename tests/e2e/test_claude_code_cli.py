@@ -26,6 +26,7 @@ from sqlalchemy import select
 
 from app.db.models import UsageEvent
 from app.dialects.sse import OPENAI_DONE, anthropic_event, openai_chunk
+from app.translate.ids import sanitize_tool_id
 from tests.conftest import Live, flushed
 from tests.fakes import (
     FakeUpstream,
@@ -104,7 +105,9 @@ def usage(prompt: int, completion: int) -> bytes:
     )
 
 
-def bash_call_stream(reasoning: str = "") -> list[bytes]:
+def bash_call_stream(
+    reasoning: str = "", call_id: str = "call_cc1", finish: str = "tool_calls"
+) -> list[bytes]:
     """An OpenAI stream asking for one Bash call, its arguments cut in three fragments
     (and, with ``reasoning``, thinking first, as vLLM's ``reasoning_content``)."""
     args = orjson.dumps({"command": COMMAND, "description": "Print a greeting"}).decode()
@@ -113,15 +116,20 @@ def bash_call_stream(reasoning: str = "") -> list[bytes]:
         half = len(reasoning) // 2
         out += [chunk({"reasoning_content": reasoning[:half]})]
         out += [chunk({"reasoning_content": reasoning[half:]})]
-    call = {"index": 0, "id": "call_cc1", "type": "function"}
+    call = {"index": 0, "id": call_id, "type": "function"}
     out.append(chunk({"tool_calls": [call | {"function": {"name": "Bash", "arguments": ""}}]}))
     for piece in (args[:10], args[10:30], args[30:]):
         out.append(chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}))
-    return out + [chunk({}, "tool_calls"), usage(1200, 30), OPENAI_DONE]
+    return out + [chunk({}, finish), usage(1200, 30), OPENAI_DONE]
 
 
 async def run_claude(
-    live: Live, home: Path, *args: str, base_url: str | None = None, model: str = MODEL
+    live: Live,
+    home: Path,
+    *args: str,
+    base_url: str | None = None,
+    model: str = MODEL,
+    key_variable: str = "ANTHROPIC_API_KEY",
 ) -> list[dict[str, Any]]:
     """``claude -p`` against the gateway; its ``stream-json`` events, one dict each."""
     home.mkdir(exist_ok=True)
@@ -129,7 +137,7 @@ async def run_claude(
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(home),
         "ANTHROPIC_BASE_URL": base_url or live.url,
-        "ANTHROPIC_API_KEY": live.key,
+        key_variable: live.key,
         "DISABLE_TELEMETRY": "1",
         "DISABLE_AUTOUPDATER": "1",
         "DISABLE_ERROR_REPORTING": "1",
@@ -211,6 +219,28 @@ async def test_claude_code_runs_a_tool_a_translated_stream_asked_for(
         (1200, 30, "ok"),
         (1300, 7, "ok"),
     ]
+
+
+async def test_claude_code_runs_a_call_from_a_llama_style_stream(gateway, fake_openai, tmp_path):  # type: ignore[no-untyped-def]
+    """Two habits of local backends that leave Claude Code stuck without the gateway: a
+    tool call ending with ``finish_reason: "stop"`` (llama.cpp, Ollama), and an id that is
+    not one Anthropic accepts (Kimi's ``functions.Bash:0``)."""
+    live = await gateway(openai_config(fake_openai))
+    fake_openai.push(
+        SSEReply(bash_call_stream(call_id="functions.Bash:0", finish="stop")),
+        SSEReply(openai_stream(["Ran it."], TARGET)),
+    )
+    events = await run_claude(live, tmp_path / "home", "Say hello", "--allowedTools", "Bash")
+
+    (use,) = [b for b in blocks(events, "assistant") if b["type"] == "tool_use"]
+    assert use["id"] == sanitize_tool_id("functions.Bash:0")
+    assert use["id"].startswith("functions_Bash_0_")
+    second = fake_openai.received[1].json
+    (tool,) = tool_messages(second)
+    assert tool["tool_call_id"] == use["id"]
+    assert PRINTED in tool["content"]
+    assert second["messages"][-2]["tool_calls"][0]["id"] == use["id"]
+    assert events[-1]["result"] == "Ran it."
 
 
 async def test_claude_code_runs_parallel_calls_and_answers_each(gateway, fake_openai, tmp_path):  # type: ignore[no-untyped-def]
@@ -353,6 +383,17 @@ async def test_claude_code_through_to_an_anthropic_backend(gateway, fake_anthrop
     assert [r["tool_use_id"] for r in results] == [call_id]
     assert PRINTED in orjson.dumps(results[0]["content"]).decode()
     assert events[-1]["result"] == "It printed 42."
+
+
+async def test_claude_code_with_the_key_as_an_auth_token(gateway, fake_openai, tmp_path):  # type: ignore[no-untyped-def]
+    """``ANTHROPIC_AUTH_TOKEN`` (sent as ``Authorization: Bearer``) works as the API key does."""
+    live = await gateway(openai_config(fake_openai))
+    fake_openai.push(SSEReply(openai_stream(["Hello."], TARGET)))
+    events = await run_claude(
+        live, tmp_path / "home", "Say hello", key_variable="ANTHROPIC_AUTH_TOKEN"
+    )
+    assert events[-1]["result"] == "Hello."
+    assert fake_openai.received[0].headers["Authorization"] == "Bearer sk-local"
 
 
 async def test_claude_code_reports_a_key_the_gateway_does_not_know(gateway, fake_openai, tmp_path):  # type: ignore[no-untyped-def]
