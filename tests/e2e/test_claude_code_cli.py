@@ -55,6 +55,8 @@ TARGET = "qwen3-coder"
 # What the backend asks Claude Code to run, and what running it prints.
 COMMAND = "echo bridgekeeper-$((6*7))"
 PRINTED = "bridgekeeper-42"
+# A 1x1 PNG.
+PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 BASE_CHUNK = {"id": "chatcmpl-cc", "object": "chat.completion.chunk", "created": 1700000000}
 
 
@@ -130,8 +132,10 @@ async def run_claude(
     base_url: str | None = None,
     model: str = MODEL,
     key_variable: str = "ANTHROPIC_API_KEY",
+    stdin: bytes | None = None,
 ) -> list[dict[str, Any]]:
-    """``claude -p`` against the gateway; its ``stream-json`` events, one dict each."""
+    """``claude -p`` against the gateway; its ``stream-json`` events, one dict each
+    (``stdin``: what Claude Code reads, for ``--input-format stream-json``)."""
     home.mkdir(exist_ok=True)
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -154,11 +158,11 @@ async def run_claude(
         "--verbose",
         cwd=str(home),
         env=env,
-        stdin=asyncio.subprocess.DEVNULL,
+        stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(proc.communicate(), 75)
+    out, err = await asyncio.wait_for(proc.communicate(stdin), 75)
     events = [orjson.loads(line) for line in out.splitlines() if line.startswith(b"{")]
     assert events and events[-1]["type"] == "result", (out + err).decode(errors="replace")[-2000:]
     return events
@@ -278,6 +282,34 @@ async def test_claude_code_runs_parallel_calls_and_answers_each(gateway, fake_op
     assert "first-2" in replies["call_par0"] and "second-4" in replies["call_par1"]
     assert [c["id"] for c in second["messages"][-3]["tool_calls"]] == ["call_par0", "call_par1"]
     assert events[-1]["result"] == "Both ran."
+
+
+async def test_an_image_from_claude_code_reaches_the_backend_as_a_data_url(
+    gateway, fake_openai, tmp_path
+):  # type: ignore[no-untyped-def]
+    live = await gateway(openai_config(fake_openai))
+    fake_openai.push(SSEReply(openai_stream(["A red pixel."], TARGET)))
+    image = {"type": "base64", "media_type": "image/png", "data": PNG}
+    turn = {
+        "type": "user",
+        "message": {
+            "role": "user",
+            "content": [{"type": "image", "source": image}, {"type": "text", "text": "What?"}],
+        },
+    }
+    events = await run_claude(
+        live,
+        tmp_path / "home",
+        "--input-format",
+        "stream-json",
+        stdin=orjson.dumps(turn) + b"\n",
+    )
+
+    parts = fake_openai.received[0].json["messages"][-1]["content"]
+    urls = [p["image_url"]["url"] for p in parts if p["type"] == "image_url"]
+    assert urls == [f"data:image/png;base64,{PNG}"]
+    assert parts[-1] == {"type": "text", "text": "What?"}
+    assert events[-1]["result"] == "A red pixel."
 
 
 async def test_claude_code_shows_backend_thinking_and_replays_it(gateway, fake_openai, tmp_path):  # type: ignore[no-untyped-def]
