@@ -31,6 +31,7 @@ from app.translate.anthropic_to_openai import (
 from app.translate.anthropic_to_openai_errors import error_from_payload
 from app.translate.ids import new_message_id, new_tool_id, sanitize_tool_id
 from app.translate.stream_pipeline import TextSlot, plain_run
+from app.translate.think_tags import PLAIN, Pieces, ThinkTags
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,9 @@ class StreamTranslator:
 
     Invents: the ``msg_…`` id, ``toolu_…`` ids for calls without one, ``"{}"`` arguments for
     tool blocks that received none, one empty text block for a stream with no content, and
-    estimated usage when the backend sent none. Drops: reasoning unless ``ctx.thinking``,
+    estimated usage when the backend sent none. Splits reasoning written inline as
+    ``<think>…</think>`` at the start of the content into a thinking block. Drops: reasoning
+    unless ``ctx.thinking``,
     whitespace-only text that never turns into visible text, argument fragments for a call
     whose block is already closed, anything after ``finish_reason`` except usage.
     """
@@ -150,6 +153,7 @@ class StreamTranslator:
         self._head_for: _Open | None = None  # the block `_head` frames deltas for
         self._head = b""
         self._slots = {"text": TextSlot(), "thinking": TextSlot()}
+        self._tags = ThinkTags()  # reasoning written inline as <think>…</think>
 
     @property
     def usage(self) -> Usage:
@@ -219,6 +223,8 @@ class StreamTranslator:
                 meter.add(text)
                 self._produced.add(text)
                 return b""
+            if _BLOCK_OF[name] == "text" and not self._tags.settles_plain(text):
+                return None  # may open with <think>: `feed` splits it
             if block is None and _BLOCK_OF[name] == "text" and not self._pending_ws:
                 # A stream's first text opens its block here, as `_text` would (nothing
                 # open, nothing waiting, no whitespace held back), and teaches the slot its
@@ -326,15 +332,30 @@ class StreamTranslator:
                 out += self._thinking(parts.reasoning)
         for text in parts.texts:
             self._produced.add(text)
-            out += self._text(text)
+            if self._tags.state == PLAIN:
+                out += self._text(text)
+            else:
+                out += self._pieces(self._tags.feed(text))
         for call in parts.calls:
             out += self._tool_fragment(call)
         finish = choice.get("finish_reason")
         if isinstance(finish, str) and finish:
             self._finish = finish
             self._matched = matched_stop(choice, self.ctx.stop_sequences)
+            out += self._pieces(self._tags.finish())
             out += self._flush_waiting()
             out += self._close()
+        return out
+
+    def _pieces(self, pieces: Pieces) -> list[bytes]:
+        """Content split at an inline ``<think>`` tag: its thinking (when the client asked
+        for thinking) and its text."""
+        out: list[bytes] = []
+        for kind, piece in pieces:
+            if kind == "text":
+                out += self._text(piece)
+            elif self.ctx.thinking:
+                out += self._thinking(piece)
         return out
 
     def _thinking(self, text: str) -> list[bytes]:
@@ -533,6 +554,7 @@ class StreamTranslator:
 
     def _finalize(self) -> list[bytes]:
         out = [] if self.started else self._start()
+        out += self._pieces(self._tags.finish())  # [DONE] without a finish_reason
         out += self._close()
         if self._next_index == 0:
             # A stream without any block makes Claude Code re-issue the request without
