@@ -334,6 +334,31 @@ async def test_claude_code_shows_backend_thinking_and_replays_it(gateway, fake_o
     assert events[-1]["result"] == "Done."
 
 
+async def test_inline_think_tags_reach_claude_code_as_thinking(gateway, fake_openai, tmp_path):  # type: ignore[no-untyped-def]
+    """A backend without a reasoning parser writes ``<think>…</think>`` into the content:
+    Claude Code gets a thinking block and the answer alone, and the next turn does not
+    send the tags back as the model's words."""
+    live = await gateway(openai_config(fake_openai))
+    pieces = ["<thi", "nk>\nThe shell", " can greet.</think>", "\n\n", "Running it."]
+    stream = bash_call_stream()
+    stream[1:1] = [chunk({"content": p}) for p in pieces]
+    fake_openai.push(SSEReply(stream), SSEReply(openai_stream(["Done."], TARGET)))
+    events = await run_claude(
+        live, tmp_path / "home", "Say hello from the shell", "--allowedTools", "Bash"
+    )
+
+    said = [b for b in blocks(events, "assistant") if b["type"] in ("thinking", "text")]
+    assert [(b["type"], b.get("thinking", b.get("text"))) for b in said] == [
+        ("thinking", "\nThe shell can greet."),
+        ("text", "Running it."),
+        ("text", "Done."),
+    ]
+    assistant = fake_openai.received[1].json["messages"][-2]
+    assert assistant["content"] == "Running it."
+    assert assistant["tool_calls"][0]["function"]["name"] == "Bash"
+    assert events[-1]["result"] == "Done."
+
+
 async def test_claude_code_asks_again_under_a_backend_s_output_limit(
     gateway, fake_openai, tmp_path
 ):  # type: ignore[no-untyped-def]
