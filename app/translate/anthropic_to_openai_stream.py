@@ -422,7 +422,13 @@ class StreamTranslator:
         if name and tool.name is None:
             tool.name = name
 
-        tool.received += args
+        received = tool.received
+        if received and len(args) > len(received) and args.startswith(received):
+            # Cumulative snapshots (each fragment repeats what came before, as some gateways
+            # send them, PROTOCOL.md §5.5): only the new end is new. As deltas they would
+            # repeat an opening brace, which no JSON object does.
+            args = args[len(received) :]
+        tool.received = received + args
         out: list[bytes] = []
         if not tool.started:
             tool.buffered += args
