@@ -503,6 +503,7 @@ class Gateway:
             max_tokens_field=quirks.max_tokens_field or spec.max_tokens_field,
             reasoning=quirks.reasoning or spec.reasoning,
             top_k=spec.top_k,
+            chat_template_thinking=spec.chat_template_thinking and quirks.chat_template_kwargs,
             max_stop_sequences=quirks.max_stop_sequences,
             sampling=quirks.sampling,
             mistral_tool_ids=quirks.mistral_tool_ids,

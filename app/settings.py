@@ -43,6 +43,7 @@ class UpstreamConfig:
     timeout: float = 60.0
     reasoning: str = "strip"
     top_k: bool = False
+    chat_template_thinking: bool = False
     tokenize_url: str | None = None
     max_tokens_field: str = "max_tokens"
     enabled: bool = True
@@ -286,6 +287,15 @@ def _parse_upstream(
         timeout=timeout if timeout is not None else default_timeout,
         reasoning=_choice(where, f"{entry}.reasoning", table.get("reasoning", "strip"), REASONING),
         top_k=bool(_expect(where, f"{entry}.top_k", table.get("top_k", False), bool, "true/false")),
+        chat_template_thinking=bool(
+            _expect(
+                where,
+                f"{entry}.chat_template_thinking",
+                table.get("chat_template_thinking", False),
+                bool,
+                "true/false",
+            )
+        ),
         tokenize_url=tokenize_url,
         max_tokens_field=_choice(
             where,

@@ -31,6 +31,7 @@ rotation = "ordered"
 timeout = 60
 reasoning = "replay"
 top_k = false
+chat_template_thinking = true
 tokenize_url = "http://127.0.0.1:8080/tokenize"
 max_tokens_field = "max_tokens"
 
@@ -73,6 +74,7 @@ def test_design_example_parses(tmp_path: Path) -> None:
     (up,) = s.upstreams
     assert up.keys == ("sk-one", "sk-two") and up.reasoning == "replay"
     assert up.tokenize_url == "http://127.0.0.1:8080/tokenize"
+    assert (up.top_k, up.chat_template_thinking) == (False, True)
     (model,) = s.models
     assert (model.target, model.max_tokens, model.context_window, model.fallbacks) == (
         "qwen2.5:7b",
@@ -169,6 +171,10 @@ def test_compatibility_variables(tmp_path: Path) -> None:
             "upstreams[0] (x).rotation: unknown value 'random'",
         ),
         (
+            '[[upstreams]]\nname = "x"\nkind = "openai"\nchat_template_thinking = "yes"\n',
+            "upstreams[0] (x).chat_template_thinking: expected true/false, got 'yes'",
+        ),
+        (
             '[[upstreams]]\nname = "x"\nkind = "openai"\ntimeout = "fast"\n',
             "upstreams[0] (x).timeout: expected a number",
         ),
@@ -230,3 +236,9 @@ def test_every_reasoning_setting_parses_and_others_are_refused(tmp_path: Path) -
     with pytest.raises(ConfigError, match="reasoning"):
         text = '[[upstreams]]\nname = "u"\nkind = "openai"\nreasoning = "always"\n'
         load_settings(config_path=str(write(tmp_path, text)), environ={}, cwd=tmp_path)
+
+
+def test_chat_template_thinking_is_off_unless_set(tmp_path: Path) -> None:
+    text = '[[upstreams]]\nname = "u"\nkind = "openai"\n'
+    s = load_settings(config_path=str(write(tmp_path, text)), environ={}, cwd=tmp_path)
+    assert s.upstreams[0].chat_template_thinking is False

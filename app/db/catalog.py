@@ -53,6 +53,7 @@ async def upsert_upstream(session: AsyncSession, cfg: UpstreamConfig, box: Secre
     row.enabled = cfg.enabled
     row.reasoning = cfg.reasoning
     row.top_k = cfg.top_k
+    row.chat_template_thinking = cfg.chat_template_thinking
     row.tokenize_url = cfg.tokenize_url
     row.max_tokens_field = cfg.max_tokens_field
     row.source = "config"
@@ -165,6 +166,7 @@ async def load_catalog(session: AsyncSession, box: SecretBox) -> Catalog:
             timeout=row.timeout,
             reasoning=row.reasoning,
             top_k=row.top_k,
+            chat_template_thinking=row.chat_template_thinking,
             tokenize_url=row.tokenize_url,
             max_tokens_field=row.max_tokens_field,
             enabled=row.enabled,

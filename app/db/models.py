@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -63,6 +64,9 @@ class Upstream(Base):
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     reasoning: Mapped[str] = mapped_column(String(16), default="strip")
     top_k: Mapped[bool] = mapped_column(Boolean, default=False)
+    chat_template_thinking: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
     tokenize_url: Mapped[str | None] = mapped_column(String(500), nullable=True)
     max_tokens_field: Mapped[str] = mapped_column(String(32), default="max_tokens")
     source: Mapped[str] = mapped_column(String(16), default="dashboard")

@@ -66,6 +66,7 @@ def _apply(row: Upstream, fields: UpstreamFields) -> None:
     row.timeout = fields.timeout
     row.reasoning = fields.reasoning
     row.top_k = fields.top_k
+    row.chat_template_thinking = fields.chat_template_thinking
     row.tokenize_url = fields.tokenize_url
     row.max_tokens_field = fields.max_tokens_field
     row.enabled = fields.enabled

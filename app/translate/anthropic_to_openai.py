@@ -176,8 +176,10 @@ def translate_request(
     Invents: one leading system message (``system`` and every ``role: "system"`` message,
     joined by blank lines), ``(no result)`` tool messages for unanswered calls,
     ``[tool error]`` prefixes, text markers for media moved out of tool results,
-    ``reasoning_effort`` from the thinking budget, ``user`` = sha256 of
-    ``metadata.user_id``, ``stream_options.include_usage``.
+    ``reasoning_effort`` from the thinking budget, with ``opts.chat_template_thinking``
+    ``chat_template_kwargs`` (``enable_thinking`` and ``thinking``, true exactly when
+    ``reasoning_effort`` is sent), ``user`` = sha256 of ``metadata.user_id``,
+    ``stream_options.include_usage``.
     """
     names = ToolNames()
     tools, dropped = convert_tools(body, names)
@@ -214,6 +216,12 @@ def translate_request(
     effort = _reasoning_effort(body, opts)
     if effort is not None:
         out["reasoning_effort"] = effort
+    if opts.chat_template_thinking:
+        # Hybrid models behind vLLM, SGLang or llama.cpp ignore reasoning_effort: their chat
+        # template reads enable_thinking (Qwen3, GLM-4.5) or thinking (DeepSeek-V3.1), and
+        # Qwen3 thinks unless told not to (PROTOCOL.md §6.7's per-backend switch).
+        thinks = effort is not None
+        out["chat_template_kwargs"] = {"enable_thinking": thinks, "thinking": thinks}
     response_format = _response_format(body)
     if response_format is not None:
         out["response_format"] = response_format

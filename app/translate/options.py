@@ -44,6 +44,10 @@ class BackendOptions:
     reasoning: str = "strip"
     # OpenAI backends: forward Anthropic top_k (vLLM, SGLang, llama.cpp accept it).
     top_k: bool = False
+    # OpenAI backends: also switch thinking through ``chat_template_kwargs`` (vLLM, SGLang,
+    # llama.cpp), which hybrid models' chat templates read where they ignore
+    # ``reasoning_effort``.
+    chat_template_thinking: bool = False
     # OpenAI backends: the most ``stop`` entries the backend takes (None: no limit); an
     # Anthropic client's first ones are sent.
     max_stop_sequences: int | None = None
@@ -77,6 +81,9 @@ class OpenAIQuirks:
     sampling: bool = True
     mistral_tool_ids: bool = False
     strict_schema: bool = False
+    # ``chat_template_kwargs`` is a field of the servers that render chat templates (vLLM,
+    # SGLang, llama.cpp); the hosted APIs that refuse unknown fields do not take it.
+    chat_template_kwargs: bool = True
 
 
 NO_QUIRKS = OpenAIQuirks()
@@ -85,7 +92,11 @@ _MISTRAL_MODEL_QUIRKS = OpenAIQuirks(mistral_tool_ids=True)
 # permitted"): stream_options, user, max_completion_tokens, reasoning_effort, and a
 # reasoning_content on an assistant message.
 _MISTRAL_API_QUIRKS = OpenAIQuirks(
-    reasoning="off", max_tokens_field="max_tokens", mistral_tool_ids=True, strict_schema=True
+    reasoning="off",
+    max_tokens_field="max_tokens",
+    mistral_tool_ids=True,
+    strict_schema=True,
+    chat_template_kwargs=False,
 )
 
 
@@ -94,10 +105,11 @@ def openai_quirks(base_url: str, model: str, reasoning: str) -> OpenAIQuirks:
     """OpenAI's own API (``base_url`` on api.openai.com) and ``model`` on it: four ``stop``
     entries at most; a reasoning model gets ``max_completion_tokens``, no temperature or
     top_p, and no earlier thinking replayed (its Chat Completions take none back); any
-    other model is never asked to reason (``reasoning_effort`` is refused). Mistral's API,
-    and Mistral-family models wherever they are served, take tool-call ids of nine letters
-    and digits only; Mistral's API also nothing outside its schema. Other servers that
-    speak the dialect (vLLM, Ollama, llama.cpp, DeepSeek…) keep the upstream's settings."""
+    other model is never asked to reason (``reasoning_effort`` is refused); none takes
+    ``chat_template_kwargs``. Mistral's API, and Mistral-family models wherever they are
+    served, take tool-call ids of nine letters and digits only; Mistral's API also nothing
+    outside its schema. Other servers that speak the dialect (vLLM, Ollama, llama.cpp,
+    DeepSeek…) keep the upstream's settings."""
     try:
         host = urlsplit(base_url).hostname
     except ValueError:
@@ -115,5 +127,8 @@ def openai_quirks(base_url: str, model: str, reasoning: str) -> OpenAIQuirks:
             reasoning="strip" if reasoning in REPLAYED else reasoning,
             max_tokens_field="max_completion_tokens",
             sampling=False,
+            chat_template_kwargs=False,
         )
-    return OpenAIQuirks(max_stop_sequences=OPENAI_MAX_STOP, reasoning="off")
+    return OpenAIQuirks(
+        max_stop_sequences=OPENAI_MAX_STOP, reasoning="off", chat_template_kwargs=False
+    )

@@ -1,7 +1,8 @@
 """Optional fields of a translated request that an OpenAI-compatible backend refuses.
 
 The gateway adds a few fields a backend may not know: ``reasoning_effort`` (Claude Code
-always asks for thinking), ``stream_options``, ``parallel_tool_calls``, ``user``, ``top_k``.
+always asks for thinking), ``stream_options``, ``parallel_tool_calls``, ``user``, ``top_k``,
+``chat_template_kwargs``.
 A backend that refuses one answers 400 naming it (OpenAI: "Unrecognized request argument
 supplied: …", "Unsupported parameter: …"; pydantic-strict servers: "Extra inputs are not
 permitted"; Ollama: "… does not support thinking"). Such a request is worth sending again
@@ -16,7 +17,14 @@ from collections.abc import Mapping
 from typing import Any
 
 # What the translator may add that a request means the same without.
-OPTIONAL = ("reasoning_effort", "stream_options", "parallel_tool_calls", "user", "top_k")
+OPTIONAL = (
+    "reasoning_effort",
+    "stream_options",
+    "parallel_tool_calls",
+    "user",
+    "top_k",
+    "chat_template_kwargs",
+)
 _REFUSAL = re.compile(
     r"not supported|unsupported|unrecognized|not permitted|not allowed|does not support|"
     r"unknown (?:field|parameter|argument)|extra (?:inputs|fields)|unexpected (?:field|keyword)",

@@ -125,14 +125,24 @@ def apply_openai(
     return out
 
 
+# Fields a translator invents for the backend rather than maps from the client: a route's
+# own value replaces the gateway's (its chat_template_kwargs beats the upstream's
+# chat_template_thinking switch).
+_INVENTED = frozenset({"chat_template_kwargs"})
+
+
 def force_params(translated: dict[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
     """A translated body with the route's forced parameters set again where it lacks them.
 
     A route's ``params`` are meant for its upstream (``repetition_penalty``, ``min_p``,
     ``chat_template_kwargs``...), but a translation keeps only the fields it maps, and
     drops some on purpose (``top_p`` beside ``temperature`` for Anthropic): forced means
-    sent. Fields the translation produced from them (``max_tokens``) keep their mapped value.
+    sent. Fields the translation produced from them (``max_tokens``) keep their mapped value;
+    ``chat_template_kwargs``, which the translation invents, takes the route's.
     """
     for name, value in params.items():
-        translated.setdefault(name, value)
+        if name in _INVENTED:
+            translated[name] = value
+        else:
+            translated.setdefault(name, value)
     return translated

@@ -34,6 +34,7 @@ class UpstreamSpec:
     timeout: float = 60.0
     reasoning: str = "strip"
     top_k: bool = False
+    chat_template_thinking: bool = False
     tokenize_url: str | None = None
     max_tokens_field: str = "max_tokens"
     enabled: bool = True

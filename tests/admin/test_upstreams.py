@@ -101,6 +101,7 @@ async def test_add_upstream_reaches_the_pool(
         "Timeout (seconds)",
         "Reasoning",
         "Forward top_k",
+        "Switch thinking through chat_template_kwargs",
         "Tokenizer endpoint",
         "Max-tokens field",
     ):
@@ -448,3 +449,50 @@ async def test_thinking_replayed_as_reasoning_is_a_choice(
     assert 'value="replay_reasoning"' in page and "replay earlier thinking as reasoning" in page
     await add_upstream(client, fake, reasoning="replay_reasoning")
     assert services.pool.get("local").spec.reasoning == "replay_reasoning"
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_chat_template_thinking_checkbox_round_trip(
+    client: Client, services: Services, fake: FakeUpstream
+) -> None:
+    """Hybrid models behind vLLM, SGLang or llama.cpp are told to think (or not) through
+    chat_template_kwargs when the upstream's box is ticked: off unless ticked, stored, shown
+    ticked again, and cleared by an edit that leaves it unticked."""
+    await client.login()
+    page = body(await client.get("/admin/upstreams"))
+    unticked = (
+        '<input id="up-chat-template-thinking" name="chat_template_thinking" type="checkbox">'
+    )
+    assert unticked in page
+    off_id = await add_upstream(client, fake, name="plain")
+    assert services.pool.get("plain").spec.chat_template_thinking is False
+    upstream_id = await add_upstream(client, fake, chat_template_thinking="on")
+    assert services.pool.get("local").spec.chat_template_thinking is True
+    ticked = 'name="chat_template_thinking" type="checkbox" checked>'
+    assert ticked in body(await client.get(f"/admin/upstreams/{upstream_id}"))
+    assert ticked not in body(await client.get(f"/admin/upstreams/{off_id}"))
+
+    form = {
+        "name": "local",
+        "kind": "openai",
+        "base_url": fake.url,
+        "rotation": "ordered",
+        "timeout": "30",
+        "reasoning": "replay",
+        "max_tokens_field": "max_completion_tokens",
+        "tokenize_url": "",
+        "enabled": "on",
+    }
+    await client.post(f"/admin/upstreams/{upstream_id}", form)
+    assert services.pool.get("local").spec.chat_template_thinking is False
+    assert ticked not in body(await client.get(f"/admin/upstreams/{upstream_id}"))
+    await client.post(f"/admin/upstreams/{upstream_id}", form | {"chat_template_thinking": "on"})
+    assert services.pool.get("local").spec.chat_template_thinking is True
+    async with services.db.session() as session:
+        row = await ua.get_upstream(session, upstream_id)
+        assert row is not None and row.chat_template_thinking is True
+    edits = [r for r in await audit_rows(services) if r[0] == "upstream_edited"]
+    assert edits == [
+        ("upstream_edited", "local", "chat_template_thinking="),
+        ("upstream_edited", "local", "chat_template_thinking=on"),
+    ]

@@ -97,3 +97,52 @@ def test_0002_keeps_the_events_and_indexes_only_failures(tmp_path: Path) -> None
     assert "ix_usage_events_status_time" in indexes()
     assert "ix_usage_events_failure_time" not in indexes()
     engine.dispose()
+
+
+def test_0003_adds_chat_template_thinking_off_and_keeps_every_key(tmp_path: Path) -> None:
+    """An upstream at 0002 gets chat_template_thinking false (it keeps sending what it
+    sent); its keys survive the upgrade and the downgrade (a copied-and-dropped table
+    would have taken them with it, ON DELETE CASCADE)."""
+    from alembic import command
+
+    from app.db.engine import alembic_config
+    from tests.databases import database_url
+
+    url = database_url(tmp_path, "old.db")
+    cfg = alembic_config(url)
+    command.upgrade(cfg, "0002")
+    engine = make_sync_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO upstreams (name, kind, base_url, rotation, timeout, enabled,"
+                " reasoning, top_k, max_tokens_field, source, created_at, updated_at) VALUES"
+                " ('local', 'openai', 'http://127.0.0.1:9/v1', 'ordered', 60, true, 'strip',"
+                " true, 'max_tokens', 'config', '2026-12-07 00:00:00', '2026-12-07 00:00:00')"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO upstream_keys (upstream_id, position, secret, last4, label,"
+                " enabled, source, request_count, error_count) SELECT id, 0, 'encrypted',"
+                " '0001', '', true, 'config', 0, 0 FROM upstreams"
+            )
+        )
+
+    def columns() -> list[str]:
+        with engine.connect() as conn:
+            return [c["name"] for c in inspect(conn).get_columns("upstreams")]
+
+    def keys() -> int:
+        with engine.connect() as conn:
+            return int(conn.execute(text("SELECT count(*) FROM upstream_keys")).scalar() or 0)
+
+    command.upgrade(cfg, "head")
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT top_k, chat_template_thinking FROM upstreams")).one()
+    assert (bool(row[0]), bool(row[1])) == (True, False)
+    assert keys() == 1
+    command.downgrade(cfg, "0002")
+    assert "chat_template_thinking" not in columns() and "top_k" in columns()
+    assert keys() == 1
+    engine.dispose()

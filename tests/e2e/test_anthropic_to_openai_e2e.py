@@ -495,6 +495,85 @@ async def test_reasoning_policy_shapes_the_request(gateway, fake_openai, policy,
     assert sent.get("reasoning_effort") == effort
 
 
+@pytest.mark.parametrize("switch", [True, False], ids=["chat_template_thinking", "unset"])
+async def test_chat_template_thinking_tells_the_template_per_request(gateway, fake_openai, switch):  # type: ignore[no-untyped-def]
+    """Qwen3, GLM-4.5 and DeepSeek-V3.1 behind vLLM, SGLang or llama.cpp ignore
+    reasoning_effort and think as their chat template says (Qwen3: unless told not to). With
+    the upstream's chat_template_thinking, a request that asks for thinking tells the
+    template to think and one that does not (Claude Code's background calls) tells it not to;
+    without the setting nothing is added."""
+    setting = "chat_template_thinking = true" if switch else ""
+    live = await gateway(config(fake_openai, upstream=setting))
+    async with client(live) as sdk:
+        await sdk.messages.create(
+            model=MODEL,
+            max_tokens=4096,
+            thinking={"type": "enabled", "budget_tokens": 2048},
+            messages=[{"role": "user", "content": "Plan the refactor."}],
+        )
+        await sdk.messages.create(
+            model=MODEL,
+            max_tokens=50,
+            messages=[{"role": "user", "content": "A title for this session, please."}],
+        )
+    sent = [r.json for r in fake_openai.received]
+    assert [s.get("reasoning_effort") for s in sent] == ["medium", None]
+    if switch:
+        assert [s["chat_template_kwargs"] for s in sent] == [
+            {"enable_thinking": True, "thinking": True},
+            {"enable_thinking": False, "thinking": False},
+        ]
+    else:
+        assert ["chat_template_kwargs" in s for s in sent] == [False, False]
+
+
+async def test_a_route_s_own_chat_template_kwargs_win(gateway, fake_openai):  # type: ignore[no-untyped-def]
+    live = await gateway(
+        config(
+            fake_openai,
+            upstream="chat_template_thinking = true",
+            model='params = { chat_template_kwargs = { enable_thinking = true, mode = "fast" } }',
+        )
+    )
+    async with client(live) as sdk:
+        await sdk.messages.create(
+            model=MODEL, max_tokens=50, messages=[{"role": "user", "content": "hi"}]
+        )
+    sent = fake_openai.received[0].json
+    assert sent["chat_template_kwargs"] == {"enable_thinking": True, "mode": "fast"}
+
+
+async def test_a_backend_that_refuses_chat_template_kwargs_is_asked_again_without_it(
+    gateway, fake_openai
+):  # type: ignore[no-untyped-def]
+    """A strict OpenAI-compatible server (FastAPI, extra="forbid") refuses the field: the
+    request goes again without it, and that upstream and model are not sent it again."""
+    live = await gateway(config(fake_openai, upstream="chat_template_thinking = true"))
+    refusal = {"detail": [{"type": "extra_forbidden", "loc": ["body", "chat_template_kwargs"],
+                           "msg": "Extra inputs are not permitted",
+                           "input": {"enable_thinking": False, "thinking": False}}]}  # fmt: skip
+    fake_openai.push(JsonReply(400, refusal))
+    fake_openai.push(JsonReply(200, openai_completion("first")))
+    fake_openai.push(JsonReply(200, openai_completion("second")))
+    body: dict[str, Any] = {
+        "model": MODEL,
+        "max_tokens": 50,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    async with client(live) as sdk:
+        first = await sdk.messages.create(**body)
+        second = await sdk.messages.create(**body)
+    assert [b.text for b in first.content if b.type == "text"] == ["first"]
+    assert [b.text for b in second.content if b.type == "text"] == ["second"]
+    sent = [r.json for r in fake_openai.received]
+    assert [s.get("chat_template_kwargs") for s in sent] == [
+        {"enable_thinking": False, "thinking": False},
+        None,
+        None,
+    ]
+    assert sent[0] | {"chat_template_kwargs": None} == sent[1] | {"chat_template_kwargs": None}
+
+
 async def test_stop_sequence_reported_by_vllm(gateway, fake_openai):  # type: ignore[no-untyped-def]
     live = await gateway(config(fake_openai))
     fake_openai.push(JsonReply(body=completion({"content": "1, 2, 3"}, "stop", stop_reason="END")))

@@ -807,3 +807,54 @@ def test_openai_s_own_api_never_gets_thinking_back_in_either_field() -> None:
     for setting in REPLAYED:
         assert openai_quirks("https://api.openai.com/v1", "o3", setting).reasoning == "strip"
         assert openai_quirks("http://127.0.0.1:8000/v1", "o3", setting).reasoning is None
+
+
+_THINKS = {"enable_thinking": True, "thinking": True}
+
+
+@pytest.mark.parametrize(
+    ("base_url", "model", "sent"),
+    [
+        ("http://127.0.0.1:8000/v1", "Qwen/Qwen3-32B", _THINKS),
+        ("http://127.0.0.1:30000/v1", "deepseek-ai/DeepSeek-V3.1", _THINKS),
+        ("http://127.0.0.1:8000/v1", "mistralai/Devstral-Small-2507", _THINKS),  # on vLLM
+        (_OPENAI, "gpt-4.1", None),
+        (_OPENAI, "o3", None),
+        ("https://api.mistral.ai/v1", "mistral-large-latest", None),
+    ],
+)
+def test_chat_template_thinking_only_where_a_chat_template_is_rendered(
+    base_url: str, model: str, sent: dict[str, bool] | None
+) -> None:
+    """An upstream set to ``chat_template_thinking`` tells the chat template whether to
+    think (PROTOCOL.md §6.7's per-backend switch); OpenAI's and Mistral's APIs refuse
+    fields they do not know, so they never get it, whatever the upstream says."""
+    from app.gateway import Gateway
+    from app.routing import Route, RouteSettings
+    from app.upstreams.keyring import KeyRing
+    from app.upstreams.pool import Upstream, UpstreamSpec
+
+    spec = UpstreamSpec(name="u", kind="openai", base_url=base_url, chat_template_thinking=True)
+    route = Route(requested="claude-x", upstream="u", target=model, settings=RouteSettings())
+    opts = Gateway._options(cast(Any, None), Upstream(spec, KeyRing([]), None), route)
+    out, _ctx = translate_request(copy.deepcopy(_CLAUDE_CODE_LIKE), opts)
+    assert out.get("chat_template_kwargs") == sent
+    plain = dataclasses.replace(spec, chat_template_thinking=False)
+    opts = Gateway._options(cast(Any, None), Upstream(plain, KeyRing([]), None), route)
+    out, _ctx = translate_request(copy.deepcopy(_CLAUDE_CODE_LIKE), opts)
+    assert "chat_template_kwargs" not in out
+
+
+def test_a_route_s_forced_chat_template_kwargs_replace_the_switch() -> None:
+    """Forced means sent: a route's own ``chat_template_kwargs`` (applied after the
+    translation) is what the backend gets, not the upstream's thinking switch; fields the
+    translation mapped keep their mapped value."""
+    from app.translate.route_settings import force_params
+
+    opts = BackendOptions(target_model="m", chat_template_thinking=True)
+    out, _ctx = translate_request(copy.deepcopy(_CLAUDE_CODE_LIKE), opts)
+    assert out["chat_template_kwargs"] == _THINKS
+    forced = {"chat_template_kwargs": {"enable_thinking": False}, "max_tokens": 99, "min_p": 0.05}
+    force_params(out, forced)
+    assert out["chat_template_kwargs"] == {"enable_thinking": False}
+    assert (out["max_tokens"], out["min_p"], out["reasoning_effort"]) == (32000, 0.05, "high")

@@ -13,6 +13,7 @@ SENT = {
     "stream_options": {"include_usage": True},
     "parallel_tool_calls": False,
     "user": "abc",
+    "chat_template_kwargs": {"enable_thinking": False, "thinking": False},
 }
 
 
@@ -27,6 +28,11 @@ SENT = {
          "are not permitted'}]", ("stream_options",)),
         ("parallel_tool_calls is not supported for this model", ("parallel_tool_calls",)),
         ("Unknown parameter: 'user'.", ("user",)),
+        ("Unrecognized request argument supplied: chat_template_kwargs",
+         ("chat_template_kwargs",)),
+        ('{"detail":[{"type":"extra_forbidden","loc":["body","chat_template_kwargs"],"msg":'
+         '"Extra inputs are not permitted","input":{"enable_thinking":false,"thinking":false}}]}',
+         ("chat_template_kwargs",)),  # a FastAPI server with a strict schema
         ("messages.0.content: unsupported content", ()),
         ("max_tokens is too large: 32000", ()),
         ("reasoning_effort must be one of low, medium, high", ()),  # a value, not the field
@@ -40,3 +46,5 @@ def test_refused_fields(message: str, refused: tuple[str, ...]) -> None:
 def test_only_fields_that_were_sent() -> None:
     assert refused_params("Unrecognized request argument supplied: top_k", SENT) == ()
     assert refused_params("model does not support thinking", {"model": "m"}) == ()
+    unsent = "Unrecognized request argument supplied: chat_template_kwargs"
+    assert refused_params(unsent, {"model": "m"}) == ()

@@ -110,6 +110,7 @@ def form_defaults() -> dict[str, str]:
         "tokenize_url": "",
         "max_tokens_field": "max_tokens",
         "top_k": "",
+        "chat_template_thinking": "",
         "enabled": "on",
     }
 
@@ -125,6 +126,7 @@ def form_of(row: Upstream) -> dict[str, str]:
         "tokenize_url": row.tokenize_url or "",
         "max_tokens_field": row.max_tokens_field,
         "top_k": "on" if row.top_k else "",
+        "chat_template_thinking": "on" if row.chat_template_thinking else "",
         "enabled": "on" if row.enabled else "",
     }
 
@@ -133,6 +135,7 @@ class UpstreamFormMixin(AdminHandler):
     def read_form(self) -> dict[str, str]:
         form = {name: self.arg(name) for name in UPSTREAM_FIELDS}
         form["top_k"] = "on" if self.arg("top_k") else ""
+        form["chat_template_thinking"] = "on" if self.arg("chat_template_thinking") else ""
         form["enabled"] = "on" if self.arg("enabled") else ""
         return form
 
@@ -154,6 +157,7 @@ class UpstreamFormMixin(AdminHandler):
             timeout=timeout if timeout is not None else 60.0,
             reasoning=choice(form["reasoning"], t("upstreams.reasoning"), REASONING),
             top_k=bool(form["top_k"]),
+            chat_template_thinking=bool(form["chat_template_thinking"]),
             tokenize_url=tokenize_url,
             max_tokens_field=choice(
                 form["max_tokens_field"], t("upstreams.max_tokens_field"), MAX_TOKENS_FIELDS
