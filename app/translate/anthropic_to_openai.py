@@ -33,6 +33,7 @@ from app.translate.anthropic_to_openai_messages import (
 )
 from app.translate.ids import ToolNames, new_message_id, new_tool_id, sanitize_tool_id
 from app.translate.options import BackendOptions
+from app.translate.think_tags import split_think_tags
 
 __all__ = [
     "RequestContext",
@@ -440,8 +441,10 @@ def translate_response(
 
     Uses ``choices[0]`` only. Drops: other choices, ``logprobs``, ``annotations``,
     ``system_fingerprint``, reasoning text unless ``ctx.thinking``, whitespace-only text.
-    Invents: the ``msg_…`` id (unless given), ``signature: ""`` on thinking blocks,
-    ``toolu_…`` ids for calls without one, and estimated usage when the backend sent none.
+    Splits reasoning written inline as ``<think>…</think>`` at the start of the content
+    into a thinking block. Invents: the ``msg_…`` id (unless given), ``signature: ""`` on
+    thinking blocks, ``toolu_…`` ids for calls without one, and estimated usage when the
+    backend sent none.
     """
     if not isinstance(resp, dict):
         raise UpstreamError("upstream returned a response that is not a JSON object")
@@ -457,10 +460,12 @@ def translate_response(
 
     content: list[ThinkingBlock | TextBlock | ToolUseBlock] = []
     reasoning = reasoning_text(message)
+    text = _message_text(message)
+    if not reasoning and (split := split_think_tags(text)) is not None:
+        reasoning, text = split  # written inline as <think>…</think> (PROTOCOL.md §5.5)
     if reasoning and ctx.thinking:
         content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
-    text = _message_text(message)
-    if text:
+    if nonblank(text):
         content.append({"type": "text", "text": text})
     tool_blocks = _tool_use_blocks(message, ctx.names)
     content.extend(tool_blocks)
