@@ -58,7 +58,7 @@ from app.translate.passthrough import (
     strip_refused_thinking,
     strip_unsigned_thinking,
 )
-from app.translate.refused_params import refused_params
+from app.translate.refused_params import refused_params, without_refused
 from app.translate.relay_pipeline import RelayPipeline
 from app.translate.stream_pipeline import StreamPipeline
 from app.upstreams.base import UpstreamResponse, html_error_summary, retry_after_seconds
@@ -429,9 +429,10 @@ class Gateway:
 
     def _drop_refused(self, attempt: _Attempt, upstream: Upstream, err_body: bytes) -> bool:
         """When a 400 refuses what the request means the same without, take it out of
-        ``attempt``: True. To an OpenAI backend, optional fields the gateway added
-        (`refused_params`, remembered for this upstream and model); to an Anthropic one,
-        thinking whose signature it did not make (the history's, for this request)."""
+        ``attempt``: True. To an OpenAI backend, optional fields the gateway added or an
+        assistant message's null content (`refused_params`, remembered for this upstream
+        and model); to an Anthropic one, thinking whose signature it did not make (the
+        history's, for this request)."""
         message = err_body.decode("utf-8", "replace")
         if attempt.dialect == "anthropic":
             stripped = strip_refused_thinking(message, attempt.parsed)
@@ -451,11 +452,10 @@ class Gateway:
             return False
         where = (upstream.name, attempt.route.target)
         self._refused[where] = self._refused.get(where, frozenset()).union(dropped)
-        for name in dropped:
-            del attempt.parsed[name]
+        without_refused(attempt.parsed, dropped)
         attempt.body = orjson.dumps(attempt.parsed)
         log.warning(
-            "upstream %r refused %s for model %r: sent again without it, and left out from now on",
+            "upstream %r refused %s for model %r: sent again without it, and so from now on",
             upstream.name,
             ", ".join(dropped),
             attempt.route.target,
@@ -558,8 +558,7 @@ class Gateway:
             translated, ctx = o2a.translate_request(adjusted, opts)
         route_settings.force_params(translated, settings.params)
         if self._refused:
-            for name in self._refused.get((upstream.name, route.target), ()):
-                translated.pop(name, None)
+            without_refused(translated, self._refused.get((upstream.name, route.target), ()))
         return _Attempt(upstream, route, dialect, orjson.dumps(translated), ctx, True, translated)
 
     def _upstream_error(

@@ -1,4 +1,5 @@
-"""Optional fields of a translated request that an OpenAI-compatible backend refuses.
+"""What an OpenAI-compatible backend refuses in a translated request that it means the
+same without: optional fields, and the null content of a turn that only calls tools.
 
 The gateway adds a few fields a backend may not know: ``reasoning_effort`` (Claude Code
 always asks for thinking), ``stream_options``, ``parallel_tool_calls``, ``user``, ``top_k``,
@@ -13,7 +14,7 @@ other 400 is the client's to see.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 # What the translator may add that a request means the same without.
@@ -32,12 +33,51 @@ _REFUSAL = re.compile(
 )
 _NO_THINKING = re.compile(r"(?:does not|doesn't|not) support (?:thinking|reasoning)", re.I)
 
+# Not a field but a shape: an assistant message that only calls tools goes with
+# ``"content": null``, OpenAI's own form (``""`` makes Ollama's qwen3-coder template switch
+# from tool calls to text markup, ollama/ollama#14181). Some servers refuse the null:
+# Ollama "invalid message content type: <nil>", older LM Studio "'content' field must be a
+# string or an array of objects", mistral-common "Input should be a valid string". They
+# get ``""``.
+NULL_CONTENT = "content: null"
+_NULL_REFUSED = re.compile(
+    r"content[\s\S]{0,80}?(?:<nil>|\bnull\b|\bnone\b|must be a string|expected a string|"
+    r"valid string)",
+    re.IGNORECASE,
+)
+
 
 def refused_params(message: str, sent: Mapping[str, Any]) -> tuple[str, ...]:
-    """The optional fields of ``sent`` that the backend's error ``message`` refuses."""
+    """The optional fields of ``sent`` that the backend's error ``message`` refuses, or
+    `NULL_CONTENT` when it refuses an assistant message's null content."""
+    if _NULL_REFUSED.search(message) and any(_null_content(m) for m in _messages(sent)):
+        return (NULL_CONTENT,)
     if not _REFUSAL.search(message):
         return ()
     found = tuple(name for name in OPTIONAL if name in sent and name in message)
     if not found and "reasoning_effort" in sent and _NO_THINKING.search(message):
         return ("reasoning_effort",)  # Ollama names the feature, not the field
     return found
+
+
+def without_refused(body: dict[str, Any], refused: Iterable[str]) -> None:
+    """Change the translated ``body`` in place so it has none of what was ``refused``."""
+    for name in refused:
+        if name != NULL_CONTENT:
+            body.pop(name, None)
+            continue
+        body["messages"] = [dict(m, content="") if _null_content(m) else m for m in _messages(body)]
+
+
+def _messages(body: Mapping[str, Any]) -> list[Any]:
+    messages = body.get("messages")
+    return messages if isinstance(messages, list) else []
+
+
+def _null_content(message: Any) -> bool:
+    return (
+        isinstance(message, dict)
+        and message.get("role") == "assistant"
+        and "content" in message
+        and message["content"] is None
+    )

@@ -786,6 +786,47 @@ async def test_a_backend_that_refuses_reasoning_effort_is_asked_again_without_it
     assert [(r.status, r.http_status) for r in rows] == [("ok", 200), ("ok", 200)]
 
 
+async def test_a_backend_that_refuses_null_content_gets_empty_strings(gateway, fake_openai):  # type: ignore[no-untyped-def]
+    """A turn that only called a tool goes with ``"content": null`` (OpenAI's form); Ollama
+    refuses it ("invalid message content type: <nil>"). Sent again with ``""``, and so from
+    then on for that upstream and model."""
+    live = await gateway(config(fake_openai))
+    refusal = {"error": {"message": "invalid message content type: <nil>",
+                         "type": "invalid_request_error", "param": None, "code": None}}  # fmt: skip
+    fake_openai.push(JsonReply(400, refusal))
+    fake_openai.push(JsonReply(200, openai_completion("Sunny, 21 °C.")))
+    fake_openai.push(JsonReply(200, openai_completion("Still sunny.")))
+    call = {
+        "type": "tool_use",
+        "id": "toolu_01W",
+        "name": "get_weather",
+        "input": {"city": "Paris"},
+    }
+    body: dict[str, Any] = {
+        "model": MODEL,
+        "max_tokens": 256,
+        "tools": [WEATHER_TOOL],
+        "messages": [
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": [call]},
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": "toolu_01W", "content": "21C"}],
+            },
+        ],
+    }
+    async with client(live) as sdk:
+        first = await sdk.messages.create(**body)
+        second = await sdk.messages.create(**body)
+    assert [b.text for b in first.content if b.type == "text"] == ["Sunny, 21 °C."]
+    assert [b.text for b in second.content if b.type == "text"] == ["Still sunny."]
+    sent = [r.json["messages"][1] for r in fake_openai.received]
+    assert [m["content"] for m in sent] == [None, "", ""]
+    assert all(m["tool_calls"][0]["id"] == "toolu_01W" for m in sent)
+    rows = await usage_rows(live)
+    assert [(r.status, r.http_status) for r in rows] == [("ok", 200), ("ok", 200)]
+
+
 async def test_any_other_400_is_the_client_s_and_not_sent_again(gateway, fake_openai):  # type: ignore[no-untyped-def]
     live = await gateway(config(fake_openai))
     error = {"message": "messages.0.content: unsupported content", "type": "invalid_request_error"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.translate.refused_params import refused_params
+from app.translate.refused_params import NULL_CONTENT, refused_params, without_refused
 
 SENT = {
     "model": "m",
@@ -48,3 +48,49 @@ def test_only_fields_that_were_sent() -> None:
     assert refused_params("model does not support thinking", {"model": "m"}) == ()
     unsent = "Unrecognized request argument supplied: chat_template_kwargs"
     assert refused_params(unsent, {"model": "m"}) == ()
+
+
+CALLS_ONLY = {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1"}]}
+HISTORY = {
+    "model": "m",
+    "messages": [
+        {"role": "user", "content": "q"},
+        CALLS_ONLY,
+        {"role": "tool", "tool_call_id": "call_1", "content": "ok"},
+        {"role": "assistant", "content": "done"},
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "invalid message content type: <nil>",  # Ollama
+        "Invalid 'content': 'content' field must be a string or an array of objects.",  # LM Studio
+        "Invalid value for 'content': expected a string, got null.",
+        "1 validation error: messages.1.content\n  Input should be a valid string",
+    ],
+)
+def test_a_refused_null_content_goes_as_an_empty_string(message: str) -> None:
+    assert refused_params(message, HISTORY) == (NULL_CONTENT,)
+    body = dict(HISTORY)
+    without_refused(body, (NULL_CONTENT,))
+    assert body["messages"][1] == {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"id": "call_1"}],
+    }
+    assert [m["content"] for m in body["messages"]] == ["q", "", "ok", "done"]
+    assert HISTORY["messages"][1] is CALLS_ONLY and CALLS_ONLY["content"] is None  # a copy
+
+
+def test_a_null_content_error_without_a_null_to_fill_is_not_a_refusal() -> None:
+    plain = {"model": "m", "messages": [{"role": "user", "content": "q"}]}
+    assert refused_params("invalid message content type: <nil>", plain) == ()
+
+
+def test_without_refused_drops_fields_and_fills_nulls_together() -> None:
+    body = dict(HISTORY, reasoning_effort="high", user="abc")
+    without_refused(body, ("reasoning_effort", NULL_CONTENT))
+    assert "reasoning_effort" not in body and body["user"] == "abc"
+    assert body["messages"][1]["content"] == ""
