@@ -32,7 +32,7 @@ class BackendOptions:
     """Per-request facts about the target: model name and the upstream's quirks.
 
     Read only, by convention: made for every translated request, and a frozen
-    dataclass's ``__init__`` sets each of its seventeen fields through
+    dataclass's ``__init__`` sets each of its fields through
     ``object.__setattr__`` (~1.7 k instructions a request more)."""
 
     target_model: str
