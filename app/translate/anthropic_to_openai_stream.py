@@ -342,7 +342,8 @@ class StreamTranslator:
         if isinstance(finish, str) and finish:
             self._finish = finish
             self._matched = matched_stop(choice, self.ctx.stop_sequences)
-            out += self._pieces(self._tags.finish())
+            if self._tags.state != PLAIN:
+                out += self._pieces(self._tags.finish())
             out += self._flush_waiting()
             out += self._close()
         return out
@@ -560,7 +561,8 @@ class StreamTranslator:
 
     def _finalize(self) -> list[bytes]:
         out = [] if self.started else self._start()
-        out += self._pieces(self._tags.finish())  # [DONE] without a finish_reason
+        if self._tags.state != PLAIN:  # [DONE] without a finish_reason
+            out += self._pieces(self._tags.finish())
         out += self._close()
         if self._next_index == 0:
             # A stream without any block makes Claude Code re-issue the request without
