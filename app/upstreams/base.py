@@ -7,6 +7,7 @@ body has not been read yet, so the gateway can stream it or read it whole.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from functools import lru_cache
@@ -51,6 +52,7 @@ class UpstreamResponse(Protocol):
 DRAIN_SECONDS = 5.0
 DRAIN_BYTES = 65536
 _draining: set[asyncio.Task[None]] = set()
+log = logging.getLogger(__name__)
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
@@ -120,6 +122,11 @@ class HttpResponse:
     def read_error(self, exc: BaseException) -> BaseException | None:
         if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
             return UpstreamTimeoutError(f"upstream sent nothing for {self.timeout:g} s mid-stream")
+        if isinstance(exc, aiohttp.ClientPayloadError):
+            # The client sees this (Claude Code prints it): aiohttp's own wording ("<Transfer
+            # EncodingError: 400, message='Not enough data…'>") goes to the log only.
+            log.warning("upstream stream cut mid-answer: %s", exc)
+            return UpstreamError("upstream stream ended before completion: connection closed")
         if isinstance(exc, aiohttp.ClientError):
             return UpstreamError(f"upstream stream broke: {exc}")
         return None

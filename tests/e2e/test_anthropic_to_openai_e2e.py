@@ -915,8 +915,9 @@ async def test_stream_without_done_raises_in_stream_error(gateway, fake_openai, 
     assert isinstance(body, dict) and body["type"] == "error"
     assert body["error"]["type"] == "api_error"
     if cut:
-        # The transport error itself is reported.
-        assert body["error"]["message"].startswith("upstream stream broke")
+        # In words a user can read (Claude Code prints it), not aiohttp's.
+        message = "upstream stream ended before completion: connection closed"
+        assert body["error"]["message"] == message
     else:
         assert body["error"]["message"] == "upstream stream ended before completion"
     rows = await usage_rows(live)
