@@ -31,8 +31,9 @@ def fake(io_loop: tornado.ioloop.IOLoop) -> Iterator[FakeUpstream]:
     io_loop.run_sync(upstream.stop)
 
 
-async def add_upstream(client: Client, fake: FakeUpstream, **fields: str) -> int:
-    form = {
+def upstream_form(fake: FakeUpstream) -> dict[str, str]:
+    """The upstream form as a browser posts it, every checkbox but Enabled left off."""
+    return {
         "name": "local",
         "kind": "openai",
         "base_url": fake.url,
@@ -42,7 +43,11 @@ async def add_upstream(client: Client, fake: FakeUpstream, **fields: str) -> int
         "max_tokens_field": "max_completion_tokens",
         "tokenize_url": "",
         "enabled": "on",
-    } | fields
+    }
+
+
+async def add_upstream(client: Client, fake: FakeUpstream, **fields: str) -> int:
+    form = upstream_form(fake) | fields
     response = await client.post("/admin/upstreams", form)
     assert response.code == 303, body(response)
     match = re.fullmatch(
@@ -472,17 +477,7 @@ async def test_chat_template_thinking_checkbox_round_trip(
     assert ticked in body(await client.get(f"/admin/upstreams/{upstream_id}"))
     assert ticked not in body(await client.get(f"/admin/upstreams/{off_id}"))
 
-    form = {
-        "name": "local",
-        "kind": "openai",
-        "base_url": fake.url,
-        "rotation": "ordered",
-        "timeout": "30",
-        "reasoning": "replay",
-        "max_tokens_field": "max_completion_tokens",
-        "tokenize_url": "",
-        "enabled": "on",
-    }
+    form = upstream_form(fake)
     await client.post(f"/admin/upstreams/{upstream_id}", form)
     assert services.pool.get("local").spec.chat_template_thinking is False
     assert ticked not in body(await client.get(f"/admin/upstreams/{upstream_id}"))

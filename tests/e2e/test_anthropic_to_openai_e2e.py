@@ -543,6 +543,24 @@ async def test_a_route_s_own_chat_template_kwargs_win(gateway, fake_openai):  # 
     assert sent["chat_template_kwargs"] == {"enable_thinking": True, "mode": "fast"}
 
 
+async def twice_after_a_refusal(
+    live: Live, fake: FakeUpstream, refusal: Any, body: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """``body`` sent twice while the backend refuses the first try with ``refusal``: both
+    answers come back ("first" and "second"); what the backend received, three bodies."""
+    fake.push(
+        JsonReply(400, refusal),
+        JsonReply(200, openai_completion("first")),
+        JsonReply(200, openai_completion("second")),
+    )
+    async with client(live) as sdk:
+        first = await sdk.messages.create(**body)
+        second = await sdk.messages.create(**body)
+    assert [b.text for b in first.content if b.type == "text"] == ["first"]
+    assert [b.text for b in second.content if b.type == "text"] == ["second"]
+    return [r.json for r in fake.received]
+
+
 async def test_a_backend_that_refuses_chat_template_kwargs_is_asked_again_without_it(
     gateway, fake_openai
 ):  # type: ignore[no-untyped-def]
@@ -552,20 +570,12 @@ async def test_a_backend_that_refuses_chat_template_kwargs_is_asked_again_withou
     refusal = {"detail": [{"type": "extra_forbidden", "loc": ["body", "chat_template_kwargs"],
                            "msg": "Extra inputs are not permitted",
                            "input": {"enable_thinking": False, "thinking": False}}]}  # fmt: skip
-    fake_openai.push(JsonReply(400, refusal))
-    fake_openai.push(JsonReply(200, openai_completion("first")))
-    fake_openai.push(JsonReply(200, openai_completion("second")))
     body: dict[str, Any] = {
         "model": MODEL,
         "max_tokens": 50,
         "messages": [{"role": "user", "content": "hi"}],
     }
-    async with client(live) as sdk:
-        first = await sdk.messages.create(**body)
-        second = await sdk.messages.create(**body)
-    assert [b.text for b in first.content if b.type == "text"] == ["first"]
-    assert [b.text for b in second.content if b.type == "text"] == ["second"]
-    sent = [r.json for r in fake_openai.received]
+    sent = await twice_after_a_refusal(live, fake_openai, refusal, body)
     assert [s.get("chat_template_kwargs") for s in sent] == [
         {"enable_thinking": False, "thinking": False},
         None,
@@ -765,21 +775,13 @@ async def test_a_backend_that_refuses_reasoning_effort_is_asked_again_without_it
     ``reasoning_effort`` the gateway adds. The request goes again without it, and later
     requests to that upstream and model leave it out from the start."""
     live = await gateway(config(fake_openai))
-    fake_openai.push(JsonReply(400, refusal))
-    fake_openai.push(JsonReply(200, openai_completion("first")))
-    fake_openai.push(JsonReply(200, openai_completion("second")))
     body: dict[str, Any] = {
         "model": MODEL,
         "max_tokens": 2048,
         "thinking": {"type": "enabled", "budget_tokens": 1024},
         "messages": [{"role": "user", "content": "hi"}],
     }
-    async with client(live) as sdk:
-        first = await sdk.messages.create(**body)
-        second = await sdk.messages.create(**body)
-    assert [b.text for b in first.content if b.type == "text"] == ["first"]
-    assert [b.text for b in second.content if b.type == "text"] == ["second"]
-    sent = [r.json for r in fake_openai.received]
+    sent = await twice_after_a_refusal(live, fake_openai, refusal, body)
     assert ["reasoning_effort" in s for s in sent] == [True, False, False]
     assert sent[0] | {"reasoning_effort": None} == sent[1] | {"reasoning_effort": None}
     rows = await usage_rows(live)
@@ -793,9 +795,6 @@ async def test_a_backend_that_refuses_null_content_gets_empty_strings(gateway, f
     live = await gateway(config(fake_openai))
     refusal = {"error": {"message": "invalid message content type: <nil>",
                          "type": "invalid_request_error", "param": None, "code": None}}  # fmt: skip
-    fake_openai.push(JsonReply(400, refusal))
-    fake_openai.push(JsonReply(200, openai_completion("Sunny, 21 °C.")))
-    fake_openai.push(JsonReply(200, openai_completion("Still sunny.")))
     call = {
         "type": "tool_use",
         "id": "toolu_01W",
@@ -815,12 +814,7 @@ async def test_a_backend_that_refuses_null_content_gets_empty_strings(gateway, f
             },
         ],
     }
-    async with client(live) as sdk:
-        first = await sdk.messages.create(**body)
-        second = await sdk.messages.create(**body)
-    assert [b.text for b in first.content if b.type == "text"] == ["Sunny, 21 °C."]
-    assert [b.text for b in second.content if b.type == "text"] == ["Still sunny."]
-    sent = [r.json["messages"][1] for r in fake_openai.received]
+    sent = [s["messages"][1] for s in await twice_after_a_refusal(live, fake_openai, refusal, body)]
     assert [m["content"] for m in sent] == [None, "", ""]
     assert all(m["tool_calls"][0]["id"] == "toolu_01W" for m in sent)
     rows = await usage_rows(live)
