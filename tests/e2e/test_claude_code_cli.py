@@ -60,7 +60,8 @@ PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAW
 BASE_CHUNK = {"id": "chatcmpl-cc", "object": "chat.completion.chunk", "created": 1700000000}
 
 
-def openai_config(fake: FakeUpstream, reasoning: str = "strip") -> str:
+def openai_config(fake: FakeUpstream, reasoning: str = "strip", extra: str = "") -> str:
+    """``claude-*`` on the fake OpenAI backend; ``extra``: more lines for the upstream."""
     return f"""
 [[upstreams]]
 name = "local"
@@ -68,6 +69,7 @@ kind = "openai"
 base_url = "{fake.url}"
 keys = ["sk-local"]
 reasoning = "{reasoning}"
+{extra}
 
 [[models]]
 name = "claude-*"
@@ -357,6 +359,36 @@ async def test_inline_think_tags_reach_claude_code_as_thinking(gateway, fake_ope
     assert assistant["content"] == "Running it."
     assert assistant["tool_calls"][0]["function"]["name"] == "Bash"
     assert events[-1]["result"] == "Done."
+
+
+async def test_claude_code_s_context_view_counts_with_the_backend_s_tokenizer(
+    gateway, fake_openai, tmp_path
+):  # type: ignore[no-untyped-def]
+    """``/context`` counts the system prompt, each tool and the messages through
+    ``count_tokens``: with a ``tokenize_url`` every count is the backend tokenizer's."""
+    plain = fake_openai.default_reply
+
+    def tokenizer(received: Any) -> Any:
+        if not received.path.endswith("/tokenize"):
+            return plain(received)
+        body = received.json  # 1,000 a request, 10 a tool, 1 a message
+        count = 1000 + 10 * len(body.get("tools") or ()) + len(body["messages"])
+        return JsonReply(body={"count": count, "max_model_len": 131072, "tokens": []})
+
+    fake_openai.default_reply = tokenizer
+    tokenize_url = f"http://127.0.0.1:{fake_openai.port}/tokenize"
+    live = await gateway(openai_config(fake_openai, extra=f'tokenize_url = "{tokenize_url}"'))
+    events = await run_claude(live, tmp_path / "home", "/context")
+
+    asked = [r for r in fake_openai.received if r.path == "/tokenize"]
+    assert len(asked) == len(fake_openai.received) >= 10
+    with_tools = [r.json["tools"] for r in asked if r.json.get("tools")]
+    assert with_tools and all(t["type"] == "function" for ts in with_tools for t in ts)
+    rows = await usage_rows(live)
+    assert [(r.endpoint, r.status) for r in rows] == [("count_tokens", "ok")] * len(asked)
+    shown = events[-1]["result"]
+    assert "**Tokens:**" in shown
+    assert "| Messages | 1k |" in shown  # "foo" alone: 1,001 by the tokenizer
 
 
 async def test_claude_code_asks_again_under_a_backend_s_output_limit(
