@@ -2,7 +2,7 @@
 
 Revision ID: 0003
 Revises: 0002
-Create Date: 2026-12-08
+Create Date: 2026-12-07
 
 An upstream may switch thinking through ``chat_template_kwargs`` as well as
 ``reasoning_effort`` (hybrid models behind vLLM, SGLang or llama.cpp read only the
