@@ -51,7 +51,7 @@ from app.translate import anthropic_to_openai_stream as a2o_stream
 from app.translate import openai_to_anthropic as o2a
 from app.translate import openai_to_anthropic_stream as o2a_stream
 from app.translate import route_settings
-from app.translate.options import BackendOptions
+from app.translate.options import BackendOptions, adaptive_thinking
 from app.translate.passthrough import (
     AnthropicSniffer,
     OpenAISniffer,
@@ -513,6 +513,7 @@ class Gateway:
                 settings.max_tokens, settings.context_window, input_tokens
             ),
             prompt_cache=settings.prompt_cache,
+            adaptive_thinking=adaptive_thinking(route.target),
             input_estimate=input_tokens or None,
         )
 

@@ -40,6 +40,16 @@ THINKING_BUDGETS = {
     "xhigh": 8192,
     "max": 16384,
 }
+# OpenAI reasoning_effort -> Anthropic output_config.effort, for models that think
+# adaptively (`adaptive_thinking`): the values every such model takes.
+ADAPTIVE_EFFORTS = {
+    "minimal": "low",
+    "low": "low",
+    "medium": "medium",
+    "high": "high",
+    "xhigh": "high",
+    "max": "high",
+}
 MIN_THINKING_BUDGET = 1024
 # Head room above the budget when max_tokens must be raised (§6.3, as ENTERPILOT/GoModel#83).
 THINKING_HEADROOM = 1024
@@ -82,6 +92,7 @@ class AnthropicRequest(TypedDict):
     tools: NotRequired[list[Block]]
     tool_choice: NotRequired[dict[str, Any]]
     thinking: NotRequired[dict[str, Any]]
+    output_config: NotRequired[dict[str, Any]]
     metadata: NotRequired[dict[str, str]]
     service_tier: NotRequired[str]
     stream: NotRequired[bool]
@@ -254,8 +265,17 @@ def _tool_choice(
     return tools, choice
 
 
-def _thinking(body: dict[str, Any]) -> dict[str, Any] | None:
-    """The Anthropic thinking config asked for by ``thinking`` (wins) or ``reasoning_effort``."""
+def _thinking(body: dict[str, Any], adaptive: bool) -> tuple[dict[str, Any] | None, str | None]:
+    """The Anthropic thinking config asked for by ``thinking`` (wins) or ``reasoning_effort``,
+    and the ``output_config.effort`` to go with it: a model that thinks ``adaptive``ly is
+    asked with an effort, not a budget."""
+    effort = body.get("reasoning_effort")
+    if body.get("thinking") is None and adaptive and effort in ADAPTIVE_EFFORTS:
+        return {"type": "adaptive"}, ADAPTIVE_EFFORTS[effort]
+    return _thinking_config(body), None
+
+
+def _thinking_config(body: dict[str, Any]) -> dict[str, Any] | None:
     raw = body.get("thinking")
     if raw is not None:
         if not isinstance(raw, dict):
@@ -472,8 +492,10 @@ def translate_request(
     cannot hold the minimum budget. Invents: ``max_tokens`` (the default, or raised above the
     thinking budget; never past ``opts.max_tokens_limit``, where the budget shrinks instead), the
     ``json_tool_call``-style forced tool and the JSON instruction for ``response_format``,
-    ``cache_control`` when ``opts.prompt_cache``, and a hashed ``metadata.user_id`` for
-    identifiers Anthropic would reject.
+    ``cache_control`` when ``opts.prompt_cache``, a hashed ``metadata.user_id`` for
+    identifiers Anthropic would reject, and for a model that thinks adaptively
+    (``opts.adaptive_thinking``) ``thinking: {"type": "adaptive"}`` with an
+    ``output_config.effort`` instead of a budget for ``reasoning_effort``.
     """
     _reject_unsupported(body)
     stream = body.get("stream") is True
@@ -487,10 +509,10 @@ def translate_request(
     system, turns = convo.system, convo.turns
     tools, choice = _tool_choice(body, tools, names)
 
-    thinking = _thinking(body)
+    thinking, effort = _thinking(body, opts.adaptive_thinking)
     if thinking is not None and not _thinking_possible(turns):
         # Signatures cannot be fabricated: without the genuine block, thinking must be off.
-        thinking = None
+        thinking = effort = None
 
     max_tokens = body.get("max_completion_tokens")
     if max_tokens is None:
@@ -542,6 +564,8 @@ def translate_request(
             out["tool_choice"] = choice
     if thinking is not None:
         out["thinking"] = thinking
+        if effort is not None:
+            out["output_config"] = {"effort": effort}
     user_id = _user_id(body)
     if user_id is not None:
         out["metadata"] = {"user_id": user_id}

@@ -26,6 +26,26 @@ _MISTRAL_MODEL = re.compile(
 # The ``reasoning`` settings that send earlier thinking back, and the field each writes.
 REPLAYED = {"replay": "reasoning_content", "replay_reasoning": "reasoning"}
 
+# A Claude model's family and version in its name, wherever it is served ("claude-opus-4-8",
+# "claude-sonnet-4-6-20260217", Bedrock's "anthropic.claude-sonnet-4-6-v1:0"); a second
+# number of more than two digits is a date ("claude-opus-4-20250514" is 4.0).
+_CLAUDE_VERSION = re.compile(
+    r"claude-(?:opus|sonnet|haiku)-(\d+)(?:-(\d{1,2})(?!\d))?", re.IGNORECASE
+)
+ADAPTIVE_SINCE = (4, 6)
+
+
+@lru_cache(maxsize=256)
+def adaptive_thinking(model: str) -> bool:
+    """True for Claude models from 4.6 on, which think adaptively: asked for thinking with
+    ``{"type": "adaptive"}`` and ``output_config.effort`` (what Claude Code 2.1 sends them)
+    rather than a ``budget_tokens``, which they deprecate."""
+    found = _CLAUDE_VERSION.search(model)
+    if found is None:
+        return False
+    major, minor = int(found.group(1)), int(found.group(2) or 0)
+    return (major, minor) >= ADAPTIVE_SINCE
+
 
 @dataclass(slots=True)
 class BackendOptions:
@@ -67,6 +87,8 @@ class BackendOptions:
     max_tokens_limit: int | None = None
     # Anthropic backends: add cache_control breakpoints for OpenAI clients.
     prompt_cache: bool = False
+    # Anthropic backends: the target model thinks adaptively (`adaptive_thinking`).
+    adaptive_thinking: bool = False
     # The request's input tokens as the gateway already estimated them (None: count here).
     input_estimate: int | None = None
 

@@ -643,6 +643,45 @@ async def test_reasoning_effort_becomes_thinking(gateway, fake_anthropic):  # ty
     assert (msg.model_extra or {})["reasoning_content"] == "Six sevens."
 
 
+async def test_reasoning_effort_on_a_model_that_thinks_adaptively(gateway, fake_anthropic):  # type: ignore[no-untyped-def]
+    """Claude 4.6 and later are asked to think as Claude Code asks them: adaptive thinking
+    with an effort, no budget."""
+    live = await gateway(
+        f"""
+[[upstreams]]
+name = "claude"
+kind = "anthropic"
+base_url = "{fake_anthropic.url}"
+keys = ["{UPSTREAM_KEY}"]
+
+[[models]]
+name = "gpt-claude-plain"
+upstream = "claude"
+target = "claude-opus-4-8"
+"""
+    )
+    thought = {"type": "thinking", "thinking": "Six sevens.", "signature": "EqQBsig"}
+    fake_anthropic.push(
+        JsonReply(body=message([thought, {"type": "text", "text": "42"}], "end_turn"))
+    )
+    async with client(live) as sdk:
+        completion = await sdk.chat.completions.create(
+            model="gpt-claude-plain",
+            messages=[{"role": "user", "content": "6*7?"}],
+            reasoning_effort="high",
+        )
+    assert fake_anthropic.received[0].json == {
+        "model": "claude-opus-4-8",
+        "max_tokens": 4096,
+        "messages": [{"role": "user", "content": "6*7?"}],
+        "thinking": {"type": "adaptive"},
+        "output_config": {"effort": "high"},
+    }
+    msg = completion.choices[0].message
+    assert msg.content == "42"
+    assert (msg.model_extra or {})["reasoning_content"] == "Six sevens."
+
+
 async def test_replayed_thinking_blocks_another_backend_signed_are_left_out(
     gateway, fake_anthropic
 ):  # type: ignore[no-untyped-def]

@@ -48,7 +48,7 @@ from app.translate.openai_to_anthropic import (
     upstream_error,
 )
 from app.translate.openai_to_anthropic_stream import StreamTranslator
-from app.translate.options import BackendOptions
+from app.translate.options import BackendOptions, adaptive_thinking
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "openai_to_anthropic"
 REGEN = os.environ.get("BRIDGEKEEPER_REGEN") == "1"
@@ -1015,3 +1015,27 @@ def test_a_forced_tool_choice_dropped_for_thinking_is_logged(
         out, _ctx = translate_request(body, BackendOptions(target_model="claude-x"))
     assert out["tool_choice"] == {"type": "auto"}
     assert "tool_choice 'any' sent as 'auto': thinking is on" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("model", "adaptive"),
+    [
+        ("claude-opus-4-8", True),
+        ("claude-sonnet-4-6", True),
+        ("claude-sonnet-4-6-20260217", True),
+        ("anthropic.claude-sonnet-4-6-v1:0", True),  # Bedrock
+        ("us.anthropic.claude-opus-4-7", True),
+        ("claude-opus-5", True),
+        ("CLAUDE-HAIKU-4-6", True),
+        ("claude-haiku-4-5", False),
+        ("claude-sonnet-4-5-20250929", False),
+        ("claude-opus-4-20250514", False),  # 4.0: the second number is a date
+        ("claude-opus-4-1", False),
+        ("claude-3-7-sonnet-latest", False),
+        ("claude-3-5-haiku-20241022", False),
+        ("qwen3-coder", False),
+    ],
+)
+def test_which_models_think_adaptively(model: str, adaptive: bool) -> None:
+    """As Claude Code 2.1 asks them: adaptive thinking with an effort from 4.6 on."""
+    assert adaptive_thinking(model) is adaptive
