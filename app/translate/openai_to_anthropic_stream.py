@@ -118,9 +118,12 @@ class _Block:
 class StreamTranslator:
     """One Anthropic stream in, one OpenAI chunk stream out.
 
-    Drops ``ping`` events, ``signature_delta``, ``citations_delta``, redacted thinking and
-    server-tool blocks; ``thinking_delta`` becomes ``reasoning_content`` only when
-    ``ctx.reasoning``. Invents the role chunk, ``logprobs: null``, ``usage: null`` on every
+    Drops ``ping`` events, ``citations_delta`` and server-tool blocks; ``thinking_delta``
+    becomes ``reasoning_content`` only when ``ctx.reasoning``, and then each signed thinking
+    block (at its ``signature_delta``) and each redacted one also comes whole as a
+    LiteLLM-style ``thinking_blocks`` entry, with an ``index`` for the ``openai`` SDK's
+    accumulator, so a client can send it back on the next turn (the non-streamed answer's
+    ``thinking_blocks``). Invents the role chunk, ``logprobs: null``, ``usage: null`` on every
     chunk and the final usage chunk when ``ctx.include_usage``, and ``toolu_`` ids for tool
     blocks that arrive without one.
     """
@@ -141,6 +144,8 @@ class StreamTranslator:
         self._delta_seen = False
         self._frames: dict[str, tuple[bytes, bytes]] = {}  # delta field -> (head, tail)
         self._slots = {"text_delta": TextSlot(), "thinking_delta": TextSlot()}
+        self._thinking: list[str] = []  # the open thinking block's text, with ctx.reasoning
+        self._thinking_blocks = 0  # thinking_blocks entries sent
 
     # -- framing ---------------------------------------------------------------------------
 
@@ -273,6 +278,8 @@ class StreamTranslator:
         field_name = _FIELDS[kind]
         if not text or (field_name == "reasoning_content" and not self.ctx.reasoning):
             return b""
+        if field_name == "reasoning_content":
+            self._thinking.append(text)  # sent whole again in thinking_blocks
         frame = self._frame(field_name)
         if frame is None:
             return None
@@ -300,7 +307,9 @@ class StreamTranslator:
         for kind in ("text_delta", "thinking_delta"):
             ends = self._slots[kind].ends
             field_name = _FIELDS[kind]
-            if ends is None or (field_name == "reasoning_content" and not self.ctx.reasoning):
+            if ends is None or field_name == "reasoning_content":
+                # Shown thinking goes event by event (`fast_event`), which keeps its text for
+                # the block's thinking_blocks entry.
                 continue
             frame = self._frame(field_name)
             if frame is None:
@@ -340,8 +349,15 @@ class StreamTranslator:
         elif kind == "thinking":
             self._blocks[index] = _Block("thinking")
             thinking = block.get("thinking")
+            self._thinking = []
             if self.ctx.reasoning and isinstance(thinking, str) and thinking:
+                self._thinking.append(thinking)
                 out.append(self._chunk({"reasoning_content": thinking}))
+        elif kind == "redacted_thinking":
+            self._blocks[index] = _Block("other")
+            redacted = block.get("data")
+            if self.ctx.reasoning and isinstance(redacted, str) and redacted:
+                out.append(self._thinking_block({"type": "redacted_thinking", "data": redacted}))
         elif kind == "tool_use":
             raw_name = block.get("name")
             name = raw_name if isinstance(raw_name, str) else ""
@@ -386,7 +402,14 @@ class StreamTranslator:
         elif kind == "thinking_delta":
             thinking = delta.get("thinking")
             if self.ctx.reasoning and isinstance(thinking, str) and thinking:
+                self._thinking.append(thinking)
                 out.append(self._chunk({"reasoning_content": thinking}))
+        elif kind == "signature_delta" and block is not None and block.kind == "thinking":
+            signature = delta.get("signature")
+            if self.ctx.reasoning and isinstance(signature, str) and signature:
+                whole = {"type": "thinking", "thinking": "".join(self._thinking)}
+                out.append(self._thinking_block(whole | {"signature": signature}))
+                self._thinking = []
         elif kind == "input_json_delta" and block is not None:
             fragment = delta.get("partial_json")
             if not isinstance(fragment, str) or not fragment:
@@ -395,8 +418,14 @@ class StreamTranslator:
                 out.append(self._chunk({"content": fragment}))
             elif block.kind == "tool":
                 out.append(self._arguments(block.tool_index, fragment))
-        # signature_delta, citations_delta and server-tool input have no OpenAI form.
+        # citations_delta and server-tool input have no OpenAI form.
         return out
+
+    def _thinking_block(self, block: dict[str, Any]) -> bytes:
+        """One whole thinking block as a ``thinking_blocks`` entry of its own index."""
+        entry = {"index": self._thinking_blocks, **block}
+        self._thinking_blocks += 1
+        return self._chunk({"thinking_blocks": [entry]})
 
     def _message_delta(self, data: dict[str, Any]) -> list[bytes]:
         out = self._start()

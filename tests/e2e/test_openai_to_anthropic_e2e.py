@@ -761,6 +761,69 @@ async def test_reasoning_effort_streamed_as_reasoning_content(gateway, fake_anth
     assert "".join(d.content or "" for d in deltas) == "Done."
 
 
+async def test_streamed_thinking_blocks_keep_thinking_on_through_a_tool_loop(
+    gateway, fake_anthropic
+):  # type: ignore[no-untyped-def]
+    """The ``openai`` SDK's stream helper gathers the signed thinking block into
+    ``thinking_blocks``; sent back with the call (as LiteLLM-style clients do), it lets the
+    next turn keep thinking on: without it, Anthropic's rule for a turn that called a tool
+    turns thinking off."""
+    live = await gateway(config(fake_anthropic))
+    call = {"type": "tool_use", "id": "toolu_01W", "name": "get_weather", "input": {}}
+    fake_anthropic.push(
+        SSEReply(
+            [
+                start_event(),
+                block_start(0, {"type": "thinking", "thinking": "", "signature": ""}),
+                block_delta(0, {"type": "thinking_delta", "thinking": "Need the "}),
+                block_delta(0, {"type": "thinking_delta", "thinking": "weather."}),
+                block_delta(0, {"type": "signature_delta", "signature": "EqQBsig"}),
+                block_stop(0),
+                block_start(1, call),
+                block_delta(1, {"type": "input_json_delta", "partial_json": '{"city": "Paris"}'}),
+                block_stop(1),
+                *end_events("tool_use", 40),
+            ]
+        ),
+        SSEReply(anthropic_stream(["Sunny."], TARGET)),
+    )
+    tools: Any = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
+    history: Any = [{"role": "user", "content": "Weather in Paris?"}]
+    async with client(live) as sdk:
+        async with sdk.chat.completions.stream(
+            model="gpt-claude-plain", messages=history, tools=tools, reasoning_effort="low"
+        ) as stream:
+            first = (await stream.get_final_completion()).choices[0].message
+        blocks = (first.model_extra or {})["thinking_blocks"]
+        assert blocks == [
+            {
+                "index": 0,
+                "type": "thinking",
+                "thinking": "Need the weather.",
+                "signature": "EqQBsig",
+            }
+        ]
+        history += [
+            first.model_dump(include={"role", "content", "tool_calls"})
+            | {"thinking_blocks": blocks},
+            {"role": "tool", "tool_call_id": "toolu_01W", "content": "Sunny, 21C"},
+        ]
+        second = await sdk.chat.completions.create(
+            model="gpt-claude-plain", messages=history, tools=tools, reasoning_effort="low",
+            stream=True,
+        )  # fmt: skip
+        assert "".join([c.choices[0].delta.content or "" async for c in second]) == "Sunny."
+    sent = fake_anthropic.received[1].json
+    assert sent["thinking"] == {"type": "enabled", "budget_tokens": 1024}
+    assistant = sent["messages"][1]
+    assert assistant["content"][0] == {
+        "type": "thinking",
+        "thinking": "Need the weather.",
+        "signature": "EqQBsig",
+    }
+    assert assistant["content"][1]["type"] == "tool_use"
+
+
 async def test_thinking_budget_fits_under_the_route_cap(gateway, fake_anthropic):  # type: ignore[no-untyped-def]
     live = await gateway(config(fake_anthropic))
     async with client(live) as sdk:

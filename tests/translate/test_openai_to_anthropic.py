@@ -244,6 +244,7 @@ def sdk_stream_result(stream_bytes: bytes) -> dict[str, Any]:
         "model": final.model,
         "content": message.content,
         "reasoning_content": getattr(message, "reasoning_content", None),
+        "thinking_blocks": getattr(message, "thinking_blocks", None),
         "tool_calls": [
             {"id": t.id, "name": t.function.name, "arguments": t.function.arguments}
             for t in message.tool_calls or []
