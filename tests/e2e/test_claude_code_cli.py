@@ -227,6 +227,70 @@ async def test_claude_code_runs_a_tool_a_translated_stream_asked_for(
     ]
 
 
+async def test_a_file_written_from_arguments_cut_in_small_fragments(gateway, fake_openai, tmp_path):  # type: ignore[no-untyped-def]
+    """Write's arguments streamed three characters at a time, escapes and multi-byte
+    characters cut in the middle: the file Claude Code writes holds exactly the content."""
+    live = await gateway(openai_config(fake_openai))
+    home = tmp_path / "home"
+    target = home / "notes.txt"
+    content = 'Line "one"\n\tTabbed — ünïcode ✓ 🚀\nback\\slash {"json": [1, 2]}\n'
+    args = orjson.dumps({"file_path": str(target), "content": content}).decode()
+    out = [chunk({"role": "assistant", "content": None})]
+    call = {"index": 0, "id": "call_w1", "type": "function"}
+    out.append(chunk({"tool_calls": [call | {"function": {"name": "Write", "arguments": ""}}]}))
+    for at in range(0, len(args), 3):
+        piece = {"index": 0, "function": {"arguments": args[at : at + 3]}}
+        out.append(chunk({"tool_calls": [piece]}))
+    out += [chunk({}, "tool_calls"), usage(1200, 90), OPENAI_DONE]
+    fake_openai.push(SSEReply(out), SSEReply(openai_stream(["Written."], TARGET)))
+    events = await run_claude(live, home, "Write the notes", "--allowedTools", "Write")
+
+    assert target.read_text(encoding="utf-8") == content
+    (tool,) = tool_messages(fake_openai.received[1].json)
+    assert tool["tool_call_id"] == "call_w1"
+    assert events[-1]["result"] == "Written."
+
+
+def call_stream(call_id: str, name: str, arguments: dict[str, Any]) -> list[bytes]:
+    """An OpenAI stream asking for one call, its arguments in one fragment."""
+    call = {"index": 0, "id": call_id, "type": "function"}
+    fn = {"name": name, "arguments": orjson.dumps(arguments).decode()}
+    return [
+        chunk({"role": "assistant", "content": None}),
+        chunk({"tool_calls": [call | {"function": fn}]}),
+        chunk({}, "tool_calls"),
+        usage(1200, 30),
+        OPENAI_DONE,
+    ]
+
+
+async def test_a_read_then_edit_loop_over_three_turns(gateway, fake_openai, tmp_path):  # type: ignore[no-untyped-def]
+    """Claude Code edits only a file it has read: Read, then Edit, then the answer, each
+    turn's history carrying the earlier calls and results in order."""
+    live = await gateway(openai_config(fake_openai))
+    home = tmp_path / "home"
+    home.mkdir()
+    target = home / "greeting.txt"
+    target.write_text("hello world\n")
+    edit = {"file_path": str(target), "old_string": "world", "new_string": "gateway"}
+    fake_openai.push(
+        SSEReply(call_stream("call_r1", "Read", {"file_path": str(target)})),
+        SSEReply(call_stream("call_e1", "Edit", edit)),
+        SSEReply(openai_stream(["Edited."], TARGET)),
+    )
+    events = await run_claude(live, home, "Greet the gateway", "--allowedTools", "Read,Edit")
+
+    assert target.read_text() == "hello gateway\n"
+    history = fake_openai.received[2].json["messages"]
+    calls = [c["id"] for m in history if m["role"] == "assistant" for c in m.get("tool_calls", [])]
+    assert calls == ["call_r1", "call_e1"]
+    results = [(m["tool_call_id"], m["content"]) for m in history if m["role"] == "tool"]
+    assert [r[0] for r in results] == ["call_r1", "call_e1"]
+    assert "hello world" in results[0][1]
+    assert events[-1]["result"] == "Edited."
+    assert events[-1]["num_turns"] == 3
+
+
 async def test_claude_code_runs_a_call_from_a_llama_style_stream(gateway, fake_openai, tmp_path):  # type: ignore[no-untyped-def]
     """Two habits of local backends that leave Claude Code stuck without the gateway: a
     tool call ending with ``finish_reason: "stop"`` (llama.cpp, Ollama), and an id that is
