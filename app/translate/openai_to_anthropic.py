@@ -41,15 +41,19 @@ THINKING_BUDGETS = {
     "max": 16384,
 }
 # OpenAI reasoning_effort -> Anthropic output_config.effort, for models that think
-# adaptively (`adaptive_thinking`): the values every such model takes.
+# adaptively (`adaptive_thinking`): the levels every such model takes (the SDK's
+# EffortCapability: low, medium, high and max always, xhigh only on some).
 ADAPTIVE_EFFORTS = {
     "minimal": "low",
     "low": "low",
     "medium": "medium",
     "high": "high",
     "xhigh": "high",
-    "max": "high",
+    "max": "max",
 }
+# Opus 4.7 and later default to "omitted" (signed but empty thinking blocks): a client that
+# asks for reasoning_effort wants the reasoning_content.
+ADAPTIVE_THINKING = {"type": "adaptive", "display": "summarized"}
 MIN_THINKING_BUDGET = 1024
 # Head room above the budget when max_tokens must be raised (§6.3, as ENTERPILOT/GoModel#83).
 THINKING_HEADROOM = 1024
@@ -271,7 +275,7 @@ def _thinking(body: dict[str, Any], adaptive: bool) -> tuple[dict[str, Any] | No
     asked with an effort, not a budget."""
     effort = body.get("reasoning_effort")
     if body.get("thinking") is None and adaptive and effort in ADAPTIVE_EFFORTS:
-        return {"type": "adaptive"}, ADAPTIVE_EFFORTS[effort]
+        return dict(ADAPTIVE_THINKING), ADAPTIVE_EFFORTS[effort]
     return _thinking_config(body), None
 
 

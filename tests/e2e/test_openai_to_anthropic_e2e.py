@@ -674,7 +674,7 @@ target = "claude-opus-4-8"
         "model": "claude-opus-4-8",
         "max_tokens": 4096,
         "messages": [{"role": "user", "content": "6*7?"}],
-        "thinking": {"type": "adaptive"},
+        "thinking": {"type": "adaptive", "display": "summarized"},
         "output_config": {"effort": "high"},
     }
     msg = completion.choices[0].message
