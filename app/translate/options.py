@@ -26,12 +26,11 @@ _MISTRAL_MODEL = re.compile(
 # The ``reasoning`` settings that send earlier thinking back, and the field each writes.
 REPLAYED = {"replay": "reasoning_content", "replay_reasoning": "reasoning"}
 
-# A Claude model's family and version in its name, wherever it is served ("claude-opus-4-8",
-# "claude-sonnet-4-6-20260217", Bedrock's "anthropic.claude-sonnet-4-6-v1:0"); a second
-# number of more than two digits is a date ("claude-opus-4-20250514" is 4.0).
-_CLAUDE_VERSION = re.compile(
-    r"claude-(?:opus|sonnet|haiku)-(\d+)(?:-(\d{1,2})(?!\d))?", re.IGNORECASE
-)
+# A Claude model's version in its name, wherever it is served and whatever the family
+# ("claude-opus-4-8", "claude-sonnet-4-6-20260217", "claude-fable-5", Bedrock's
+# "anthropic.claude-sonnet-4-6-v1:0"; before 4, "claude-3-5-sonnet"); a second number of
+# more than two digits is a date ("claude-opus-4-20250514" is 4.0).
+_CLAUDE_VERSION = re.compile(r"claude-(?:[a-z]+-)?(\d+)(?:-(\d{1,2})(?!\d))?", re.IGNORECASE)
 ADAPTIVE_SINCE = (4, 6)
 
 

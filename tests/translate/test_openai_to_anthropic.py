@@ -1028,6 +1028,11 @@ def test_a_forced_tool_choice_dropped_for_thinking_is_logged(
         ("us.anthropic.claude-opus-4-7", True),
         ("claude-opus-5", True),
         ("CLAUDE-HAIKU-4-6", True),
+        ("claude-fable-5", True),
+        ("claude-mythos-5-1", True),
+        ("claude-sonnet-5", True),
+        ("claude-2.1", False),
+        ("claude-instant-1-2", False),
         ("claude-haiku-4-5", False),
         ("claude-sonnet-4-5-20250929", False),
         ("claude-opus-4-20250514", False),  # 4.0: the second number is a date
