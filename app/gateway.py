@@ -58,7 +58,7 @@ from app.translate.passthrough import (
     strip_refused_thinking,
     strip_unsigned_thinking,
 )
-from app.translate.refused_params import refused_params, without_refused
+from app.translate.refused_params import budget_refused, refused_params, without_refused
 from app.translate.relay_pipeline import RelayPipeline
 from app.translate.stream_pipeline import StreamPipeline
 from app.upstreams.base import UpstreamResponse, html_error_summary, retry_after_seconds
@@ -218,7 +218,7 @@ async def _open_stream(resp: UpstreamResponse) -> _Opened:
 class _Attempt:
     """One prepared try: an upstream, the body in its dialect, and how to read its answer."""
 
-    __slots__ = ("upstream", "route", "dialect", "body", "ctx", "translated", "parsed")
+    __slots__ = ("upstream", "route", "dialect", "body", "ctx", "translated", "parsed", "stale")
 
     def __init__(
         self,
@@ -237,6 +237,7 @@ class _Attempt:
         self.ctx = ctx
         self.translated = translated
         self.parsed = parsed
+        self.stale = False  # to be translated again (what the upstream takes has changed)
 
 
 class Gateway:
@@ -248,6 +249,8 @@ class Gateway:
         # Optional fields each (upstream, model) refused: left out of its requests from then
         # on, rather than a refused request and a second one every time.
         self._refused: dict[tuple[str, str], frozenset[str]] = {}
+        # (upstream, model) that refused a thinking budget: asked adaptively from then on.
+        self._budgets_refused: set[tuple[str, str]] = set()
 
     # -- entry points ------------------------------------------------------------------------
 
@@ -356,6 +359,8 @@ class Gateway:
             again = True
             while again:
                 again = False
+                if attempt.stale:
+                    attempt = self._prepare(call, body, candidate, upstream, estimate)
                 for key in upstream.ring.candidates():
                     call.upstream = upstream.name
                     call.upstream_key = key.display or None
@@ -434,6 +439,19 @@ class Gateway:
         and model); to an Anthropic one, thinking whose signature it did not make (the
         history's, for this request)."""
         message = err_body.decode("utf-8", "replace")
+        if (
+            attempt.dialect == "anthropic"
+            and attempt.translated
+            and budget_refused(message, attempt.parsed)
+        ):
+            self._budgets_refused.add((upstream.name, attempt.route.target))
+            attempt.stale = True
+            log.warning(
+                "upstream %r refused a thinking budget for model %r: asked adaptively from now on",
+                upstream.name,
+                attempt.route.target,
+            )
+            return True
         if attempt.dialect == "anthropic":
             stripped = strip_refused_thinking(message, attempt.parsed)
             if stripped is None:
@@ -494,7 +512,14 @@ class Gateway:
             last.retry_after = soonest
         return last
 
-    def _options(self, upstream: Upstream, route: Route, input_tokens: int = 0) -> BackendOptions:
+    def _options(
+        self,
+        upstream: Upstream,
+        route: Route,
+        input_tokens: int = 0,
+        *,
+        budgets_refused: bool = False,
+    ) -> BackendOptions:
         spec = upstream.spec
         settings = route.settings
         quirks = upstream.quirks(route.target)
@@ -514,6 +539,7 @@ class Gateway:
             ),
             prompt_cache=settings.prompt_cache,
             adaptive_thinking=adaptive_thinking(route.target),
+            budgets_refused=budgets_refused,
             input_estimate=input_tokens or None,
         )
 
@@ -551,7 +577,10 @@ class Gateway:
                     drop_usage = True
             raw = call.req.body if out == body else orjson.dumps(out)
             return _Attempt(upstream, route, dialect, raw, drop_usage, False, out)
-        opts = self._options(upstream, route, estimate)
+        refused_budget = (
+            bool(self._budgets_refused) and (upstream.name, route.target) in self._budgets_refused
+        )
+        opts = self._options(upstream, route, estimate, budgets_refused=refused_budget)
         ctx: Any
         if client == "anthropic":
             translated, ctx = a2o.translate_request(adjusted, opts)

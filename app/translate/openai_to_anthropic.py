@@ -269,14 +269,26 @@ def _tool_choice(
     return tools, choice
 
 
-def _thinking(body: dict[str, Any], adaptive: bool) -> tuple[dict[str, Any] | None, str | None]:
+def _thinking(
+    body: dict[str, Any], opts: BackendOptions
+) -> tuple[dict[str, Any] | None, str | None]:
     """The Anthropic thinking config asked for by ``thinking`` (wins) or ``reasoning_effort``,
-    and the ``output_config.effort`` to go with it: a model that thinks ``adaptive``ly is
-    asked with an effort, not a budget."""
+    and the ``output_config.effort`` to go with it: a model that thinks adaptively is
+    asked with an effort, not a budget; one that refused budgets, even for a client's own
+    ``thinking`` config."""
     effort = body.get("reasoning_effort")
-    if body.get("thinking") is None and adaptive and effort in ADAPTIVE_EFFORTS:
+    if body.get("thinking") is None and opts.adaptive_thinking and effort in ADAPTIVE_EFFORTS:
         return dict(ADAPTIVE_THINKING), ADAPTIVE_EFFORTS[effort]
-    return _thinking_config(body), None
+    config = _thinking_config(body)
+    if opts.budgets_refused and config is not None and config["type"] == "enabled":
+        budget = config["budget_tokens"]
+        level = next(e for e, most in _EFFORT_FOR_BUDGET if budget <= most)
+        return dict(ADAPTIVE_THINKING), level
+    return config, None
+
+
+# A budget as an effort level, by the budgets reasoning_effort maps to (THINKING_BUDGETS).
+_EFFORT_FOR_BUDGET = (("low", 1024), ("medium", 2048), ("high", 8192), ("max", 1 << 62))
 
 
 def _thinking_config(body: dict[str, Any]) -> dict[str, Any] | None:
@@ -513,7 +525,7 @@ def translate_request(
     system, turns = convo.system, convo.turns
     tools, choice = _tool_choice(body, tools, names)
 
-    thinking, effort = _thinking(body, opts.adaptive_thinking)
+    thinking, effort = _thinking(body, opts)
     if thinking is not None and not _thinking_possible(turns):
         # Signatures cannot be fabricated: without the genuine block, thinking must be off.
         thinking = effort = None

@@ -86,8 +86,10 @@ class BackendOptions:
     max_tokens_limit: int | None = None
     # Anthropic backends: add cache_control breakpoints for OpenAI clients.
     prompt_cache: bool = False
-    # Anthropic backends: the target model thinks adaptively (`adaptive_thinking`).
+    # Anthropic backends: the target model thinks adaptively (`adaptive_thinking`), or has
+    # refused a thinking budget (then a client's own ``thinking`` budget is converted too).
     adaptive_thinking: bool = False
+    budgets_refused: bool = False
     # The request's input tokens as the gateway already estimated them (None: count here).
     input_estimate: int | None = None
 

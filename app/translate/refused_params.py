@@ -60,6 +60,23 @@ def refused_params(message: str, sent: Mapping[str, Any]) -> tuple[str, ...]:
     return found
 
 
+# Anthropic's 400 for a thinking budget on a model that only thinks adaptively (Opus 4.7 on):
+# '"thinking.type.enabled" is not supported for this model. Use "thinking.type.adaptive"
+# and "output_config.effort" to control thinking behavior.'
+_ADAPTIVE_ONLY = re.compile(r"thinking\.type\.adaptive", re.IGNORECASE)
+
+
+def budget_refused(message: str, sent: Mapping[str, Any]) -> bool:
+    """True when an Anthropic backend's 400 ``message`` refuses the budgeted thinking the
+    translated request ``sent``: the model is to be asked adaptively."""
+    thinking = sent.get("thinking")
+    return (
+        isinstance(thinking, dict)
+        and thinking.get("type") == "enabled"
+        and bool(_ADAPTIVE_ONLY.search(message))
+    )
+
+
 def without_refused(body: dict[str, Any], refused: Iterable[str]) -> None:
     """Change the translated ``body`` in place so it has none of what was ``refused``."""
     for name in refused:

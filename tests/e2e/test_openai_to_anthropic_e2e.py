@@ -682,6 +682,56 @@ target = "claude-opus-4-8"
     assert (msg.model_extra or {})["reasoning_content"] == "Six sevens."
 
 
+async def test_a_model_that_refuses_budgets_is_asked_adaptively_from_then_on(
+    gateway, fake_anthropic
+):  # type: ignore[no-untyped-def]
+    """A Claude model the gateway cannot tell by name (here behind a custom name) answers a
+    budget with Opus 4.7's 400: the request goes again adaptively, and so does every later
+    one for that upstream and model, a client's own thinking budget included."""
+    live = await gateway(
+        f"""
+[[upstreams]]
+name = "claude"
+kind = "anthropic"
+base_url = "{fake_anthropic.url}"
+keys = ["{UPSTREAM_KEY}"]
+
+[[models]]
+name = "house-model"
+upstream = "claude"
+target = "house-model-v2"
+"""
+    )
+    message = (
+        '"thinking.type.enabled" is not supported for this model. Use "thinking.type.adaptive" '
+        'and "output_config.effort" to control thinking behavior.'
+    )
+    fake_anthropic.push(
+        JsonReply(
+            400, {"type": "error", "error": {"type": "invalid_request_error", "message": message}}
+        )
+    )
+    asked: list[dict[str, Any]] = [
+        {"reasoning_effort": "high"},
+        {"extra_body": {"thinking": {"type": "enabled", "budget_tokens": 1024}}},
+    ]
+    async with client(live) as sdk:
+        for extra in asked:
+            completion = await sdk.chat.completions.create(
+                model="house-model", messages=[{"role": "user", "content": "6*7?"}], **extra
+            )
+            assert completion.choices[0].message.content == "fake reply"
+    sent = [(r.json.get("thinking"), r.json.get("output_config")) for r in fake_anthropic.received]
+    adaptive = {"type": "adaptive", "display": "summarized"}
+    assert sent == [
+        ({"type": "enabled", "budget_tokens": 4096}, None),
+        (adaptive, {"effort": "high"}),
+        (adaptive, {"effort": "low"}),
+    ]
+    rows = await usage_rows(live)
+    assert [(r.status, r.http_status) for r in rows] == [("ok", 200), ("ok", 200)]
+
+
 async def test_replayed_thinking_blocks_another_backend_signed_are_left_out(
     gateway, fake_anthropic
 ):  # type: ignore[no-untyped-def]

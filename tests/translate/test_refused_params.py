@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from app.translate.refused_params import NULL_CONTENT, refused_params, without_refused
+from app.translate.refused_params import (
+    NULL_CONTENT,
+    budget_refused,
+    refused_params,
+    without_refused,
+)
 
 SENT = {
     "model": "m",
@@ -94,3 +99,17 @@ def test_without_refused_drops_fields_and_fills_nulls_together() -> None:
     without_refused(body, ("reasoning_effort", NULL_CONTENT))
     assert "reasoning_effort" not in body and body["user"] == "abc"
     assert body["messages"][1]["content"] == ""
+
+
+OPUS_BUDGET_400 = (
+    '"thinking.type.enabled" is not supported for this model. Use "thinking.type.adaptive" '
+    'and "output_config.effort" to control thinking behavior.'
+)
+
+
+def test_a_refused_thinking_budget_is_told_apart() -> None:
+    budgeted = {"thinking": {"type": "enabled", "budget_tokens": 4096}}
+    assert budget_refused(OPUS_BUDGET_400, budgeted)
+    assert not budget_refused(OPUS_BUDGET_400, {"thinking": {"type": "adaptive"}})
+    assert not budget_refused(OPUS_BUDGET_400, {})
+    assert not budget_refused("max_tokens: must be greater than thinking.budget_tokens", budgeted)
