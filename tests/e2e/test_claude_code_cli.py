@@ -479,6 +479,21 @@ async def test_claude_code_asks_again_under_a_backend_s_output_limit(
     assert events[-1]["is_error"] is False
 
 
+async def test_input_past_the_context_window_reads_as_prompt_too_long(
+    gateway, fake_openai, tmp_path
+):  # type: ignore[no-untyped-def]
+    """A route's context window smaller than Claude Code's first request: the gateway's 400
+    is one Claude Code recognises as its own "prompt is too long" (which it answers by
+    compacting a longer conversation), and the backend is never asked."""
+    live = await gateway(openai_config(fake_openai) + "context_window = 8000\n")
+    events = await run_claude(live, tmp_path / "home", "Say hello")
+
+    assert fake_openai.received == []
+    result = events[-1]
+    assert (result["is_error"], result["api_error_status"]) == (True, 400)
+    assert result["result"].startswith("Prompt is too long")
+
+
 async def test_claude_code_through_to_an_anthropic_backend(gateway, fake_anthropic, tmp_path):  # type: ignore[no-untyped-def]
     """Same dialect: Claude Code's request reaches the backend with the upstream key, and
     a tool round trip works on the backend's own stream."""
