@@ -494,6 +494,37 @@ async def test_input_past_the_context_window_reads_as_prompt_too_long(
     assert result["result"].startswith("Prompt is too long")
 
 
+async def test_claude_code_compacts_a_session_through_a_translated_backend(
+    gateway, fake_openai, tmp_path
+):  # type: ignore[no-untyped-def]
+    """``/compact`` on a session with a tool call in it: the summary request carries the
+    whole history in the backend's dialect, and the backend's summary becomes the start
+    of the compacted session."""
+    live = await gateway(openai_config(fake_openai))
+    home = tmp_path / "home"
+    fake_openai.push(SSEReply(bash_call_stream()), SSEReply(openai_stream(["Hello."], TARGET)))
+    await run_claude(live, home, "Say hello from the shell", "--allowedTools", "Bash")
+    fake_openai.push(SSEReply(openai_stream(["Hello again."], TARGET)))
+    await run_claude(live, home, "And again", "--continue")
+    summary = "<analysis>Greetings.</analysis>\n<summary>The user was greeted twice.</summary>"
+    fake_openai.push(SSEReply(openai_stream([summary], TARGET)))
+    events = await run_claude(live, home, "/compact", "--continue")
+
+    asked = fake_openai.received[3].json
+    roles = [m["role"] for m in asked["messages"]]
+    assert roles[:2] == ["system", "user"] and "tool" in roles
+    (tool,) = tool_messages(asked)
+    assert PRINTED in tool["content"]
+    statuses = [e.get("compact_result") for e in events if e.get("subtype") == "status"]
+    assert "success" in statuses
+    continued = [
+        e["message"]["content"]
+        for e in events
+        if e["type"] == "user" and isinstance(e["message"]["content"], str)
+    ]
+    assert any("The user was greeted twice." in text for text in continued)
+
+
 async def test_claude_code_through_to_an_anthropic_backend(gateway, fake_anthropic, tmp_path):  # type: ignore[no-untyped-def]
     """Same dialect: Claude Code's request reaches the backend with the upstream key, and
     a tool round trip works on the backend's own stream."""
