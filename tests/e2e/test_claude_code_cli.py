@@ -525,6 +525,38 @@ async def test_claude_code_compacts_a_session_through_a_translated_backend(
     assert any("The user was greeted twice." in text for text in continued)
 
 
+async def test_a_subagent_runs_its_own_requests_through_the_gateway(gateway, fake_openai, tmp_path):  # type: ignore[no-untyped-def]
+    """The backend asks for the Agent tool: Claude Code's subagent sends requests of its own
+    (its own prompt and tool set), and its answer comes back to the main loop as the call's
+    result."""
+    live = await gateway(openai_config(fake_openai))
+    task = {
+        "description": "Greet",
+        "prompt": "Say hi in two words",
+        "subagent_type": "general-purpose",
+    }
+    fake_openai.push(
+        SSEReply(call_stream("call_a1", "Agent", task)),
+        SSEReply(openai_stream(["Hi there."], TARGET)),
+        SSEReply(openai_stream(["The agent said hi."], TARGET)),
+    )
+    events = await run_claude(
+        live, tmp_path / "home", "Ask an agent to greet", "--allowedTools", "Agent"
+    )
+
+    main, sub, back = (r.json for r in fake_openai.received)
+    assert "Say hi in two words" in orjson.dumps(sub["messages"][1:]).decode()
+    assert sub["messages"][0]["role"] == "system"
+    assert sub["messages"][0] != main["messages"][0]  # the subagent's own system prompt
+    assert len(sub["tools"]) < len(main["tools"])
+    (tool,) = tool_messages(back)
+    assert tool["tool_call_id"] == "call_a1" and tool["content"].startswith("Hi there.")
+    assert [e["status"] for e in events if e.get("subtype") == "task_notification"] == ["completed"]
+    assert events[-1]["result"] == "The agent said hi."
+    rows = await usage_rows(live)
+    assert len(rows) == 3
+
+
 async def test_claude_code_through_to_an_anthropic_backend(gateway, fake_anthropic, tmp_path):  # type: ignore[no-untyped-def]
     """Same dialect: Claude Code's request reaches the backend with the upstream key, and
     a tool round trip works on the backend's own stream."""
