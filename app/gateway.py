@@ -436,8 +436,9 @@ class Gateway:
         """When a 400 refuses what the request means the same without, take it out of
         ``attempt``: True. To an OpenAI backend, optional fields the gateway added or an
         assistant message's null content (`refused_params`, remembered for this upstream
-        and model); to an Anthropic one, thinking whose signature it did not make (the
-        history's, for this request)."""
+        and model); to an Anthropic one, a thinking budget (remembered, and the attempt
+        marked to be translated again adaptively) or thinking whose signature it did not
+        make (the history's, for this request)."""
         message = err_body.decode("utf-8", "replace")
         if (
             attempt.dialect == "anthropic"

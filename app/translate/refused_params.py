@@ -1,5 +1,6 @@
-"""What an OpenAI-compatible backend refuses in a translated request that it means the
-same without: optional fields, and the null content of a turn that only calls tools.
+"""What a backend refuses in a translated request that it means the same without: to an
+OpenAI-compatible one, optional fields and the null content of a turn that only calls
+tools; to an Anthropic one, a thinking budget where the model only thinks adaptively.
 
 The gateway adds a few fields a backend may not know: ``reasoning_effort`` (Claude Code
 always asks for thinking), ``stream_options``, ``parallel_tool_calls``, ``user``, ``top_k``,

@@ -59,6 +59,22 @@ context_window = 3000
 """
 
 
+def one_model(fake: FakeUpstream, name: str, target: str) -> str:
+    """The fake Anthropic backend with one model ``name`` sent to it as ``target``."""
+    return f"""
+[[upstreams]]
+name = "claude"
+kind = "anthropic"
+base_url = "{fake.url}"
+keys = ["{UPSTREAM_KEY}"]
+
+[[models]]
+name = "{name}"
+upstream = "claude"
+target = "{target}"
+"""
+
+
 def client(live: Live) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=live.url + "/v1", api_key=TEST_KEY, max_retries=0)
 
@@ -646,20 +662,7 @@ async def test_reasoning_effort_becomes_thinking(gateway, fake_anthropic):  # ty
 async def test_reasoning_effort_on_a_model_that_thinks_adaptively(gateway, fake_anthropic):  # type: ignore[no-untyped-def]
     """Claude 4.6 and later are asked to think as Claude Code asks them: adaptive thinking
     with an effort, no budget."""
-    live = await gateway(
-        f"""
-[[upstreams]]
-name = "claude"
-kind = "anthropic"
-base_url = "{fake_anthropic.url}"
-keys = ["{UPSTREAM_KEY}"]
-
-[[models]]
-name = "gpt-claude-plain"
-upstream = "claude"
-target = "claude-opus-4-8"
-"""
-    )
+    live = await gateway(one_model(fake_anthropic, "gpt-claude-plain", "claude-opus-4-8"))
     thought = {"type": "thinking", "thinking": "Six sevens.", "signature": "EqQBsig"}
     fake_anthropic.push(
         JsonReply(body=message([thought, {"type": "text", "text": "42"}], "end_turn"))
@@ -688,20 +691,7 @@ async def test_a_model_that_refuses_budgets_is_asked_adaptively_from_then_on(
     """A Claude model the gateway cannot tell by name (here behind a custom name) answers a
     budget with Opus 4.7's 400: the request goes again adaptively, and so does every later
     one for that upstream and model, a client's own thinking budget included."""
-    live = await gateway(
-        f"""
-[[upstreams]]
-name = "claude"
-kind = "anthropic"
-base_url = "{fake_anthropic.url}"
-keys = ["{UPSTREAM_KEY}"]
-
-[[models]]
-name = "house-model"
-upstream = "claude"
-target = "house-model-v2"
-"""
-    )
+    live = await gateway(one_model(fake_anthropic, "house-model", "house-model-v2"))
     message = (
         '"thinking.type.enabled" is not supported for this model. Use "thinking.type.adaptive" '
         'and "output_config.effort" to control thinking behavior.'
