@@ -27,6 +27,9 @@ _ENVELOPE = {
 
 _ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 _TOOL_CHOICES = ("none", "auto", "required")
+# OpenAI's code for input past the context window: OpenAI clients test for it (Codex
+# reports a full context window rather than retrying; LangChain raises its own error).
+CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
 # Backends parse token limits as 32-bit integers; above it they fail with a 500 or wrap around.
 MAX_TOKENS_LIMIT = 2**31 - 1
 

@@ -17,6 +17,7 @@ from typing import Any, Literal, NotRequired, TypedDict
 import orjson
 
 from app.dialects.json_values import is_int, is_number
+from app.dialects.openai import CONTEXT_LENGTH_EXCEEDED
 from app.dialects.usage import from_anthropic, to_openai
 from app.errors import GatewayError, InvalidRequestError, OverloadedError, from_upstream_status
 from app.translate.ids import ToolNames, new_completion_id, new_tool_id
@@ -66,6 +67,9 @@ JSON_OBJECT_INSTRUCTION = (
     "and no Markdown code fences."
 )
 
+# Anthropic's words for input past the context window ("prompt is too long: 210000 tokens
+# > 200000 maximum", "input length and `max_tokens` exceed context limit: …").
+_CONTEXT_EXCEEDED = re.compile(r"prompt is too long|exceed context limit", re.I)
 _TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _USER_ID = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 _SERVICE_TIERS = {"auto": "auto", "default": "standard_only"}
@@ -759,4 +763,7 @@ def upstream_error(status: int, body: bytes, retry_after: float | None = None) -
         message = f"upstream returned HTTP {status}"
     if etype == "overloaded_error":
         return OverloadedError(message, retry_after=retry_after)
-    return from_upstream_status(status, message, retry_after=retry_after)
+    err = from_upstream_status(status, message, retry_after=retry_after)
+    if status == 400 and _CONTEXT_EXCEEDED.search(message):
+        err.code = CONTEXT_LENGTH_EXCEEDED
+    return err

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from app.dialects.openai import CONTEXT_LENGTH_EXCEEDED
 from app.errors import InvalidRequestError
 
 MIN_OUTPUT = 1
@@ -22,7 +23,8 @@ def _context_error(input_tokens: int, max_tokens: int, window: int) -> InvalidRe
     return InvalidRequestError(
         f"input length and `max_tokens` exceed context limit: "
         f"{input_tokens} + {max_tokens} > {window}, "
-        "decrease input length or `max_tokens` and try again"
+        "decrease input length or `max_tokens` and try again",
+        code=CONTEXT_LENGTH_EXCEEDED,
     )
 
 

@@ -970,11 +970,13 @@ async def test_anthropic_400_message_verbatim(gateway, fake_anthropic):  # type:
                 model="gpt-claude", messages=[{"role": "user", "content": "hi"}]
             )
     assert info.value.status_code == 400
+    # OpenAI's code for it, which OpenAI clients test for.
+    assert info.value.code == "context_length_exceeded"
     assert info.value.body == {
         "message": text,
         "type": "invalid_request_error",
         "param": None,
-        "code": None,
+        "code": "context_length_exceeded",
     }
     # A client error is not retried on another key or upstream.
     assert len(fake_anthropic.received) == 1
