@@ -50,8 +50,8 @@ from app.translate import anthropic_to_openai as a2o
 from app.translate import anthropic_to_openai_stream as a2o_stream
 from app.translate import openai_to_anthropic as o2a
 from app.translate import openai_to_anthropic_stream as o2a_stream
-from app.translate import route_settings
-from app.translate.options import BackendOptions, adaptive_thinking
+from app.translate import responses_answer, responses_request, route_settings
+from app.translate.options import REPLAYED, BackendOptions, adaptive_thinking
 from app.translate.passthrough import (
     AnthropicSniffer,
     OpenAISniffer,
@@ -60,6 +60,9 @@ from app.translate.passthrough import (
 )
 from app.translate.refused_params import budget_refused, refused_params, without_refused
 from app.translate.relay_pipeline import RelayPipeline
+from app.translate.responses_context import ResponsesContext
+from app.translate.responses_input import tool_media_moved
+from app.translate.responses_sse import ResponsesSSE
 from app.translate.stream_pipeline import StreamPipeline
 from app.upstreams.base import UpstreamResponse, html_error_summary, retry_after_seconds
 from app.upstreams.pool import Upstream
@@ -76,7 +79,9 @@ class ApiRequest:
     """One API call as the handler received it."""
 
     dialect: str  # "anthropic" | "openai": the client's dialect, from the endpoint
-    endpoint: str  # "messages" | "chat" | "count_tokens"
+    # "messages" | "chat" | "count_tokens" | "responses" (OpenAI's Responses API: served as a
+    # chat request, its answer turned back into a Response)
+    endpoint: str
     body: bytes
     headers: Mapping[str, str]
     request_id: str
@@ -119,6 +124,7 @@ class _Call:
     usage: Usage = field(default_factory=Usage)
     ttft: float | None = None
     recorded: bool = False
+    responses: ResponsesContext | None = None  # a Responses API request, run as a chat one
 
 
 def _dialect_module(dialect: str) -> Any:
@@ -160,6 +166,28 @@ def _passthrough_error(status: int, body: bytes, retry_after: float | None) -> G
     except orjson.JSONDecodeError:
         pass
     return from_upstream_status(status, message, retry_after=retry_after)
+
+
+async def _as_responses(chat: AsyncIterator[bytes], ctx: ResponsesContext) -> AsyncIterator[bytes]:
+    """A chat stream (the gateway's answer to a chat client) as Responses API events."""
+    events = ResponsesSSE(ctx)
+    ended = False
+    try:
+        async for chunk in chat:
+            # After the last event the chat stream is still read to its own end, which
+            # records its usage (closing it early would record the request as abandoned).
+            if ended:
+                continue
+            out = events.feed(chunk)
+            if events.done or isinstance(chunk, LastChunk):
+                ended = True
+                yield LastChunk(out + events.finish())
+            elif out:
+                yield out
+        if not ended:
+            yield LastChunk(events.finish())
+    finally:
+        await chat.aclose()  # type: ignore[attr-defined]
 
 
 class _Opened:
@@ -316,6 +344,9 @@ class Gateway:
             body = orjson.loads(req.body)
         except orjson.JSONDecodeError as exc:
             raise InvalidRequestError(f"Request body is not valid JSON: {exc}") from None
+        if req.endpoint == "responses":
+            body, call.responses = responses_request.translate_request(body)
+            req.body = orjson.dumps(body)  # what a chat client would have sent
         if req.dialect == "anthropic":
             anthropic_dialect.validate_request(body, count_tokens=count_tokens)
             anthropic_dialect.validate_content(body)
@@ -565,6 +596,8 @@ class Gateway:
             out = dict(adjusted, model=route.target)
             if client == "anthropic":
                 out = strip_unsigned_thinking(out)
+            elif call.responses is not None:
+                self._fit_responses_chat(out, upstream, route)
             drop_usage = False
             if (
                 client == "openai"
@@ -591,6 +624,37 @@ class Gateway:
         if self._refused:
             without_refused(translated, self._refused.get((upstream.name, route.target), ()))
         return _Attempt(upstream, route, dialect, orjson.dumps(translated), ctx, True, translated)
+
+    @staticmethod
+    def _fit_responses_chat(out: dict[str, Any], upstream: Upstream, route: Route) -> None:
+        """A Responses request's chat body, fitted to the OpenAI backend it goes to as is:
+        its token limit under the name the backend takes; earlier thinking sent back only
+        as the upstream's ``reasoning`` setting says (as for a Messages client), never as
+        ``thinking_blocks``, which only the gateway's Anthropic translator reads; a tool
+        output's images in a user message after it; no ``stream_options`` where the
+        backend refuses fields it does not know."""
+        quirks = upstream.quirks(route.target)
+        field = quirks.max_tokens_field or upstream.spec.max_tokens_field
+        if field != "max_completion_tokens" and "max_completion_tokens" in out:
+            out[field] = out.pop("max_completion_tokens")
+        if quirks.strict_schema:
+            out.pop("stream_options", None)
+        replay = REPLAYED.get(quirks.reasoning or upstream.spec.reasoning)
+        messages = out.get("messages")
+        if not isinstance(messages, list):
+            return
+        fitted = []
+        for message in messages:
+            if isinstance(message, dict) and (
+                "reasoning_content" in message or "thinking_blocks" in message
+            ):
+                message = dict(message)
+                thinking = message.pop("reasoning_content", None)
+                message.pop("thinking_blocks", None)
+                if replay is not None and thinking:
+                    message[replay] = thinking
+            fitted.append(message)
+        out["messages"] = tool_media_moved(fitted)
 
     def _upstream_error(
         self, attempt: _Attempt, status: int, body: bytes, retry_after: float | None
@@ -649,10 +713,12 @@ class Gateway:
         call.usage = usage
         if attempt.translated:
             if attempt.dialect == "openai":
-                out = a2o.translate_response(data, attempt.ctx)
+                data = a2o.translate_response(data, attempt.ctx)
             else:
-                out = o2a.translate_response(data, attempt.ctx)
-            raw = orjson.dumps(out)
+                data = o2a.translate_response(data, attempt.ctx)
+            raw = orjson.dumps(data)
+        if call.responses is not None:
+            raw = orjson.dumps(responses_answer.translate_response(data, call.responses))
         headers = {"Content-Type": JSON_TYPE, **self._limit_headers(call)}
         return Reply(200, headers, raw, after=functools.partial(self._record, call, None))
 
@@ -667,6 +733,8 @@ class Gateway:
             body = self._translated_stream(call, attempt, resp)
         else:
             body = self._relayed_stream(call, attempt, resp)
+        if call.responses is not None:
+            body = _as_responses(body, call.responses)
         return Reply(200, headers, stream=body)
 
     async def _translated_stream(

@@ -155,6 +155,13 @@ def _api_routes(
                 dict(deps, dialect="openai", endpoint="chat"),
             )
         )
+        routes.append(
+            (
+                prefix + r"/v1/responses",
+                ProxyHandler,
+                dict(deps, dialect="openai", endpoint="responses"),
+            )
+        )
     if dialect in (None, "anthropic"):
         routes += [
             (
