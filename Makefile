@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-postgres lint bench clean claude-code
+.PHONY: run test test-postgres lint bench clean claude-code codex
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,12 @@ CLAUDE_CODE_VERSION := 2.1.197
 claude-code:
 	npm install --prefix .cache/claude-code --no-audit --no-fund --loglevel=error \
 		@anthropic-ai/claude-code@$(CLAUDE_CODE_VERSION)
+
+# The real Codex CLI for tests/e2e/test_codex_cli.py (skipped without it), likewise.
+CODEX_VERSION := 0.169.0
+codex:
+	npm install --prefix .cache/codex --no-audit --no-fund --loglevel=error \
+		@openai/codex@$(CODEX_VERSION)
 
 lint: $(STAMP)
 	$(BIN)/ruff check app tests bench
