@@ -12,7 +12,7 @@ import hmac
 import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from fnmatch import fnmatchcase
 
 from app.errors import ForbiddenError, UnauthorizedError
@@ -102,6 +102,17 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
     return None
 
 
+def second_key(headers: Mapping[str, str]) -> str | None:
+    """``x-api-key`` when a request also carries a different Bearer token (the one
+    `presented_key` takes): an SDK given both an API key and an auth token sends both, and
+    either may be the proxy key."""
+    key = headers.get("X-Api-Key")
+    if not key or not key.strip():
+        return None
+    key = key.strip()
+    return key if presented_key(headers) != key else None
+
+
 class KeyTable:
     """Key hash -> KeyRecord, replaced whole when keys change."""
 
@@ -150,6 +161,7 @@ class KeyTable:
             raise UnauthorizedError(f"API key {record.prefix}... has been revoked")
         if record.expires_at is not None and record.expires_at <= now():
             raise UnauthorizedError(
-                f"API key {record.prefix}... expired on {record.expires_at:%Y-%m-%d}"
+                f"API key {record.prefix}... has expired "
+                f"(its last day was {record.expires_at - timedelta(days=1):%Y-%m-%d})"
             )
         return record

@@ -9,7 +9,7 @@ import getpass
 import logging
 import sys
 from collections.abc import Sequence
-from datetime import date
+from datetime import date, datetime
 from typing import Any, TextIO
 
 import orjson
@@ -27,6 +27,15 @@ def _date(value: str) -> date:
         return date.fromisoformat(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected YYYY-MM-DD, got {value!r}") from None
+
+
+def _name(value: str) -> str:
+    name = value.strip()
+    if not name:
+        raise argparse.ArgumentTypeError("a key needs a name")
+    if len(name) > 200:
+        raise argparse.ArgumentTypeError("a key name is at most 200 characters")
+    return name
 
 
 def _positive(value: str) -> int:
@@ -61,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="keys_command", required=True, metavar="ACTION"
     )
     create = keys.add_parser("create", parents=[common], help="issue a key (shown once)")
-    create.add_argument("name")
+    create.add_argument("name", type=_name)
     create.add_argument("--rpm", type=_positive, help="requests per minute")
     create.add_argument("--tpm", type=_positive, help="tokens per minute")
     create.add_argument("--models", help="allowed model globs, comma separated")
@@ -141,8 +150,10 @@ def cmd_keys_create(settings: Settings, args: argparse.Namespace, out: TextIO) -
 def _fmt(value: Any) -> str:
     if value is None:
         return "-"
-    if hasattr(value, "strftime"):
-        return str(value.strftime("%Y-%m-%d %H:%M"))
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M")
+    if isinstance(value, date):
+        return value.isoformat()
     return str(value)
 
 
@@ -167,7 +178,7 @@ def cmd_keys_list(settings: Settings, out: TextIO) -> int:
                 _fmt(row.tpm),
                 ",".join(row.models or []) or "*",
                 _fmt(row.created_at),
-                _fmt(row.expires_at),
+                _fmt(key_queries.last_day(row.expires_at) if row.expires_at else None),
                 _fmt(row.last_used_at),
             )
         )

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from app.accounting import Admission
-from app.auth import KeyRecord, presented_key
+from app.auth import KeyRecord
 from app.db.usage import UsageRecord
 from app.dialects import anthropic as anthropic_dialect
 from app.dialects import openai as openai_dialect
@@ -327,7 +327,7 @@ class Gateway:
         """A request refused before its body was read (413), recorded like any other."""
         call = _Call(req=req, started=self._perf())
         try:
-            call.key = await self.services.authenticate(presented_key(req.headers))
+            call.key = await self.services.authenticate_headers(req.headers)
         except GatewayError:
             pass
         await self._record(call, err)
@@ -339,7 +339,7 @@ class Gateway:
         self, call: _Call, *, count_tokens: bool = False
     ) -> dict[str, Any]:
         req = call.req
-        call.key = await self.services.authenticate(presented_key(req.headers))
+        call.key = await self.services.authenticate_headers(req.headers)
         try:
             body = orjson.loads(req.body)
         except orjson.JSONDecodeError as exc:
@@ -378,6 +378,29 @@ class Gateway:
         call.admission = self.services.limiter.admit(call.key, estimate, req.dialect)
 
         routes = [route] + self._fallback_routes(route)
+        reply, last_error, soonest = await self._try_routes(call, body, routes, estimate, False)
+        if reply is None and last_error is None and soonest is not None:
+            # No key could be tried: all are cooling down. Those a failure cooled (a 5xx, a
+            # timeout) are tried all the same: their cooldown is to send requests to other
+            # keys first, not to turn one upstream error into seconds of refusals. Keys a
+            # 429 cooled stay out until their retry-after.
+            reply, last_error, soonest = await self._try_routes(call, body, routes, estimate, True)
+        if reply is None:
+            raise self._exhausted(last_error, soonest)
+        return reply
+
+    async def _try_routes(
+        self,
+        call: _Call,
+        body: dict[str, Any],
+        routes: list[Route],
+        estimate: int,
+        last_resort: bool,
+    ) -> tuple[Reply | None, GatewayError | None, float | None]:
+        """Each route's upstream keys in turn until one answers: its reply, else None with
+        the last failure and the soonest a cooling key is back (``last_resort``: only the
+        keys a failure cooled). A client's own mistake is raised, or relayed as it came."""
+        req = call.req
         last_error: GatewayError | None = None
         soonest: float | None = None
         for candidate in routes:
@@ -392,7 +415,7 @@ class Gateway:
                 again = False
                 if attempt.stale:
                     attempt = self._prepare(call, body, candidate, upstream, estimate)
-                for key in upstream.ring.candidates():
+                for key in upstream.ring.candidates(last_resort=last_resort):
                     call.upstream = upstream.name
                     call.upstream_key = key.display or None
                     call.secret = key.secret
@@ -429,9 +452,9 @@ class Gateway:
                             # sends ~120 KB a turn, several times that as Python objects).
                             req.body = attempt.body = b""
                             attempt.parsed = {}
-                            return self._stream_reply(call, attempt, opened)
+                            return self._stream_reply(call, attempt, opened), None, None
                         upstream.ring.mark_success(key)
-                        return await self._whole_reply(call, attempt, resp)
+                        return await self._whole_reply(call, attempt, resp), None, None
                     err_body = redact(await resp.read(), key.secret)
                     retry_after = retry_after_seconds(resp.headers)
                     failure = self._upstream_error(attempt, resp.status, err_body, retry_after)
@@ -455,13 +478,14 @@ class Gateway:
                             break
                         if not attempt.translated:
                             await self._record(call, failure)
-                            return self._relay_error(call, resp.status, resp.headers, err_body)
+                            relayed = self._relay_error(call, resp.status, resp.headers, err_body)
+                            return relayed, None, None
                         raise failure
                     last_error = failure
             wait = upstream.ring.soonest_recovery()
             if wait is not None:
                 soonest = wait if soonest is None else min(soonest, wait)
-        raise self._exhausted(last_error, soonest)
+        return None, last_error, soonest
 
     def _drop_refused(self, attempt: _Attempt, upstream: Upstream, err_body: bytes) -> bool:
         """When a 400 refuses what the request means the same without, take it out of

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from app.accounting import RateLimiter, UsageRecorder
-from app.auth import KeyRecord, KeyTable, hash_key
+from app.auth import KeyRecord, KeyTable, hash_key, presented_key, second_key
 from app.db.catalog import load_catalog, save_key_states
 from app.db.engine import Database, make_sync_engine
 from app.db.keys import get_key_by_hash, keys_fingerprint, load_key_records, to_record
@@ -33,7 +33,7 @@ from app.upstreams.pool import UpstreamPool
 
 _EPOCH = datetime(1970, 1, 1)  # naive UTC, as every stored time
 log = logging.getLogger("bridgekeeper.services")
-KEY_REFRESH_SECONDS = 2.0
+KEY_REFRESH_SECONDS = 0.5
 MISS_TTL = 5.0
 
 
@@ -92,6 +92,17 @@ class Services:
                     temperature=s.default_temperature, max_tokens=s.default_max_tokens
                 ),
             )
+
+    async def authenticate_headers(self, headers: Mapping[str, str]) -> KeyRecord:
+        """The record of the proxy key a request carries (`presented_key`; when that one is
+        refused, a different ``x-api-key`` beside it)."""
+        try:
+            return await self.authenticate(presented_key(headers))
+        except UnauthorizedError:
+            other = second_key(headers)
+            if other is None:
+                raise
+            return await self.authenticate(other)
 
     async def authenticate(self, key: str | None) -> KeyRecord:
         """The key's record; a key created by the CLI since the last refresh is looked up once.

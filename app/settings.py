@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from datetime import date
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 KINDS = ("openai", "anthropic", "echo")
 ROTATIONS = ("ordered", "round_robin")
@@ -127,7 +128,7 @@ class Settings:
         default=10000, metadata=_help("usage events held in memory before back-pressure")
     )
     key_refresh_seconds: float = field(
-        default=2.0,
+        default=0.5,
         metadata=_help("how often keys created or revoked from the command line are looked for"),
     )
     retention_days: int | None = field(
@@ -206,6 +207,22 @@ def _strings(where: _Where, entry: str, value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise where.error(entry, f"expected a list of strings, got {value!r}")
     return tuple(value)
+
+
+def _foreign_url(url: str | None, own: tuple[str, int]) -> str | None:
+    """``url`` unless it is empty or points at ``own`` (this gateway's host and port)."""
+    if not url:
+        return None
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return url  # malformed: the upstream's own checks say so
+    host = (parts.hostname or "").lower()
+    local = ("127.0.0.1", "localhost", "::1", "0.0.0.0")
+    own_host = own[0].lower()
+    same_host = host == own_host or (host in local and own_host in local)
+    return None if same_host and port == own[1] else url
 
 
 def _resolve_secret(where: _Where, entry: str, value: str, env: Mapping[str, str]) -> str:
@@ -367,11 +384,14 @@ def _parse_key(where: _Where, i: int, table: Any, env: Mapping[str, str]) -> Key
     entry = f"keys[{i}] ({name})"
     _check_keys(where, entry, table, _KEY_FIELDS)
     key = table.get("key")
-    if not isinstance(key, str) or len(key) < 8:
-        raise where.error(entry, "'key' is required (at least 8 characters)")
+    if not isinstance(key, str) or not key:
+        raise where.error(entry, "'key' is required")
+    secret = _resolve_secret(where, f"{entry}.key", key, env)
+    if not secret:
+        raise where.error(f"{entry}.key", "the key is empty")
     return KeyConfig(
         name=name,
-        key=_resolve_secret(where, f"{entry}.key", key, env),
+        key=secret,
         rpm=_opt_int(where, f"{entry}.rpm", table.get("rpm")),
         tpm=_opt_int(where, f"{entry}.tpm", table.get("tpm")),
         models=_strings(where, f"{entry}.models", table.get("models")),
@@ -531,34 +551,45 @@ def load_settings(
             raise where.error(f"upstreams ({name})", "the name is used twice")
 
     # Upstream bootstrap from the environment (the older single-purpose proxies' variables).
+    # A base URL alone (a keyless server) is enough, unless it is this gateway's own
+    # address: the shell that runs Claude Code through the gateway exports
+    # ANTHROPIC_BASE_URL pointing at it.
     bootstrap: list[ModelConfig] = []
+    own = (str(values.get("host", "127.0.0.1")), int(values.get("port", 8000)))
     anthropic_keys = _numbered(env, "ANTHROPIC_API_KEY")
-    if anthropic_keys and "anthropic" not in names:
+    anthropic_url = _foreign_url(env.get("ANTHROPIC_BASE_URL"), own)
+    anthropic = bool(anthropic_keys or anthropic_url) and "anthropic" not in names
+    if anthropic:
         upstreams.append(
             UpstreamConfig(
                 name="anthropic",
                 kind="anthropic",
-                base_url=(env.get("ANTHROPIC_BASE_URL") or DEFAULT_ANTHROPIC_URL).rstrip("/"),
+                base_url=(anthropic_url or DEFAULT_ANTHROPIC_URL).rstrip("/"),
                 keys=tuple(anthropic_keys),
                 timeout=timeout,
             )
         )
         bootstrap.append(ModelConfig(name="claude-*", upstream="anthropic"))
     openai_keys = _numbered(env, "OPENAI_API_KEY")
-    if (openai_keys or env.get("OPENAI_BASE_URL")) and "openai" not in names:
+    openai_url = _foreign_url(env.get("OPENAI_BASE_URL"), own)
+    if (openai_keys or openai_url) and "openai" not in names:
         upstreams.append(
             UpstreamConfig(
                 name="openai",
                 kind="openai",
-                base_url=(env.get("OPENAI_BASE_URL") or DEFAULT_OPENAI_URL).rstrip("/"),
+                base_url=(openai_url or DEFAULT_OPENAI_URL).rstrip("/"),
                 keys=tuple(openai_keys),
                 timeout=timeout,
             )
         )
-        if "default_upstream" not in values and not anthropic_keys:
+        if "default_upstream" not in values and not anthropic:
             values["default_upstream"] = "openai"
         for pattern in ("gpt-*", "o1*", "o3*", "o4*", "chatgpt-*"):
             bootstrap.append(ModelConfig(name=pattern, upstream="openai"))
+    elif anthropic and "default_upstream" not in values and not upstream_tables:
+        # Anthropic alone (the OpenAI-to-Claude proxies' setup): every model name goes
+        # there, as ANTHROPIC_MODEL when that is set.
+        values["default_upstream"] = "anthropic"
 
     model_tables = data.get("models", [])
     if not isinstance(model_tables, list):

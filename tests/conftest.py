@@ -50,7 +50,9 @@ def write_config(tmp_path: Path, body: str, *, with_key: bool = True, server: st
     """
     db = database_url(tmp_path, "bridgekeeper.db")
     text = f'[server]\ndatabase_url = "{db}"\nadmin_password = "test-admin-pw"\n'
-    text += f'secret_key = "{SECRET_KEY}"\nusage_flush_seconds = 0.05\n'
+    text += f'secret_key = "{SECRET_KEY}"\n'
+    if "usage_flush_seconds" not in server:
+        text += "usage_flush_seconds = 0.05\n"
     text += server.strip() + "\n" if server.strip() else ""
     text += body
     if with_key:

@@ -224,3 +224,22 @@ def test_bad_date_is_a_usage_error(db: str, capsys: pytest.CaptureFixture[str]) 
         main(["usage", "export", "--since", "yesterday", "--database-url", db])
     assert info.value.code == 2
     assert "expected YYYY-MM-DD" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["", "   ", "x" * 201])
+def test_keys_create_refuses_a_blank_or_overlong_name(
+    db: str, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        run("keys", "create", name, "--database-url", db)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "a key" in err and "Traceback" not in err
+
+
+def test_keys_list_shows_the_last_day_given(db: str) -> None:
+    """``--expires D`` means the key works through D; the listing says D."""
+    run("keys", "create", "erin", "--expires", "2099-12-31", "--database-url", db)
+    _, listing = run("keys", "list", "--database-url", db)
+    header, erin = listing.strip().splitlines()
+    assert erin[header.index("EXPIRES") :].split()[0] == "2099-12-31"

@@ -156,6 +156,49 @@ def test_compatibility_variables(tmp_path: Path) -> None:
     assert [m.name for m in s.models][:1] == ["claude-*"]
 
 
+def test_anthropic_alone_takes_every_model_name(tmp_path: Path) -> None:
+    """The OpenAI-to-Claude proxies' setup: Anthropic keys and ANTHROPIC_MODEL, no OpenAI
+    upstream. Names no route matches (``gpt-4``) go to Anthropic as ANTHROPIC_MODEL."""
+    env = {"ANTHROPIC_API_KEY": "sk-ant-a", "ANTHROPIC_MODEL": "claude-sonnet-4-5"}
+    s = load_settings(environ=env, cwd=tmp_path)
+    assert [(u.name, u.keys) for u in s.upstreams] == [("anthropic", ("sk-ant-a",))]
+    assert (s.default_upstream, s.default_model) == ("anthropic", "claude-sonnet-4-5")
+    both = load_settings(environ=env | {"OPENAI_API_KEY": "sk-oa"}, cwd=tmp_path)
+    assert both.default_upstream is None  # two backends: unknown names are not guessed
+
+
+def test_a_base_url_alone_bootstraps_a_keyless_upstream(tmp_path: Path) -> None:
+    env = {"ANTHROPIC_BASE_URL": "http://127.0.0.1:9100", "OPENAI_BASE_URL": "http://h:11434/v1"}
+    s = load_settings(environ=env, cwd=tmp_path)
+    assert [(u.name, u.base_url, u.keys) for u in s.upstreams] == [
+        ("anthropic", "http://127.0.0.1:9100", ()),
+        ("openai", "http://h:11434/v1", ()),
+    ]
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:8000", "http://localhost:8000/", "http://0.0.0.0:8000/anthropic"]
+)
+def test_a_base_url_pointing_at_the_gateway_itself_is_ignored(tmp_path: Path, url: str) -> None:
+    """Claude Code's shell exports ANTHROPIC_BASE_URL at the gateway: not an upstream."""
+    s = load_settings(environ={"ANTHROPIC_BASE_URL": url}, cwd=tmp_path)
+    assert [u.name for u in s.upstreams] == ["echo"]
+    other_port = load_settings(
+        environ={"ANTHROPIC_BASE_URL": url, "BRIDGEKEEPER_PORT": "9000"}, cwd=tmp_path
+    )
+    assert [u.name for u in other_port.upstreams] == ["anthropic"]
+
+
+def test_config_keys_of_any_length_and_from_the_environment(tmp_path: Path) -> None:
+    (tmp_path / "bk.toml").write_text(
+        '[[keys]]\nname = "alice"\nkey = "bk-..."\n[[keys]]\nname = "bob"\nkey = "env:BOB"\n'
+    )
+    s = load_settings(
+        environ={"BRIDGEKEEPER_CONFIG": str(tmp_path / "bk.toml"), "BOB": "bk-b"}, cwd=tmp_path
+    )
+    assert [(k.name, k.key) for k in s.keys] == [("alice", "bk-..."), ("bob", "bk-b")]
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -186,7 +229,7 @@ def test_compatibility_variables(tmp_path: Path) -> None:
             '[[models]]\nname = "m"\nupstream = "ghost"\n',
             "models[0] (m): upstream 'ghost' is not defined",
         ),
-        ('[[keys]]\nname = "k"\nkey = "short"\n', "keys[0] (k): 'key' is required"),
+        ('[[keys]]\nname = "k"\nkey = ""\n', "keys[0] (k): 'key' is required"),
         (
             '[[keys]]\nname = "k"\nkey = "bk-long-enough"\nexpires = "soon"\n',
             "keys[0] (k).expires: expected a date",

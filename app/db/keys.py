@@ -25,6 +25,11 @@ def end_of_day(day: date) -> datetime:
     return datetime.combine(day, time.min) + timedelta(days=1)
 
 
+def last_day(expires_at: datetime) -> date:
+    """The day a key's ``expires_at`` (from `end_of_day`) was given as: its last working day."""
+    return (expires_at - timedelta(days=1)).date()
+
+
 async def create_key(
     session: AsyncSession,
     name: str,

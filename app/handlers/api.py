@@ -16,7 +16,6 @@ import tornado.web
 from tornado.iostream import StreamClosedError
 
 from app import __version__
-from app.auth import presented_key
 from app.dialects import anthropic as anthropic_dialect
 from app.dialects import openai as openai_dialect
 from app.errors import (
@@ -206,7 +205,7 @@ class ModelsHandler(BaseApiHandler):
             self.dialect = "anthropic"  # errors before `get` (405) in the client's envelope
 
     async def _authenticate(self) -> None:
-        await self.services.authenticate(presented_key(self.request.headers))
+        await self.services.authenticate_headers(self.request.headers)
 
     def _names(self) -> list[str]:
         names = self.services.router.public_names()
@@ -255,6 +254,10 @@ class ModelsHandler(BaseApiHandler):
 class HealthHandler(tornado.web.RequestHandler):
     def initialize(self, services: Services) -> None:
         self.services = services
+
+    def head(self) -> None:
+        """Load balancers' checks: the status alone."""
+        self.set_header("Content-Type", "application/json")
 
     def get(self) -> None:
         self.set_header("Content-Type", "application/json")

@@ -2,9 +2,9 @@
 
 ``ordered`` tries the first healthy key first; ``round_robin`` starts one further
 along each request. A 429 cools a key down for ``retry-after`` (or a default),
-5xx, timeouts and connection errors cool it briefly, 401/403 disable it until an
-admin re-enables it. Every change is reported through ``on_change`` so it can
-be persisted and shown in the dashboard.
+5xx, timeouts and connection errors cool it briefly (tried all the same when no key is
+healthy), 401/403 disable it until an admin re-enables it. Every change is reported
+through ``on_change`` so it can be persisted and shown in the dashboard.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ class KeyState:
     last_error_at: float | None = None
     requests: int = 0
     errors: int = 0
+    rate_limited: bool = False  # cooling after a 429: out until its retry-after
 
     @property
     def last4(self) -> str:
@@ -74,9 +75,15 @@ class KeyRing:
         if self._on_change is not None and key.id is not None:
             self._on_change(key)
 
-    def candidates(self) -> list[KeyState]:
-        """Healthy keys in the order to try them for one request."""
+    def candidates(self, *, last_resort: bool = False) -> list[KeyState]:
+        """Healthy keys in the order to try them for one request (``last_resort``: the keys
+        a failure cooled, not a 429, soonest back first: for when no key is healthy)."""
         now = self._clock()
+        if last_resort:
+            cooling = [
+                k for k in self.keys if k.enabled and k.cooldown_until > now and not k.rate_limited
+            ]
+            return sorted(cooling, key=lambda k: k.cooldown_until)
         healthy = [k for k in self.keys if k.enabled and k.cooldown_until <= now]
         if self.rotation == "round_robin" and len(healthy) > 1:
             start = self._cursor % len(healthy)
@@ -92,10 +99,14 @@ class KeyRing:
 
     def mark_success(self, key: KeyState) -> None:
         key.requests += 1
+        key.cooldown_until = 0.0  # a cooling key tried as a last resort answered
         self._changed(key)
 
-    def _fail(self, key: KeyState, message: str, cooldown: float) -> None:
+    def _fail(
+        self, key: KeyState, message: str, cooldown: float, *, rate_limited: bool = False
+    ) -> None:
         now = self._clock()
+        key.rate_limited = rate_limited
         key.requests += 1
         key.errors += 1
         key.last_error = message[:500]
@@ -104,7 +115,8 @@ class KeyRing:
         self._changed(key)
 
     def mark_rate_limited(self, key: KeyState, retry_after: float | None, message: str) -> None:
-        self._fail(key, message, retry_after if retry_after else RATE_LIMIT_COOLDOWN)
+        cooldown = retry_after if retry_after else RATE_LIMIT_COOLDOWN
+        self._fail(key, message, cooldown, rate_limited=True)
 
     def mark_failed(self, key: KeyState, message: str) -> None:
         self._fail(key, message, FAILURE_COOLDOWN)

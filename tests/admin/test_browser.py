@@ -316,6 +316,10 @@ def test_dashboard_end_to_end(live: LiveServer) -> None:
         assert page.locator("svg.chart").count() == 6
         shot("overview")
         page.goto(live.url + "/admin/keys/1")
+        # Every control of the key's page by its label (the chart of its models once took
+        # the allowed-models field's id, and with it its label).
+        for label in ("Requests per minute", "Tokens per minute", "Allowed models"):
+            expect(page.get_by_label(label, exact=True)).to_have_count(1)
         shot("key")
         page.get_by_role("link", name="Audit").click()
         audit = page.locator("table.data tbody")

@@ -13,6 +13,7 @@ import pytest
 from app.db.usage import EXPORT_COLUMNS
 from app.services import Services
 from tests.admin.conftest import Client, body, record, seed_usage
+from tests.conftest import TEST_KEY, http
 
 BASE = datetime(2024, 5, 1, 12, 0, 0)
 
@@ -205,3 +206,24 @@ async def test_csv_export_streams_page_by_page(client: Client, services: Service
     parsed = list(csv.reader(io.StringIO(b"".join(chunks).decode())))
     assert parsed[0] == list(EXPORT_COLUMNS)
     assert [row[1] for row in parsed[1:]] == [f"r{i:05d}" for i in range(2500)]
+
+
+@pytest.mark.gen_test
+async def test_a_request_just_made_is_on_the_page_and_in_the_export(gateway) -> None:  # type: ignore[no-untyped-def]
+    """The pages write what the recorder still holds before they read: with usage flushed
+    once an hour, the request made a moment ago is there all the same."""
+    live = await gateway(server="usage_flush_seconds = 3600")
+    sent = await http(
+        "POST",
+        live.url + "/v1/chat/completions",
+        json={"model": "just-now", "messages": [{"role": "user", "content": "hi"}]},
+        headers={"Authorization": f"Bearer {TEST_KEY}"},
+    )
+    assert sent.status == 200
+    assert live.services.recorder.pending == 1
+    admin = Client(live.url)
+    await admin.login(password="test-admin-pw")
+    page = body(await admin.get("/admin/usage"))
+    assert ("tester", "just-now") in [(key, model) for _, key, model in rows_of(page)]
+    export = body(await admin.get("/admin/usage.csv"))
+    assert [r["requested_model"] for r in csv.DictReader(io.StringIO(export))] == ["just-now"]

@@ -39,6 +39,8 @@ async def test_health_hello_and_root_redirect(gateway):  # type: ignore[no-untyp
     assert resp.status == 200 and resp.json()["status"] == "ok"
     resp = await http("HEAD", live.url + "/api/hello")
     assert resp.status == 200
+    resp = await http("HEAD", live.url + "/health")
+    assert (resp.status, resp.content) == (200, b"")
     import aiohttp
 
     async with aiohttp.ClientSession() as session:
@@ -162,6 +164,20 @@ async def test_auth_errors_in_each_dialect(gateway):  # type: ignore[no-untyped-
         headers={"x-api-key": limited},
     )
     assert ok.status == 200
+    # An SDK given both an auth token and an API key sends both; either may be the proxy key.
+    for headers in (
+        {"Authorization": "Bearer sk-ant-not-ours", "x-api-key": TEST_KEY},
+        {"Authorization": f"Bearer {TEST_KEY}", "x-api-key": "sk-ant-not-ours"},
+    ):
+        both = await http("POST", live.url + "/v1/messages", json=body, headers=headers)
+        assert both.status == 200, headers
+    neither = await http(
+        "POST",
+        live.url + "/v1/messages",
+        json=body,
+        headers={"Authorization": "Bearer bk-wrong-1", "x-api-key": "bk-wrong-2"},
+    )
+    assert neither.status == 401 and "Invalid API key" in neither.json()["error"]["message"]
 
 
 async def test_unknown_model_without_default_upstream_is_404_naming_models(

@@ -268,7 +268,7 @@ async def test_expired_key_is_401_in_the_dialect(gateway, fake_openai, dialect):
     resp = await post(live, dialect)
     assert resp.status == 401
     error = resp.json()["error"]
-    assert "expired" in error["message"]
+    assert "has expired (its last day was 2025-06-15)" in error["message"]
     if dialect == "anthropic":
         assert error["type"] == "authentication_error"
     else:

@@ -153,6 +153,20 @@ async def test_server_errors_cool_the_key_briefly_and_the_next_key_answers(
     assert auth_of(fake_anthropic) == ["sk-one", "sk-two", "sk-two", "sk-one"]
 
 
+async def test_one_server_error_does_not_shut_a_single_key_upstream(gateway, fake_openai):  # type: ignore[no-untyped-def]
+    """A keyless local server answers one 500: the next request is sent to it all the same
+    (its only key is cooling, from a failure), not refused with a 429 for five seconds."""
+    clock = FakeClock()
+    live = await gateway(
+        upstream("local", fake_openai, []) + model("team-model", "local", "qwen"), clock=clock
+    )
+    fake_openai.push(JsonReply(500, {"error": {"message": "boom"}}))
+    assert (await openai_call(live)).status == 500
+    assert (await openai_call(live)).status == 200
+    assert (await anthropic_call(live)).status == 200
+    assert len(fake_openai.received) == 3
+
+
 async def test_timeout_moves_to_the_next_key(gateway, fake_openai):  # type: ignore[no-untyped-def]
     live = await gateway(
         upstream("main", fake_openai, ["sk-one", "sk-two"], timeout=0.3)

@@ -119,3 +119,19 @@ def test_display_never_shows_the_secret() -> None:
     assert key.display == "…abcd"
     assert KeyState(id=1, secret="sk-x", label="team main").display == "team main"
     assert KeyState(id=None, secret=None).display == ""
+
+
+def test_last_resort_is_the_keys_a_failure_cooled_soonest_back_first() -> None:
+    """For when no key is healthy: failure-cooled keys by recovery time; a 429's stay out."""
+    clock = FakeClock()
+    r, _ = ring(clock=clock)
+    r.mark_failed(r.keys[2], "HTTP 500")
+    clock.advance(1)
+    r.mark_failed(r.keys[0], "timeout")
+    r.mark_rate_limited(r.keys[1], 20, "slow down")
+    assert r.candidates() == []
+    assert secrets(r.candidates(last_resort=True)) == ["sk-key-0003", "sk-key-0001"]
+    r.mark_success(r.keys[2])  # tried as a last resort, and it answered: healthy again
+    assert secrets(r.candidates()) == ["sk-key-0003"]
+    r.mark_failed(r.keys[1], "HTTP 502")  # a failure after the 429: no longer rate limited
+    assert "sk-key-0002" in secrets(r.candidates(last_resort=True))

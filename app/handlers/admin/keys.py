@@ -37,7 +37,7 @@ def key_state(row: ProxyKey, now: datetime) -> str:
 
 def expiry_day(row: ProxyKey) -> date | None:
     """The last day a key works (keys expire at the midnight after their date)."""
-    return (row.expires_at - timedelta(days=1)).date() if row.expires_at else None
+    return keys.last_day(row.expires_at) if row.expires_at else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +198,7 @@ class KeyHandler(KeyFormMixin):
             requests_chart=requests_chart,
             tokens_chart=tokens_chart,
             models_chart=hbar_chart(
-                "key-models",
+                "key-models-chart",
                 t("chart.by_model"),
                 [(m.name, m.requests) for m in models],
                 empty=t("chart.empty"),

@@ -38,6 +38,7 @@ class OverviewHandler(AdminHandler):
     nav = "overview"
 
     async def get(self) -> None:
+        await self.services.recorder.flush()  # the charts include a request made just now
         t = self.t
         today = self.services.now().date()
         since = today - timedelta(days=CHART_DAYS - 1)

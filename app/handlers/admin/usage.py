@@ -72,6 +72,8 @@ class UsageHandler(UsageFilterMixin):
     nav = "usage"
 
     async def get(self) -> None:
+        # What is still buffered goes in first: a request made a moment ago is on the page.
+        await self.services.recorder.flush()
         flt, raw, error = self.read_filter()
         try:
             before = optional_int(self.qarg("before"), "before")
@@ -122,6 +124,7 @@ class UsageCsvHandler(UsageFilterMixin):
         if error:
             self.send_error(400)
             return
+        await self.services.recorder.flush()
         stamp = self.services.now().strftime("%Y%m%d-%H%M%S")
         self.set_header("Content-Type", "text/csv; charset=utf-8")
         self.set_header("Content-Disposition", f'attachment; filename="usage-{stamp}.csv"')
