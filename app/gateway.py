@@ -55,6 +55,7 @@ from app.translate.options import REPLAYED, BackendOptions, adaptive_thinking
 from app.translate.passthrough import (
     AnthropicSniffer,
     OpenAISniffer,
+    is_error_envelope,
     strip_refused_thinking,
     strip_unsigned_thinking,
 )
@@ -127,6 +128,14 @@ class _Call:
     responses: ResponsesContext | None = None  # a Responses API request, run as a chat one
 
 
+# The usage trail's name columns hold this much (a client may send any model name).
+NAME_LIMIT = 200
+
+
+def _clipped(name: str | None) -> str | None:
+    return name[:NAME_LIMIT] if name is not None and len(name) > NAME_LIMIT else name
+
+
 def _dialect_module(dialect: str) -> Any:
     return anthropic_dialect if dialect == "anthropic" else openai_dialect
 
@@ -156,13 +165,18 @@ def _stream_error_bytes(dialect: str, err: GatewayError) -> bytes:
 
 
 def _passthrough_error(status: int, body: bytes, retry_after: float | None) -> GatewayError:
-    """Only for deciding rotation and for the usage record; the client gets the body as is."""
+    """For deciding rotation, the usage record, and the client's envelope when the body is
+    not already in it (`Gateway._relay_error`)."""
     message = body[:300].decode("utf-8", "replace")
     try:
         data = orjson.loads(body)
         error = data.get("error") if isinstance(data, dict) else None
         if isinstance(error, dict) and isinstance(error.get("message"), str):
             message = error["message"]
+        elif isinstance(error, str) and error:
+            message = error  # Ollama, llama.cpp's older server
+        elif isinstance(data, dict) and "detail" in data:
+            message = str(data["detail"])[:1000]  # FastAPI's validation errors
     except orjson.JSONDecodeError:
         pass
     return from_upstream_status(status, message, retry_after=retry_after)
@@ -317,6 +331,9 @@ class Gateway:
         except GatewayError as err:
             await self._record(call, err)
             return error_reply(req.dialect, err, req.request_id)
+        except asyncio.CancelledError:
+            await self._record(call, None, status="client_closed", http_status=499)
+            raise
         except Exception as exc:
             log.exception("count_tokens %s failed inside the gateway", req.request_id)
             internal = InternalError(f"internal error: {type(exc).__name__}")
@@ -350,9 +367,16 @@ class Gateway:
         if req.dialect == "anthropic":
             anthropic_dialect.validate_request(body, count_tokens=count_tokens)
             anthropic_dialect.validate_content(body)
-        else:
+        elif call.responses is None:
             openai_dialect.validate_request(body)
             openai_dialect.validate_content(body)
+        else:
+            try:
+                openai_dialect.validate_request(body)
+                openai_dialect.validate_content(body)
+            except InvalidRequestError as err:
+                responses_request.blame_input(err, call.responses)
+                raise
         call.model = body["model"]
         call.stream = bool(body.get("stream")) and not count_tokens
         call.key.check_model(body["model"])
@@ -478,7 +502,9 @@ class Gateway:
                             break
                         if not attempt.translated:
                             await self._record(call, failure)
-                            relayed = self._relay_error(call, resp.status, resp.headers, err_body)
+                            relayed = self._relay_error(
+                                call, resp.status, resp.headers, err_body, failure
+                            )
                             return relayed, None, None
                         raise failure
                     last_error = failure
@@ -703,8 +729,19 @@ class Gateway:
         return err
 
     def _relay_error(
-        self, call: _Call, status: int, headers: Mapping[str, str], body: bytes
+        self,
+        call: _Call,
+        status: int,
+        headers: Mapping[str, str],
+        body: bytes,
+        failure: GatewayError,
     ) -> Reply:
+        """A same-dialect backend's 4xx, as it came when it is in the client's envelope;
+        else (an HTML page, Ollama's ``{"error": "…"}``, FastAPI's ``{"detail": …}``) its
+        message in the envelope the client's SDK reads."""
+        dialect = call.req.dialect
+        if not is_error_envelope(dialect, body):
+            return error_reply(dialect, failure, call.req.request_id, self._limit_headers(call))
         out = {"Content-Type": headers.get("Content-Type", JSON_TYPE)}
         for name in ("retry-after", "retry-after-ms", "x-should-retry"):
             if name in headers:
@@ -985,10 +1022,10 @@ class Gateway:
             endpoint=req.endpoint,
             key_id=call.key.id if call.key else None,
             key_name=call.key.name if call.key else None,
-            requested_model=call.model,
+            requested_model=_clipped(call.model),
             upstream=call.upstream,
             upstream_key=call.upstream_key,
-            target_model=call.target,
+            target_model=_clipped(call.target),
             stream=call.stream,
             status=status,
             http_status=http_status,

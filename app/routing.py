@@ -8,13 +8,14 @@ routes or upstreams change.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
 from urllib.parse import parse_qsl
 
-from app.errors import NotFoundError
+from app.errors import InvalidRequestError, NotFoundError
 
 _GLOB_CHARS = frozenset("*?[")
 
@@ -65,6 +66,31 @@ _INLINE_NUMBERS: dict[str, type] = {
 }
 
 
+# What an inline parameter may not set: the request's own shape, which the client's body
+# says (a forced ``stream`` made a whole-answer request read a stream as JSON).
+_INLINE_REFUSED = frozenset(
+    {
+        "model",
+        "messages",
+        "system",
+        "input",
+        "instructions",
+        "stream",
+        "stream_options",
+        "tools",
+        "tool_choice",
+        "functions",
+        "function_call",
+        "n",
+    }
+)
+_INLINE_MAX = 2**31 - 1  # backends read token limits as 32-bit integers
+
+
+def _inline_error(name: str, message: str) -> InvalidRequestError:
+    return InvalidRequestError(f"model {name!r}: {message}", param="model")
+
+
 def _parse_inline(name: str, upstreams: Iterable[str]) -> tuple[str, str, RouteSettings] | None:
     upstream, sep, rest = name.partition(":")
     if not sep or upstream not in set(upstreams) or not rest:
@@ -75,6 +101,8 @@ def _parse_inline(name: str, upstreams: Iterable[str]) -> tuple[str, str, RouteS
     values: dict[str, Any] = {}
     params: dict[str, Any] = {}
     for key, raw in parse_qsl(query, keep_blank_values=False):
+        if key in _INLINE_REFUSED:
+            raise _inline_error(name, f"parameter {key!r} cannot be set in a model name")
         cast = _INLINE_NUMBERS.get(key)
         try:
             if cast is not None:
@@ -82,9 +110,12 @@ def _parse_inline(name: str, upstreams: Iterable[str]) -> tuple[str, str, RouteS
             else:
                 params[key] = float(raw) if raw.replace(".", "", 1).isdigit() else raw
         except ValueError:
-            raise NotFoundError(
-                f"model {name!r}: parameter {key}={raw!r} is not a number"
-            ) from None
+            raise _inline_error(name, f"parameter {key}={raw!r} is not a number") from None
+        number = values.get(key, params.get(key))
+        if isinstance(number, float) and not math.isfinite(number):
+            raise _inline_error(name, f"parameter {key}={raw!r} is not a finite number")
+        if cast is int and not 1 <= values[key] <= _INLINE_MAX:
+            raise _inline_error(name, f"parameter {key}={raw!r} is out of range")
     return upstream, model, RouteSettings(params=params, **values)
 
 

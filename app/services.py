@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from app.accounting import RateLimiter, UsageRecorder
@@ -177,9 +177,23 @@ def make_writer(
     engine = make_sync_engine(database_url)
 
     def write(records: Sequence[UsageRecord], keys: Sequence[KeyState]) -> None:
-        with Session(engine) as session, session.begin():
-            insert_events(session, records)
-            save_key_states(session, keys)
+        try:
+            with Session(engine) as session, session.begin():
+                insert_events(session, records)
+                save_key_states(session, keys)
+        except (DataError, IntegrityError) as exc:
+            # A row the database refuses must not hold back the rest for good (the batch
+            # is kept and retried while the database is unreachable): rows one by one,
+            # dropping only those refused again.
+            log.error("usage batch refused (%s): writing its %d rows one by one", exc, len(records))
+            for record in records:
+                try:
+                    with Session(engine) as session, session.begin():
+                        insert_events(session, [record])
+                except (DataError, IntegrityError) as row_exc:
+                    log.error("usage event %s dropped: %s", record.request_id, row_exc)
+            with Session(engine) as session, session.begin():
+                save_key_states(session, keys)
 
     def purge(cutoff: datetime) -> int:
         with Session(engine) as session, session.begin():

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from app.errors import NotFoundError
+from app.errors import InvalidRequestError, NotFoundError
 from app.routing import Router, RouteSettings, RouteSpec
 
 ROUTES = [
@@ -40,9 +42,23 @@ def test_inline_parameters() -> None:
     assert dict(route.settings.params) == {"top_p": 0.9}
 
 
-def test_inline_bad_number_is_a_clear_error() -> None:
-    with pytest.raises(NotFoundError, match="temperature='hot'"):
-        Router([], UPSTREAMS).resolve("local:qwen3?temperature=hot")
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("local:qwen3?temperature=hot", "parameter temperature='hot' is not a number"),
+        ("local:qwen3?temperature=nan", "temperature='nan' is not a finite number"),
+        ("local:qwen3?max_tokens=99999999999999999999999", "is out of range"),
+        ("local:qwen3?max_tokens=0", "max_tokens='0' is out of range"),
+        ("local:qwen3?stream=true", "parameter 'stream' cannot be set in a model name"),
+        ("local:qwen3?messages=x", "parameter 'messages' cannot be set"),
+    ],
+)
+def test_inline_bad_parameter_is_the_clients_400(name: str, message: str) -> None:
+    """A client's mistake in its model name: a 400 naming ``model``, never a 404 or (a
+    number past 64 bits, once) a 500."""
+    with pytest.raises(InvalidRequestError, match=re.escape(message)) as raised:
+        Router([], UPSTREAMS).resolve(name)
+    assert (raised.value.status, raised.value.param) == (400, "model")
 
 
 def test_default_upstream_and_model() -> None:

@@ -21,6 +21,7 @@ from app.dialects import openai as openai_dialect
 from app.errors import (
     GatewayError,
     InternalError,
+    InvalidRequestError,
     MethodNotAllowedError,
     NotFoundError,
     PayloadTooLargeError,
@@ -80,9 +81,18 @@ class BaseApiHandler(tornado.web.RequestHandler):
                 f"Method {self.request.method} is not allowed on {self.request.path}"
             )
         elif status_code == 404:
-            err = NotFoundError(f"No such endpoint: {self.request.method} {self.request.path}")
+            err = NotFoundError(
+                f"No such endpoint: {self.request.method} {self.request.path}", code="unknown_url"
+            )
         elif status_code == 413:
             err = PayloadTooLargeError("Request body is too large")
+        elif 400 <= status_code < 500:
+            # Tornado's own refusals of what the client sent (a URL that is not UTF-8, a
+            # bad query argument): the client's mistake, whatever tornado logged about it.
+            err = InvalidRequestError(
+                f"{self._reason}: the request's path or query arguments could not be read"
+            )
+            err.status = status_code
         else:
             err = InternalError("internal error")
         self._write_plain(error_reply(self.dialect, err, self.request_id))
@@ -119,6 +129,9 @@ class BaseApiHandler(tornado.web.RequestHandler):
             self.finish()
 
     def on_connection_close(self) -> None:
+        # Tornado's own: it fails a streamed body's future, without which a client that
+        # leaves mid-upload strands the handler and every chunk it read (a leak).
+        super().on_connection_close()
         if self._task is not None and not self._task.done():
             self._task.cancel()
 
@@ -310,5 +323,7 @@ class NotFoundHandler(BaseApiHandler):
         self.dialect = guess_dialect(self.request)
 
     def prepare(self) -> None:
-        err = NotFoundError(f"No such endpoint: {self.request.method} {self.request.path}")
+        err = NotFoundError(
+            f"No such endpoint: {self.request.method} {self.request.path}", code="unknown_url"
+        )
         self._write_plain(error_reply(self.dialect, err, self.request_id))

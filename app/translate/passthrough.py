@@ -182,3 +182,18 @@ class OpenAISniffer:
                 if isinstance(choice, dict) and choice.get("finish_reason"):
                     self.finish_reason = choice["finish_reason"]
         return usage is not None and not choices
+
+
+def is_error_envelope(dialect: str, body: bytes) -> bool:
+    """``body`` is an error in ``dialect``'s own envelope, which its SDK reads: Anthropic's
+    ``{"type": "error", "error": {"type", "message"}}``, OpenAI's ``{"error": {"message"}}``."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict) or not isinstance(error.get("message"), str):
+        return False
+    if dialect == "anthropic":
+        return data.get("type") == "error" and isinstance(error.get("type"), str)
+    return True

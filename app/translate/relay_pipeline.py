@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import orjson
+
 from app.dialects.sse import SSEEvent, SSEParser
 from app.dialects.usage import OutputMeter
 from app.translate.anthropic_to_openai_stream import OPENAI_TEXT_AT, openai_text_delta
@@ -35,14 +37,30 @@ _DELTAS: dict[str, tuple[Callable[[bytes], tuple[str, str, int] | None], dict[st
 }
 
 
+def _whole(tail: bytes) -> bool:
+    """``tail`` (bytes after the last blank line) is one or more events whose data all
+    parse: ``[DONE]`` or JSON."""
+    events = SSEParser().feed(tail + b"\n\n")
+    if not events:
+        return False
+    for event in events:
+        if event.data != "[DONE]":
+            try:
+                orjson.loads(event.data)
+            except orjson.JSONDecodeError:
+                return False
+    return True
+
+
 class RelayPipeline:
     """Feed each upstream read; get back the bytes to relay for it: the read itself, less
     the usage-only chunk when ``drop_usage`` (the gateway asked for usage on the client's
     behalf). ``sniffer`` and ``meter`` hold what the stream has said so far.
 
-    With ``drop_usage``, an event cut by the end of a read is held until its end arrives:
-    the usage chunk cannot be taken back once its first half is relayed (half an event is
-    nothing a client can read before its end anyway).
+    An event cut by the end of a read is held until its end arrives (half an event is
+    nothing a client can read before its end anyway): the usage chunk cannot be taken back
+    once its first half is relayed, and a stream the upstream cuts mid-event ends on an
+    event boundary, where the gateway's error event can follow it readably.
     """
 
     __slots__ = (
@@ -70,10 +88,14 @@ class RelayPipeline:
         self._held = b""
 
     def feed(self, chunk: bytes) -> bytes:
-        if self._drop:
+        if self._held:
             chunk = self._held + chunk
-            # Up to the last blank line (LF LF, or CR LF CR LF and their mixes).
-            lf, crlf = chunk.rfind(b"\n\n"), chunk.rfind(b"\n\r\n")
+        # Up to the last blank line (LF LF, or CR LF CR LF and their mixes).
+        lf = chunk.rfind(b"\n\n")
+        if lf == len(chunk) - 2 and lf >= 0:
+            self._held = b""  # a read that ends an event, as a live stream's mostly do
+        else:
+            crlf = chunk.rfind(b"\n\r\n")
             end = max(lf + 2 if lf >= 0 else 0, crlf + 3 if crlf >= 0 else 0)
             chunk, self._held = chunk[:end], chunk[end:]
             if not chunk:
@@ -81,13 +103,15 @@ class RelayPipeline:
         return self._relay(chunk)
 
     def finish(self) -> bytes:
-        """Upstream EOF: a last event without its blank line; the bytes still to relay."""
+        """Upstream EOF: the bytes still to relay. A last event the upstream did not end
+        with a blank line is relayed, ended, when it is whole (its data JSON or
+        ``[DONE]``), and dropped when it was cut off mid-way: the gateway says so next."""
         held, self._held = self._held, b""
-        out = self._relay(held) if held else b""
-        for event in self._parser.finish():
-            if self._observe(event):
-                out = out.replace(b"data: " + event.data.encode(), b"", 1)
-        return out
+        if not held.strip() or not _whole(held):
+            return b""
+        if held.endswith(b"\r\n"):
+            return self._relay(held + b"\r\n")
+        return self._relay(held + (b"\n" if held.endswith(b"\n") else _END))
 
     def _relay(self, chunk: bytes) -> bytes:
         parser = self._parser

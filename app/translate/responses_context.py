@@ -46,3 +46,6 @@ class ResponsesContext:
     # Chat function name -> its origin, for every name that is not a plain function tool
     # under its own name (namespaced and custom tools).
     tools: dict[str, ToolOrigin] = field(default_factory=dict)
+    # The Responses field each chat message was made from ("instructions", "input[3]"), by
+    # chat message index: errors found in the chat body name what the client sent.
+    origins: list[str] = field(default_factory=list)

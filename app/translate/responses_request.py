@@ -6,6 +6,7 @@ usual pipeline; the `ResponsesContext` returned with it is what the answer side 
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -144,14 +145,19 @@ def translate_request(
     if body.get("tools") is not None:
         tools.add_all(body["tools"], "tools")
     convo = Conversation(tools)
+    origins: list[str] = []  # the field each chat message came from
     if instructions:
         convo.messages.append({"role": "system", "content": instructions})
+        origins.append("instructions")
     raw_input = body.get("input")
     if isinstance(raw_input, str):
         convo.messages.append({"role": "user", "content": raw_input})
+        origins.append("input")
     elif isinstance(raw_input, list):
         for i, item in enumerate(raw_input):
+            before = len(convo.messages)
             convo.item(i, item)
+            origins += [f"input[{i}]"] * (len(convo.messages) - before)
     elif raw_input is not None:
         raise bad("Invalid type for 'input': expected a string or an array.", "input")
     if not convo.messages:
@@ -214,5 +220,23 @@ def translate_request(
         echo=_echo(body, instructions, convo, text),
         encrypted_reasoning=ENCRYPTED_REASONING in include,
         tools=tools.origins,
+        origins=origins,
     )
     return out, ctx
+
+
+_CHAT_MESSAGE = re.compile(r"messages\[(\d+)\]")
+
+
+def blame_input(err: InvalidRequestError, ctx: ResponsesContext) -> None:
+    """``err``, from checking the chat body made of a Responses request, made to name the
+    Responses field its message came from (``messages[2]`` -> ``input[1]``)."""
+
+    def origin(found: re.Match[str]) -> str:
+        at = int(found.group(1))
+        return ctx.origins[at] if at < len(ctx.origins) else found.group(0)
+
+    if err.param is not None:
+        err.param = _CHAT_MESSAGE.sub(origin, err.param, count=1)
+    err.message = _CHAT_MESSAGE.sub(origin, err.message)
+    err.args = (err.message,)

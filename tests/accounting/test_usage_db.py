@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from app.db.engine import make_sync_engine, upgrade
 from app.db.models import ProxyKey, UsageDaily, UsageEvent
 from app.db.usage import UsageRecord, delete_older_than, insert_events
+from app.services import make_writer
 from tests.conftest import TEST_KEY, http
 from tests.databases import database_url
 from tests.team.support import START, FakeClock, eventually
@@ -444,3 +445,42 @@ def test_sqlite_rows_go_to_the_driver_in_the_records_own_order() -> None:
     plan = _sqlite_insert(sqlite.dialect())
     assert plan is not None
     assert plan[1] == UsageRecord._fields
+
+
+def test_a_row_the_database_refuses_is_dropped_alone(tmp_path: Path) -> None:
+    """The recorder's writer: a batch the database refuses for one row's sake (a NOT NULL
+    broken here; PostgreSQL's VARCHAR limits in life) goes row by row, and only that row is
+    lost; otherwise the batch would be kept and retried, and refused, for good."""
+    url = database_url(tmp_path, "refused.db")
+    upgrade(url)
+    write_batch, _, close = make_writer(url)
+    when = datetime(2025, 6, 15, 12, 0)
+    good = [rec(when + timedelta(seconds=i), model=f"m{i}") for i in range(3)]
+    bad = rec(when, model="bad", status=None)
+    try:
+        write_batch([good[0], bad, good[1], good[2]], [])
+    finally:
+        close()
+    engine = make_sync_engine(url)
+    with Session(engine) as session:
+        stored = session.scalars(select(UsageEvent.requested_model).order_by(UsageEvent.id))
+        assert list(stored) == ["m0", "m1", "m2"]
+    engine.dispose()
+
+
+@pytest.mark.gen_test
+async def test_a_model_name_past_the_column_is_recorded_cut(gateway) -> None:  # type: ignore[no-untyped-def]
+    live = await gateway("")
+    long_name = "m" * 300
+    resp = await http(
+        "POST",
+        live.url + "/v1/chat/completions",
+        json={"model": long_name, "messages": [{"role": "user", "content": "hi"}]},
+        headers={"Authorization": f"Bearer {TEST_KEY}"},
+    )
+    assert resp.status == 200  # the echo backend answers any name
+    await live.services.recorder.flush()
+    async with live.services.db.session() as session:
+        (row,) = await session.scalars(select(UsageEvent))
+    assert row.requested_model == long_name[:200]
+    assert live.services.recorder.pending == 0

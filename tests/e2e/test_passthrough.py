@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from app.db.models import UsageEvent
 from tests.conftest import TEST_KEY, flushed, http
-from tests.fakes import FakeUpstream, SSEReply, anthropic_stream, openai_stream
+from tests.fakes import FakeUpstream, JsonReply, SSEReply, anthropic_stream, openai_stream
 
 pytestmark = pytest.mark.gen_test(timeout=30)
 
@@ -122,8 +122,8 @@ async def test_openai_usage_chunk_cut_across_reads_is_still_hidden(gateway, fake
 
 
 async def test_openai_stream_ending_without_a_blank_line_loses_nothing(gateway, fake_openai):  # type: ignore[no-untyped-def]
-    """While a usage chunk may have to be dropped, an event without its blank line is held
-    back; the body's end must still let it through."""
+    """An event without its blank line is held back (it may be a usage chunk to drop, or
+    cut off); the body's end lets it through, ended, when it is whole."""
     live = await gateway(openai_config(fake_openai))
     chunks = openai_stream(["Hel", "lo"], prompt=20, completion=3)
     assert chunks[-1] == b"data: [DONE]\n\n"
@@ -136,7 +136,7 @@ async def test_openai_stream_ending_without_a_blank_line_loses_nothing(gateway, 
         json={"model": "gpt-test", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
     )
     assert resp.status == 200
-    assert resp.content == b"".join(c for c in chunks if c != chunks[-2])
+    assert resp.content == b"".join(c for c in chunks[:-2]) + b"data: [DONE]\n\n"
     rows = await usage_rows(live)
     assert (rows[0].status, rows[0].input_tokens, rows[0].output_tokens) == ("ok", 20, 3)
 
@@ -367,3 +367,102 @@ async def test_upstream_client_error_is_relayed_verbatim_in_passthrough(gateway,
         400,
         "invalid_request_error",
     )
+
+
+@pytest.mark.parametrize("dialect", ["anthropic", "openai"])
+async def test_a_stream_cut_mid_event_ends_with_an_error_the_sdk_reads(
+    gateway, fake_anthropic, fake_openai, dialect
+):  # type: ignore[no-untyped-def]
+    """The upstream drops the connection halfway through an event: the client gets every
+    whole event, then the gateway's error event, which its SDK raises as an API error
+    (glued to half an event, it raised a JSON decoding error)."""
+    fake = fake_anthropic if dialect == "anthropic" else fake_openai
+    live = await gateway(anthropic_config(fake) if dialect == "anthropic" else openai_config(fake))
+    if dialect == "anthropic":
+        chunks = anthropic_stream(["Hel", "lo"], "claude-sonnet-4-5")
+    else:
+        chunks = openai_stream(["Hel", "lo"])
+    fake.push(SSEReply([*chunks[:4], chunks[4][:20]], cut=True))
+    if dialect == "anthropic":
+        async with anthropic.AsyncAnthropic(
+            base_url=live.url, api_key=TEST_KEY, max_retries=0
+        ) as client:
+            with pytest.raises(anthropic.APIStatusError) as raised:
+                async with client.messages.stream(
+                    model="claude-sonnet-4-5",
+                    max_tokens=20,
+                    messages=[{"role": "user", "content": "hi"}],
+                ) as stream:
+                    async for _ in stream:
+                        pass
+    else:
+        async with openai.AsyncOpenAI(
+            base_url=live.url + "/v1", api_key=TEST_KEY, max_retries=0
+        ) as oclient:
+            with pytest.raises(openai.APIError) as raised:
+                stream = await oclient.chat.completions.create(
+                    model="gpt-test",
+                    messages=[{"role": "user", "content": "hi"}],
+                    stream=True,
+                    stream_options={"include_usage": True},
+                )
+                async for _ in stream:
+                    pass
+    assert "ended before completion" in str(raised.value)
+    rows = await usage_rows(live)
+    assert [r.status for r in rows] == ["error"]
+
+
+@pytest.mark.parametrize(
+    ("dialect", "status", "reply", "message"),
+    [
+        ("openai", 400, b"<html><title>400 Bad Request</title></html>", "400 Bad Request"),
+        (
+            "openai",
+            404,
+            b'{"error":"model \\"qwen9\\" not found, try pulling it first"}',
+            "not found",
+        ),
+        (
+            "openai",
+            422,
+            b'{"detail":[{"loc":["body","messages"],"msg":"field required"}]}',
+            "field required",
+        ),
+        (
+            "anthropic",
+            400,
+            b'{"error":{"message":"bad thing","type":"invalid_request_error"}}',
+            "bad thing",
+        ),
+    ],
+    ids=["html", "ollama", "fastapi", "openai-shaped-to-anthropic"],
+)
+async def test_a_backend_error_outside_the_clients_envelope_is_put_in_it(
+    gateway, fake_anthropic, fake_openai, dialect, status, reply, message
+):  # type: ignore[no-untyped-def]
+    """Relayed as it came only when the client's SDK can read it; else its message in the
+    client's own envelope, with the backend's status when it is a client error."""
+    fake = fake_anthropic if dialect == "anthropic" else fake_openai
+    live = await gateway(anthropic_config(fake) if dialect == "anthropic" else openai_config(fake))
+    headers = {"Content-Type": "text/html" if reply.startswith(b"<") else "application/json"}
+    fake.push(JsonReply(status, raw=reply, headers=headers))
+    if dialect == "anthropic":
+        path = "/v1/messages"
+        body = {
+            "model": "claude-x",
+            "max_tokens": 5,
+            "messages": [{"role": "user", "content": "hi"}],
+        }
+    else:
+        path = "/v1/chat/completions"
+        body = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
+    resp = await http("POST", live.url + path, json=body, headers={"x-api-key": TEST_KEY})
+    assert resp.headers["Content-Type"].startswith("application/json")
+    error = resp.json()["error"]
+    assert message in error["message"]
+    if dialect == "anthropic":
+        assert resp.json()["type"] == "error" and error["type"] == "invalid_request_error"
+    else:
+        assert error["type"] == "invalid_request_error" and "param" in error
+    assert resp.status == (404 if status == 404 else 400)

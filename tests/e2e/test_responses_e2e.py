@@ -508,11 +508,16 @@ async def test_errors_in_openai_envelope(gateway, fake_openai):  # type: ignore[
     ]
 
 
-async def test_upstream_failure_mid_stream_is_response_failed(gateway, fake_openai):  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("mid_event", [False, True], ids=["between-events", "mid-event"])
+async def test_upstream_failure_mid_stream_is_response_failed(gateway, fake_openai, mid_event):  # type: ignore[no-untyped-def]
     live = await gateway(config(fake_openai, None))
+    second = chat_chunk({"content": "f"})
     fake_openai.push(
         SSEReply(
-            [chat_chunk({"role": "assistant", "content": "Hal"}), chat_chunk({"content": "f"})],
+            [
+                chat_chunk({"role": "assistant", "content": "Hal"}),
+                second[: len(second) // 2] if mid_event else second,
+            ],
             cut=True,
         )
     )
@@ -525,6 +530,8 @@ async def test_upstream_failure_mid_stream_is_response_failed(gateway, fake_open
     assert failed.response.status == "failed"
     assert failed.response.error is not None
     assert "ended before completion" in failed.response.error.message
+    deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+    assert deltas == (["Hal"] if mid_event else ["Hal", "f"])
     rows = await usage_rows(live)
     assert [(r.endpoint, r.status) for r in rows] == [("responses", "error")]
 
@@ -584,3 +591,20 @@ async def test_tool_output_image_reaches_an_openai_backend_as_a_user_image(gatew
         },
     ]
     assert response.output_text == "A red pixel."
+
+
+async def test_a_mistake_inside_an_input_item_is_named_by_its_input_index(gateway, fake_openai):  # type: ignore[no-untyped-def]
+    live = await gateway(config(fake_openai, None))
+    image = {"type": "input_image", "image_url": "data:image/png;base64,!!!"}
+    async with client(live) as sdk:
+        with pytest.raises(openai.BadRequestError) as bad:
+            await sdk.responses.create(
+                model="gpt-local",
+                instructions="sys",
+                input=[{"role": "user", "content": [image]}],
+            )
+    error: Any = bad.value.body
+    assert error["param"] == "input[0].content[0].image_url.url"
+    assert "'input[0].content[0].image_url.url'" in error["message"]
+    assert "messages" not in error["message"]
+    assert fake_openai.received == []

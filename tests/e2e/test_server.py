@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import anthropic
 import openai
 import pytest
@@ -345,3 +347,59 @@ async def test_every_upstream_key_disabled_is_a_502_not_an_overload(
     assert second.status == 502 and "retry-after" not in second.headers
     assert "every key is disabled" in second.json()["error"]["message"]
     assert len(fake_openai.received) == 1
+
+
+async def test_a_client_leaving_mid_upload_frees_its_handler(gateway, monkeypatch):  # type: ignore[no-untyped-def]
+    """A chunked upload abandoned halfway: the handler's wait for the body ends, so it and
+    the chunks it read are freed (once, they waited forever on a body that never came)."""
+    import asyncio
+
+    from app.handlers.api import ProxyHandler
+
+    requests: list[Any] = []
+    initialize = ProxyHandler.initialize
+
+    def tracked(self: ProxyHandler, *args: Any, **kwargs: Any) -> None:
+        requests.append(self.request)
+        initialize(self, *args, **kwargs)
+
+    monkeypatch.setattr(ProxyHandler, "initialize", tracked)
+    live = await gateway(ECHO)
+    for _ in range(3):
+        reader, writer = await asyncio.open_connection("127.0.0.1", live.port)
+        writer.write(
+            b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"Content-Type: application/json\r\n\r\n" + b"10000\r\n" + b"x" * 0x10000 + b"\r\n"
+        )
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+    for _ in range(100):
+        if len(requests) == 3 and all(r._body_future.done() for r in requests):
+            break
+        await asyncio.sleep(0.02)
+    assert len(requests) == 3
+    assert all(r._body_future.done() for r in requests)
+    resp = await http("GET", live.url + "/health")
+    assert resp.status == 200
+
+
+async def test_an_unreadable_url_is_the_clients_400_in_its_dialect(gateway):  # type: ignore[no-untyped-def]
+    """Tornado refuses a path or query argument that is not UTF-8: a 400 in the dialect's
+    envelope, not a 500."""
+    live = await gateway(ECHO)
+    auth = {"Authorization": f"Bearer {TEST_KEY}"}
+    for path, shape in (
+        ("/v1/models/%ff", "openai"),
+        ("/openai/v1/models/%ff", "openai"),
+        ("/anthropic/v1/models?limit=%ff", "anthropic"),
+        ("/anthropic/v1/models?after_id=%ff", "anthropic"),
+    ):
+        resp = await http("GET", live.url + path, headers=auth)
+        assert resp.status == 400, path
+        body = resp.json()
+        if shape == "anthropic":
+            assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+        else:
+            assert body["error"]["type"] == "invalid_request_error"
+        assert "could not be read" in resp.content.decode()

@@ -672,7 +672,8 @@ def test_unknown_path(
     if dialect == A:
         check_error(A, resp, 404, "not_found_error", path)
     else:
-        check_error(O, resp, 404, "invalid_request_error", path)
+        # Not "model_not_found", which OpenAI clients take as a wrong model name.
+        check_error(O, resp, 404, "invalid_request_error", path, code="unknown_url")
 
 
 # -- keys and models -----------------------------------------------------------------------------

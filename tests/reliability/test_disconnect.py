@@ -141,3 +141,24 @@ async def test_other_clients_are_unaffected(gateway, fake_openai, fake_anthropic
     assert await wait_for(lambda: recorder.written + recorder.pending >= 2, CANCEL_BOUND)
     rows = await usage_rows(live)
     assert sorted(r.status for r in rows) == ["client_closed", "ok"]
+
+
+async def test_client_leaving_a_token_count_is_recorded(gateway, fake_openai, fake_anthropic):  # type: ignore[no-untyped-def]
+    """``count_tokens`` asks an Anthropic backend; the client leaves first: its usage row
+    says so, as for any request."""
+    live = await gateway_with_fakes(gateway, fake_openai, fake_anthropic)
+    fake_anthropic.push(HangReply(20))
+    session = aiohttp.ClientSession()
+    body = {"model": "m-an", "messages": [{"role": "user", "content": "count me"}]}
+    request = asyncio.ensure_future(
+        session.post(live.url + "/v1/messages/count_tokens", json=body, headers=auth())
+    )
+    assert await wait_for(lambda: len(fake_anthropic.received) == 1, 5)
+    request.cancel()
+    await session.close()
+    recorder = live.services.recorder
+    assert await wait_for(lambda: recorder.written + recorder.pending >= 1, CANCEL_BOUND)
+    rows = await usage_rows(live)
+    assert [(r.endpoint, r.status, r.http_status) for r in rows] == [
+        ("count_tokens", "client_closed", 499)
+    ]

@@ -123,3 +123,28 @@ def test_crlf_streams_go_through_the_parser_and_lose_only_the_usage_chunk() -> N
         raw[raw.index(b'data: {"choices":[],') : raw.index(b"data: [DONE]")], b""
     )
     assert relay.sniffer.completed and relay.meter.tokens == _reference(raw, "openai", True)[2]
+
+
+@pytest.mark.parametrize("dialect", ["anthropic", "openai"])
+@pytest.mark.parametrize("drop_usage", [False, True])
+def test_a_stream_cut_mid_event_is_relayed_up_to_its_last_whole_event(
+    dialect: str, drop_usage: bool
+) -> None:
+    """Half an event is never relayed: the client's stream ends on an event boundary, where
+    the gateway's error event can follow it (glued to half an event, no SDK could read
+    it). A last event the upstream did not end with its blank line, but whole, is ended."""
+    if drop_usage and dialect == "anthropic":
+        return
+    whole = b"".join(_anthropic_stream()) if dialect == "anthropic" else _openai_stream(["Hel"])
+    events = [e + b"\n\n" for e in whole.split(b"\n\n") if e]
+    kept = b"".join(events[:3])
+    for cut in range(1, len(events[3]) - 2):
+        relay = RelayPipeline(dialect, drop_usage=drop_usage)
+        out = b"".join(relay.feed(piece) for piece in (kept[:7], kept[7:], events[3][:cut]))
+        assert out + relay.finish() == kept, cut
+    relay = RelayPipeline(dialect, drop_usage=drop_usage)
+    unended = kept + events[3][:-2]  # whole, but without its blank line
+    assert relay.feed(unended) + relay.finish() == kept + events[3]
+    # Not SSE at all (a backend answering a stream request with one JSON body): nothing.
+    relay = RelayPipeline(dialect, drop_usage=drop_usage)
+    assert relay.feed(b'{"id": "x", "choices": []}') + relay.finish() == b""
