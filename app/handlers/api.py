@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+from collections.abc import Awaitable
 from typing import Any
 
 import orjson
@@ -175,13 +176,22 @@ class ProxyHandler(BaseApiHandler):
         limit = self.services.settings.max_body_bytes
         return PayloadTooLargeError(f"Request body exceeds the {limit / (1024 * 1024):g} MiB limit")
 
-    def data_received(self, chunk: bytes) -> None:
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
         self._size += len(chunk)
         if self._size > self.services.settings.max_body_bytes:
-            self._too_large = True
             self._chunks = []
-            return
+            if not self._too_large:
+                self._too_large = True
+                return self._refuse_now()
+            return None
         self._chunks.append(chunk)
+        return None
+
+    async def _refuse_now(self) -> None:
+        """A chunked body past the limit: the 413 goes out at once, and tornado closes the
+        connection after it rather than read the rest (however long the client goes on)."""
+        if not self._finished:
+            self._write_plain(await self.gateway.reject(self._request(b""), self._payload_error()))
 
     async def post(self) -> None:
         if self._too_large:

@@ -621,6 +621,20 @@ def test_body_over_the_limit(bed: Bed, path: str, dialect: str, chunked: bool) -
     still_serving(bed, dialect, "m-an" if dialect == A else "m-oa")
 
 
+@pytest.mark.parametrize("dialect", [A, O])
+def test_a_chunked_body_far_over_the_limit_is_a_413_at_once(bed: Bed, dialect: str) -> None:
+    """Four times the limit without Content-Length: the 413 goes out as soon as the limit
+    is passed (once, past twice the limit, tornado's own bare 400 closed the connection)."""
+    huge = BIG.replace(b"x" * 1024, b"x" * (3 * LIMIT_BYTES + 1024), 1)
+    path = "/v1/messages" if dialect == A else "/v1/chat/completions"
+    resp = call("POST", bed.port, path, body=huge, headers=auth(), chunked=True)
+    if dialect == A:
+        check_error(A, resp, 413, "request_too_large", "limit")
+    else:
+        check_error(O, resp, 413, "invalid_request_error", "limit", code="request_too_large")
+    still_serving(bed, dialect, "m-an" if dialect == A else "m-oa")
+
+
 def test_body_just_under_the_limit_is_accepted(bed: Bed) -> None:
     text = "y" * (LIMIT_BYTES - 2048)
     resp = post_json(bed.port, "/v1/messages", body_for(A, "m-an", text=text), auth())
