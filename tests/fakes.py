@@ -326,3 +326,69 @@ class FakeUpstream:
             self._server.stop()
             await self._server.close_all_connections()
             self._server = None
+
+
+def openai_delta(
+    delta: dict[str, Any],
+    finish: str | None = None,
+    model: str = "fake-model",
+    chunk_id: str = "chatcmpl-fake",
+) -> bytes:
+    """One ``chat.completion.chunk`` event: ``delta`` (and ``finish``) for choice 0."""
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    return openai_chunk(
+        {
+            "id": chunk_id,
+            "object": "chat.completion.chunk",
+            "created": 1700000000,
+            "model": model,
+            "choices": [choice],
+        }
+    )
+
+
+def openai_usage(
+    prompt: int,
+    completion: int,
+    model: str = "fake-model",
+    cached: int | None = None,
+    chunk_id: str = "chatcmpl-fake",
+) -> bytes:
+    """The usage-only chunk a stream ends with when ``include_usage`` is asked for."""
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+    if cached is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached}
+    return openai_chunk(
+        {
+            "id": chunk_id,
+            "object": "chat.completion.chunk",
+            "created": 1700000000,
+            "model": model,
+            "choices": [],
+            "usage": usage,
+        }
+    )
+
+
+def anthropic_block(index: int, block: dict[str, Any], deltas: list[Any]) -> list[bytes]:
+    """One content block's events: its start, ``deltas``, its stop."""
+    out = [
+        anthropic_event(
+            "content_block_start",
+            {"type": "content_block_start", "index": index, "content_block": block},
+        )
+    ]
+    out += [
+        anthropic_event(
+            "content_block_delta", {"type": "content_block_delta", "index": index, "delta": d}
+        )
+        for d in deltas
+    ]
+    out.append(
+        anthropic_event("content_block_stop", {"type": "content_block_stop", "index": index})
+    )
+    return out

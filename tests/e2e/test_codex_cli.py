@@ -24,9 +24,17 @@ import pytest
 from sqlalchemy import select
 
 from app.db.models import UsageEvent
-from app.dialects.sse import OPENAI_DONE, anthropic_event, openai_chunk
+from app.dialects.sse import OPENAI_DONE, anthropic_event
 from tests.conftest import Live, flushed
-from tests.fakes import FakeUpstream, SSEReply, anthropic_message, anthropic_stream
+from tests.fakes import (
+    FakeUpstream,
+    SSEReply,
+    anthropic_block,
+    anthropic_message,
+    anthropic_stream,
+    openai_delta,
+    openai_usage,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 CODEX = os.environ.get("CODEX_BIN") or str(
@@ -151,33 +159,11 @@ def items(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 
 
 def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-    choice = {"index": 0, "delta": delta, "finish_reason": finish}
-    return openai_chunk(
-        {
-            "id": "chatcmpl-cx",
-            "object": "chat.completion.chunk",
-            "created": 1700000000,
-            "model": LOCAL,
-            "choices": [choice],
-        }
-    )
+    return openai_delta(delta, finish, LOCAL, "chatcmpl-cx")
 
 
 def usage_chunk(prompt: int, completion: int) -> bytes:
-    return openai_chunk(
-        {
-            "id": "chatcmpl-cx",
-            "object": "chat.completion.chunk",
-            "created": 1700000000,
-            "model": LOCAL,
-            "choices": [],
-            "usage": {
-                "prompt_tokens": prompt,
-                "completion_tokens": completion,
-                "total_tokens": prompt + completion,
-            },
-        }
-    )
+    return openai_usage(prompt, completion, LOCAL, chunk_id="chatcmpl-cx")
 
 
 def chat_text_stream(text: str, prompt: int, completion: int) -> list[bytes]:
@@ -198,21 +184,7 @@ def anthropic_events(
     start.update(content=[], stop_reason=None)
     out = [anthropic_event("message_start", {"type": "message_start", "message": start})]
     for index, (block, deltas) in enumerate(blocks):
-        out.append(
-            anthropic_event(
-                "content_block_start",
-                {"type": "content_block_start", "index": index, "content_block": block},
-            )
-        )
-        out += [
-            anthropic_event(
-                "content_block_delta", {"type": "content_block_delta", "index": index, "delta": d}
-            )
-            for d in deltas
-        ]
-        out.append(
-            anthropic_event("content_block_stop", {"type": "content_block_stop", "index": index})
-        )
+        out += anthropic_block(index, block, deltas)
     out += [
         anthropic_event(
             "message_delta",

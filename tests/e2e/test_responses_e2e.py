@@ -16,17 +16,20 @@ import pytest
 from sqlalchemy import select
 
 from app.db.models import UsageEvent
-from app.dialects.sse import OPENAI_DONE, anthropic_event, openai_chunk
+from app.dialects.sse import OPENAI_DONE, anthropic_event
 from app.translate.anthropic_to_openai_messages import IMAGE_MARKER
 from tests.conftest import TEST_KEY, Live, flushed, http
 from tests.fakes import (
     FakeUpstream,
     JsonReply,
     SSEReply,
+    anthropic_block,
     anthropic_message,
     anthropic_stream,
     openai_completion,
+    openai_delta,
     openai_stream,
+    openai_usage,
 )
 
 pytestmark = pytest.mark.gen_test(timeout=30)
@@ -102,53 +105,11 @@ async def usage_rows(live: Live) -> list[UsageEvent]:
 
 
 def chat_chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-    choice = {"index": 0, "delta": delta, "finish_reason": finish}
-    return openai_chunk(
-        {
-            "id": "chatcmpl-fake",
-            "object": "chat.completion.chunk",
-            "created": 1700000000,
-            "model": LOCAL,
-            "choices": [choice],
-        }
-    )
+    return openai_delta(delta, finish, LOCAL)
 
 
 def chat_usage(prompt: int, completion: int, cached: int = 0) -> bytes:
-    return openai_chunk(
-        {
-            "id": "chatcmpl-fake",
-            "object": "chat.completion.chunk",
-            "created": 1700000000,
-            "model": LOCAL,
-            "choices": [],
-            "usage": {
-                "prompt_tokens": prompt,
-                "completion_tokens": completion,
-                "total_tokens": prompt + completion,
-                "prompt_tokens_details": {"cached_tokens": cached},
-            },
-        }
-    )
-
-
-def anthropic_block_events(index: int, block: dict[str, Any], deltas: list[Any]) -> list[bytes]:
-    out = [
-        anthropic_event(
-            "content_block_start",
-            {"type": "content_block_start", "index": index, "content_block": block},
-        )
-    ]
-    out += [
-        anthropic_event(
-            "content_block_delta", {"type": "content_block_delta", "index": index, "delta": d}
-        )
-        for d in deltas
-    ]
-    out.append(
-        anthropic_event("content_block_stop", {"type": "content_block_stop", "index": index})
-    )
-    return out
+    return openai_usage(prompt, completion, LOCAL, cached)
 
 
 def anthropic_tool_stream(*, thinking: bool) -> list[bytes]:
@@ -158,7 +119,7 @@ def anthropic_tool_stream(*, thinking: bool) -> list[bytes]:
     out = [anthropic_event("message_start", {"type": "message_start", "message": start})]
     index = 0
     if thinking:
-        out += anthropic_block_events(
+        out += anthropic_block(
             0,
             {"type": "thinking", "thinking": "", "signature": ""},
             [
@@ -168,7 +129,7 @@ def anthropic_tool_stream(*, thinking: bool) -> list[bytes]:
             ],
         )
         index = 1
-    out += anthropic_block_events(
+    out += anthropic_block(
         index,
         {"type": "tool_use", "id": "toolu_w1", "name": "get_weather", "input": {}},
         [

@@ -19,7 +19,6 @@ else from ``context.json``. Fixed ids: ``chatcmpl-test`` and ``created=170000000
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -49,37 +48,16 @@ from app.translate.openai_to_anthropic import (
 )
 from app.translate.openai_to_anthropic_stream import StreamTranslator
 from app.translate.options import BackendOptions, adaptive_thinking
+from tests.translate.golden import REGEN, check_bytes, check_json, load
+from tests.translate.junk import mutate
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "openai_to_anthropic"
-REGEN = os.environ.get("BRIDGEKEEPER_REGEN") == "1"
 COMPLETION_ID = "chatcmpl-test"
 CREATED = 1700000000
 TARGET_MODEL = "claude-sonnet-4-5"
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-def load(path: Path) -> Any:
-    return orjson.loads(path.read_bytes())
-
-
-def dump(value: Any) -> bytes:
-    return orjson.dumps(value, option=orjson.OPT_INDENT_2) + b"\n"
-
-
-def check_json(path: Path, actual: Any) -> None:
-    if REGEN:
-        path.write_bytes(dump(actual))
-    assert path.exists(), f"{path} is missing (BRIDGEKEEPER_REGEN=1 writes it)"
-    assert actual == load(path)
-
-
-def check_bytes(path: Path, actual: bytes) -> None:
-    if REGEN:
-        path.write_bytes(actual)
-    assert path.exists(), f"{path} is missing (BRIDGEKEEPER_REGEN=1 writes it)"
-    assert actual.decode() == path.read_text()
 
 
 def cases_with(filename: str) -> list[str]:
@@ -856,35 +834,6 @@ JUNK: list[Any] = [
 ]  # fmt: skip
 
 
-def json_paths(value: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
-    if prefix:
-        yield prefix
-    items = (
-        value.items()
-        if isinstance(value, dict)
-        else enumerate(value)
-        if isinstance(value, list)
-        else ()
-    )
-    for key, child in items:
-        yield from json_paths(child, (*prefix, key))
-
-
-def mutate(rng: Any, value: Any) -> Any:
-    """``value`` with one to three nested values replaced by junk of another type."""
-    value = orjson.loads(orjson.dumps(value))
-    for _ in range(rng.randint(1, 3)):
-        paths = list(json_paths(value))
-        if not paths:
-            break
-        *parents, last = rng.choice(paths)
-        target = value
-        for key in parents:
-            target = target[key]
-        target[last] = orjson.loads(orjson.dumps(rng.choice(JUNK)))
-    return value
-
-
 def test_mutated_requests_raise_only_invalid_request() -> None:
     import random
 
@@ -892,7 +841,7 @@ def test_mutated_requests_raise_only_invalid_request() -> None:
     bodies = [load(FIXTURES / case / "request.json") for case in cases_with("request.json")]
     checked = 0
     for _ in range(4000):
-        body = mutate(rng, rng.choice(bodies))
+        body = mutate(rng, rng.choice(bodies), JUNK)
         try:
             openai_dialect.validate_request(body)
         except InvalidRequestError:
@@ -922,14 +871,14 @@ def test_mutated_upstream_responses_and_streams_never_raise() -> None:
         ctx = ctx_of(
             json_tool="Weather" if i % 2 else None, reasoning=i % 3 == 0, include_usage=i % 5 == 0
         )
-        out = translate_response(mutate(rng, rng.choice(responses)), ctx)
+        out = translate_response(mutate(rng, rng.choice(responses), JUNK), ctx)
         ChatCompletion.model_validate(out)
     for i in range(600):
         ctx = ctx_of(
             json_tool="Weather" if i % 2 else None, reasoning=i % 3 == 0, include_usage=i % 5 == 0
         )
         translator = StreamTranslator(ctx)
-        events = mutate(rng, rng.choice(streams))
+        events = mutate(rng, rng.choice(streams), JUNK)
         chunks: list[bytes] = []
         for item in events:
             name, data = item if isinstance(item, list) and len(item) == 2 else (None, item)

@@ -16,8 +16,6 @@ accumulated into one answer (and ``response_out.json`` when the case has both).
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +31,10 @@ from app.translate.responses_answer import response_error, translate_response
 from app.translate.responses_context import ResponsesContext, ToolOrigin
 from app.translate.responses_sse import ResponsesSSE
 from app.translate.responses_stream import ResponsesStream
+from tests.translate.golden import check_bytes, check_json, load
+from tests.translate.junk import mutate
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "responses_answer"
-REGEN = os.environ.get("BRIDGEKEEPER_REGEN") == "1"
 STREAM_EVENT: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(ResponseStreamEvent)
 TERMINAL = ("response.completed", "response.incomplete", "response.failed")
 
@@ -43,28 +42,6 @@ Chunk = dict[str, Any] | None  # None stands for ``data: [DONE]``
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-def load(path: Path) -> Any:
-    return orjson.loads(path.read_bytes())
-
-
-def dump(value: Any) -> bytes:
-    return orjson.dumps(value, option=orjson.OPT_INDENT_2) + b"\n"
-
-
-def check_json(path: Path, actual: Any) -> None:
-    if REGEN:
-        path.write_bytes(dump(actual))
-    assert path.exists(), f"{path} is missing (BRIDGEKEEPER_REGEN=1 writes it)"
-    assert actual == load(path)
-
-
-def check_bytes(path: Path, actual: bytes) -> None:
-    if REGEN:
-        path.write_bytes(actual)
-    assert path.exists(), f"{path} is missing (BRIDGEKEEPER_REGEN=1 writes it)"
-    assert actual.decode() == path.read_text()
 
 
 def cases_with(filename: str) -> list[str]:
@@ -444,35 +421,6 @@ JUNK: list[Any] = [
 ]  # fmt: skip
 
 
-def json_paths(value: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
-    if prefix:
-        yield prefix
-    items = (
-        value.items()
-        if isinstance(value, dict)
-        else enumerate(value)
-        if isinstance(value, list)
-        else ()
-    )
-    for key, child in items:
-        yield from json_paths(child, (*prefix, key))
-
-
-def mutate(rng: Any, value: Any) -> Any:
-    """``value`` with one to three nested values replaced by junk of another type."""
-    value = orjson.loads(orjson.dumps(value))
-    for _ in range(rng.randint(1, 3)):
-        paths = list(json_paths(value))
-        if not paths:
-            break
-        *parents, last = rng.choice(paths)
-        target = value
-        for key in parents:
-            target = target[key]
-        target[last] = orjson.loads(orjson.dumps(rng.choice(JUNK)))
-    return value
-
-
 def test_mutated_answers_and_streams_never_raise() -> None:
     import random
 
@@ -482,11 +430,11 @@ def test_mutated_answers_and_streams_never_raise() -> None:
     ]
     for _ in range(1500):
         case, chat = rng.choice(answers)
-        Response.model_validate(translate_response(mutate(rng, chat), context_for(case)))
+        Response.model_validate(translate_response(mutate(rng, chat, JUNK), context_for(case)))
     streams = [(case, chunks_of(case)) for case in cases_with("chat_in.sse")]
     for _ in range(600):
         case, chunks = rng.choice(streams)
-        mutated = mutate(rng, [c for c in chunks if c is not None])
+        mutated = mutate(rng, [c for c in chunks if c is not None], JUNK)
         ctx = context_for(case)
         out = run_stream(ctx, [c if isinstance(c, dict) else {} for c in mutated])
         events = events_of(b"".join(out))

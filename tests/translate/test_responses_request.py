@@ -11,10 +11,8 @@ translator. Fixed ids: ``resp_test0000…`` and ``created_at=1700000000``.
 from __future__ import annotations
 
 import dataclasses
-import os
 import random
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,8 @@ from app.translate.options import BackendOptions
 from app.translate.responses_context import ResponsesContext, ToolOrigin
 from app.translate.responses_input import tool_media_moved
 from app.translate.responses_request import translate_request
+from tests.translate.golden import REGEN, check_json, load
+from tests.translate.junk import mutate
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "responses_request"
 CAPTURES = Path(__file__).resolve().parents[2].parent / "shared" / "captures"
@@ -38,25 +38,9 @@ CAPTURE_FILES = (
     if CAPTURES.is_dir()
     else []
 )
-REGEN = os.environ.get("BRIDGEKEEPER_REGEN") == "1"
 RESPONSE_ID = "resp_test00000000000000000000"
 CREATED = 1700000000
 ANTHROPIC = BackendOptions(target_model="claude-sonnet-4-5")
-
-
-def load(path: Path) -> Any:
-    return orjson.loads(path.read_bytes())
-
-
-def dump(value: Any) -> bytes:
-    return orjson.dumps(value, option=orjson.OPT_INDENT_2) + b"\n"
-
-
-def check_json(path: Path, actual: Any) -> None:
-    if REGEN:
-        path.write_bytes(dump(actual))
-    assert path.exists(), f"{path} is missing (BRIDGEKEEPER_REGEN=1 writes it)"
-    assert actual == load(path)
 
 
 def cases() -> list[str]:
@@ -442,35 +426,6 @@ JUNK: list[Any] = [
 ]  # fmt: skip
 
 
-def json_paths(value: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
-    if prefix:
-        yield prefix
-    items = (
-        value.items()
-        if isinstance(value, dict)
-        else enumerate(value)
-        if isinstance(value, list)
-        else ()
-    )
-    for key, child in items:
-        yield from json_paths(child, (*prefix, key))
-
-
-def mutate(rng: random.Random, value: Any) -> Any:
-    """``value`` with one to three nested values replaced by junk of another type."""
-    value = orjson.loads(orjson.dumps(value))
-    for _ in range(rng.randint(1, 3)):
-        paths = list(json_paths(value))
-        if not paths:
-            break
-        *parents, last = rng.choice(paths)
-        target = value
-        for key in parents:
-            target = target[key]
-        target[last] = orjson.loads(orjson.dumps(rng.choice(JUNK)))
-    return value
-
-
 def test_mutated_requests_raise_only_invalid_request() -> None:
     rng = random.Random(20261121)
     bodies = [
@@ -480,7 +435,7 @@ def test_mutated_requests_raise_only_invalid_request() -> None:
     ]
     translated = 0
     for _ in range(3000):
-        body = mutate(rng, rng.choice(bodies))
+        body = mutate(rng, rng.choice(bodies), JUNK)
         try:
             out, ctx = translate(body)
         except InvalidRequestError:
