@@ -684,7 +684,7 @@ class Gateway:
         output's images in a user message after it; no ``stream_options`` where the
         backend refuses fields it does not know."""
         quirks = upstream.quirks(route.target)
-        field = quirks.max_tokens_field or upstream.spec.max_tokens_field
+        field = upstream.max_tokens_field(route.target)
         if field != "max_completion_tokens" and "max_completion_tokens" in out:
             out[field] = out.pop("max_completion_tokens")
         if quirks.strict_schema:
@@ -777,9 +777,10 @@ class Gateway:
                 data = a2o.translate_response(data, attempt.ctx)
             else:
                 data = o2a.translate_response(data, attempt.ctx)
-            raw = orjson.dumps(data)
         if call.responses is not None:
             raw = orjson.dumps(responses_answer.translate_response(data, call.responses))
+        elif attempt.translated:
+            raw = orjson.dumps(data)
         headers = {"Content-Type": JSON_TYPE, **self._limit_headers(call)}
         return Reply(200, headers, raw, after=functools.partial(self._record, call, None))
 
