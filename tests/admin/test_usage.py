@@ -227,3 +227,24 @@ async def test_a_request_just_made_is_on_the_page_and_in_the_export(gateway) -> 
     assert ("tester", "just-now") in [(key, model) for _, key, model in rows_of(page)]
     export = body(await admin.get("/admin/usage.csv"))
     assert [r["requested_model"] for r in csv.DictReader(io.StringIO(export))] == ["just-now"]
+
+
+@pytest.mark.gen_test
+async def test_the_endpoint_shows_beside_the_dialect_when_it_is_not_the_usual(
+    client: Client, services: Services
+) -> None:
+    """A Responses API call (Codex) and a token count stand out from chat and messages."""
+    await client.login()
+    seed_usage(
+        services,
+        [
+            record(BASE, model="codex-model", endpoint="responses", stream=True),
+            record(BASE + timedelta(seconds=1), model="counted", endpoint="count_tokens"),
+            record(BASE + timedelta(seconds=2), model="plain", endpoint="chat"),
+        ],
+    )
+    page = body(await client.get("/admin/usage"))
+    shown = re.findall(
+        r'<td>openai(?: <small class="muted" data-testid="endpoint">(\w+)</small>)?', page
+    )
+    assert shown == ["", "count_tokens", "responses"]
