@@ -59,6 +59,7 @@ class Services:
     _misses: dict[str, float] = field(default_factory=dict)
     _fingerprint: tuple[Any, ...] | None = None
     _refresher: asyncio.Task[None] | None = None
+    _stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     def now(self) -> datetime:
         """The clock as a naive UTC datetime (~1 µs; ``fromtimestamp(…, UTC)`` took ~8)."""
@@ -144,7 +145,11 @@ class Services:
 
     async def _refresh_loop(self, interval: float) -> None:
         while True:
-            await asyncio.sleep(interval)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), interval)
+                return
+            except TimeoutError:
+                pass
             try:
                 async with self.db.session() as session:
                     fingerprint = await keys_fingerprint(session)
@@ -157,7 +162,10 @@ class Services:
 
     async def close(self) -> None:
         if self._refresher is not None:
-            self._refresher.cancel()
+            # Told to stop and waited for, never cancelled: a query cancelled halfway
+            # leaves the database driver's thread to answer a loop that may be gone.
+            self._stopping.set()
+            await self._refresher
             self._refresher = None
         await self.recorder.close()
         await self.pool.close()
