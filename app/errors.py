@@ -88,6 +88,13 @@ class PayloadTooLargeError(GatewayError):
     kind = "request_too_large"
 
 
+class HeadersTooLargeError(GatewayError):
+    """The request's header block is larger than the server reads (431)."""
+
+    status = 431
+    kind = "invalid_request"
+
+
 class RateLimitedError(GatewayError):
     """A proxy key's RPM/TPM window, or every upstream key, is exhausted (429)."""
 

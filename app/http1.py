@@ -28,9 +28,11 @@ HTTP/1.0 and error handling are its own code.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from tornado import httputil, iostream
@@ -320,6 +322,32 @@ class _Scratch(threading.local):
 _scratch = _Scratch()
 
 
+LINGER_SECONDS = 2.0  # how long a refused connection's unread request is drained
+_lingering: set[asyncio.Task[None]] = set()
+
+
+async def linger_close(sock: socket.socket, data: bytes) -> None:
+    """Send ``data``, end our side, and read (discarding) what the client still sends
+    until it closes or `LINGER_SECONDS` pass; then close. Closing a socket with unread
+    bytes would send a reset, which can destroy the response before the client reads it
+    (a client still sending an oversized request has not read anything yet)."""
+    loop = asyncio.get_running_loop()
+    sock.setblocking(False)
+
+    async def drain() -> None:
+        await loop.sock_sendall(sock, data)
+        sock.shutdown(socket.SHUT_WR)
+        while await loop.sock_recv(sock, 65536):
+            pass
+
+    try:
+        await asyncio.wait_for(drain(), LINGER_SECONDS)
+    except (TimeoutError, OSError):
+        pass
+    finally:
+        sock.close()
+
+
 class LeanStream(iostream.IOStream):
     """A served connection's stream: Tornado's, reading without its per-read costs.
 
@@ -329,7 +357,12 @@ class LeanStream(iostream.IOStream):
       and only what came is copied out, as Tornado copies it out of its own.
     - The request head is found by `head_end` instead of a regular expression.
     - TCP_NODELAY stays on (see the module).
+    - A request head past the server's ``max_header_size`` gets the response
+      ``oversized_head`` makes of it (a 431), where Tornado closes without a word.
     """
+
+    # (the head read so far, the limit) -> the whole response; None: close silently.
+    oversized_head: Callable[[bytes, int], bytes] | None = None
 
     def set_nodelay(self, value: bool) -> None:
         pass  # on since `LeanHTTPServer.handle_stream`, and it stays on
@@ -369,11 +402,23 @@ class LeanStream(iostream.IOStream):
         if regex is None or regex.pattern != _HEAD_END or not self._read_buffer:
             return super()._find_read_pos()
         end = head_end(self._read_buffer)
-        if end < 0:
-            self._check_max_bytes(regex, self._read_buffer_size)
-            return None
-        self._check_max_bytes(regex, end)
-        return end
+        size = self._read_buffer_size if end < 0 else end
+        limit = self._read_max_bytes
+        if limit is not None and size > limit:
+            self._refuse_head(limit)
+        self._check_max_bytes(regex, size)
+        return None if end < 0 else end
+
+    def _refuse_head(self, limit: int) -> None:
+        """Answer an oversized head on a duplicate of the socket, which keeps the
+        connection open when Tornado closes the stream (`_check_max_bytes` raises next)."""
+        if self.oversized_head is None or self.socket is None:
+            return
+        data = self.oversized_head(bytes(self._read_buffer[:8192]), limit)
+        with contextlib.suppress(OSError):
+            task = asyncio.get_running_loop().create_task(linger_close(self.socket.dup(), data))
+            _lingering.add(task)
+            task.add_done_callback(_lingering.discard)
 
 
 class LeanHTTPServer(HTTPServer):
@@ -384,6 +429,7 @@ class LeanHTTPServer(HTTPServer):
         # Tornado's per-request header timeout becomes the connection's idle timer.
         self._idle_timeout = float(self.conn_params.header_timeout or 3600)
         self.conn_params.header_timeout = None
+        self._oversized_head = getattr(self.request_callback, "oversized_head", None)
 
     def _handle_connection(self, connection: socket.socket, address: Any) -> None:
         """`TCPServer._handle_connection` with a `LeanStream` for a plain TCP connection
@@ -398,6 +444,7 @@ class LeanHTTPServer(HTTPServer):
                 max_buffer_size=self.max_buffer_size,
                 read_chunk_size=self.read_chunk_size,
             )
+            stream.oversized_head = self._oversized_head
             self.handle_stream(stream, address)
         except Exception:
             app_log.error("Error in connection callback", exc_info=True)

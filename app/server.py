@@ -219,7 +219,8 @@ def build_router(
             *_api_routes(services, gateway, "/anthropic", "anthropic"),
             *_api_routes(services, gateway, "/openai", "openai"),
         ]
-    return ApiRouter(app, _proxy_endpoints(routes), services, gateway)
+    dialect = "anthropic" if anthropic_only else None
+    return ApiRouter(app, _proxy_endpoints(routes), services, gateway, dialect=dialect)
 
 
 def build_app(services: Services, gateway: Gateway | None = None) -> tornado.web.Application:

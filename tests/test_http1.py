@@ -10,6 +10,7 @@ import contextlib
 import random
 import re
 import socket
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -287,7 +288,8 @@ CONVERSATIONS = {
 
 @pytest.mark.parametrize("ended", [True, False])
 async def test_a_head_over_the_size_limit_is_refused_like_tornados(ended: bool) -> None:
-    """Over Tornado's 64 KiB, whether its blank line came or not: the connection is closed."""
+    """Over Tornado's 64 KiB, whether its blank line came or not: the connection is closed
+    (by a server whose delegate has no ``oversized_head`` answer: see the next test)."""
     raw = b"GET /text HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70000
     raw += b"\r\n\r\n" if ended else b""
 
@@ -305,6 +307,52 @@ async def test_a_head_over_the_size_limit_is_refused_like_tornados(ended: bool) 
         assert _normalised(await _exchange(servers["lean"], fine)) == _normalised(
             await _exchange(servers["tornado"], fine)
         )
+
+
+def _send_all_then_read(port: int, raw: bytes) -> bytes:
+    """A blocking client, as `http.client` is: all of ``raw``, then a body a moment later,
+    then what the server says, to EOF (a server that closed with the body unread would
+    have sent a reset instead)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(raw)
+        time.sleep(0.05)
+        sock.sendall(b"{}" * 1000)
+        said = b""
+        while data := sock.recv(65536):
+            said += data
+        return said
+
+
+class _Answering(tornado.web.Application):
+    """An Application that answers an oversized head, as `app.handlers.lean.ApiRouter` does."""
+
+    def oversized_head(self, head: bytes, limit: int) -> bytes:
+        said = head.split(b"\r\n", 1)[0] + b" over %d" % limit
+        return b"HTTP/1.1 431 Too Large\r\nContent-Length: %d\r\n\r\n%s" % (len(said), said)
+
+
+@pytest.mark.parametrize("ended", [True, False])
+@pytest.mark.parametrize("size", [70_000, 3_000_000])
+async def test_a_head_over_the_size_limit_gets_the_delegates_answer_whole(
+    ended: bool, size: int
+) -> None:
+    """The answer reaches a client that is still sending (3 MB of header: it reads only
+    once it has sent them all), and then the connection closes; the server goes on."""
+    raw = b"GET /text HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * size
+    raw += b"\r\n\r\n" if ended else b""
+    server = LeanHTTPServer(_Answering(_app().default_router.rules))
+    sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
+    server.add_sockets(sockets)
+    port = sockets[0].getsockname()[1]
+    try:
+        said = await asyncio.to_thread(_send_all_then_read, port, raw)
+        expected = b"GET /text HTTP/1.1 over 65536"
+        assert said == b"HTTP/1.1 431 Too Large\r\nContent-Length: 29\r\n\r\n" + expected
+        fine = await _exchange(port, CONVERSATIONS["close"])
+        assert fine.startswith(b"HTTP/1.1 200 OK\r\n")
+    finally:
+        server.stop()
+        await server.close_all_connections()
 
 
 @pytest.mark.parametrize("name", list(CONVERSATIONS))

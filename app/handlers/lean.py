@@ -29,7 +29,7 @@ import tornado.web
 from tornado import httputil
 from tornado.iostream import StreamClosedError
 
-from app.errors import InternalError
+from app.errors import HeadersTooLargeError, InternalError
 from app.gateway import ApiRequest, Gateway, LastChunk, Reply, error_reply
 from app.handlers.api import new_request_id
 from app.http1 import LeanConnection
@@ -75,11 +75,14 @@ class ApiRouter(httputil.HTTPServerConnectionDelegate):
         endpoints: Mapping[str, tuple[str, str]],
         services: Services,
         gateway: Gateway,
+        *,
+        dialect: str | None = None,
     ) -> None:
         self.app = app
         self.endpoints = dict(endpoints)  # path -> (dialect, endpoint)
         self.services = services
         self.gateway = gateway
+        self.dialect = dialect  # every path's, on a listener that speaks one (else None)
 
     def start_request(
         self, server_conn: object, request_conn: httputil.HTTPConnection
@@ -88,6 +91,42 @@ class ApiRouter(httputil.HTTPServerConnectionDelegate):
 
     def on_close(self, server_conn: object) -> None:
         self.app.on_close(server_conn)
+
+    def oversized_head(self, head: bytes, limit: int) -> bytes:
+        """The whole response to a request whose header block ran past ``limit`` bytes
+        (``head``: its start): a 431 in the dialect of its path or, where the path does
+        not say, of its headers (`guess_dialect`'s rule), then the connection closes."""
+        start, _, fields = head.lstrip(b"\r\n").partition(b"\n")
+        words = start.split(b" ")
+        path = words[1].decode("latin1").partition("?")[0] if len(words) > 1 else ""
+        found = self.endpoints.get(path)
+        if found is not None:
+            dialect = found[0]
+        elif self.dialect is not None:
+            dialect = self.dialect
+        elif path.startswith(("/anthropic/", "/openai/")):
+            dialect = path.split("/")[1]
+        else:
+            lowered = b"\n" + fields.lower()
+            anthropic = b"\nanthropic-version:" in lowered or b"\nx-api-key:" in lowered
+            dialect = "anthropic" if anthropic else "openai"
+        request_id = new_request_id()
+        err = HeadersTooLargeError(
+            f"The request's headers are larger than the {limit} bytes this gateway reads; "
+            "send fewer or shorter headers."
+        )
+        reply = error_reply(dialect, err, request_id)
+        lines = [
+            f"HTTP/1.1 {reply.status} {_reason(reply.status)}",
+            *map(": ".join, reply.headers.items()),
+            f"Content-Length: {len(reply.body)}",
+            "Connection: close",
+            f"request-id: {request_id}",
+            f"x-request-id: {request_id}",
+            _http_date(),
+        ]
+        log_request(reply.status, words[0].decode("latin1"), path, 0.0)
+        return "\r\n".join(lines).encode("latin1") + b"\r\n\r\n" + reply.body
 
 
 class _Dispatch(httputil.HTTPMessageDelegate):

@@ -635,6 +635,30 @@ def test_a_chunked_body_far_over_the_limit_is_a_413_at_once(bed: Bed, dialect: s
     still_serving(bed, dialect, "m-an" if dialect == A else "m-oa")
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "dialect", "headers"),
+    [
+        ("POST", "/v1/messages", A, {}),
+        ("POST", "/openai/v1/chat/completions", O, {}),
+        ("POST", "/v1/responses", O, {"x-api-key": TEST_KEY}),
+        ("GET", "/v1/models", A, {"anthropic-version": "2023-06-01"}),
+        ("GET", "/v1/models", O, {}),
+        ("GET", "/anthropic/v1/models", A, {}),
+    ],
+)
+def test_headers_over_the_limit_get_a_431_in_the_dialect(
+    bed: Bed, method: str, path: str, dialect: str, headers: dict[str, str]
+) -> None:
+    """A header block past Tornado's 64 KiB: a 431 the client can read (it used to be a
+    connection closed without a word), in the dialect of the path or its headers."""
+    big = {**auth(), **headers, "x-trace": "t" * 100_000}
+    body = orjson.dumps(body_for(dialect, "m-an")) if method == "POST" else None
+    resp = call(method, bed.port, path, body=body, headers=big)
+    check_error(dialect, resp, 431, "invalid_request_error", "larger than the 65536 bytes")
+    assert resp.headers["connection"] == "close"
+    still_serving(bed, dialect, "m-an" if dialect == A else "m-oa")
+
+
 def test_body_just_under_the_limit_is_accepted(bed: Bed) -> None:
     text = "y" * (LIMIT_BYTES - 2048)
     resp = post_json(bed.port, "/v1/messages", body_for(A, "m-an", text=text), auth())
