@@ -484,7 +484,12 @@ class Gateway:
                     failure = self._upstream_error(attempt, resp.status, err_body, retry_after)
                     if resp.status == 429:
                         upstream.ring.mark_rate_limited(key, retry_after, failure.message)
-                    elif resp.status in (401, 403):
+                    elif resp.status == 403:
+                        # Not allowed for this request (a model, a beta, a region): the key
+                        # stays on; another key, or a fallback, may be allowed. The
+                        # client sees the backend's own refusal if none is.
+                        upstream.ring.mark_refused(key, failure.message)
+                    elif resp.status == 401:
                         upstream.ring.mark_rejected(key, resp.status, failure.message)
                         # The client's key never goes upstream: this is the gateway's key, and a
                         # 401 would send the client (Claude Code: "please log in") the wrong way.

@@ -19,7 +19,7 @@ from app.db.models import ModelRoute, Upstream, UpstreamKey
 from app.routing import RouteSettings, RouteSpec
 from app.secretbox import SecretBox
 from app.settings import ModelConfig, UpstreamConfig
-from app.upstreams.keyring import KeyState
+from app.upstreams.keyring import KeyState, disabled_automatically
 from app.upstreams.pool import UpstreamSpec
 
 
@@ -66,6 +66,12 @@ async def upsert_upstream(session: AsyncSession, cfg: UpstreamConfig, box: Secre
         key = existing.pop(secret, None)
         if key is None:
             key = UpstreamKey(secret=box.encrypt(secret), last4=secret[-4:], source="config")
+        elif not key.enabled and disabled_automatically(key.disabled_reason):
+            # Disabled by the gateway (a 401), not by an admin: the file names the key
+            # again, so it gets another chance (a 401 disables it again at once).
+            key.enabled = True
+            key.disabled_reason = None
+            key.disabled_at = None
         ordered.append(key)
     for stale in existing.values():
         row.keys.remove(stale)

@@ -54,6 +54,14 @@ class KeyState:
         return "active"
 
 
+# How a disable the gateway made itself (a 401) starts its reason; an admin's does not.
+AUTO_DISABLED = "HTTP "
+
+
+def disabled_automatically(reason: str | None) -> bool:
+    return reason is not None and reason.startswith(AUTO_DISABLED)
+
+
 class KeyRing:
     """The rotation of one upstream's keys."""
 
@@ -121,13 +129,19 @@ class KeyRing:
     def mark_failed(self, key: KeyState, message: str) -> None:
         self._fail(key, message, FAILURE_COOLDOWN)
 
+    def mark_refused(self, key: KeyState, message: str) -> None:
+        """403: this request was not allowed with this key (a model, a beta, a region its
+        account lacks): counted as an error, but the key stays in rotation, uncooled."""
+        self._fail(key, message, 0)
+
     def mark_rejected(self, key: KeyState, status: int, message: str) -> None:
-        """401/403: the key itself is bad; disable it until an admin re-enables it."""
+        """401: the key itself is bad; disable it until an admin re-enables it (or the
+        config file names it again at a restart)."""
         if key.secret is None:
             self._fail(key, message, FAILURE_COOLDOWN)
             return
         self._fail(key, message, 0)
         key.enabled = False
-        key.disabled_reason = f"HTTP {status}: {message[:300]}"
+        key.disabled_reason = f"{AUTO_DISABLED}{status}: {message[:300]}"
         key.disabled_at = self._clock()
         self._changed(key)

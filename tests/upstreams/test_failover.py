@@ -241,7 +241,10 @@ async def test_401_disables_the_key_persists_it_and_an_admin_re_enables_it(gatew
     assert (rows[0].enabled, rows[0].disabled_reason) == (True, None)
 
 
-async def test_403_on_passthrough_disables_the_key_too(gateway, fake_anthropic):  # type: ignore[no-untyped-def]
+async def test_403_moves_to_the_next_key_and_leaves_the_key_on(gateway, fake_anthropic):  # type: ignore[no-untyped-def]
+    """A 403 is about the request (a beta, a model, a region the account lacks) more often
+    than the key: another key may be allowed, and the refused one stays in rotation (it
+    used to be disabled for good, taking a one-key upstream offline for everyone)."""
     live = await gateway(
         upstream("main", fake_anthropic, ["sk-one", "sk-two"])
         + model("team-model", "main", "claude-x")
@@ -250,11 +253,69 @@ async def test_403_on_passthrough_disables_the_key_too(gateway, fake_anthropic):
         JsonReply(403, {"type": "error", "error": {"type": "permission_error", "message": "nope"}})
     )
     assert (await anthropic_call(live)).status == 200
+    assert (await anthropic_call(live)).status == 200
+    assert auth_of(fake_anthropic) == ["sk-one", "sk-two", "sk-one"]
     rows = await upstream_key_rows(live)
-    assert [(k.enabled, k.disabled_reason) for k in rows] == [
-        (False, "HTTP 403: nope"),
-        (True, None),
+    assert [(k.enabled, k.disabled_reason, k.error_count, k.cooldown_until) for k in rows] == [
+        (True, None, 1, None),
+        (True, None, 0, None),
     ]
+    assert rows[0].last_error == "nope"
+
+
+@pytest.mark.parametrize("client", ["anthropic", "openai"])
+async def test_a_403_from_every_key_reaches_the_client_as_that_403(gateway, fake_anthropic, client):  # type: ignore[no-untyped-def]
+    live = await gateway(
+        upstream("main", fake_anthropic, ["sk-one", "sk-two"])
+        + model("team-model", "main", "claude-x")
+    )
+    refusal = {
+        "type": "error",
+        "error": {"type": "permission_error", "message": "This beta is not enabled"},
+    }
+    fake_anthropic.push(JsonReply(403, refusal), JsonReply(403, refusal))
+    call = anthropic_call if client == "anthropic" else openai_call
+    resp = await call(live)
+    assert resp.status == 403
+    if client == "anthropic":
+        assert resp.json()["error"] == refusal["error"]
+    else:
+        error = resp.json()["error"]
+        assert (error["type"], error["message"]) == ("permission_error", "This beta is not enabled")
+    assert auth_of(fake_anthropic) == ["sk-one", "sk-two"]
+    assert (await call(live)).status == 200  # nothing was disabled or cooled
+
+
+async def test_a_key_a_401_disabled_is_tried_again_when_the_file_names_it_at_a_restart(
+    gateway, fake_openai
+):  # type: ignore[no-untyped-def]
+    """The file wins for what it names: a config key the gateway disabled is on again
+    after a restart (a 401 then disables it again at once); one an admin disabled is not."""
+    config = upstream("main", fake_openai, ["sk-revoked", "sk-good", "sk-spare"]) + model(
+        "team-model", "main", "qwen"
+    )
+    first = await gateway(config)
+    fake_openai.push(
+        JsonReply(401, {"error": {"message": "bad key", "type": "invalid_request_error"}})
+    )
+    assert (await openai_call(first)).status == 200
+    rows = await upstream_key_rows(first)
+    async with first.services.db.session() as session, session.begin():
+        row = await session.get(UpstreamKey, rows[2].id)
+        assert row is not None
+        set_key_enabled(row, False, "disabled by admin")  # what the dashboard's "Disable" does
+    await first.services.recorder.flush()
+    assert [k.enabled for k in await upstream_key_rows(first)] == [False, True, False]
+
+    second = await gateway(config)  # the same database: a restart
+    rows = await upstream_key_rows(second)
+    assert [(k.enabled, k.disabled_reason) for k in rows] == [
+        (True, None),
+        (True, None),
+        (False, "disabled by admin"),
+    ]
+    assert (await openai_call(second)).status == 200
+    assert auth_of(fake_openai)[-1] == "sk-revoked"
 
 
 async def test_failover_order_is_keys_first_then_fallbacks_in_order(gateway, make_fake):  # type: ignore[no-untyped-def]
