@@ -111,11 +111,14 @@ async def upsert_config_key(
             key=key,
         )
         return row
-    row.key_hash = hash_key(key)
+    digest = hash_key(key)
+    if digest != row.key_hash:
+        row.revoked_at = None  # a new secret for the name: a new key, not a revoked one
+    # The same secret stays revoked: a revocation (a leaked key) outlives restarts.
+    row.key_hash = digest
     row.prefix = display_prefix(key)
     row.rpm, row.tpm, row.models = rpm, tpm, list(models)
     row.expires_at = end_of_day(expires) if expires else None
-    row.revoked_at = None
     row.source = "config"
     return row
 
