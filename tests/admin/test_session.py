@@ -158,8 +158,11 @@ async def test_scrypt_runs_off_the_event_loop(
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_sign_out_ends_the_session(client: Client, services: Services) -> None:
+async def test_sign_out_ends_the_session_on_the_server(
+    client: Client, anon: Client, services: Services
+) -> None:
     await client.login()
+    await anon.login()  # the same admin in another browser
     stolen = dict(client.cookies)
     response = await client.post("/admin/logout")
     assert response.code == 303
@@ -167,10 +170,14 @@ async def test_sign_out_ends_the_session(client: Client, services: Services) -> 
     assert "bk_session" not in client.cookies
     assert (await client.get("/admin/")).code == 302
     assert ("admin", "sign_out", "admin") in await audit_actions(services)
-    # A copy of the cookie still works until it expires or the password changes: the
-    # signed cookie is the session. Changing the password is how to end all sessions.
+    # A copy of the cookie no longer signs anyone in (it used to, until it expired):
+    # signing out ends the admin's sessions everywhere.
     replay = Client(client.base_url, cookies=stolen)
-    assert (await replay.get("/admin/")).code == 200
+    assert (await replay.get("/admin/")).code == 302
+    assert (await replay.post("/admin/keys", {"name": "sneaky"})).code in (302, 403)
+    assert (await anon.get("/admin/")).code == 302
+    await client.login()  # and signing in again works
+    assert (await client.get("/admin/")).code == 200
 
 
 @pytest.mark.gen_test(timeout=30)

@@ -73,8 +73,11 @@ class Chrome:
     here: str
 
 
-def password_fingerprint(password_hash: str) -> str:
-    return hashlib.sha256(password_hash.encode()).hexdigest()[:24]
+def session_fingerprint(row: AdminUser) -> str:
+    """What a session cookie must carry to be valid: it changes with the password and
+    when the admin signs out (`AdminUser.session_epoch`)."""
+    seed = f"{row.password_hash}|{row.session_epoch or 0}"
+    return hashlib.sha256(seed.encode()).hexdigest()[:24]
 
 
 def safe_next(value: str | None) -> str:
@@ -141,7 +144,7 @@ class AdminHandler(tornado.web.RequestHandler):
         async with self.services.db.session() as session:
             row = await admins.get_admin(session, username)
         if row is None or not hmac.compare_digest(
-            password_fingerprint(row.password_hash), fingerprint
+            session_fingerprint(row), fingerprint
         ):
             return None
         return row
@@ -149,7 +152,7 @@ class AdminHandler(tornado.web.RequestHandler):
     def start_session(self, row: AdminUser) -> None:
         self.set_signed_cookie(
             SESSION_COOKIE,
-            f"{row.username}|{password_fingerprint(row.password_hash)}",
+            f"{row.username}|{session_fingerprint(row)}",
             expires_days=None,
             httponly=True,
             secure=self.request.protocol == "https",

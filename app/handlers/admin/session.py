@@ -88,7 +88,12 @@ class LoginHandler(AdminHandler):
 
 class LogoutHandler(AdminHandler):
     async def post(self) -> None:
+        """Ends the session on the server too: the admin's epoch moves on, so this cookie
+        (a copy of it, and the admin's other sessions) no longer signs anyone in."""
         async with self.services.db.session() as session:
+            row = await admins.get_admin(session, self.username)
+            if row is not None:
+                row.session_epoch = (row.session_epoch or 0) + 1
             await self.audit(session, "sign_out", self.username)
             await session.commit()
         self.end_session()
