@@ -143,9 +143,7 @@ class AdminHandler(tornado.web.RequestHandler):
         username, _, fingerprint = raw.decode("utf-8", "replace").rpartition("|")
         async with self.services.db.session() as session:
             row = await admins.get_admin(session, username)
-        if row is None or not hmac.compare_digest(
-            session_fingerprint(row), fingerprint
-        ):
+        if row is None or not hmac.compare_digest(session_fingerprint(row), fingerprint):
             return None
         return row
 
