@@ -22,10 +22,11 @@ from typing import Any
 
 import tornado.httpserver
 import tornado.web
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import ioloop
 from app.accounting import RateLimiter, UsageRecorder
-from app.auth import KeyTable, hash_password
+from app.auth import KeyTable, hash_password, verify_password
 from app.db import admins as admin_queries
 from app.db import keys as key_queries
 from app.db.catalog import sync_config
@@ -85,16 +86,31 @@ async def _bootstrap(services: Services, settings: Settings) -> FirstStart:
                 session, "default", settings.proxy_key, rpm=None, tpm=None, models=(), expires=None
             )
         no_admins = await admin_queries.count_admins(session) == 0
-        if settings.admin_password or no_admins:
-            password = settings.admin_password
-            if password is None:
-                password = secrets.token_urlsafe(12)
-                first.admin_password = password
-            hashed = await loop.run_in_executor(None, hash_password, password)
+        if settings.admin_password:
+            await _apply_configured_password(session, settings.admin_password)
+        elif no_admins:
+            first.admin_password = secrets.token_urlsafe(12)
+            hashed = await loop.run_in_executor(None, hash_password, first.admin_password)
             await admin_queries.set_admin_password(session, "admin", hashed)
         if no_admins and not await key_queries.list_keys(session):
             _, first.proxy_key = await key_queries.create_key(session, "default", source="serve")
     return first
+
+
+async def _apply_configured_password(session: AsyncSession, password: str) -> None:
+    """The configured ``admin_password`` becomes the ``admin`` user's password when the
+    user is new or the configured value changed since it was last applied. Unchanged, it
+    leaves alone a password set since in the dashboard or with ``admin set-password``
+    (it used to reset it at every start)."""
+    loop = asyncio.get_running_loop()
+    row = await admin_queries.get_admin(session, "admin")
+    if row is not None and row.config_password_hash is not None:
+        same = await loop.run_in_executor(None, verify_password, password, row.config_password_hash)
+        if same:
+            return
+    hashed = await loop.run_in_executor(None, hash_password, password)
+    row = await admin_queries.set_admin_password(session, "admin", hashed)
+    row.config_password_hash = hashed
 
 
 async def build_services(

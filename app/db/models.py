@@ -209,6 +209,8 @@ class AdminUser(Base):
     last_login_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     # In every session cookie; signing out moves it on, ending the admin's sessions.
     session_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The configured admin_password last applied (scrypt): applied again only when it changes.
+    config_password_hash: Mapped[str | None] = mapped_column(String(300), nullable=True)
 
 
 class AdminAudit(Base):
