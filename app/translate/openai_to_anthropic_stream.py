@@ -146,6 +146,9 @@ class StreamTranslator:
         self._slots = {"text_delta": TextSlot(), "thinking_delta": TextSlot()}
         self._thinking: list[str] = []  # the open thinking block's text, with ctx.reasoning
         self._thinking_blocks = 0  # thinking_blocks entries sent
+        # Tool blocks that have sent no argument text yet (upstream index -> tool call
+        # index): an empty input closes as "{}", the non-streamed json.dumps({}) (§6.14).
+        self._argless: dict[int, int] = {}
 
     # -- framing ---------------------------------------------------------------------------
 
@@ -188,8 +191,20 @@ class StreamTranslator:
         return [openai_chunk({"error": error_object(err)})]
 
     def _finish_chunk(self, stop_reason: Any) -> list[bytes]:
+        out = self._close_arguments(list(self._argless))
         self.finish_reason = finish_reason(stop_reason, tool_calls=self._next_tool > 0)
-        return [self._chunk({}, self.finish_reason)]
+        out.append(self._chunk({}, self.finish_reason))
+        return out
+
+    def _close_arguments(self, indexes: list[int]) -> list[bytes]:
+        """``"{}"`` for each tool block of ``indexes`` that sent no argument text: the
+        ``openai`` SDK accumulates the fragments, and ``""`` is no JSON for its caller."""
+        out: list[bytes] = []
+        for index in indexes:
+            k = self._argless.pop(index, None)
+            if k is not None:
+                out.append(self._arguments(k, "{}"))
+        return out
 
     def _end(self) -> list[bytes]:
         out: list[bytes] = []
@@ -243,7 +258,10 @@ class StreamTranslator:
             return self._start() + self._end()
         if name == "error":
             return self._error(data.get("error"))
-        # content_block_stop, ping and unknown types carry nothing for the client.
+        if name == "content_block_stop":
+            index = data.get("index")
+            return self._close_arguments([index]) if type(index) is int else []
+        # ping and unknown types carry nothing for the client.
         return []
 
     def fast_event(self, part: bytes, meter: OutputMeter) -> bytes | None:
@@ -285,14 +303,15 @@ class StreamTranslator:
             return None
         return frame[0] + orjson.dumps(text) + frame[1]
 
-    @staticmethod
-    def _silent(part: bytes) -> bytes | None:
+    def _silent(self, part: bytes) -> bytes | None:
         """A named ``ping`` or ``content_block_stop`` with one line of valid JSON: nothing for
         the client, as `feed` says, without an SSEEvent (~3 µs each through it). None for
         anything else (malformed data fails the stream there)."""
         at = part.find(b"\ndata: ")
         if at < 0 or part.find(b"\n", at + 1) >= 0 or part[:at] not in _SILENT_NAMES:
             return None
+        if self._argless and part[:at] == b"event: content_block_stop":
+            return None  # may close a tool block with no arguments: `feed` sends its "{}"
         try:
             orjson.loads(part[at + 7 :])
         except orjson.JSONDecodeError:
@@ -340,6 +359,7 @@ class StreamTranslator:
         block = data.get("content_block")
         if not isinstance(block, dict) or not isinstance(index, int):
             return out
+        out += self._close_arguments([index])  # a block at the index of one never stopped
         kind = block.get("type")
         if kind == "text":
             self._blocks[index] = _Block("text")
@@ -380,6 +400,8 @@ class StreamTranslator:
             out.append(self._chunk({"tool_calls": [call]}))
             if isinstance(tool_input, dict) and tool_input:
                 out.append(self._arguments(k, json_text(tool_input)))
+            else:
+                self._argless[index] = k
         else:
             self._blocks[index] = _Block("other")
         return out
@@ -417,6 +439,7 @@ class StreamTranslator:
             if block.kind == "json":
                 out.append(self._chunk({"content": fragment}))
             elif block.kind == "tool":
+                self._argless.pop(data["index"], None)  # an int: there is a block
                 out.append(self._arguments(block.tool_index, fragment))
         # citations_delta and server-tool input have no OpenAI form.
         return out
