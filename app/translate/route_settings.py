@@ -79,8 +79,16 @@ def apply_anthropic(
     context_window: int | None,
     params: Mapping[str, Any],
     input_tokens: int,
+    translated: bool = False,
 ) -> dict[str, Any]:
-    """A copy of an Anthropic Messages body with the route's settings applied."""
+    """A copy of an Anthropic Messages body with the route's settings applied.
+
+    A thinking budget is fitted under a lowered max_tokens (or thinking dropped when
+    max_tokens leaves no room for the smallest budget), as the Anthropic API requires,
+    unless the body is ``translated`` for an OpenAI backend: there the client's own budget
+    picks the ``reasoning_effort`` (PROTOCOL.md §6.7), and a cap on the output must not
+    lower or cancel the reasoning asked for.
+    """
     out = dict(body)
     if temperature is not None and "temperature" not in out:
         thinking = out.get("thinking")
@@ -93,7 +101,8 @@ def apply_anthropic(
     )
     if clamped is not None and clamped != requested:
         out["max_tokens"] = clamped
-        _fit_thinking(out)
+        if not translated:
+            _fit_thinking(out)
     return out
 
 

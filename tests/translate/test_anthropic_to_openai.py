@@ -858,3 +858,55 @@ def test_a_route_s_forced_chat_template_kwargs_replace_the_switch() -> None:
     force_params(out, forced)
     assert out["chat_template_kwargs"] == {"enable_thinking": False}
     assert (out["max_tokens"], out["min_p"], out["reasoning_effort"]) == (32000, 0.05, "high")
+
+
+_CAPPED_THINKING = {
+    "model": "claude-x",
+    "max_tokens": 8000,
+    "thinking": {"type": "enabled", "budget_tokens": 5000},
+    "messages": [{"role": "user", "content": "Plan it."}],
+}
+
+
+@pytest.mark.parametrize("cap", [1000, 3000])
+def test_a_route_s_max_tokens_cap_keeps_the_thinking_for_an_openai_backend(cap: int) -> None:
+    """A cap on the output limits the output, not the reasoning: the translated request
+    gets the cap and the reasoning_effort of the client's own budget (§6.7), however far
+    below the budget the cap is (it once dropped thinking under 1025 and shrank it above)."""
+    from app.translate.route_settings import apply_anthropic
+
+    adjusted = apply_anthropic(
+        copy.deepcopy(_CAPPED_THINKING),
+        temperature=None,
+        max_tokens=cap,
+        context_window=None,
+        params={},
+        input_tokens=10,
+        translated=True,
+    )
+    opts = BackendOptions(target_model="m", max_tokens_field="max_completion_tokens")
+    out, ctx = translate_request(adjusted, opts)
+    assert (out["max_completion_tokens"], out.get("reasoning_effort")) == (cap, "high")
+    assert ctx.thinking
+
+
+@pytest.mark.parametrize(
+    ("cap", "thinking"),
+    [(1000, None), (1024, None), (3000, {"type": "enabled", "budget_tokens": 2999})],
+)
+def test_a_route_s_max_tokens_cap_fits_the_thinking_for_an_anthropic_backend(
+    cap: int, thinking: dict[str, Any] | None
+) -> None:
+    """Passed through to Anthropic, the budget must stay below max_tokens and at least
+    1024: it shrinks under the cap, or thinking goes when no budget fits."""
+    from app.translate.route_settings import apply_anthropic
+
+    adjusted = apply_anthropic(
+        copy.deepcopy(_CAPPED_THINKING),
+        temperature=None,
+        max_tokens=cap,
+        context_window=None,
+        params={},
+        input_tokens=10,
+    )
+    assert (adjusted["max_tokens"], adjusted.get("thinking")) == (cap, thinking)
