@@ -159,8 +159,8 @@ class OutputMeter(TextCount):
     """The output an upstream stream has produced so far, estimated from its deltas.
 
     A stream that ends early (client gone, connection cut) never gets the upstream's own
-    final count, which comes last: it is charged this instead (text, thinking and tool
-    arguments, at `app.dialects.tokens.estimate_text`'s rates).
+    final count, which comes last: it is charged this instead (text, thinking, tool names
+    and tool arguments, at `app.dialects.tokens.estimate_text`'s rates).
     """
 
     __slots__ = ("_anthropic",)
@@ -172,6 +172,10 @@ class OutputMeter(TextCount):
     def feed(self, event: SSEEvent) -> None:
         if self._anthropic:
             if event.event != "content_block_delta" and '"content_block_delta"' not in event.data:
+                if event.event == "content_block_start" or (
+                    event.event is None and '"content_block_start"' in event.data
+                ):
+                    self._block_start(event)
                 return
         elif '"delta"' not in event.data:
             return
@@ -199,7 +203,22 @@ class OutputMeter(TextCount):
             for call in calls if isinstance(calls, list) else []:
                 function = call.get("function") if isinstance(call, dict) else None
                 if isinstance(function, dict):
+                    self.add(function.get("name"))
                     self.add(function.get("arguments"))
+
+    def _block_start(self, event: SSEEvent) -> None:
+        """A ``tool_use`` block's name, and its input when it comes whole in the start."""
+        try:
+            data = event.json()
+        except orjson.JSONDecodeError:
+            return
+        block = data.get("content_block") if isinstance(data, dict) else None
+        if not isinstance(block, dict) or block.get("type") != "tool_use":
+            return
+        self.add(block.get("name"))
+        tool_input = block.get("input")
+        if isinstance(tool_input, dict) and tool_input:
+            self.add(orjson.dumps(tool_input).decode())
 
     def charge(self, usage: Usage) -> Usage:
         """``usage`` with at least the output seen so far (flagged estimated if raised)."""

@@ -477,8 +477,11 @@ def translate_response(
         matched_stop(choice, ctx.stop_sequences),
     )
     output = TextCount()
-    for piece in [reasoning, text] + [orjson.dumps(b["input"]).decode() for b in tool_blocks]:
+    for piece in [reasoning, text]:
         output.add(piece)
+    for block in tool_blocks:
+        output.add(ctx.names.to_backend(block["name"]))  # the name as the model wrote it
+        output.add(orjson.dumps(block["input"]).decode())
     usage = final_usage(from_openai(resp.get("usage")), ctx.input_estimate, output)
     return {
         "id": message_id or new_message_id(),

@@ -509,6 +509,8 @@ class StreamTranslator:
         assert tool.name is not None
         tool.started = True
         self._had_tool_block = True
+        # The call's name is output too: a call without arguments is not 0 tokens (§9 item 3).
+        self._produced.add(tool.name)
         block = {
             "type": "tool_use",
             "id": sanitize_tool_id(tool.raw_id) if tool.raw_id else new_tool_id(),
@@ -525,6 +527,7 @@ class StreamTranslator:
             # Claude Code JSON-parses the concatenated fragments at content_block_stop; an empty
             # string is not an object.
             out.append(self._delta({"type": "input_json_delta", "partial_json": "{}"}))
+            self._produced.add("{}")  # as the non-streamed answer counts json.dumps(input)
         out.append(
             anthropic_event(
                 "content_block_stop", {"type": "content_block_stop", "index": self._open.index}

@@ -148,3 +148,38 @@ def test_a_stream_cut_mid_event_is_relayed_up_to_its_last_whole_event(
     # Not SSE at all (a backend answering a stream request with one JSON body): nothing.
     relay = RelayPipeline(dialect, drop_usage=drop_usage)
     assert relay.feed(b'{"id": "x", "choices": []}') + relay.finish() == b""
+
+
+@pytest.mark.parametrize(
+    ("dialect", "events"),
+    [
+        (
+            "openai",
+            [
+                b'data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_1",'
+                b'"type":"function","function":{"name":"get_weather","arguments":""}}]}}]}\n\n',
+                b'data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,'
+                b'"function":{"arguments":"{}"}}]}}]}\n\n',
+            ],
+        ),
+        (
+            "anthropic",
+            [
+                b"event: content_block_start\n"
+                b'data: {"type":"content_block_start","index":0,"content_block":'
+                b'{"type":"tool_use","id":"toolu_1","name":"get_weather","input":{}}}\n\n',
+                b'data: {"type":"content_block_delta","index":0,'
+                b'"delta":{"type":"input_json_delta","partial_json":"{}"}}\n\n',
+            ],
+        ),
+    ],
+)
+def test_a_tool_call_s_name_is_output_too(dialect: str, events: list[bytes]) -> None:
+    """A stream cut after a call without arguments is charged for the call (was 1 token,
+    the "{}" alone, and 0 before it)."""
+    from app.dialects.tokens import estimate_text
+
+    relay = RelayPipeline(dialect)
+    for event in events:
+        relay.feed(event)
+    assert relay.meter.tokens == estimate_text("get_weather{}") == 4
