@@ -15,6 +15,7 @@ import hashlib
 import logging
 import secrets
 import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -286,7 +287,17 @@ class Server:
         self.http: list[tornado.httpserver.HTTPServer] = []
         self.ports: list[int] = []
 
-    def listen(self, host: str, port: int, anthropic_port: int | None = None) -> None:
+    def listen(
+        self,
+        host: str,
+        port: int,
+        anthropic_port: int | None = None,
+        *,
+        bound: list[list[socket.socket]] | None = None,
+    ) -> None:
+        """Serve on ``host``:``port`` (and the Anthropic port); ``bound``: the sockets
+        `bind_listeners` already bound for them."""
+        bound = bound if bound is not None else bind_listeners(host, port, anthropic_port)
         limit = self.services.settings.max_body_bytes + 1
         main = LeanHTTPServer(
             build_router(self.services, self.gateway),
@@ -295,7 +306,7 @@ class Server:
             chunk_size=READ_CHUNK,
             xheaders=self.services.settings.behind_proxy,
         )
-        self.ports.append(_bind(main, host, port))
+        self.ports.append(_add(main, bound[0]))
         self.http.append(main)
         if anthropic_port is not None:
             extra = LeanHTTPServer(
@@ -305,7 +316,7 @@ class Server:
                 chunk_size=READ_CHUNK,
                 xheaders=self.services.settings.behind_proxy,
             )
-            self.ports.append(_bind(extra, host, anthropic_port))
+            self.ports.append(_add(extra, bound[1]))
             self.http.append(extra)
 
     async def stop(self, grace: float) -> None:
@@ -335,8 +346,23 @@ class Server:
         await self.services.close()
 
 
-def _bind(server: tornado.httpserver.HTTPServer, host: str, port: int) -> int:
-    sockets = tornado.netutil.bind_sockets(port, address=host)
+def bind_listeners(
+    host: str, port: int, anthropic_port: int | None = None
+) -> list[list[socket.socket]]:
+    """The listening sockets of the main port and the Anthropic port, bound now (so a
+    port in use is found before anything else happens); closed again on failure."""
+    bound = [tornado.netutil.bind_sockets(port, address=host)]
+    if anthropic_port is not None:
+        try:
+            bound.append(tornado.netutil.bind_sockets(anthropic_port, address=host))
+        except OSError:
+            for sock in bound[0]:
+                sock.close()
+            raise
+    return bound
+
+
+def _add(server: tornado.httpserver.HTTPServer, sockets: list[socket.socket]) -> int:
     server.add_sockets(sockets)
     return int(sockets[0].getsockname()[1])
 
@@ -368,13 +394,17 @@ def _tune_gc() -> None:
 async def serve_forever(settings: Settings, announce: Callable[[Server, FirstStart], None]) -> None:
     """Start, announce, serve until SIGTERM/SIGINT, stop gracefully."""
     ioloop.install()
-    services, first = await build_services(settings, migrate=False)
-    server = Server(services)
+    # The ports first: a second `serve` on a port in use must stop before it writes the
+    # config file into a database a running server is using.
+    bound = bind_listeners(settings.host, settings.port, settings.anthropic_port)
     try:
-        server.listen(settings.host, settings.port, settings.anthropic_port)
-    except OSError:
-        await services.close()
+        services, first = await build_services(settings, migrate=False)
+    except BaseException:
+        for sock in (s for group in bound for s in group):
+            sock.close()
         raise
+    server = Server(services)
+    server.listen(settings.host, settings.port, settings.anthropic_port, bound=bound)
     _tune_gc()
     announce(server, first)
     stop = asyncio.Event()

@@ -86,3 +86,37 @@ def test_first_start_prints_credentials_and_echo_answers_both_dialects(tmp_path:
     with sqlite3.connect(tmp_path / "bridgekeeper.db") as db:
         statuses = [r[0] for r in db.execute("select status from usage_events order by id")]
     assert statuses == ["ok", "ok"]
+
+
+def test_serve_on_a_port_in_use_stops_before_writing_its_config(tmp_path: Path) -> None:
+    """A second `serve` of a running gateway's database must not write its file into it
+    (the running server would take the change at once)."""
+    import socket
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    (tmp_path / "bk.toml").write_text(
+        '[server]\ndatabase_url = "sqlite:///bk.db"\n\n'
+        '[[upstreams]]\nname = "new"\nkind = "echo"\n\n'
+        '[[models]]\nname = "m"\nupstream = "new"\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGEKEEPER_",))}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "app", "serve", "--config", "bk.toml", "--port", str(port)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        busy.close()
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr and "in use" in done.stderr.lower()
+    with sqlite3.connect(tmp_path / "bk.db") as db:
+        assert db.execute("select count(*) from upstreams").fetchone() == (0,)
+        assert db.execute("select count(*) from model_routes").fetchone() == (0,)
+        assert db.execute("select count(*) from admin_users").fetchone() == (0,)
