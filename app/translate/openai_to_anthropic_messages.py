@@ -430,10 +430,10 @@ def _synthesized(tool_use_id: str) -> Block:
 
 
 def _repair_user(turn: Turn, expected: list[str]) -> Turn:
-    """Results for ``expected`` ids first (synthesized when missing), then everything else."""
+    """Results for ``expected`` ids first (synthesized when missing), then everything else
+    in the conversation's order, orphan results as text where they were."""
     answered: set[str] = set()
     results: list[Block] = []
-    orphans: list[Block] = []
     others: list[Block] = []
     for block in turn.blocks:
         if block["type"] != "tool_result":
@@ -442,9 +442,9 @@ def _repair_user(turn: Turn, expected: list[str]) -> Turn:
             answered.add(block["tool_use_id"])
             results.append(block)
         else:
-            orphans.extend(_result_text(block))
+            others.extend(_result_text(block))
     results.extend(_synthesized(i) for i in expected if i not in answered)
-    return Turn("user", results + orphans + others)
+    return Turn("user", results + others)
 
 
 def _repair_pairing(turns: list[Turn]) -> list[Turn]:
