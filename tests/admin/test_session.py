@@ -258,8 +258,14 @@ async def test_add_and_remove_admins(client: Client, anon: Client, services: Ser
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_language_from_accept_language_and_the_switcher(client: Client) -> None:
+async def test_english_whatever_the_browser_prefers_until_the_switcher_says(
+    client: Client,
+) -> None:
+    """DESIGN.md's hooks (Username, Password, Sign in) hold for a browser of any language."""
     client.headers["Accept-Language"] = "fr-FR,fr;q=0.9"
+    page = body(await client.get("/admin/login"))
+    assert '<label for="username">Username</label>' in page and 'lang="en"' in page
+    await client.post("/admin/lang", {"lang": "fr", "next": "/admin/login"})
     page = body(await client.get("/admin/login"))
     assert "Nom d’utilisateur" in page and 'lang="fr"' in page
     response = await client.post("/admin/lang", {"lang": "zh", "next": "/admin/login"})

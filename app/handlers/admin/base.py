@@ -111,9 +111,7 @@ class AdminHandler(tornado.web.RequestHandler):
     def initialize(self, deps: AdminDeps) -> None:
         self.deps = deps
         self.services = deps.services
-        self.lang = pick_language(
-            self.get_cookie(LANG_COOKIE), self.request.headers.get("Accept-Language")
-        )
+        self.lang = pick_language(self.get_cookie(LANG_COOKIE))
         self.t = Translator(self.lang)
         self.admin: AdminUser | None = None
 
