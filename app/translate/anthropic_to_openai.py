@@ -181,7 +181,14 @@ def translate_request(
     ``chat_template_kwargs`` (``enable_thinking`` and ``thinking``, true exactly when
     ``reasoning_effort`` is sent), ``user`` = sha256 of ``metadata.user_id``,
     ``stream_options.include_usage``.
+    Refuses ``max_tokens: 0``: Anthropic takes it to pre-warm the prompt cache without an
+    answer (PROTOCOL.md §1.2), which no Chat Completions backend can do (they refuse 0).
     """
+    if body.get("max_tokens") == 0:
+        raise InvalidRequestError(
+            "max_tokens: Input should be greater than or equal to 1 on this model "
+            "(0, to pre-warm the prompt cache without a response, needs an Anthropic backend)"
+        )
     names = ToolNames()
     tools, dropped = convert_tools(body, names)
     for name in history_tool_names(body):

@@ -633,6 +633,22 @@ async def test_a_route_cap_below_the_thinking_budget_keeps_the_reasoning(gateway
     assert (sent["max_tokens"], sent.get("reasoning_effort")) == (1000, "medium")
 
 
+async def test_max_tokens_zero_is_a_400_naming_the_field(gateway, fake_openai):  # type: ignore[no-untyped-def]
+    """Anthropic takes max_tokens 0 to pre-warm its prompt cache without an answer; no
+    OpenAI-compatible backend can, so the client hears so in its own dialect."""
+    live = await gateway(config(fake_openai))
+    async with client(live) as sdk:
+        with pytest.raises(anthropic.BadRequestError) as info:
+            await sdk.messages.create(
+                model=MODEL, max_tokens=0, messages=[{"role": "user", "content": "hi"}]
+            )
+    assert fake_openai.received == []
+    assert info.value.type == "invalid_request_error"
+    assert (info.value.api_message or "").startswith(
+        "max_tokens: Input should be greater than or equal to 1"
+    )
+
+
 async def test_max_tokens_clamped_to_fit_context_window(gateway, fake_openai):  # type: ignore[no-untyped-def]
     live = await gateway(config(fake_openai, model="context_window = 4096"))
     async with client(live) as sdk:
