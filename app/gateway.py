@@ -126,6 +126,7 @@ class _Call:
     ttft: float | None = None
     recorded: bool = False
     responses: ResponsesContext | None = None  # a Responses API request, run as a chat one
+    sent: bool = False  # went to an upstream: refused before, it used no tokens
 
 
 # The usage trail's name columns hold this much (a client may send any model name).
@@ -445,6 +446,7 @@ class Gateway:
                     call.secret = key.secret
                     call.target = candidate.target
                     call.route = candidate
+                    call.sent = True
                     try:
                         resp = await upstream.send(
                             "messages" if attempt.dialect == "anthropic" else "chat",
@@ -1013,6 +1015,8 @@ class Gateway:
                 status = "error"
         if http_status is None:
             http_status = err.status if err is not None else 200
+        if not call.sent:
+            call.usage = Usage()  # refused before any upstream saw it (its TPM share back too)
         usage = call.usage
         if call.admission is not None:
             self.services.limiter.settle(call.admission, usage.prompt_tokens + usage.output_tokens)

@@ -304,9 +304,8 @@ async def test_export_equals_what_the_upstreams_reported(gateway, make_fake):  #
             status="rate_limited",
             http_status=429,
             error_type="rate_limit_error",
-            input_tokens=estimate_anthropic_input(body),
+            input_tokens=0,  # never sent: no tokens (it used to count the estimate)
             output_tokens=0,
-            tokens_estimated=True,
         )
     )
 

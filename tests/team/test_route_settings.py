@@ -10,6 +10,7 @@ import pytest
 from app.dialects.tokens import estimate_anthropic_input, estimate_openai_input
 from tests.conftest import TEST_KEY, http
 from tests.fakes import FakeUpstream
+from tests.reliability.conftest import usage_rows
 
 pytestmark = pytest.mark.gen_test(timeout=30)
 
@@ -156,6 +157,8 @@ async def test_input_that_cannot_fit_is_a_clear_400_and_never_sent(
     if client == "anthropic":
         assert resp.json()["type"] == "error"
     assert fake.received == []
+    (row,) = await usage_rows(live)  # recorded, with no tokens: nothing was sent
+    assert (row.http_status, row.input_tokens, row.output_tokens) == (400, 0, 0)
 
 
 @pytest.mark.parametrize("client,backend", PATHS)
