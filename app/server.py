@@ -23,6 +23,7 @@ from typing import Any
 
 import tornado.httpserver
 import tornado.web
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import ioloop
@@ -32,6 +33,7 @@ from app.db import admins as admin_queries
 from app.db import keys as key_queries
 from app.db.catalog import sync_config
 from app.db.engine import ROOT, Database, sqlite_path, upgrade
+from app.db.models import ProxyKey
 from app.gateway import Gateway
 from app.handlers.admin import admin_routes
 from app.handlers.api import (
@@ -86,6 +88,10 @@ async def _bootstrap(services: Services, settings: Settings) -> FirstStart:
             await key_queries.upsert_config_key(
                 session, "default", settings.proxy_key, rpm=None, tpm=None, models=(), expires=None
             )
+        named = {key.name for key in settings.keys} | ({"default"} if settings.proxy_key else set())
+        for row in await session.scalars(select(ProxyKey).where(ProxyKey.source == "config")):
+            if row.name not in named:
+                row.source = "dashboard"  # no longer in the file: the dashboard's now
         no_admins = await admin_queries.count_admins(session) == 0
         if settings.admin_password:
             await _apply_configured_password(session, settings.admin_password)

@@ -128,6 +128,15 @@ async def sync_config(
         await upsert_route(session, model, position, ids)
     for offset, route in enumerate(others):
         route.position = len(models) + offset
+    # What the file no longer names stays, as the dashboard's to edit (it kept saying
+    # "defined in the config file").
+    named = {cfg.name for cfg in upstreams}
+    for upstream in await session.scalars(select(Upstream).where(Upstream.source == "config")):
+        if upstream.name not in named:
+            upstream.source = "dashboard"
+    for route in others:
+        if route.source == "config":
+            route.source = "dashboard"
     await session.flush()
 
 

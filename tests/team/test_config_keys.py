@@ -43,3 +43,15 @@ async def test_a_revoked_config_key_stays_revoked_until_the_file_gives_a_new_sec
     replaced = await gateway(text, with_key=False)
     assert await ask(replaced, NEW_KEY) == 200
     assert await ask(replaced, TEST_KEY) == 401
+
+
+async def test_a_key_the_file_no_longer_names_keeps_working_as_the_dashboard_s(gateway):  # type: ignore[no-untyped-def]
+    first = await gateway(ECHO)
+    async with first.services.db.session() as session:
+        row = await key_queries.get_key_by_name(session, "tester")
+        assert row is not None and row.source == "config"
+    later = await gateway(ECHO, with_key=False)
+    assert await ask(later, TEST_KEY) == 200
+    async with later.services.db.session() as session:
+        row = await key_queries.get_key_by_name(session, "tester")
+        assert row is not None and row.source == "dashboard"
