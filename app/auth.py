@@ -81,9 +81,13 @@ class KeyRecord:
     expires_at: datetime | None = None
     revoked_at: datetime | None = None
 
+    def allows(self, model: str) -> bool:
+        """Whether ``model`` matches one of the key's globs (none = all)."""
+        return not self.models or any(fnmatchcase(model, glob) for glob in self.models)
+
     def check_model(self, model: str) -> None:
-        """ForbiddenError unless ``model`` matches one of the key's globs (none = all)."""
-        if self.models and not any(fnmatchcase(model, glob) for glob in self.models):
+        """ForbiddenError unless the key `allows` ``model``."""
+        if not self.allows(model):
             raise ForbiddenError(
                 f"This key may not use model {model!r}; allowed: {', '.join(self.models)}"
             )

@@ -17,6 +17,7 @@ import tornado.web
 from tornado.iostream import StreamClosedError
 
 from app import __version__
+from app.auth import KeyRecord
 from app.dialects import anthropic as anthropic_dialect
 from app.dialects import openai as openai_dialect
 from app.errors import (
@@ -227,21 +228,34 @@ class ModelsHandler(BaseApiHandler):
         if not self.fixed and "anthropic-version" in self.request.headers:
             self.dialect = "anthropic"  # errors before `get` (405) in the client's envelope
 
-    async def _authenticate(self) -> None:
-        await self.services.authenticate_headers(self.request.headers)
+    async def _authenticate(self) -> KeyRecord:
+        return await self.services.authenticate_headers(self.request.headers)
 
-    def _names(self) -> list[str]:
-        names = self.services.router.public_names()
+    def _names(self, key: KeyRecord) -> list[str]:
+        """The routable names this key may use: the exact route names it is allowed, then
+        the exact names among its allowed models that a glob route takes."""
+        router = self.services.router
+        names = router.public_names()
         if not names and self.services.settings.echo_default:
             names = ["echo"]
-        return names
+        if not key.models:
+            return names
+        allowed = [n for n in names if key.allows(n)]
+        for name in key.models:
+            if name not in allowed and not any(c in name for c in "*?["):
+                try:
+                    router.resolve(name)
+                except GatewayError:
+                    continue
+                allowed.append(name)
+        return allowed
 
     async def get(self, model_id: str | None = None) -> None:
         if not self.fixed:
             self.dialect = "anthropic" if "anthropic-version" in self.request.headers else "openai"
         try:
-            await self._authenticate()
-            names = self._names()
+            key = await self._authenticate()
+            names = self._names(key)
             if model_id is not None:
                 if model_id not in names:
                     try:

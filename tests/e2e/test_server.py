@@ -77,6 +77,22 @@ async def test_echo_through_both_sdks_stream_and_not(gateway):  # type: ignore[n
         assert text == "echo: x y"
 
 
+async def test_models_lists_what_the_key_may_use(gateway):  # type: ignore[no-untyped-def]
+    """A key limited to some models is offered those (it used to be offered every route,
+    most of them a 403), including exact names it is allowed that a glob route takes."""
+    limited_key = "bk-limited-to-some-models-0123456789abc"
+    live = await gateway(
+        ECHO
+        + f'\n[[keys]]\nname = "alice"\nkey = "{limited_key}"\n'
+        + 'models = ["limited-*", "claude-haiku-4-5", "claude-x*", "nowhere-model"]\n'
+    )
+    auth = {"Authorization": f"Bearer {limited_key}"}
+    body = (await http("GET", live.url + "/v1/models", headers=auth)).json()
+    assert [m["id"] for m in body["data"]] == ["limited-model", "claude-haiku-4-5"]
+    page = await http("GET", live.url + "/anthropic/v1/models", headers=auth)
+    assert [m["id"] for m in page.json()["data"]] == ["limited-model", "claude-haiku-4-5"]
+
+
 async def test_models_in_both_shapes_with_anthropic_paging(gateway):  # type: ignore[no-untyped-def]
     live = await gateway(ECHO)
     auth = {"Authorization": f"Bearer {TEST_KEY}"}
