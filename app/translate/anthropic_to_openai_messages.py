@@ -64,6 +64,7 @@ class OpenAIFunction(TypedDict, total=False):
     name: Required[str]
     description: str
     parameters: dict[str, Any]
+    strict: bool
 
 
 class OpenAITool(TypedDict):
@@ -511,6 +512,11 @@ def convert_tools(body: dict[str, Any], names: ToolNames) -> tuple[list[OpenAITo
         if isinstance(description, str) and description:
             function["description"] = description
         function["parameters"] = parameters
+        strict = tool.get("strict")
+        if strict is not None:
+            if not isinstance(strict, bool):
+                raise _bad(f"{path}.strict", "Input should be a valid boolean")
+            function["strict"] = strict  # the same guarantee on both sides: schema-valid input
         tools.append({"type": "function", "function": function})
     return tools, dropped
 

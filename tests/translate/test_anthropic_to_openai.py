@@ -910,3 +910,26 @@ def test_a_route_s_max_tokens_cap_fits_the_thinking_for_an_anthropic_backend(
         input_tokens=10,
     )
     assert (adjusted["max_tokens"], adjusted.get("thinking")) == (cap, thinking)
+
+
+def test_a_tool_s_strict_becomes_function_strict() -> None:
+    """Anthropic's ``strict`` (anthropic ``ToolParam.strict``) and OpenAI's
+    ``function.strict`` promise the same: tool input valid against the schema."""
+    schema = {"type": "object", "properties": {}, "additionalProperties": False}
+    body = {
+        "model": "claude-x",
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": "hi"}],
+        "tools": [
+            {"name": "a", "input_schema": schema, "strict": True},
+            {"name": "b", "input_schema": schema, "strict": False},
+            {"name": "c", "input_schema": schema},
+        ],
+    }
+    out, _ctx = translate_request(body, BackendOptions(target_model="m"))
+    assert [t["function"].get("strict") for t in out["tools"]] == [True, False, None]
+    _PARAMS.validate_python(out)
+    body["tools"][0]["strict"] = "yes"
+    with pytest.raises(InvalidRequestError) as info:
+        translate_request(body, BackendOptions(target_model="m"))
+    assert info.value.message == "tools.0.strict: Input should be a valid boolean"
