@@ -161,11 +161,15 @@ class KeyTable:
             if len(self._seen) >= 10000:
                 self._seen = {}
             self._seen[key] = record
+        refusal = None
         if record.revoked_at is not None:
-            raise UnauthorizedError(f"API key {record.prefix}... has been revoked")
-        if record.expires_at is not None and record.expires_at <= now():
-            raise UnauthorizedError(
+            refusal = UnauthorizedError(f"API key {record.prefix}... has been revoked")
+        elif record.expires_at is not None and record.expires_at <= now():
+            refusal = UnauthorizedError(
                 f"API key {record.prefix}... has expired "
                 f"(its last day was {record.expires_at - timedelta(days=1):%Y-%m-%d})"
             )
+        if refusal is not None:
+            refusal.key = record
+            raise refusal
         return record

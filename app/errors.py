@@ -51,6 +51,9 @@ class UnauthorizedError(GatewayError):
     status = 401
     kind = "authentication"
     fixed_headers = {"x-should-retry": "false"}
+    # The key's record when it exists but is revoked or expired: the usage trail names who
+    # is still sending it.
+    key: object | None = None
 
 
 class BillingError(GatewayError):

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -38,6 +38,7 @@ from app.errors import (
     InvalidRequestError,
     OverloadedError,
     RateLimitedError,
+    UnauthorizedError,
     UpstreamError,
     UpstreamTimeoutError,
     from_upstream_status,
@@ -1005,6 +1006,8 @@ class Gateway:
         if call.recorded:
             return
         call.recorded = True
+        if call.key is None and isinstance(err, UnauthorizedError):
+            call.key = cast(KeyRecord | None, err.key)  # a revoked or expired key's name
         req = call.req
         if status is None:
             if err is None:

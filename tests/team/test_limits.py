@@ -293,7 +293,7 @@ async def test_revoked_key_is_401_in_the_dialect(gateway, fake_openai, dialect):
     rows = await usage_events(live, 2)
     assert [(r.key_name, r.status, r.http_status) for r in rows] == [
         ("carol", "ok", 200),
-        (None, "error", 401),
+        ("carol", "error", 401),  # who still sends the revoked key (it was recorded nameless)
     ]
 
 
