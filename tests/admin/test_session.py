@@ -111,7 +111,9 @@ async def test_no_open_redirect(client: Client, target: str) -> None:
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_wrong_password_and_unknown_user_are_refused_alike(client: Client) -> None:
+async def test_wrong_password_and_unknown_user_are_refused_alike(
+    client: Client, services: Services
+) -> None:
     wrong = await client.post("/admin/login", {"username": "admin", "password": "nope"})
     unknown = await client.post("/admin/login", {"username": "mallory", "password": "nope"})
     assert wrong.code == unknown.code == 401
@@ -119,6 +121,14 @@ async def test_wrong_password_and_unknown_user_are_refused_alike(client: Client)
     assert "Wrong username or password." in body(unknown)
     assert "bk_session" not in client.cookies
     assert (await client.get("/admin/")).code == 302
+    # Both in the audit trail, under the name tried, never the password.
+    actions = await audit_actions(services)
+    assert ("", "sign_in_failed", "admin") in actions
+    assert ("", "sign_in_failed", "mallory") in actions
+    async with services.db.session() as session:
+        rows = await admins.list_audit(session, limit=100)
+    assert all("nope" not in (r.detail + r.target) for r in rows)
+    assert {r.remote_ip for r in rows if r.action == "sign_in_failed"} == {"127.0.0.1"}
 
 
 @pytest.mark.gen_test(timeout=60)

@@ -69,6 +69,18 @@ class LoginHandler(AdminHandler):
                 await session.commit()
         if row is None or not ok:
             lockout = throttle.failure(ip, username)
+            # Recorded under the name tried (never the password), with the address: the
+            # audit trail shows guessing, not only the sign-ins that worked.
+            async with self.services.db.session() as session:
+                await admins.audit(
+                    session,
+                    "",
+                    "sign_in_failed",
+                    target=username[:300],
+                    detail="locked out" if lockout else "",
+                    remote_ip=ip,
+                )
+                await session.commit()
             if lockout:
                 self._refuse(target, username, "login.locked", 429, lockout)
             else:
