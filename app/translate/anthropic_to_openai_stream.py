@@ -9,7 +9,9 @@ the SDK and Claude Code keep the ``""`` from the start event).
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +45,11 @@ _DELTA_HEADS = {
     b'"delta":{"type":"' + kind.encode() + b'_delta","' + kind.encode() + b'":'
     for kind in ("text", "thinking")
 }
+
+
+# A \uD800-\uDFFF escape: half of a UTF-16 surrogate pair, which orjson refuses alone.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_TEXT_FIELDS = ("content", "reasoning_content", "reasoning", "refusal")
 
 
 def _locator(name: str) -> Callable[[Any], Any]:
@@ -154,6 +161,7 @@ class StreamTranslator:
         self._head = b""
         self._slots = {"text": TextSlot(), "thinking": TextSlot()}
         self._tags = ThinkTags()  # reasoning written inline as <think>…</think>
+        self._high: dict[str, str] = {}  # a text field's trailing high surrogate, held
 
     @property
     def usage(self) -> Usage:
@@ -174,11 +182,13 @@ class StreamTranslator:
             # The event's shared parse, unless stripping changed what there is to parse.
             chunk = event.json() if len(data) == len(event.data) else orjson.loads(data)
         except orjson.JSONDecodeError:
-            if event.event == "error":
-                return self._fail(UpstreamError(data[:2000]))
-            return self._fail(
-                UpstreamError(f"upstream sent an unparsable stream event: {data:.200}")
-            )
+            chunk = self._split_pair(data)
+            if chunk is None:
+                if event.event == "error":
+                    return self._fail(UpstreamError(data[:2000]))
+                return self._fail(
+                    UpstreamError(f"upstream sent an unparsable stream event: {data:.200}")
+                )
         if not isinstance(chunk, dict):
             return self._fail(
                 UpstreamError(f"upstream sent an unexpected stream event: {data:.200}")
@@ -284,6 +294,46 @@ class StreamTranslator:
             return self._finalize()
         out = self._close()
         return out + self._fail(UpstreamError(CUT_STREAM_MESSAGE))
+
+    def _split_pair(self, data: str) -> Any:
+        """``data`` parsed when orjson refused it only for half a surrogate pair, else None.
+
+        Node servers cut a text between the two halves of a UTF-16 pair (an emoji) and
+        escape each half in its own event: valid JSON that orjson refuses. Parsed leniently,
+        a delta's text that ends in a high half holds it for the next event of that field,
+        whose low half completes it; any other lone half becomes U+FFFD (a held one whose
+        partner never comes is dropped). Only here, after the fast parse failed, so plain
+        streams pay nothing.
+        """
+        if _SURROGATE_ESCAPE.search(data) is None:
+            return None
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            return None
+        choices = chunk.get("choices") if isinstance(chunk, dict) else None
+        for choice in choices if isinstance(choices, list) else []:
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if not isinstance(delta, dict):
+                continue
+            for name in _TEXT_FIELDS:
+                if isinstance(delta.get(name), str):
+                    delta[name] = self._paired(name, delta[name])
+            calls = delta.get("tool_calls")
+            for call in calls if isinstance(calls, list) else []:
+                function = call.get("function") if isinstance(call, dict) else None
+                if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+                    key = f"arguments {call.get('index')}"
+                    function["arguments"] = self._paired(key, function["arguments"])
+        return chunk
+
+    def _paired(self, key: str, text: str) -> str:
+        text = self._high.pop(key, "") + text
+        if text and "\ud800" <= text[-1] <= "\udbff":
+            self._high[key] = text[-1]
+            text = text[:-1]
+        # Through UTF-16, a pair of halves is the one character; a lone half is U+FFFD.
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
     def ping(self) -> list[bytes]:
         if self.done:

@@ -933,3 +933,30 @@ def test_a_tool_s_strict_becomes_function_strict() -> None:
     with pytest.raises(InvalidRequestError) as info:
         translate_request(body, BackendOptions(target_model="m"))
     assert info.value.message == "tools.0.strict: Input should be a valid boolean"
+
+
+def test_stream_surrogate_halves_pair_up_or_become_replacement_characters() -> None:
+    """Halves of a UTF-16 pair escaped in separate events (valid JSON, refused by orjson)
+    join per field, tool arguments included; a lone low half is U+FFFD, and a high half
+    held at the end of a field whose partner never comes is dropped."""
+    translator = StreamTranslator(_ctx())
+    raw = [
+        '{"choices":[{"index":0,"delta":{"content":"\\ude00a\\ud83d"}}]}',
+        '{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_1",'
+        '"function":{"name":"f","arguments":"{\\"e\\": \\"\\ud83d"}}]}}]}',
+        '{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,'
+        '"function":{"arguments":"\\ude03\\"}"}}]}}]}',
+        '{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}',
+        "[DONE]",
+    ]
+    out: list[bytes] = []
+    for data in raw:
+        out += translator.feed(SSEEvent(None, data))
+    events = check_stream_grammar(b"".join(out))
+    deltas = [p["delta"] for n, p in events if n == "content_block_delta"]
+    assert deltas == [
+        {"type": "text_delta", "text": "\ufffda"},
+        {"type": "input_json_delta", "partial_json": '{"e": "'},
+        {"type": "input_json_delta", "partial_json": '\U0001f603"}'},
+    ]
+    assert translator.error is None and translator.stop_reason == "tool_use"
