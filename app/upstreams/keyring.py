@@ -3,15 +3,19 @@
 ``ordered`` tries the first healthy key first; ``round_robin`` starts one further
 along each request. A 429 cools a key down for ``retry-after`` (or a default),
 5xx, timeouts and connection errors cool it briefly (tried all the same when no key is
-healthy), 401/403 disable it until an admin re-enables it. Every change is reported
-through ``on_change`` so it can be persisted and shown in the dashboard.
+healthy), a 401 disables it until an admin re-enables it, a 403 leaves it as it was.
+Every change is reported through ``on_change`` so it can be persisted and shown in the
+dashboard, and logged (the key by label or last four characters, never whole).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
 
 RATE_LIMIT_COOLDOWN = 30.0
 FAILURE_COOLDOWN = 5.0
@@ -72,7 +76,9 @@ class KeyRing:
         *,
         clock: Callable[[], float] = time.time,
         on_change: Callable[[KeyState], None] | None = None,
+        name: str = "",
     ) -> None:
+        self.name = name  # the upstream's, for the log
         self.keys = list(keys) or [KeyState(id=None, secret=None)]
         self.rotation = rotation
         self._clock = clock
@@ -121,6 +127,14 @@ class KeyRing:
         key.last_error_at = now
         key.cooldown_until = now + min(max(cooldown, 0.0), MAX_COOLDOWN)
         self._changed(key)
+        held = key.cooldown_until - now
+        log.info(
+            "upstream %r key %s: %s%s",
+            self.name,
+            key.display or "(none)",
+            message[:300],
+            f" (set aside for {held:g} s)" if held > 0 else "",
+        )
 
     def mark_rate_limited(self, key: KeyState, retry_after: float | None, message: str) -> None:
         cooldown = retry_after if retry_after else RATE_LIMIT_COOLDOWN
@@ -145,3 +159,9 @@ class KeyRing:
         key.disabled_reason = f"{AUTO_DISABLED}{status}: {message[:300]}"
         key.disabled_at = self._clock()
         self._changed(key)
+        log.warning(
+            "upstream %r key %s disabled (HTTP %d): an admin must re-enable it",
+            self.name,
+            key.display,
+            status,
+        )

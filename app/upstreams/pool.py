@@ -199,7 +199,11 @@ class UpstreamPool:
                 else:
                     ring_keys.append(key)
             ring = KeyRing(
-                ring_keys, spec.rotation, clock=self._clock, on_change=self._on_key_change
+                ring_keys,
+                spec.rotation,
+                clock=self._clock,
+                on_change=self._on_key_change,
+                name=spec.name,
             )
             session = None
             if spec.kind != "echo":

@@ -135,3 +135,22 @@ def test_last_resort_is_the_keys_a_failure_cooled_soonest_back_first() -> None:
     assert secrets(r.candidates()) == ["sk-key-0003"]
     r.mark_failed(r.keys[1], "HTTP 502")  # a failure after the 429: no longer rate limited
     assert "sk-key-0002" in secrets(r.candidates(last_resort=True))
+
+
+def test_changes_are_logged_with_the_key_s_last_four_never_the_secret(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    keys = [KeyState(id=i + 1, secret=f"sk-key-{i + 1:04d}") for i in range(3)]
+    r = KeyRing(keys, clock=FakeClock(), name="main")
+    caplog.set_level("INFO", logger="app.upstreams.keyring")
+    r.mark_rate_limited(keys[0], 12, "slow down")
+    r.mark_refused(keys[1], "no such beta")
+    r.mark_rejected(keys[2], 401, "invalid x-api-key")
+    lines = [(rec.levelname, rec.getMessage()) for rec in caplog.records]
+    assert lines == [
+        ("INFO", "upstream 'main' key …0001: slow down (set aside for 12 s)"),
+        ("INFO", "upstream 'main' key …0002: no such beta"),
+        ("INFO", "upstream 'main' key …0003: invalid x-api-key"),
+        ("WARNING", "upstream 'main' key …0003 disabled (HTTP 401): an admin must re-enable it"),
+    ]
+    assert "sk-key" not in caplog.text
