@@ -120,6 +120,7 @@ class KeyRing:
         self, key: KeyState, message: str, cooldown: float, *, rate_limited: bool = False
     ) -> None:
         now = self._clock()
+        was_cooling = key.cooldown_until > now
         key.rate_limited = rate_limited
         key.requests += 1
         key.errors += 1
@@ -128,7 +129,10 @@ class KeyRing:
         key.cooldown_until = now + min(max(cooldown, 0.0), MAX_COOLDOWN)
         self._changed(key)
         held = key.cooldown_until - now
-        log.info(
+        # INFO when the key is set aside (once, not again for each request that finds it
+        # cooling), DEBUG otherwise: a failing backend must not log a line a request.
+        log.log(
+            logging.INFO if held > 0 and not was_cooling else logging.DEBUG,
             "upstream %r key %s: %s%s",
             self.name,
             key.display or "(none)",

@@ -144,13 +144,12 @@ def test_changes_are_logged_with_the_key_s_last_four_never_the_secret(
     r = KeyRing(keys, clock=FakeClock(), name="main")
     caplog.set_level("INFO", logger="app.upstreams.keyring")
     r.mark_rate_limited(keys[0], 12, "slow down")
-    r.mark_refused(keys[1], "no such beta")
+    r.mark_failed(keys[0], "still busy")  # already set aside: not logged again at INFO
+    r.mark_refused(keys[1], "no such beta")  # a 403, about one request: DEBUG
     r.mark_rejected(keys[2], 401, "invalid x-api-key")
     lines = [(rec.levelname, rec.getMessage()) for rec in caplog.records]
     assert lines == [
         ("INFO", "upstream 'main' key …0001: slow down (set aside for 12 s)"),
-        ("INFO", "upstream 'main' key …0002: no such beta"),
-        ("INFO", "upstream 'main' key …0003: invalid x-api-key"),
         ("WARNING", "upstream 'main' key …0003 disabled (HTTP 401): an admin must re-enable it"),
     ]
     assert "sk-key" not in caplog.text
