@@ -194,8 +194,13 @@ class Router:
                 settings=self._with_defaults(RouteSettings()),
                 matched="default",
             )
-        known = ", ".join(self.public_names()) or "none are configured"
-        raise NotFoundError(f"model {model!r} not found; available models: {known}")
+        known = ", ".join(self.public_names())
+        patterns = ", ".join(spec.name for spec in self._globs)
+        if patterns:
+            known += f"{', or ' if known else ''}names matching {patterns}"
+        raise NotFoundError(
+            f"model {model!r} not found; available models: {known or 'none are configured'}"
+        )
 
     def public_names(self) -> list[str]:
         """Routable names without glob characters, in route order: what /v1/models lists."""

@@ -70,8 +70,16 @@ def test_default_upstream_and_model() -> None:
 def test_unknown_model_names_what_exists() -> None:
     with pytest.raises(NotFoundError) as info:
         Router(ROUTES, UPSTREAMS).resolve("mistral-large")
-    assert "mistral-large" in info.value.message
-    assert "claude-3-haiku" in info.value.message
+    assert info.value.message == (
+        "model 'mistral-large' not found; available models: claude-3-haiku, "
+        "or names matching claude-*, claude-3-*, gpt-*"
+    )
+    with pytest.raises(NotFoundError) as info:
+        Router([RouteSpec("gpt-*", "openai")], UPSTREAMS).resolve("mistral-large")
+    assert info.value.message.endswith("available models: names matching gpt-*")
+    with pytest.raises(NotFoundError) as info:
+        Router([], UPSTREAMS).resolve("mistral-large")
+    assert info.value.message.endswith("available models: none are configured")
 
 
 def test_defaults_fill_unset_settings() -> None:
