@@ -12,10 +12,13 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 KINDS = ("openai", "anthropic", "echo")
 ROTATIONS = ("ordered", "round_robin")
@@ -24,6 +27,51 @@ MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens")
 DEFAULT_ANTHROPIC_URL = "https://api.anthropic.com"
 DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
 DEFAULT_REQUEST_TIMEOUT = 600.0
+
+# The largest limit or token count anyone may set (a key's RPM and TPM, a route's max-token
+# cap and context window), from the command line, the dashboard or this file: far above any
+# real limit and well inside the signed 64-bit column that stores it (a larger number was
+# an OverflowError from the database driver).
+MAX_COUNT = 10**12
+# A key works through its expiry day and stops at the next midnight, which has to exist.
+LAST_EXPIRY_DAY = date.max - timedelta(days=1)
+MAX_PORT = 65535  # 0 asks the system for any free port
+
+
+def count_problem(value: int, minimum: int = 1) -> str | None:
+    """What is wrong with a limit or token count, or None when it may be used."""
+    if value < minimum:
+        return f"must be at least {minimum}, got {value}"
+    if value > MAX_COUNT:
+        return f"must be at most {MAX_COUNT}, got {value}"
+    return None
+
+
+def expiry_problem(day: date, today: date | None = None) -> str | None:
+    """What is wrong with a key's expiry day (given ``today``, a past day too), or None."""
+    if day > LAST_EXPIRY_DAY:
+        return f"the expiry date is too far away (the last one possible is {LAST_EXPIRY_DAY})"
+    if today is not None and day < today:
+        return f"the expiry date is in the past ({day}; today is {today}, UTC)"
+    return None
+
+
+def port_problem(value: int) -> str | None:
+    if not 0 <= value <= MAX_PORT:
+        return f"a port must be between 0 and {MAX_PORT}, got {value}"
+    return None
+
+
+def database_url_problem(url: str) -> str | None:
+    """Why SQLAlchemy cannot use ``url`` (no driver is imported), or None."""
+    try:
+        make_url(url).get_dialect()
+    except ArgumentError:
+        scheme = url.partition(":")[0] if "://" in url else ""
+        if scheme:
+            return f"unknown database kind {scheme!r} (expected sqlite:// or postgresql://)"
+        return "not a database URL (expected sqlite:///FILE or postgresql://...)"
+    return None
 
 
 class ConfigError(Exception):
@@ -187,6 +235,15 @@ def _opt_int(where: _Where, entry: str, value: Any) -> int | None:
     return int(_expect(where, entry, value, int, "an integer"))
 
 
+def _opt_count(where: _Where, entry: str, value: Any, minimum: int = 1) -> int | None:
+    """A limit or token count within `count_problem`'s bounds, or None."""
+    number = _opt_int(where, entry, value)
+    problem = None if number is None else count_problem(number, minimum)
+    if problem:
+        raise where.error(entry, problem)
+    return number
+
+
 def _opt_float(where: _Where, entry: str, value: Any) -> float | None:
     if value is None:
         return None
@@ -347,9 +404,9 @@ def _parse_model(where: _Where, i: int, table: Any) -> ModelConfig:
         name=name,
         upstream=upstream,
         target=target,
-        max_tokens=_opt_int(where, f"{entry}.max_tokens", table.get("max_tokens")),
+        max_tokens=_opt_count(where, f"{entry}.max_tokens", table.get("max_tokens")),
         temperature=_opt_float(where, f"{entry}.temperature", table.get("temperature")),
-        context_window=_opt_int(where, f"{entry}.context_window", table.get("context_window")),
+        context_window=_opt_count(where, f"{entry}.context_window", table.get("context_window")),
         fallbacks=_strings(where, f"{entry}.fallbacks", table.get("fallbacks")),
         prompt_cache=bool(
             _expect(
@@ -364,13 +421,18 @@ def _parse_model(where: _Where, i: int, table: Any) -> ModelConfig:
 
 
 def parse_date(where: _Where, entry: str, value: Any) -> date | None:
-    if value is None or isinstance(value, date):
+    if value is None:
         return value
     if isinstance(value, str):
         try:
-            return date.fromisoformat(value)
+            value = date.fromisoformat(value)
         except ValueError:
             pass
+    if isinstance(value, date):
+        problem = expiry_problem(value)  # a past day is allowed: a key that has expired
+        if problem:
+            raise where.error(entry, problem)
+        return value
     raise where.error(entry, f"expected a date YYYY-MM-DD, got {value!r}")
 
 
@@ -392,8 +454,8 @@ def _parse_key(where: _Where, i: int, table: Any, env: Mapping[str, str]) -> Key
     return KeyConfig(
         name=name,
         key=secret,
-        rpm=_opt_int(where, f"{entry}.rpm", table.get("rpm")),
-        tpm=_opt_int(where, f"{entry}.tpm", table.get("tpm")),
+        rpm=_opt_count(where, f"{entry}.rpm", table.get("rpm")),
+        tpm=_opt_count(where, f"{entry}.tpm", table.get("tpm")),
         models=_strings(where, f"{entry}.models", table.get("models")),
         expires=parse_date(where, f"{entry}.expires", table.get("expires")),
     )
@@ -438,6 +500,24 @@ def _env_number(env: Mapping[str, str], name: str, cast: Any) -> Any:
         return cast(value)
     except ValueError:
         raise ConfigError(f"environment: {name}: expected a number, got {value!r}") from None
+
+
+def _check_server_values(values: Mapping[str, Any], origin: Mapping[str, str]) -> None:
+    """Ports, default limits and the database URL, wherever each came from."""
+    checks: dict[str, Any] = {
+        "port": port_problem,
+        "anthropic_port": port_problem,
+        # 0 is "no limit" in the older proxies' variables (REQUESTS_PER_MINUTE=0).
+        "default_rpm": lambda n: count_problem(n, 0),
+        "default_tpm": lambda n: count_problem(n, 0),
+        "default_max_tokens": lambda n: count_problem(n, 0),
+        "database_url": database_url_problem,
+    }
+    for name, check in checks.items():
+        value = values.get(name)
+        problem = None if value is None else check(value)
+        if problem:
+            raise ConfigError(f"{origin[name]}: {problem}")
 
 
 def load_settings(
@@ -531,14 +611,19 @@ def load_settings(
         "REQUESTS_PER_MINUTE": ("default_rpm", int),
         "CLAUDE_PROXY_API_KEY": ("proxy_key", str),
     }
+    # Where each value came from, for the error that names it.
+    origin = {name: f"{where.path}: server.{name}" for name in values}
     for var, (name, cast) in env_map.items():
         value = _env_number(env, var, cast) if cast is not str else env.get(var) or None
         if value is not None:
             values[name] = value
+            origin[name] = f"environment: {var}"
     flag_names = ("host", "port", "anthropic_port", "database_url")
     for name in flag_names:
         if name in flags:
             values[name] = flags[name]
+            origin[name] = "--" + name.replace("_", "-")
+    _check_server_values(values, origin)
 
     timeout = float(values.get("request_timeout", DEFAULT_REQUEST_TIMEOUT))
     upstream_tables = data.get("upstreams", [])

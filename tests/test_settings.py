@@ -285,3 +285,68 @@ def test_chat_template_thinking_is_off_unless_set(tmp_path: Path) -> None:
     text = '[[upstreams]]\nname = "u"\nkind = "openai"\n'
     s = load_settings(config_path=str(write(tmp_path, text)), environ={}, cwd=tmp_path)
     assert s.upstreams[0].chat_template_thinking is False
+
+
+KEY = '[[keys]]\nname = "k"\nkey = "bk-long-enough"\n'
+MODEL = '[[upstreams]]\nname = "u"\nkind = "echo"\n[[models]]\nname = "m"\nupstream = "u"\n'
+HUGE = 99999999999999999999  # TOML's integers are 64-bit: the largest it reads is near 9.2e18
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[server]\nport = 99999\n", "server.port: a port must be between 0 and 65535, got 99999"),
+        ("[server]\nanthropic_port = -1\n", "server.anthropic_port: a port must be between 0"),
+        (KEY + "rpm = 0\n", "keys[0] (k).rpm: must be at least 1, got 0"),
+        (KEY + "tpm = -5\n", "keys[0] (k).tpm: must be at least 1, got -5"),
+        (KEY + f"rpm = {2**63 - 1}\n", "keys[0] (k).rpm: must be at most 1000000000000"),
+        (KEY + "expires = 9999-12-31\n", "keys[0] (k).expires: the expiry date is too far away"),
+        (KEY + 'expires = "9999-12-31"\n', "keys[0] (k).expires: the expiry date is too far away"),
+        (MODEL + "max_tokens = 0\n", "models[0] (m).max_tokens: must be at least 1"),
+        (MODEL + f"max_tokens = {2**62}\n", "models[0] (m).max_tokens: must be at most"),
+        (MODEL + f"context_window = {2**62}\n", "models[0] (m).context_window: must be at most"),
+        (f"[server]\ndefault_tpm = {2**62}\n", "server.default_tpm: must be at most"),
+        ('[server]\ndatabase_url = "foo://bar"\n', "server.database_url: unknown database kind"),
+    ],
+)
+def test_config_numbers_ports_and_dates_out_of_range(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(config_path=str(path), environ={}, cwd=tmp_path)
+    assert str(info.value).startswith(str(path) + ": ")
+    assert message in str(info.value)
+
+
+def test_the_limits_config_dashboard_and_command_line_share() -> None:
+    from app.settings import MAX_COUNT
+
+    assert MAX_COUNT == 10**12 < 2**63 - 1 < HUGE
+
+
+def test_config_keeps_port_zero_and_a_key_that_expired(tmp_path: Path) -> None:
+    text = "[server]\nport = 0\nanthropic_port = 65535\n" + KEY + 'expires = "2020-01-01"\n'
+    s = load_settings(config_path=str(write(tmp_path, text)), environ={}, cwd=tmp_path)
+    assert (s.port, s.anthropic_port, s.keys[0].expires) == (0, 65535, date(2020, 1, 1))
+    # REQUESTS_PER_MINUTE=0 is "no limit" in the older proxies' setups.
+    s = load_settings(environ={"REQUESTS_PER_MINUTE": "0"}, cwd=tmp_path)
+    assert s.default_rpm == 0
+
+
+@pytest.mark.parametrize(
+    ("environ", "flags", "message"),
+    [
+        ({"BRIDGEKEEPER_PORT": "99999"}, {}, "environment: BRIDGEKEEPER_PORT: a port must be"),
+        ({"ANTHROPIC_PORT": "65536"}, {}, "environment: ANTHROPIC_PORT: a port must be"),
+        ({}, {"port": 99999}, "--port: a port must be between 0 and 65535, got 99999"),
+        ({}, {"anthropic_port": -2}, "--anthropic-port: a port must be"),
+        ({"BRIDGEKEEPER_DATABASE_URL": "foo://"}, {}, "BRIDGEKEEPER_DATABASE_URL: unknown"),
+        ({"TOKENS_PER_MINUTE": str(HUGE)}, {}, "environment: TOKENS_PER_MINUTE: must be at most"),
+    ],
+)
+def test_environment_and_flags_out_of_range(
+    tmp_path: Path, environ: dict[str, str], flags: dict[str, int], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(environ=environ, flags=flags, cwd=tmp_path)
