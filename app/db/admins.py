@@ -9,6 +9,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import AdminAudit, AdminUser
 
+# The shortest password an admin may set, from the dashboard or `bridgekeeper admin
+# set-password` alike.
+MIN_PASSWORD = 10
+MAX_USERNAME = 100
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)

@@ -212,3 +212,81 @@ async def test_key_page_shows_usage_over_time_and_by_model(
     )
     assert by_model == [("gpt-4o", "2", "120"), ("claude-3-haiku", "1", "60")]
     assert 'href="/admin/usage?key=default"' in page
+
+
+HUGE = "99999999999999999999999"  # past a signed 64-bit column: was a 500 (OverflowError)
+
+
+def window(services: Services) -> str:
+    """The dashboard's message for an expiry day out of range: today .. 9999-12-30."""
+    field = "Expires after (UTC day)"
+    return f"{field} must be between {services.now().date()} and 9999-12-30."
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"rpm": HUGE}, "Requests per minute must be between 1 and 1000000000000."),
+        ({"tpm": HUGE}, "Tokens per minute must be between 1 and 1000000000000."),
+        ({"rpm": "1000000000001"}, "Requests per minute must be between 1 and 1000000000000."),
+        ({"tpm": "0"}, "Tokens per minute must be at least 1."),
+        ({"expires": "9999-12-31"}, None),  # its next midnight does not exist: was a 500
+        ({"expires": "2020-01-01"}, None),  # dead on arrival
+    ],
+)
+async def test_create_refuses_out_of_range_limits_and_days(
+    client: Client, services: Services, fields: dict[str, str], message: str | None
+) -> None:
+    await client.login()
+    response = await client.post("/admin/keys", {"name": "zed"} | fields)
+    assert response.code == 400
+    page = body(response)
+    assert html.escape(message or window(services), quote=False) in page
+    assert f'value="{next(iter(fields.values()))}"' in page  # the form again, as filled
+    async with services.db.session() as session:
+        assert await keys.get_key_by_name(session, "zed") is None
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_create_takes_the_largest_limits_and_the_last_day(
+    client: Client, services: Services
+) -> None:
+    await client.login()
+    big = "1000000000000"
+    fields = {"name": "max", "rpm": big, "tpm": big, "expires": "9999-12-30"}
+    assert (await client.post("/admin/keys", fields)).code == 201
+    today = {"name": "today", "expires": services.now().date().isoformat()}
+    assert (await client.post("/admin/keys", today)).code == 201
+    async with services.db.session() as session:
+        row = await keys.get_key_by_name(session, "max")
+    assert row is not None and (row.rpm, row.tpm) == (10**12, 10**12)
+    assert row.expires_at == datetime(9999, 12, 31)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_edit_refuses_out_of_range_but_keeps_a_past_expiry_it_has(
+    client: Client, services: Services
+) -> None:
+    await client.login()
+    await client.post("/admin/keys", {"name": "erin", "rpm": "5"})
+    async with services.db.session() as session:
+        row = await keys.get_key_by_name(session, "erin")
+        assert row is not None
+        row.expires_at = keys.end_of_day(date(2020, 1, 1))  # it expired long ago
+        await session.commit()
+        key_id = row.id
+    for fields, message in (
+        ({"rpm": HUGE}, "Requests per minute must be between 1 and 1000000000000."),
+        ({"expires": "9999-12-31"}, window(services)),
+        ({"expires": "2021-06-01"}, window(services)),  # another past day
+    ):
+        response = await client.post(f"/admin/keys/{key_id}", fields)
+        assert response.code == 400
+        assert html.escape(message, quote=False) in body(response)
+    # Its own past day stays: its other limits can still be edited.
+    response = await client.post(f"/admin/keys/{key_id}", {"rpm": "7", "expires": "2020-01-01"})
+    assert response.code == 303
+    async with services.db.session() as session:
+        row = await keys.get_key_by_name(session, "erin")
+    assert row is not None and row.rpm == 7 and row.expires_at == datetime(2020, 1, 2)

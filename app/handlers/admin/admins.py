@@ -6,11 +6,10 @@ from dataclasses import dataclass, field
 
 from app.auth import hash_password, verify_password
 from app.db import admins
+from app.db.admins import MAX_USERNAME, MIN_PASSWORD
 from app.db.models import AdminUser
 from app.handlers.admin.base import AdminHandler, not_found, off_loop
 from app.handlers.admin.forms import FormError, required
-
-MIN_PASSWORD = 10
 
 
 def check_new_password(password: str, confirm: str) -> None:
@@ -47,7 +46,7 @@ class AdminsHandler(AdminHandler):
         username = self.arg("username")
         password = self.get_body_argument("password", "")
         try:
-            required(username, self.t("admins.username"), max_len=100)
+            required(username, self.t("admins.username"), max_len=MAX_USERNAME)
             check_new_password(password, self.get_body_argument("confirm", ""))
         except FormError as exc:
             await self._show(self.t(exc.key, **exc.params), {"username": username})

@@ -6,6 +6,8 @@ from collections.abc import Collection
 from datetime import date
 from typing import Any
 
+from app.settings import LAST_EXPIRY_DAY, MAX_COUNT, expiry_problem
+
 
 class FormError(ValueError):
     """A field the admin filled wrongly: ``key`` is a message in the catalogue."""
@@ -30,17 +32,31 @@ def optional_text(value: str, field: str, *, max_len: int = 500) -> str | None:
     return value or None
 
 
-def optional_int(value: str, field: str, *, minimum: int = 0) -> int | None:
-    """An integer >= ``minimum``, or None when the field is empty."""
+# The largest value a database integer column holds (signed 64-bit): a larger number was an
+# OverflowError from the driver, a 500 page.
+INT64_MAX = 2**63 - 1
+
+
+def optional_int(
+    value: str, field: str, *, minimum: int = 0, maximum: int | None = INT64_MAX
+) -> int | None:
+    """An integer in ``minimum..maximum``, or None when the field is empty."""
     if not value:
         return None
     try:
         number = int(value)
     except ValueError:
         raise FormError("form.integer", field=field) from None
+    if maximum is not None and number > maximum:
+        raise FormError("form.range", field=field, min=minimum, max=maximum)
     if number < minimum:
         raise FormError("form.minimum", field=field, min=minimum)
     return number
+
+
+def optional_count(value: str, field: str) -> int | None:
+    """A limit or token count (RPM, TPM, max tokens, context window): 1..`MAX_COUNT`."""
+    return optional_int(value, field, minimum=1, maximum=MAX_COUNT)
 
 
 def optional_float(
@@ -64,6 +80,16 @@ def optional_date(value: str, field: str) -> date | None:
         return date.fromisoformat(value)
     except ValueError:
         raise FormError("form.date", field=field) from None
+
+
+def optional_expiry(value: str, field: str, today: date, kept: date | None = None) -> date | None:
+    """A key's last working day: from ``today`` (a key dead on arrival is a mistake; only
+    ``kept``, the day it has now, may be past) to `LAST_EXPIRY_DAY` (its next midnight
+    must exist)."""
+    day = optional_date(value, field)
+    if day is not None and day != kept and expiry_problem(day, today):
+        raise FormError("form.range", field=field, min=today, max=LAST_EXPIRY_DAY)
+    return day
 
 
 def names(value: str) -> tuple[str, ...]:

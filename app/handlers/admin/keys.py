@@ -18,8 +18,8 @@ from app.handlers.admin.daily_charts import daily_usage_charts
 from app.handlers.admin.forms import (
     FormError,
     names,
-    optional_date,
-    optional_int,
+    optional_count,
+    optional_expiry,
     optional_text,
     required,
 )
@@ -75,12 +75,14 @@ def describe(limits: KeyLimits) -> str:
 
 
 class KeyFormMixin(AdminHandler):
-    def read_limits(self) -> KeyLimits:
+    def read_limits(self, kept: date | None = None) -> KeyLimits:
+        """The form's limits; ``kept`` is the key's expiry day now, the one past day allowed."""
+        today = self.services.now().date()
         return KeyLimits(
-            rpm=optional_int(self.arg("rpm"), self.t("keys.rpm"), minimum=1),
-            tpm=optional_int(self.arg("tpm"), self.t("keys.tpm"), minimum=1),
+            rpm=optional_count(self.arg("rpm"), self.t("keys.rpm")),
+            tpm=optional_count(self.arg("tpm"), self.t("keys.tpm")),
             models=names(self.arg("models")),
-            expires=optional_date(self.arg("expires"), self.t("keys.expires")),
+            expires=optional_expiry(self.arg("expires"), self.t("keys.expires"), today, kept),
             note=optional_text(self.arg("note"), self.t("keys.note"), max_len=1000) or "",
         )
 
@@ -209,19 +211,23 @@ class KeyHandler(KeyFormMixin):
         self.render_page("key.html", page, title=row.name, status=400 if error else 200)
 
     async def post(self, key_id: str) -> None:
-        try:
-            limits = self.read_limits()
-        except FormError as exc:
-            await self._show(int(key_id), self.t(exc.key, **exc.params))
-            return
+        error = None
         async with self.services.db.session() as session:
             row = await keys.get_key(session, int(key_id))
             if row is None:
                 not_found()
-            row.rpm, row.tpm, row.models = limits.rpm, limits.tpm, list(limits.models)
-            row.expires_at = keys.end_of_day(limits.expires) if limits.expires else None
-            row.note = limits.note
-            await self.audit(session, "key_limits_edited", row.name, describe(limits))
-            await session.commit()
+            try:
+                limits = self.read_limits(kept=expiry_day(row))
+            except FormError as exc:
+                error = self.t(exc.key, **exc.params)
+            else:
+                row.rpm, row.tpm, row.models = limits.rpm, limits.tpm, list(limits.models)
+                row.expires_at = keys.end_of_day(limits.expires) if limits.expires else None
+                row.note = limits.note
+                await self.audit(session, "key_limits_edited", row.name, describe(limits))
+                await session.commit()
+        if error is not None:
+            await self._show(int(key_id), error)
+            return
         await self.services.reload()
         self.redirect_with(f"/admin/keys/{key_id}", "key_updated")

@@ -17,6 +17,7 @@ from app.handlers.admin.forms import (
     FormError,
     ids,
     names,
+    optional_count,
     optional_float,
     optional_int,
     optional_text,
@@ -89,7 +90,7 @@ class RouteFormMixin(AdminHandler):
 
     def parse(self, form: dict[str, str], upstreams: dict[int, str]) -> ra.RouteFields:
         t = self.t
-        upstream = optional_int(form["upstream"], t("models.upstream"))
+        upstream = optional_int(form["upstream"], t("models.upstream"), maximum=None)
         if upstream is None or upstream not in upstreams:
             raise FormError("form.choice", field=t("models.upstream"))
         return ra.RouteFields(
@@ -99,10 +100,8 @@ class RouteFormMixin(AdminHandler):
             temperature=optional_float(
                 form["temperature"], t("models.temperature"), minimum=0, maximum=2
             ),
-            max_tokens=optional_int(form["max_tokens"], t("models.max_tokens"), minimum=1),
-            context_window=optional_int(
-                form["context_window"], t("models.context_window"), minimum=1
-            ),
+            max_tokens=optional_count(form["max_tokens"], t("models.max_tokens")),
+            context_window=optional_count(form["context_window"], t("models.context_window")),
             fallbacks=names(form["fallbacks"]),
             prompt_cache=bool(form["prompt_cache"]),
             enabled=bool(form["enabled"]),
