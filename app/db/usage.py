@@ -4,6 +4,8 @@ filtered export (streamed in keyset pages), and retention.
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -145,6 +147,40 @@ def export_row(event: Any) -> dict[str, Any]:
     }
 
 
+# What a spreadsheet takes for the start of a formula in a text cell: a key holder chooses
+# the requested model (``=cmd|'/C calc'!A0``). OWASP's advice on CSV injection: such a
+# cell starts with a single quote. Only text is touched: -5 the number stays a number.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """An export value as a CSV cell: None empty, a formula-like text made inert."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+def csv_line(cells: Sequence[Any]) -> str:
+    """One CSV line ending in ``\n``, a cell holding ``\r`` or ``\n`` quoted.
+
+    The csv module quotes only the characters of its own line terminator: written with
+    ``\n`` a bare ``\r`` went out unquoted, and readers end the row there (the rest, a
+    new row whose first cell could be an unprefixed formula)."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\r\n").writerow(cells)
+    return buffer.getvalue()[:-2] + "\n"
+
+
+CSV_HEADER = csv_line(EXPORT_COLUMNS)
+
+
+def csv_row(row: Mapping[str, Any]) -> str:
+    """An `export_row` as a CSV line, in `EXPORT_COLUMNS` order."""
+    return csv_line([csv_cell(row[column]) for column in EXPORT_COLUMNS])
+
+
 _S = TypeVar("_S", bound="Select[*tuple[Any, ...]]")
 
 
@@ -177,7 +213,7 @@ class UsageFilter:
                 stmt = stmt.where(UsageEvent.status != OK)
         if self.since:
             stmt = stmt.where(UsageEvent.time >= datetime.combine(self.since, time.min))
-        if self.until:
+        if self.until and self.until < date.max:  # through the last day: no upper bound
             stmt = stmt.where(
                 UsageEvent.time < datetime.combine(self.until + timedelta(days=1), time.min)
             )

@@ -248,3 +248,46 @@ async def test_the_endpoint_shows_beside_the_dialect_when_it_is_not_the_usual(
         r'<td>openai(?: <small class="muted" data-testid="endpoint">(\w+)</small>)?', page
     )
     assert shown == ["", "count_tokens", "responses"]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_out_of_range_paging_and_days_are_no_500(client: Client, seeded: Services) -> None:
+    await client.login()
+    # Past a signed 64-bit column: was a 500 (OverflowError). Read as no cursor, like "abc".
+    for query in ("before=99999999999999999999999", "after=99999999999999999999999"):
+        response = await client.get("/admin/usage?" + query)
+        assert response.code == 200
+        assert rows_of(body(response))[0][0] == "2024-05-04 12:00:00"
+    # Through the last day there is: no upper bound (its next midnight does not exist).
+    response = await client.get("/admin/usage?until=9999-12-31")
+    assert response.code == 200 and len(rows_of(body(response))) == 50
+    response = await client.get("/admin/usage.csv?until=9999-12-31")
+    assert response.code == 200 and len(body(response).splitlines()) == 1 + 121
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_csv_export_defuses_formulas_in_text_cells(
+    client: Client, services: Services
+) -> None:
+    await client.login()
+    seed_usage(
+        services,
+        [
+            record(
+                BASE,
+                key="@evil",
+                model="=cmd|'/C calc'!A0",  # a key holder chooses the requested model
+                upstream="+up",
+                request_id="-r1",
+                target_model="t\r=1+2",
+                ttft_ms=-1.5,
+            )
+        ],
+    )
+    text = body(await client.get("/admin/usage.csv"))
+    header, row = list(csv.reader(io.StringIO(text, newline="")))
+    cells = dict(zip(header, row, strict=True))
+    assert (cells["key_name"], cells["requested_model"]) == ("'@evil", "'=cmd|'/C calc'!A0")
+    assert (cells["upstream"], cells["request_id"]) == ("'+up", "'-r1")
+    assert cells["target_model"] == "t\r=1+2"  # quoted: one row, not a row starting "=1+2"
+    assert (cells["ttft_ms"], cells["input_tokens"]) == ("-1.5", "10")  # numbers stay numbers

@@ -4,7 +4,6 @@ totals for the filter; and its CSV export, streamed page by page.
 
 from __future__ import annotations
 
-import csv
 import io
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +12,7 @@ from urllib.parse import urlencode
 from app.db import dashboard, keys
 from app.db.dashboard import Totals
 from app.db.models import UsageEvent
-from app.db.usage import EXPORT_COLUMNS, UsageFilter, iter_export
+from app.db.usage import CSV_HEADER, UsageFilter, csv_row, iter_export
 from app.handlers.admin.base import AdminHandler
 from app.handlers.admin.forms import FormError, optional_date, optional_int
 
@@ -110,10 +109,6 @@ class UsageHandler(UsageFilterMixin):
         self.render_page("usage.html", context, title=self.t("usage.title"))
 
 
-def csv_cell(value: object) -> object:
-    return "" if value is None else value
-
-
 class UsageCsvHandler(UsageFilterMixin):
     """Same filters as the page; oldest first, the columns of ``bridgekeeper usage export``."""
 
@@ -129,12 +124,11 @@ class UsageCsvHandler(UsageFilterMixin):
         self.set_header("Content-Type", "text/csv; charset=utf-8")
         self.set_header("Content-Disposition", f'attachment; filename="usage-{stamp}.csv"')
         buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(EXPORT_COLUMNS)
+        buffer.write(CSV_HEADER)
         pending = 0
         async with self.services.db.session() as session:
             async for row in iter_export(session, flt):
-                writer.writerow([csv_cell(row[c]) for c in EXPORT_COLUMNS])
+                buffer.write(csv_row(row))
                 pending += 1
                 if pending >= CSV_FLUSH_ROWS:
                     self.write(buffer.getvalue())
