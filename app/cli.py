@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import getpass
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from datetime import date, datetime
@@ -18,8 +18,8 @@ from app.auth import hash_password
 from app.db import admins as admin_queries
 from app.db import keys as key_queries
 from app.db.engine import Database, upgrade
-from app.db.usage import EXPORT_COLUMNS, UsageFilter, iter_export
-from app.settings import ConfigError, Settings, load_settings
+from app.db.usage import CSV_HEADER, UsageFilter, csv_row, iter_export
+from app.settings import ConfigError, Settings, count_problem, expiry_problem, load_settings
 
 
 def _date(value: str) -> date:
@@ -38,14 +38,35 @@ def _name(value: str) -> str:
     return name
 
 
-def _positive(value: str) -> int:
+def _expiry(value: str) -> date:
+    day = _date(value)
+    problem = expiry_problem(day, key_queries.utcnow().date())
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return day
+
+
+def _count(value: str) -> int:
+    """A limit (RPM, TPM): the dashboard's and the config file's bounds; leave it out for none."""
     try:
         number = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}")
+    problem = count_problem(number)
+    if problem:
+        raise argparse.ArgumentTypeError(problem + " (leave the option out for no limit)")
     return number
+
+
+def _username(value: str) -> str:
+    name = value.strip()
+    if not name:
+        raise argparse.ArgumentTypeError("an admin needs a username")
+    if len(name) > admin_queries.MAX_USERNAME:
+        raise argparse.ArgumentTypeError(
+            f"a username is at most {admin_queries.MAX_USERNAME} characters"
+        )
+    return name
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,10 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create = keys.add_parser("create", parents=[common], help="issue a key (shown once)")
     create.add_argument("name", type=_name)
-    create.add_argument("--rpm", type=_positive, help="requests per minute")
-    create.add_argument("--tpm", type=_positive, help="tokens per minute")
+    create.add_argument("--rpm", type=_count, help="requests per minute")
+    create.add_argument("--tpm", type=_count, help="tokens per minute")
     create.add_argument("--models", help="allowed model globs, comma separated")
-    create.add_argument("--expires", type=_date, help="last day the key works (YYYY-MM-DD, UTC)")
+    create.add_argument("--expires", type=_expiry, help="last day the key works (YYYY-MM-DD, UTC)")
     keys.add_parser("list", parents=[common], help="list keys (never the keys themselves)")
     revoke = keys.add_parser("revoke", parents=[common], help="revoke a key")
     revoke.add_argument("name")
@@ -85,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     setpw = admin.add_parser(
         "set-password", parents=[common], help="set an admin's password, read from stdin"
     )
-    setpw.add_argument("--username", default="admin")
+    setpw.add_argument("--username", type=_username, default="admin")
 
     db = commands.add_parser("db", help="database").add_subparsers(
         dest="db_command", required=True, metavar="ACTION"
@@ -189,12 +210,21 @@ def cmd_keys_list(settings: Settings, out: TextIO) -> int:
 
 
 def cmd_keys_revoke(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
-    row = asyncio.run(
-        _with_db(settings.database_url, lambda s: key_queries.revoke_key(s, args.name))
-    )
+    async def work(session: Any) -> tuple[Any, bool]:
+        row = await key_queries.get_key_by_name(session, args.name)
+        already = row is not None and row.revoked_at is not None
+        if row is not None and not already:
+            await key_queries.revoke_key(session, args.name)
+        return row, already
+
+    row, already = asyncio.run(_with_db(settings.database_url, work))
     if row is None:
         print(f"bridgekeeper: no key named {args.name!r}", file=sys.stderr)
         return 1
+    if already:
+        when = _fmt(row.revoked_at)
+        print(f"Key {row.name!r} ({row.prefix}...) was already revoked ({when} UTC)", file=out)
+        return 0
     print(f"Revoked key {row.name!r} ({row.prefix}...)", file=out)
     return 0
 
@@ -204,8 +234,12 @@ def cmd_set_password(settings: Settings, args: argparse.Namespace, out: TextIO) 
         password = getpass.getpass("New password: ")
     else:
         password = sys.stdin.readline().rstrip("\r\n")
-    if len(password) < 8:
-        print("bridgekeeper: the password must have at least 8 characters", file=sys.stderr)
+    if len(password) < admin_queries.MIN_PASSWORD:
+        print(
+            f"bridgekeeper: the password must have at least {admin_queries.MIN_PASSWORD}"
+            " characters",
+            file=sys.stderr,
+        )
         return 1
     hashed = hash_password(password)
     asyncio.run(
@@ -219,14 +253,23 @@ def cmd_set_password(settings: Settings, args: argparse.Namespace, out: TextIO) 
 
 
 def cmd_usage_export(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    if args.since and args.until and args.since > args.until:
+        print(
+            f"bridgekeeper: --since {args.since} is after --until {args.until}: no day is in"
+            " between",
+            file=sys.stderr,
+        )
+        return 2
     flt = UsageFilter(key_name=args.key, since=args.since, until=args.until)
 
     async def work(session: Any) -> None:
+        if args.key and await key_queries.get_key_by_name(session, args.key) is None:
+            # Not an error: the events of a key that is gone keep its name.
+            print(f"bridgekeeper: warning: no key is named {args.key!r}", file=sys.stderr)
         if args.format == "csv":
-            writer = csv.writer(out, lineterminator="\n")
-            writer.writerow(EXPORT_COLUMNS)
+            out.write(CSV_HEADER)
             async for row in iter_export(session, flt):
-                writer.writerow(["" if row[c] is None else row[c] for c in EXPORT_COLUMNS])
+                out.write(csv_row(row))
         else:
             out.write("[")
             first = True
@@ -236,6 +279,7 @@ def cmd_usage_export(settings: Settings, args: argparse.Namespace, out: TextIO) 
             out.write("\n]\n" if not first else "]\n")
 
     asyncio.run(_with_db(settings.database_url, work))
+    out.flush()  # here, where a closed pipe is caught, not at exit
     return 0
 
 
@@ -270,6 +314,15 @@ def cmd_serve(settings: Settings) -> int:
     return 0
 
 
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real stdout (a test's StringIO): nothing to flush
+        pass
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     args = build_parser().parse_args(argv)
@@ -294,6 +347,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     except ConfigError as exc:
         print(f"bridgekeeper: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (``usage export | head``): nothing more to say to anyone.
+        # Python's own flush of stdout at exit would fail again, so it goes to /dev/null.
+        _silence_stdout()
+        return 0
     except OSError as exc:
         print(f"bridgekeeper: {exc.strerror or exc}", file=sys.stderr)
         return 1

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import subprocess
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
+from subprocess import CompletedProcess
 
 import orjson
 import pytest
@@ -16,9 +18,11 @@ from sqlalchemy.orm import Session
 
 from app.auth import hash_key, verify_password
 from app.cli import main
+from app.db.admins import MIN_PASSWORD
 from app.db.engine import make_sync_engine
 from app.db.models import AdminUser, ProxyKey
 from app.db.usage import EXPORT_COLUMNS, UsageRecord, insert_events
+from app.settings import MAX_COUNT
 from tests.databases import database_url
 
 
@@ -243,3 +247,228 @@ def test_keys_list_shows_the_last_day_given(db: str) -> None:
     _, listing = run("keys", "list", "--database-url", db)
     header, erin = listing.strip().splitlines()
     assert erin[header.index("EXPIRES") :].split()[0] == "2099-12-31"
+
+
+def cli(*args: str, stdin: str = "", env: dict[str, str] | None = None) -> CompletedProcess[str]:
+    """The real command in a child process: exit status, stdout and stderr as a user sees them."""
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def assert_one_line_error(result: CompletedProcess[str], code: int, message: str) -> None:
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    assert message in result.stderr
+    assert message in result.stderr.strip().splitlines()[-1]
+
+
+HUGE = "99999999999999999999999"  # past a signed 64-bit column: was an OverflowError
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--rpm", HUGE, "--rpm: must be at most 1000000000000"),
+        ("--tpm", HUGE, "--tpm: must be at most 1000000000000"),
+        # 0 was accepted and made the key unlimited; the dashboard refuses it.
+        ("--rpm", "0", "--rpm: must be at least 1"),
+        ("--tpm", "0", "--tpm: must be at least 1"),
+        ("--rpm", "-3", "--rpm: must be at least 1"),
+        # Its end of day, the next midnight, cannot be represented (was an OverflowError).
+        ("--expires", "9999-12-31", "the last one possible is 9999-12-30"),
+        # Dead on arrival.
+        ("--expires", "2020-01-01", "the expiry date is in the past"),
+    ],
+)
+def test_keys_create_refuses_out_of_range_limits_and_dates(
+    db: str, option: str, value: str, message: str
+) -> None:
+    run("db", "upgrade", "--database-url", db)
+    assert_one_line_error(
+        cli("keys", "create", "k", option, value, "--database-url", db), 2, message
+    )
+    assert rows(db, ProxyKey) == []
+
+
+def test_keys_create_takes_the_largest_limits_and_last_day(db: str) -> None:
+    code, _ = run(
+        "keys", "create", "big", "--rpm", str(MAX_COUNT), "--tpm", str(MAX_COUNT),
+        "--expires", "9999-12-30", "--database-url", db,
+    )  # fmt: skip
+    assert code == 0
+    (row,) = rows(db, ProxyKey)
+    assert (row.rpm, row.tpm, row.expires_at) == (MAX_COUNT, MAX_COUNT, datetime(9999, 12, 31))
+    today = datetime.now(UTC).date().isoformat()
+    assert run("keys", "create", "today", "--expires", today, "--database-url", db)[0] == 0
+
+
+def test_usage_export_until_the_last_day_there_is(db: str) -> None:
+    _seed_usage(db)
+    result = cli("usage", "export", "--until", "9999-12-31", "--database-url", db)
+    assert result.returncode == 0, result.stderr
+    assert [r[1] for r in csv.reader(io.StringIO(result.stdout))][1:] == [
+        "req_1",
+        "req_2",
+        "req_3",
+    ]
+
+
+@pytest.mark.parametrize("url", ["foo://bar", "not a url"])
+def test_an_unusable_database_url_is_one_line(url: str) -> None:
+    result = cli("keys", "list", "--database-url", url)
+    assert_one_line_error(result, 2, "bridgekeeper: --database-url: ")
+    result = cli("keys", "list", env={"BRIDGEKEEPER_DATABASE_URL": url})
+    assert_one_line_error(result, 2, "environment: BRIDGEKEEPER_DATABASE_URL: ")
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--port", "99999"], {}, "--port: a port must be between 0 and 65535, got 99999"),
+        (["--port", "-1"], {}, "--port: a port must be between 0 and 65535, got -1"),
+        (["--anthropic-port", "65536"], {}, "--anthropic-port: a port must be between 0 and"),
+        ([], {"BRIDGEKEEPER_PORT": "99999"}, "environment: BRIDGEKEEPER_PORT: a port must be"),
+        ([], {"ANTHROPIC_PORT": "70000"}, "environment: ANTHROPIC_PORT: a port must be"),
+    ],
+)
+def test_serve_refuses_a_port_out_of_range(
+    tmp_path: Path, args: list[str], env: dict[str, str], message: str
+) -> None:
+    # It listened on the port modulo 65536 (99999 -> 34463) without a word.
+    db = database_url(tmp_path, "serve.db")
+    result = cli("serve", *args, "--database-url", db, env=env)
+    assert_one_line_error(result, 2, message)
+
+
+def test_admin_set_password_takes_the_dashboards_minimum_and_a_username(db: str) -> None:
+    short = "x" * (MIN_PASSWORD - 1)  # 9 characters passed here and not in the dashboard
+    result = cli("admin", "set-password", "--database-url", db, stdin=short + "\n")
+    assert_one_line_error(result, 1, f"at least {MIN_PASSWORD} characters")
+    assert MIN_PASSWORD == 10
+    for blank in ("", "   "):
+        result = cli("admin", "set-password", "--username", blank, "--database-url", db,
+                     stdin="long enough password\n")  # fmt: skip
+        assert_one_line_error(result, 2, "an admin needs a username")
+    assert rows(db, AdminUser) == []
+    result = cli("admin", "set-password", "--database-url", db, stdin="x" * MIN_PASSWORD + "\n")
+    assert result.returncode == 0, result.stderr
+
+
+def test_revoking_a_revoked_key_says_so(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    run("keys", "create", "carol", "--database-url", db)
+    code, out = run("keys", "revoke", "carol", "--database-url", db)
+    assert code == 0 and "Revoked key 'carol'" in out
+    (first,) = rows(db, ProxyKey)
+    code, out = run("keys", "revoke", "carol", "--database-url", db)
+    assert code == 0 and "was already revoked" in out and "Revoked key" not in out
+    (again,) = rows(db, ProxyKey)
+    assert again.revoked_at == first.revoked_at  # the first revocation's time stays
+
+
+def test_a_revoked_keys_name_is_taken_and_the_error_says_why(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run("keys", "create", "dave", "--database-url", db)
+    run("keys", "revoke", "dave", "--database-url", db)
+    capsys.readouterr()
+    assert run("keys", "create", "dave", "--database-url", db)[0] == 1
+    err = capsys.readouterr().err
+    assert "a key named 'dave' already exists and is revoked; choose another name" in err
+
+
+def test_usage_export_refuses_reversed_dates(db: str) -> None:
+    _seed_usage(db)
+    result = cli(
+        "usage", "export", "--since", "2026-01-03", "--until", "2026-01-02", "--database-url", db
+    )
+    assert_one_line_error(result, 2, "--since 2026-01-03 is after --until 2026-01-02")
+    assert result.stdout == ""
+
+
+def test_usage_export_warns_about_a_key_name_no_key_has(db: str) -> None:
+    _seed_usage(db)  # alice's and bob's events; no key row for either
+    run("keys", "create", "alice", "--database-url", db)
+    result = cli("usage", "export", "--key", "alice", "--database-url", db)
+    assert result.returncode == 0 and result.stderr == ""
+    result = cli("usage", "export", "--key", "nosuch", "--database-url", db)
+    assert result.returncode == 0
+    assert result.stderr == "bridgekeeper: warning: no key is named 'nosuch'\n"
+    assert result.stdout == ",".join(EXPORT_COLUMNS) + "\n"
+    # A key that is gone: its events keep its name and are still exported.
+    result = cli("usage", "export", "--key", "bob", "--database-url", db)
+    assert result.returncode == 0 and "no key is named 'bob'" in result.stderr
+    assert [r[1] for r in csv.reader(io.StringIO(result.stdout))][1:] == ["req_2"]
+
+
+def test_usage_export_into_a_closed_pipe_ends_quietly(db: str) -> None:
+    run("db", "upgrade", "--database-url", db)
+    engine = make_sync_engine(db)
+    with Session(engine) as session, session.begin():
+        insert_events(
+            session,
+            [
+                UsageRecord(time=datetime(2026, 1, 1), request_id=f"r{i}", client_dialect="openai")
+                for i in range(3000)  # ~250 KB of CSV: more than a pipe holds
+            ],
+        )
+    engine.dispose()
+    for fmt in ("csv", "json"):
+        with subprocess.Popen(
+            [sys.executable, "-m", "app", "usage", "export", "--format", fmt, "--database-url", db],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        ) as child:
+            assert child.stdout is not None and child.stderr is not None
+            child.stdout.readline()  # `| head -1`
+            child.stdout.close()
+            err = child.stderr.read().decode()
+            assert child.wait(timeout=60) == 0
+        assert err == ""  # was "bridgekeeper: Broken pipe", exit 1
+
+
+FORMULAS = {
+    "key_name": "@SUM(1+1)*cmd|' /C calc'!A0",
+    "requested_model": "=cmd|'/C calc'!A0",
+    "upstream": "+up",
+    "error_type": "\tx",
+    "request_id": "\rr",
+}
+
+
+def test_usage_export_csv_defuses_formulas_in_text_cells(db: str) -> None:
+    run("db", "upgrade", "--database-url", db)
+    engine = make_sync_engine(db)
+    with Session(engine) as session, session.begin():
+        insert_events(
+            session,
+            [
+                UsageRecord(
+                    time=datetime(2026, 1, 1),
+                    client_dialect="openai",
+                    status="error",
+                    http_status=502,
+                    ttft_ms=-1.5,  # a number: stays one, minus and all
+                    target_model="-2+3\r=1+2",  # the \r quoted: no new row, no bare formula
+                    **FORMULAS,
+                )
+            ],
+        )
+    engine.dispose()
+    code, out = run("usage", "export", "--database-url", db)
+    assert code == 0
+    header, row = list(csv.reader(io.StringIO(out, newline="")))
+    cells = dict(zip(header, row, strict=True))
+    for column, value in FORMULAS.items():
+        assert cells[column] == "'" + value
+    assert cells["target_model"] == "'-2+3\r=1+2"
+    assert (cells["ttft_ms"], cells["http_status"], cells["status"]) == ("-1.5", "502", "error")
+    # JSON is data, not a spreadsheet: unchanged.
+    code, out = run("usage", "export", "--format", "json", "--database-url", db)
+    (item,) = orjson.loads(out)
+    assert {column: item[column] for column in FORMULAS} == FORMULAS

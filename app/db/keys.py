@@ -47,6 +47,11 @@ async def create_key(
     if not name:
         raise ValueError("a key needs a name")
     existing = await session.scalar(select(ProxyKey).where(ProxyKey.name == name))
+    if existing is not None and existing.revoked_at is not None:
+        # A revoked key keeps its name (its usage and audit rows say who it was).
+        raise KeyExistsError(
+            f"a key named {name!r} already exists and is revoked; choose another name"
+        )
     if existing is not None:
         raise KeyExistsError(f"a key named {name!r} already exists")
     secret = key or generate_key()
