@@ -638,18 +638,28 @@ class Gateway:
     ) -> _Attempt:
         client = call.req.dialect
         settings = route.settings
-        apply = (
-            route_settings.apply_anthropic if client == "anthropic" else route_settings.apply_openai
-        )
-        adjusted = apply(
-            body,
-            temperature=settings.temperature,
-            max_tokens=settings.max_tokens,
-            context_window=settings.context_window,
-            params=settings.params,
-            input_tokens=estimate,
-        )
         dialect = upstream.dialect(client)
+        if client == "anthropic":
+            # To an OpenAI backend a capped max_tokens leaves the thinking request whole (it
+            # becomes reasoning_effort); Anthropic needs the budget fitted under the cap.
+            adjusted = route_settings.apply_anthropic(
+                body,
+                temperature=settings.temperature,
+                max_tokens=settings.max_tokens,
+                context_window=settings.context_window,
+                params=settings.params,
+                input_tokens=estimate,
+                translated=dialect != client,
+            )
+        else:
+            adjusted = route_settings.apply_openai(
+                body,
+                temperature=settings.temperature,
+                max_tokens=settings.max_tokens,
+                context_window=settings.context_window,
+                params=settings.params,
+                input_tokens=estimate,
+            )
         if dialect == client:
             out = dict(adjusted, model=route.target)
             if client == "anthropic":

@@ -613,11 +613,6 @@ async def test_max_tokens_clamped_by_route_cap(gateway, fake_openai):  # type: i
     assert [r.json["max_tokens"] for r in fake_openai.received] == [1000, 200]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app/gateway.py (_prepare) does not yet pass apply_anthropic(translated=True) for "
-    "an OpenAI upstream, so the cap still drops the thinking before the translation",
-)
 async def test_a_route_cap_below_the_thinking_budget_keeps_the_reasoning(gateway, fake_openai):  # type: ignore[no-untyped-def]
     """The cap limits the output; the reasoning_effort still comes from the client's budget
     (PROTOCOL.md §6.7), as without the cap."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import io
-from datetime import date
+import time
+from datetime import UTC, datetime, timedelta
 
 import anthropic
 import openai
@@ -24,7 +25,7 @@ from tests.fakes import (
     openai_completion,
     openai_stream,
 )
-from tests.team.support import START, FakeClock, anthropic_body, openai_body, usage_events
+from tests.team.support import FakeClock, anthropic_body, openai_body, usage_events
 
 pytestmark = pytest.mark.gen_test(timeout=30)
 
@@ -349,8 +350,11 @@ async def test_model_outside_the_key_globs_is_403_naming_it(gateway, fake_openai
 
 
 async def test_cli_key_models_and_expiry_are_enforced(gateway, fake_openai):  # type: ignore[no-untyped-def]
-    clock = FakeClock(START)
+    # The CLI refuses an expiry already past by the real calendar: the gateway's clock
+    # starts now, and the key's last day is tomorrow.
+    clock = FakeClock(time.time())
     live = await gateway(routes(fake_openai), clock=clock)
+    tomorrow = datetime.fromtimestamp(clock(), UTC).date() + timedelta(days=1)
     out = await run_cli(
         "keys",
         "create",
@@ -358,14 +362,14 @@ async def test_cli_key_models_and_expiry_are_enforced(gateway, fake_openai):  # 
         "--models",
         "team-*",
         "--expires",
-        date(2025, 6, 16).isoformat(),
+        tomorrow.isoformat(),
         "--database-url",
         live.services_db_url,
     )
     erin = out.strip().splitlines()[-1]
     assert (await post(live, "anthropic", key=erin)).status == 200
     assert (await post(live, "anthropic", key=erin, model="secret-model")).status == 403
-    clock.advance(36 * 3600)
+    clock.advance(3 * 86400)
     assert (await post(live, "anthropic", key=erin)).status == 401
     async with live.services.db.session() as session, session.begin():
         await session.execute(
