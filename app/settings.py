@@ -454,8 +454,9 @@ def _parse_key(where: _Where, i: int, table: Any, env: Mapping[str, str]) -> Key
     return KeyConfig(
         name=name,
         key=secret,
-        rpm=_opt_count(where, f"{entry}.rpm", table.get("rpm")),
-        tpm=_opt_count(where, f"{entry}.tpm", table.get("tpm")),
+        # 0 is "no limit" here, as in REQUESTS_PER_MINUTE (a file that said so still starts).
+        rpm=_opt_count(where, f"{entry}.rpm", table.get("rpm"), minimum=0),
+        tpm=_opt_count(where, f"{entry}.tpm", table.get("tpm"), minimum=0),
         models=_strings(where, f"{entry}.models", table.get("models")),
         expires=parse_date(where, f"{entry}.expires", table.get("expires")),
     )

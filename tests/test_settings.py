@@ -297,8 +297,7 @@ HUGE = 99999999999999999999  # TOML's integers are 64-bit: the largest it reads 
     [
         ("[server]\nport = 99999\n", "server.port: a port must be between 0 and 65535, got 99999"),
         ("[server]\nanthropic_port = -1\n", "server.anthropic_port: a port must be between 0"),
-        (KEY + "rpm = 0\n", "keys[0] (k).rpm: must be at least 1, got 0"),
-        (KEY + "tpm = -5\n", "keys[0] (k).tpm: must be at least 1, got -5"),
+        (KEY + "tpm = -5\n", "keys[0] (k).tpm: must be at least 0, got -5"),
         (KEY + f"rpm = {2**63 - 1}\n", "keys[0] (k).rpm: must be at most 1000000000000"),
         (KEY + "expires = 9999-12-31\n", "keys[0] (k).expires: the expiry date is too far away"),
         (KEY + 'expires = "9999-12-31"\n', "keys[0] (k).expires: the expiry date is too far away"),
@@ -327,8 +326,10 @@ def test_the_limits_config_dashboard_and_command_line_share() -> None:
 
 def test_config_keeps_port_zero_and_a_key_that_expired(tmp_path: Path) -> None:
     text = "[server]\nport = 0\nanthropic_port = 65535\n" + KEY + 'expires = "2020-01-01"\n'
+    text += "rpm = 0\n"  # no limit, as REQUESTS_PER_MINUTE=0 is
     s = load_settings(config_path=str(write(tmp_path, text)), environ={}, cwd=tmp_path)
     assert (s.port, s.anthropic_port, s.keys[0].expires) == (0, 65535, date(2020, 1, 1))
+    assert s.keys[0].rpm == 0
     # REQUESTS_PER_MINUTE=0 is "no limit" in the older proxies' setups.
     s = load_settings(environ={"REQUESTS_PER_MINUTE": "0"}, cwd=tmp_path)
     assert s.default_rpm == 0
