@@ -346,11 +346,11 @@ def test_serve_refuses_a_port_out_of_range(
     assert_one_line_error(result, 2, message)
 
 
-def test_admin_set_password_takes_the_dashboards_minimum_and_a_username(db: str) -> None:
-    short = "x" * (MIN_PASSWORD - 1)  # 9 characters passed here and not in the dashboard
+def test_admin_set_password_takes_the_shared_minimum_and_a_username(db: str) -> None:
+    short = "x" * (MIN_PASSWORD - 1)
     result = cli("admin", "set-password", "--database-url", db, stdin=short + "\n")
     assert_one_line_error(result, 1, f"at least {MIN_PASSWORD} characters")
-    assert MIN_PASSWORD == 10
+    assert MIN_PASSWORD == 8
     for blank in ("", "   "):
         result = cli("admin", "set-password", "--username", blank, "--database-url", db,
                      stdin="long enough password\n")  # fmt: skip
