@@ -40,7 +40,7 @@ def _name(value: str) -> str:
 
 def _expiry(value: str) -> date:
     day = _date(value)
-    problem = expiry_problem(day, key_queries.utcnow().date())
+    problem = expiry_problem(day)  # a past day is allowed, with a warning (cmd_keys_create)
     if problem:
         raise argparse.ArgumentTypeError(problem)
     return day
@@ -163,6 +163,15 @@ def cmd_keys_create(settings: Settings, args: argparse.Namespace, out: TextIO) -
     except key_queries.KeyExistsError as exc:
         print(f"bridgekeeper: {exc}", file=sys.stderr)
         return 1
+    today = key_queries.utcnow().date()
+    if args.expires is not None and args.expires < today:
+        # Created all the same (a key that has expired is what an expiry test needs), but
+        # nobody should mistake it for a working one.
+        print(
+            f"bridgekeeper: warning: the expiry date is in the past ({args.expires}; today is "
+            f"{today}, UTC): the key will be refused as expired",
+            file=sys.stderr,
+        )
     print(f"Created key {row.name!r} ({row.prefix}...). It is shown only this once:", file=out)
     print(key, file=out)
     return 0

@@ -282,8 +282,6 @@ HUGE = "99999999999999999999999"  # past a signed 64-bit column: was an Overflow
         ("--rpm", "-3", "--rpm: must be at least 1"),
         # Its end of day, the next midnight, cannot be represented (was an OverflowError).
         ("--expires", "9999-12-31", "the last one possible is 9999-12-30"),
-        # Dead on arrival.
-        ("--expires", "2020-01-01", "the expiry date is in the past"),
     ],
 )
 def test_keys_create_refuses_out_of_range_limits_and_dates(
@@ -306,6 +304,15 @@ def test_keys_create_takes_the_largest_limits_and_last_day(db: str) -> None:
     assert (row.rpm, row.tpm, row.expires_at) == (MAX_COUNT, MAX_COUNT, datetime(9999, 12, 31))
     today = datetime.now(UTC).date().isoformat()
     assert run("keys", "create", "today", "--expires", today, "--database-url", db)[0] == 0
+
+
+def test_keys_create_with_a_past_expiry_warns_and_creates_an_expired_key(db: str) -> None:
+    result = cli("keys", "create", "old", "--expires", "2020-01-01", "--database-url", db)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1].startswith("bk-")  # still the last line
+    assert result.stderr.startswith("bridgekeeper: warning: the expiry date is in the past")
+    (row,) = rows(db, ProxyKey)
+    assert row.expires_at == datetime(2020, 1, 2)
 
 
 def test_usage_export_until_the_last_day_there_is(db: str) -> None:
