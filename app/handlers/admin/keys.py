@@ -55,6 +55,9 @@ class KeysPage:
     new_key_name: str | None = None
     error: str | None = None
     form: dict[str, str] = field(default_factory=dict)
+    # The server's limits for keys that set none (shown as such, not as "no limit").
+    default_rpm: int | None = None
+    default_tpm: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +105,8 @@ class KeysHandler(KeyFormMixin):
         page.rows = [
             KeyRow(r, key_state(r, now), totals.get(r.name, Totals()), expiry_day(r)) for r in rows
         ]
+        settings = self.services.settings
+        page.default_rpm, page.default_tpm = settings.default_rpm, settings.default_tpm
         self.render_page("keys.html", page, title=self.t("keys.title"), status=status)
 
     async def post(self) -> None:
