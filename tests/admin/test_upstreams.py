@@ -111,6 +111,9 @@ async def test_add_upstream_reaches_the_pool(
         "Max-tokens field",
     ):
         assert f">{label}</label>" in page
+    # The new upstream's timeout starts at the server's default, as in the config file
+    # (it said 60 while a file's upstream got 600).
+    assert 'name="timeout" type="number" min="1" max="3600" step="any" value="600"' in page
     upstream_id = await add_upstream(
         client, fake, top_k="on", tokenize_url="http://127.0.0.1:9/tokenize"
     )

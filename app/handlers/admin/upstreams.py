@@ -99,13 +99,14 @@ def key_views(row: Upstream, live: list[KeyState], now: float) -> list[KeyView]:
     return views
 
 
-def form_defaults() -> dict[str, str]:
+def form_defaults(timeout: float) -> dict[str, str]:
+    """A new upstream's form; ``timeout``: the server's default, as the config file's."""
     return {
         "name": "",
         "kind": "openai",
         "base_url": "",
         "rotation": "ordered",
-        "timeout": "60",
+        "timeout": f"{timeout:g}",
         "reasoning": "strip",
         "tokenize_url": "",
         "max_tokens_field": "max_tokens",
@@ -154,7 +155,7 @@ class UpstreamFormMixin(AdminHandler):
             kind=kind,
             base_url=base_url.rstrip("/"),
             rotation=choice(form["rotation"], t("upstreams.rotation"), ROTATIONS),
-            timeout=timeout if timeout is not None else 60.0,
+            timeout=timeout if timeout is not None else self.services.settings.request_timeout,
             reasoning=choice(form["reasoning"], t("upstreams.reasoning"), REASONING),
             top_k=bool(form["top_k"]),
             chat_template_thinking=bool(form["chat_template_thinking"]),
@@ -185,7 +186,7 @@ class UpstreamsHandler(UpstreamFormMixin):
     flashes = frozenset({"upstream_deleted"})
 
     async def get(self) -> None:
-        await self._show(form_defaults())
+        await self._show(form_defaults(self.services.settings.request_timeout))
 
     async def _show(self, form: dict[str, str], error: str | None = None) -> None:
         async with self.services.db.session() as session:
