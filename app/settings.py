@@ -521,6 +521,18 @@ def _check_server_values(values: Mapping[str, Any], origin: Mapping[str, str]) -
             raise ConfigError(f"{origin[name]}: {problem}")
 
 
+def _refuse_repeats(
+    where: _Where, table: str, values: list[str], *, what: str = "name", show: bool = True
+) -> None:
+    """A ConfigError naming the second entry of ``table`` whose ``what`` repeats one before."""
+    seen: dict[str, int] = {}
+    for i, value in enumerate(values):
+        if value in seen:
+            named = f" ({value})" if show else ""
+            raise where.error(f"{table}[{i}]{named}", f"the same {what} as {table}[{seen[value]}]")
+        seen[value] = i
+
+
 def load_settings(
     *,
     config_path: str | None = None,
@@ -681,6 +693,7 @@ def load_settings(
     if not isinstance(model_tables, list):
         raise where.error("models", "expected an array of tables ([[models]])")
     models = [_parse_model(where, i, t) for i, t in enumerate(model_tables)]
+    _refuse_repeats(where, "models", [m.name for m in models])
     all_names = {u.name for u in upstreams}
     for i, model in enumerate(models):
         if model.upstream not in all_names:
@@ -694,6 +707,10 @@ def load_settings(
     if not isinstance(key_tables, list):
         raise where.error("keys", "expected an array of tables ([[keys]])")
     keys = [_parse_key(where, i, t, env) for i, t in enumerate(key_tables)]
+    # One name twice: the second would silently replace the first's key at every start;
+    # one secret twice: two names for one key, which the database refuses.
+    _refuse_repeats(where, "keys", [k.name for k in keys])
+    _refuse_repeats(where, "keys", [k.key for k in keys], what="key", show=False)
 
     echo_default = False
     if not upstreams:

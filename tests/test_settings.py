@@ -231,6 +231,20 @@ def test_config_keys_of_any_length_and_from_the_environment(tmp_path: Path) -> N
         ),
         ('[[keys]]\nname = "k"\nkey = ""\n', "keys[0] (k): 'key' is required"),
         (
+            '[[keys]]\nname = "k"\nkey = "bk-one-secret"\n[[keys]]\nname = "k"\nkey = "bk-two"\n',
+            "keys[1] (k): the same name as keys[0]",
+        ),
+        (
+            '[[keys]]\nname = "a"\nkey = "bk-one-secret"\n[[keys]]\nname = "b"\n'
+            'key = "bk-one-secret"\n',
+            "keys[1]: the same key as keys[0]",
+        ),
+        (
+            '[[upstreams]]\nname = "u"\nkind = "echo"\n[[models]]\nname = "m"\nupstream = "u"\n'
+            '[[models]]\nname = "m"\nupstream = "u"\n',
+            "models[1] (m): the same name as models[0]",
+        ),
+        (
             '[[keys]]\nname = "k"\nkey = "bk-long-enough"\nexpires = "soon"\n',
             "keys[0] (k).expires: expected a date",
         ),
