@@ -41,6 +41,10 @@ from app.services import Services
 
 __all__ = ["admin_routes"]
 
+# A row id in a path: at most 18 digits, which always fits the 64-bit id column. A longer
+# one is no page (404); it reached the database and came back an OverflowError (a 500).
+ROW_ID = r"\d{1,18}"
+
 
 def admin_routes(
     services: Services, *, throttle: LoginThrottle | None = None
@@ -53,29 +57,29 @@ def admin_routes(
         (r"/admin/logout", LogoutHandler),
         (r"/admin/lang", LanguageHandler),
         (r"/admin/keys", KeysHandler),
-        (r"/admin/keys/(\d+)", KeyHandler),
-        (r"/admin/keys/(\d+)/revoke", KeyRevokeHandler),
+        (r"/admin/keys/({ID})", KeyHandler),
+        (r"/admin/keys/({ID})/revoke", KeyRevokeHandler),
         (r"/admin/upstreams", UpstreamsHandler),
-        (r"/admin/upstreams/(\d+)", UpstreamHandler),
-        (r"/admin/upstreams/(\d+)/delete", UpstreamDeleteHandler),
-        (r"/admin/upstreams/(\d+)/test", UpstreamTestHandler),
-        (r"/admin/upstreams/(\d+)/keys", UpstreamKeysHandler),
-        (r"/admin/upstreams/(\d+)/keys/order", UpstreamKeyOrderHandler),
+        (r"/admin/upstreams/({ID})", UpstreamHandler),
+        (r"/admin/upstreams/({ID})/delete", UpstreamDeleteHandler),
+        (r"/admin/upstreams/({ID})/test", UpstreamTestHandler),
+        (r"/admin/upstreams/({ID})/keys", UpstreamKeysHandler),
+        (r"/admin/upstreams/({ID})/keys/order", UpstreamKeyOrderHandler),
         (
-            r"/admin/upstreams/(\d+)/keys/(\d+)/(up|down|enable|disable|delete)",
+            r"/admin/upstreams/({ID})/keys/({ID})/(up|down|enable|disable|delete)",
             UpstreamKeyActionHandler,
         ),
         (r"/admin/models", ModelsHandler),
         (r"/admin/models/order", RouteOrderHandler),
-        (r"/admin/models/(\d+)", RouteHandler),
-        (r"/admin/models/(\d+)/(up|down|enable|disable|delete)", RouteActionHandler),
+        (r"/admin/models/({ID})", RouteHandler),
+        (r"/admin/models/({ID})/(up|down|enable|disable|delete)", RouteActionHandler),
         (r"/admin/usage", UsageHandler),
         (r"/admin/usage\.csv", UsageCsvHandler),
         (r"/admin/audit", AuditHandler),
         (r"/admin/admins", AdminsHandler),
-        (r"/admin/admins/(\d+)/delete", AdminDeleteHandler),
+        (r"/admin/admins/({ID})/delete", AdminDeleteHandler),
         (r"/admin/account", AccountHandler),
     ]
     routes: list[Any] = [(r"/admin", tornado.web.RedirectHandler, {"url": "/admin/"})]
-    routes += [(pattern, handler, deps) for pattern, handler in pages]
+    routes += [(pattern.replace("{ID}", ROW_ID), handler, deps) for pattern, handler in pages]
     return routes
