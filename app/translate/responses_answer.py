@@ -355,7 +355,6 @@ def response_error(error: Any) -> ResponseError:
 def response_object(
     ctx: ResponsesContext,
     *,
-    model: Any = None,
     status: ResponseStatus,
     output: list[OutputItem],
     usage: ResponseUsage | None = None,
@@ -365,7 +364,8 @@ def response_object(
     """The Response skeleton: the fields this side owns, the request defaults the API
     always sends (``tool_choice: "auto"``, ``tools: []``, ``parallel_tool_calls: true``,
     ``truncation: "disabled"``, ``metadata: {}``, nulls) and then ``ctx.echo`` over them.
-    ``model`` is the answer's own model name when it has one, else ``ctx.model``."""
+    ``model`` is the name the client asked for, in every event of a stream as in a whole
+    answer, whatever the backend calls it (the translated routes' rule)."""
     response: dict[str, Any] = {
         "id": ctx.response_id,
         "object": "response",
@@ -375,7 +375,7 @@ def response_object(
         "incomplete_details": incomplete_details,
         "instructions": None,
         "max_output_tokens": None,
-        "model": model if isinstance(model, str) and model else ctx.model,
+        "model": ctx.model,
         "output": output,
         "parallel_tool_calls": True,
         "previous_response_id": None,
@@ -477,7 +477,6 @@ def translate_response(chat: dict[str, Any], ctx: ResponsesContext) -> dict[str,
         )
     return response_object(
         ctx,
-        model=chat.get("model"),
         status=status,
         output=output,
         usage=response_usage(chat.get("usage")),

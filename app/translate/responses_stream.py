@@ -88,7 +88,6 @@ class ResponsesStream:
         self._reasoning: _Reasoning | None = None
         self._message: _Message | None = None
         self._calls: dict[int, _Call] = {}  # chat tool-call index -> its open call
-        self._model: str | None = None
         self._finish: Any = None
         self._usage: Any = None
 
@@ -100,7 +99,7 @@ class ResponsesStream:
         return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
     def _response(self, status: Any, **kwargs: Any) -> dict[str, Any]:
-        return response_object(self.ctx, model=self._model, status=status, **kwargs)
+        return response_object(self.ctx, status=status, **kwargs)
 
     # -- public ----------------------------------------------------------------------------
 
@@ -123,9 +122,6 @@ class ResponsesStream:
         error = chunk.get("error")
         if isinstance(error, dict):
             return out + self._fail(response_error(error))
-        model = chunk.get("model")
-        if isinstance(model, str) and model:
-            self._model = model
         if isinstance(chunk.get("usage"), dict):
             self._usage = chunk["usage"]
         choices = chunk.get("choices")

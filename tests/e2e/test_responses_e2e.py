@@ -180,7 +180,12 @@ async def test_create_to_openai_backend(gateway, fake_openai):  # type: ignore[n
     }
     assert response.id.startswith("resp_")
     assert (response._request_id or "").startswith("req_")
-    assert (response.object, response.status, response.model) == ("response", "completed", LOCAL)
+    # The name the client asked for, in a whole answer as in every event of a stream.
+    assert (response.object, response.status, response.model) == (
+        "response",
+        "completed",
+        "gpt-local",
+    )
     assert response.output_text == "Hello!"
     assert [item.type for item in response.output] == ["message"]
     assert (response.instructions, response.max_output_tokens) == ("be terse", 50)
@@ -228,6 +233,10 @@ async def test_stream_to_openai_backend(gateway, fake_openai):  # type: ignore[n
         "response.completed",
     ]
     assert [e.sequence_number for e in events] == list(range(len(events)))
+    # One model name from the first event to the last (it changed to the backend's at the
+    # end), the one the client asked for.
+    named = [e.response.model for e in events if hasattr(e, "response")]
+    assert named == ["gpt-local"] * 3 and final.model == "gpt-local"
     assert [e.delta for e in events if e.type == "response.output_text.delta"] == [
         "Hel",
         "lo",
