@@ -30,9 +30,9 @@ DEFAULT_REQUEST_TIMEOUT = 600.0
 
 # The largest limit or token count anyone may set (a key's RPM and TPM, a route's max-token
 # cap and context window), from the command line, the dashboard or this file: far above any
-# real limit and well inside the signed 64-bit column that stores it (a larger number was
-# an OverflowError from the database driver).
-MAX_COUNT = 10**12
+# real limit and inside the 32-bit INTEGER column PostgreSQL stores it in (SQLite's are 64
+# bits; a larger number was an OverflowError from the database driver, a 500).
+MAX_COUNT = 2**31 - 1
 # A key works through its expiry day and stops at the next midnight, which has to exist.
 LAST_EXPIRY_DAY = date.max - timedelta(days=1)
 MAX_PORT = 65535  # 0 asks the system for any free port

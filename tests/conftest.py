@@ -43,12 +43,17 @@ class Live:
         return self.services.settings.database_url
 
 
+_databases: dict[Path, str] = {}
+
+
 def write_config(tmp_path: Path, body: str, *, with_key: bool = True, server: str = "") -> Path:
     """A config file with a fresh SQLite database and (by default) the test key.
 
     ``server`` holds extra lines for the ``[server]`` table.
     """
-    db = database_url(tmp_path, "bridgekeeper.db")
+    db = _databases.get(tmp_path)
+    if db is None:  # one per test: a second gateway of the test is a restart on it
+        db = _databases[tmp_path] = database_url(tmp_path, "bridgekeeper.db")
     text = f'[server]\ndatabase_url = "{db}"\nadmin_password = "test-admin-pw"\n'
     text += f'secret_key = "{SECRET_KEY}"\n'
     if "usage_flush_seconds" not in server:

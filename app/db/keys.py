@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, time, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import BigInteger, cast, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth import KeyRecord, display_prefix, generate_key, hash_key
@@ -161,7 +161,11 @@ async def keys_fingerprint(session: AsyncSession) -> tuple[object, ...]:
                 func.count(ProxyKey.revoked_at),
                 func.max(ProxyKey.revoked_at),
                 func.max(ProxyKey.expires_at),
-                func.sum(func.coalesce(ProxyKey.rpm, 0) + func.coalesce(ProxyKey.tpm, 0)),
+                # In 64 bits: two limits near PostgreSQL's 32-bit INTEGER maximum overflow it.
+                func.sum(
+                    cast(func.coalesce(ProxyKey.rpm, 0), BigInteger)
+                    + cast(func.coalesce(ProxyKey.tpm, 0), BigInteger)
+                ),
             )
         )
     ).one()

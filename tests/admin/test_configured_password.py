@@ -17,9 +17,14 @@ from tests.databases import database_url
 pytestmark = pytest.mark.gen_test(timeout=60)
 
 
+_URLS: dict[Path, str] = {}
+
+
 async def restart(tmp_path: Path, password: str | None) -> str:
     """Start and stop the services on the test's database; the admin's password hash."""
-    lines = [f'[server]\ndatabase_url = "{database_url(tmp_path, "pw.db")}"']
+    if tmp_path not in _URLS:
+        _URLS[tmp_path] = database_url(tmp_path, "pw.db")
+    lines = [f'[server]\ndatabase_url = "{_URLS[tmp_path]}"']
     if password is not None:
         lines.append(f'admin_password = "{password}"')
     path = tmp_path / "bridgekeeper.toml"

@@ -154,11 +154,12 @@ async def test_unknown_ids_are_404(client: Client) -> None:
         assert (await client.get(path)).code == 404
     for path in ("/admin/keys/42/revoke", "/admin/upstreams/1/keys/42/up", "/admin/models/42/up"):
         assert (await client.post(path)).code == 404
-    huge = "9" * 23  # past the 64-bit id column: was an OverflowError, a 500
+    huge = "9" * 23  # past the id column: was an OverflowError, a 500
     for path in (f"/admin/keys/{huge}", f"/admin/upstreams/{huge}", f"/admin/models/{huge}"):
         assert (await client.get(path)).code == 404
     assert (await client.post(f"/admin/admins/{huge}/delete")).code == 404
-    assert (await client.get("/admin/keys/" + "9" * 18)).code == 404  # the longest id there is
+    assert (await client.get("/admin/keys/" + "9" * 9)).code == 404  # the longest id there is
+    assert (await client.get("/admin/keys/" + "2" * 10)).code == 404
 
 
 class _Controls(HTMLParser):

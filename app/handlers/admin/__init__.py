@@ -41,9 +41,10 @@ from app.services import Services
 
 __all__ = ["admin_routes"]
 
-# A row id in a path: at most 18 digits, which always fits the 64-bit id column. A longer
-# one is no page (404); it reached the database and came back an OverflowError (a 500).
-ROW_ID = r"\d{1,18}"
+# A row id in a path: at most 9 digits, which always fits the id column (32 bits on
+# PostgreSQL). A longer one is no page (404); it reached the database and came back an
+# OverflowError (a 500).
+ROW_ID = r"\d{1,9}"
 
 
 def admin_routes(

@@ -32,13 +32,13 @@ def optional_text(value: str, field: str, *, max_len: int = 500) -> str | None:
     return value or None
 
 
-# The largest value a database integer column holds (signed 64-bit): a larger number was an
-# OverflowError from the driver, a 500 page.
-INT64_MAX = 2**63 - 1
+# The largest value every database's integer column holds (32 bits on PostgreSQL, 64 on
+# SQLite): a larger number was an OverflowError from the driver, a 500 page.
+DB_INT_MAX = 2**31 - 1
 
 
 def optional_int(
-    value: str, field: str, *, minimum: int = 0, maximum: int | None = INT64_MAX
+    value: str, field: str, *, minimum: int = 0, maximum: int | None = DB_INT_MAX
 ) -> int | None:
     """An integer in ``minimum..maximum``, or None when the field is empty."""
     if not value:

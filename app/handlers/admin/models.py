@@ -90,7 +90,7 @@ class RouteFormMixin(AdminHandler):
 
     def parse(self, form: dict[str, str], upstreams: dict[int, str]) -> ra.RouteFields:
         t = self.t
-        upstream = optional_int(form["upstream"], t("models.upstream"), maximum=None)
+        upstream = optional_int(form["upstream"], t("models.upstream"))
         if upstream is None or upstream not in upstreams:
             raise FormError("form.choice", field=t("models.upstream"))
         return ra.RouteFields(
