@@ -482,7 +482,12 @@ def read_dotenv(path: Path) -> dict[str, str]:
 
 
 def _numbered(env: Mapping[str, str], base: str) -> list[str]:
-    """``BASE`` then ``BASE_1..N`` in numeric order: the rotation order of env keys."""
+    """``BASE`` then ``BASE_1..N`` in numeric order: the rotation order of env keys.
+
+    A value that is one of this gateway's own keys (``bk-…``) is left out: the shell that
+    points Claude Code or the SDKs at the gateway exports ANTHROPIC_API_KEY or
+    OPENAI_API_KEY holding a proxy key, and a gateway started from it made that key an
+    upstream's (the echo backend vanished behind a 502 from api.anthropic.com)."""
     found: list[tuple[int, str]] = []
     pattern = re.compile(re.escape(base) + r"_(\d+)$")
     for name, value in env.items():
@@ -490,7 +495,7 @@ def _numbered(env: Mapping[str, str], base: str) -> list[str]:
         if match and value:
             found.append((int(match.group(1)), value))
     keys = [env[base]] if env.get(base) else []
-    return keys + [v for _, v in sorted(found)]
+    return [v for v in keys + [v for _, v in sorted(found)] if not v.startswith("bk-")]
 
 
 def _env_number(env: Mapping[str, str], name: str, cast: Any) -> Any:

@@ -122,6 +122,17 @@ def test_nothing_configured_means_echo(tmp_path: Path) -> None:
     assert [(u.name, u.kind) for u in s.upstreams] == [("echo", "echo")]
 
 
+def test_a_proxy_key_in_the_client_variables_is_not_an_upstream_key(tmp_path: Path) -> None:
+    """The shell that runs Claude Code or the SDKs through the gateway holds the gateway's
+    own key in ANTHROPIC_API_KEY / OPENAI_API_KEY; a gateway started there keeps echo."""
+    environ = {"ANTHROPIC_API_KEY": "bk-mine-0123456789", "OPENAI_API_KEY_1": "bk-mine-2"}
+    s = load_settings(environ=environ, cwd=tmp_path)
+    assert s.echo_default and [u.name for u in s.upstreams] == ["echo"]
+    environ["OPENAI_API_KEY_2"] = "sk-real-openai-key"
+    s = load_settings(environ=environ, cwd=tmp_path)
+    assert [(u.name, u.keys) for u in s.upstreams] == [("openai", ("sk-real-openai-key",))]
+
+
 def test_compatibility_variables(tmp_path: Path) -> None:
     env = {
         "ANTHROPIC_API_KEY": "sk-ant-a",
