@@ -96,8 +96,21 @@ class ToolSet:
                     f"{p}.type",
                 )
 
-    def _add(self, name: str, namespace: str | None, custom: bool, tool: ChatTool) -> None:
+    def _add(
+        self, name: str, namespace: str | None, custom: bool, tool: ChatTool, param: str
+    ) -> None:
         flat = flat_name(namespace, name)
+        if flat in self.defs:
+            earlier = self.origins.get(flat)
+            was = (earlier.namespace, earlier.name) if earlier else (None, flat)
+            if was != (namespace, name):
+                # Two tools, one name on the way to the backend: its calls could not be
+                # told apart (the first used to vanish).
+                raise bad(
+                    f"Invalid value for '{param}.name': this tool becomes the function "
+                    f"{flat!r} for the backend, as an earlier tool does; rename one of them.",
+                    f"{param}.name",
+                )
         tool["function"]["name"] = flat
         # A later definition of the same name (an ``additional_tools`` item repeating one)
         # replaces the earlier one.
@@ -119,7 +132,7 @@ class ToolSet:
                     f"Invalid type for '{param}.strict': expected a boolean.", f"{param}.strict"
                 )
             fn["strict"] = strict
-        self._add(name, namespace, False, {"type": "function", "function": fn})
+        self._add(name, namespace, False, {"type": "function", "function": fn}, param)
 
     def custom(self, tool: dict[str, Any], param: str, namespace: str | None) -> None:
         name = name_at(tool.get("name"), f"{param}.name")
@@ -135,6 +148,7 @@ class ToolSet:
             namespace,
             True,
             {"type": "function", "function": _function(name, tool, param, schema)},
+            param,
         )
 
     def resolve(self, name: str, param: str, *, custom: bool) -> str:

@@ -257,6 +257,20 @@ def test_a_repeated_tool_definition_replaces_the_first() -> None:
     assert [t["function"].get("description") for t in out["tools"]] == ["v2"]
 
 
+def test_two_tools_with_one_name_for_the_backend_are_a_400() -> None:
+    """A top-level ``crm__lookup`` and ``lookup`` in namespace ``crm`` both become
+    ``crm__lookup``: the second used to replace the first without a word."""
+    function = {"type": "function", "name": "crm__lookup", "parameters": {"type": "object"}}
+    inner = {"type": "function", "name": "lookup", "parameters": {"type": "object"}}
+    namespace = {"type": "namespace", "name": "crm", "description": "CRM", "tools": [inner]}
+    for tools, param in (([function, namespace], "tools[1].tools[0].name"),
+                         ([namespace, function], "tools[1].name")):  # fmt: skip
+        with pytest.raises(InvalidRequestError) as info:
+            translate({"model": "m", "input": "x", "tools": tools})
+        assert info.value.param == param
+        assert "'crm__lookup'" in info.value.message
+
+
 @pytest.mark.parametrize(
     ("body", "param"),
     [
