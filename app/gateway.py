@@ -760,6 +760,8 @@ class Gateway:
         dialect = call.req.dialect
         if not is_error_envelope(dialect, body):
             return error_reply(dialect, failure, call.req.request_id, self._limit_headers(call))
+        if call.responses is not None:
+            body = responses_request.blame_error_body(body, call.responses)
         out = {"Content-Type": headers.get("Content-Type", JSON_TYPE)}
         for name in ("retry-after", "retry-after-ms", "x-should-retry"):
             if name in headers:

@@ -10,6 +10,8 @@ import re
 import time
 from typing import Any
 
+import orjson
+
 from app.dialects.openai import MAX_TOKENS_LIMIT
 from app.errors import InvalidRequestError
 from app.translate.ids import random_hex
@@ -228,15 +230,41 @@ def translate_request(
 _CHAT_MESSAGE = re.compile(r"messages\[(\d+)\]")
 
 
-def blame_input(err: InvalidRequestError, ctx: ResponsesContext) -> None:
-    """``err``, from checking the chat body made of a Responses request, made to name the
-    Responses field its message came from (``messages[2]`` -> ``input[1]``)."""
+def _blamed(text: str, ctx: ResponsesContext, count: int = 0) -> str:
+    """``text`` with a chat body's ``messages[i]`` named as the Responses field it came from."""
 
     def origin(found: re.Match[str]) -> str:
         at = int(found.group(1))
         return ctx.origins[at] if at < len(ctx.origins) else found.group(0)
 
+    return _CHAT_MESSAGE.sub(origin, text, count=count)
+
+
+def blame_input(err: InvalidRequestError, ctx: ResponsesContext) -> None:
+    """``err``, from checking the chat body made of a Responses request, made to name the
+    Responses field its message came from (``messages[2]`` -> ``input[1]``)."""
     if err.param is not None:
-        err.param = _CHAT_MESSAGE.sub(origin, err.param, count=1)
-    err.message = _CHAT_MESSAGE.sub(origin, err.message)
+        err.param = _blamed(err.param, ctx, count=1)
+    err.message = _blamed(err.message, ctx)
     err.args = (err.message,)
+
+
+def blame_error_body(body: bytes, ctx: ResponsesContext) -> bytes:
+    """A backend's OpenAI error envelope about the chat body made of a Responses request,
+    naming the Responses fields instead (its ``param`` said ``messages[1].content``, which
+    the client never sent); anything else as it came."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict):
+        return body
+    changed = False
+    for field, count in (("param", 1), ("message", 0)):
+        value = error.get(field)
+        if isinstance(value, str):
+            blamed = _blamed(value, ctx, count)
+            changed |= blamed != value
+            error[field] = blamed
+    return orjson.dumps(data) if changed else body

@@ -578,3 +578,28 @@ async def test_a_mistake_inside_an_input_item_is_named_by_its_input_index(gatewa
     assert "'input[0].content[0].image_url.url'" in error["message"]
     assert "messages" not in error["message"]
     assert fake_openai.received == []
+
+
+async def test_a_backend_s_400_names_the_responses_field(gateway, fake_openai):  # type: ignore[no-untyped-def]
+    """The backend saw a chat body; its ``param`` (``messages[1].content``) is put as the
+    Responses field the client sent (``input[0].content``), in the message too."""
+    live = await gateway(config(fake_openai, None))
+    refusal = {
+        "message": "Invalid 'messages[1].content': string too long.",
+        "type": "invalid_request_error",
+        "param": "messages[1].content",
+        "code": "string_above_max_length",
+    }
+    fake_openai.push(JsonReply(400, {"error": refusal}))
+    async with client(live) as sdk:
+        with pytest.raises(openai.BadRequestError) as bad:
+            await sdk.responses.create(
+                model="gpt-local", instructions="sys", input=[{"role": "user", "content": "x" * 10}]
+            )
+    error: Any = bad.value.body
+    assert error == {
+        "message": "Invalid 'input[0].content': string too long.",
+        "type": "invalid_request_error",
+        "param": "input[0].content",
+        "code": "string_above_max_length",
+    }
