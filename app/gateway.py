@@ -639,27 +639,19 @@ class Gateway:
         client = call.req.dialect
         settings = route.settings
         dialect = upstream.dialect(client)
+        applied: dict[str, Any] = {
+            "temperature": settings.temperature,
+            "max_tokens": settings.max_tokens,
+            "context_window": settings.context_window,
+            "params": settings.params,
+            "input_tokens": estimate,
+        }
         if client == "anthropic":
             # To an OpenAI backend a capped max_tokens leaves the thinking request whole (it
             # becomes reasoning_effort); Anthropic needs the budget fitted under the cap.
-            adjusted = route_settings.apply_anthropic(
-                body,
-                temperature=settings.temperature,
-                max_tokens=settings.max_tokens,
-                context_window=settings.context_window,
-                params=settings.params,
-                input_tokens=estimate,
-                translated=dialect != client,
-            )
+            adjusted = route_settings.apply_anthropic(body, **applied, translated=dialect != client)
         else:
-            adjusted = route_settings.apply_openai(
-                body,
-                temperature=settings.temperature,
-                max_tokens=settings.max_tokens,
-                context_window=settings.context_window,
-                params=settings.params,
-                input_tokens=estimate,
-            )
+            adjusted = route_settings.apply_openai(body, **applied)
         if dialect == client:
             out = dict(adjusted, model=route.target)
             if client == "anthropic":
