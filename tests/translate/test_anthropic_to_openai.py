@@ -868,22 +868,27 @@ _CAPPED_THINKING = {
 }
 
 
-@pytest.mark.parametrize("cap", [1000, 3000])
-def test_a_route_s_max_tokens_cap_keeps_the_thinking_for_an_openai_backend(cap: int) -> None:
-    """A cap on the output limits the output, not the reasoning: the translated request
-    gets the cap and the reasoning_effort of the client's own budget (§6.7), however far
-    below the budget the cap is (it once dropped thinking under 1025 and shrank it above)."""
+def _capped(cap: int, *, translated: bool) -> dict[str, Any]:
+    """`_CAPPED_THINKING` with a route's max_tokens cap of ``cap`` applied."""
     from app.translate.route_settings import apply_anthropic
 
-    adjusted = apply_anthropic(
+    return apply_anthropic(
         copy.deepcopy(_CAPPED_THINKING),
         temperature=None,
         max_tokens=cap,
         context_window=None,
         params={},
         input_tokens=10,
-        translated=True,
+        translated=translated,
     )
+
+
+@pytest.mark.parametrize("cap", [1000, 3000])
+def test_a_route_s_max_tokens_cap_keeps_the_thinking_for_an_openai_backend(cap: int) -> None:
+    """A cap on the output limits the output, not the reasoning: the translated request
+    gets the cap and the reasoning_effort of the client's own budget (§6.7), however far
+    below the budget the cap is (it once dropped thinking under 1025 and shrank it above)."""
+    adjusted = _capped(cap, translated=True)
     opts = BackendOptions(target_model="m", max_tokens_field="max_completion_tokens")
     out, ctx = translate_request(adjusted, opts)
     assert (out["max_completion_tokens"], out.get("reasoning_effort")) == (cap, "high")
@@ -899,16 +904,7 @@ def test_a_route_s_max_tokens_cap_fits_the_thinking_for_an_anthropic_backend(
 ) -> None:
     """Passed through to Anthropic, the budget must stay below max_tokens and at least
     1024: it shrinks under the cap, or thinking goes when no budget fits."""
-    from app.translate.route_settings import apply_anthropic
-
-    adjusted = apply_anthropic(
-        copy.deepcopy(_CAPPED_THINKING),
-        temperature=None,
-        max_tokens=cap,
-        context_window=None,
-        params={},
-        input_tokens=10,
-    )
+    adjusted = _capped(cap, translated=False)
     assert (adjusted["max_tokens"], adjusted.get("thinking")) == (cap, thinking)
 
 
