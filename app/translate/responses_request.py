@@ -64,6 +64,23 @@ def _response_format(fmt: dict[str, Any] | None, param: str) -> dict[str, Any] |
     return {"type": "json_schema", "json_schema": spec}
 
 
+def _metadata(body: dict[str, Any]) -> dict[str, str]:
+    """``metadata`` as OpenAI takes it (at most 16 pairs, keys up to 64 characters, string
+    values up to 512): the Response echoes it, and the SDK's own type refuses more."""
+    metadata: dict[str, Any] = optional_field(body, "metadata", "object") or {}
+    if len(metadata) > 16:
+        raise bad("Invalid 'metadata': expected at most 16 key-value pairs.", "metadata")
+    for key, value in metadata.items():
+        if len(key) > 64:
+            raise bad("Invalid 'metadata': a key is longer than 64 characters.", "metadata")
+        if not isinstance(value, str) or len(value) > 512:
+            raise bad(
+                f"Invalid 'metadata.{key}': expected a string of at most 512 characters.",
+                f"metadata.{key}",
+            )
+    return metadata
+
+
 def _echo(
     body: dict[str, Any], instructions: str | None, convo: Conversation, text: dict[str, Any]
 ) -> dict[str, Any]:
@@ -75,7 +92,7 @@ def _echo(
         "instructions": instructions,
         "max_output_tokens": body.get("max_output_tokens"),
         "max_tool_calls": optional_field(body, "max_tool_calls", "integer"),
-        "metadata": optional_field(body, "metadata", "object") or {},
+        "metadata": _metadata(body),
         "parallel_tool_calls": body.get("parallel_tool_calls", True) is not False,
         "previous_response_id": None,
         "prompt_cache_key": optional_field(body, "prompt_cache_key", "string"),
