@@ -91,7 +91,7 @@ def _config(
         lines += [f'base_url = "{base}"', f'keys = ["sk-instructions-{dialect}"]', "timeout = 120"]
     lines += ["", "[[models]]", f'name = "{model}"', f'upstream = "{SHORT[upstream]}"']
     lines += ["", "[[keys]]", 'name = "instructions"', f'key = "{KEY}"']
-    lines += ["rpm = 100000000", "tpm = 1000000000000"]
+    lines += ["rpm = 100000000", "tpm = 2000000000"]
     lines += ["", "[[keys]]", 'name = "instructions-open"', f'key = "{OPEN_KEY}"']
     path = home / "bridgekeeper.toml"
     path.write_text("\n".join(lines) + "\n")

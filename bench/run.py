@@ -265,7 +265,7 @@ class Bench:
             'name = "bench-limited"',
             f'key = "{LIMITED_KEY}"',
             "rpm = 100000000",
-            "tpm = 1000000000000",
+            "tpm = 2000000000",
             "",
             "[[keys]]",
             'name = "bench-open"',
