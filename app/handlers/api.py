@@ -38,17 +38,19 @@ def new_request_id() -> str:
     return "req_" + random_hex()
 
 
-def guess_dialect(request: tornado.httputil.HTTPServerRequest) -> str:
-    """For paths that do not say: Anthropic when the client sends Anthropic's headers."""
-    path = request.path
+def dialect_for(path: str, anthropic_headers: bool) -> str:
+    """For paths that do not say: Anthropic when the client sends Anthropic's headers
+    (``anthropic-version`` or ``x-api-key``)."""
     if path.startswith("/anthropic/"):
         return "anthropic"
     if path.startswith("/openai/"):
         return "openai"
+    return "anthropic" if anthropic_headers else "openai"
+
+
+def guess_dialect(request: tornado.httputil.HTTPServerRequest) -> str:
     headers = request.headers
-    if "anthropic-version" in headers or "X-Api-Key" in headers:
-        return "anthropic"
-    return "openai"
+    return dialect_for(request.path, "anthropic-version" in headers or "X-Api-Key" in headers)
 
 
 class BaseApiHandler(tornado.web.RequestHandler):
