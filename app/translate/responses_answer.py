@@ -25,6 +25,7 @@ _OWN_FIELDS = frozenset(
         "id",
         "object",
         "created_at",
+        "completed_at",
         "status",
         "error",
         "incomplete_details",
@@ -365,12 +366,14 @@ def response_object(
     always sends (``tool_choice: "auto"``, ``tools: []``, ``parallel_tool_calls: true``,
     ``truncation: "disabled"``, ``metadata: {}``, nulls) and then ``ctx.echo`` over them.
     ``model`` is the name the client asked for, in every event of a stream as in a whole
-    answer, whatever the backend calls it (the translated routes' rule)."""
+    answer, whatever the backend calls it (the translated routes' rule). ``completed_at``
+    is read from ``ctx.clock`` for a completed Response, null for any other status."""
     response: dict[str, Any] = {
         "id": ctx.response_id,
         "object": "response",
         "created_at": ctx.created_at,
         "status": status,
+        "completed_at": ctx.clock() if status == "completed" else None,
         "error": error,
         "incomplete_details": incomplete_details,
         "instructions": None,

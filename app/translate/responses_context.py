@@ -9,11 +9,19 @@ turning the chat answer or stream back into a Response (`responses_answer`,
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 # The ``include`` value that asks for reasoning items' ``encrypted_content``.
 ENCRYPTED_REASONING = "reasoning.encrypted_content"
+
+
+def epoch_seconds() -> int:
+    return int(time.time())
+
+
 # A redacted_thinking block's data goes out as a reasoning item's encrypted_content behind
 # this prefix (`responses_answer`); the request side (`responses_input`) reads it back into
 # a redacted_thinking block.
@@ -49,3 +57,5 @@ class ResponsesContext:
     # The Responses field each chat message was made from ("instructions", "input[3]"), by
     # chat message index: errors found in the chat body name what the client sent.
     origins: list[str] = field(default_factory=list)
+    # The clock a completed Response's ``completed_at`` is read from (tests fix it).
+    clock: Callable[[], int] = epoch_seconds

@@ -8,6 +8,7 @@ of the answer, streamed (through the SDK's own event accumulator) or whole.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import openai
@@ -528,12 +529,16 @@ async def test_raw_stream_bytes_are_sse_with_event_names(gateway, fake_openai): 
 async def test_echo_backend_answers_responses_clients(gateway):  # type: ignore[no-untyped-def]
     """``make run`` with nothing configured: the echo backend answers the Responses API too."""
     live = await gateway("")
+    before = time.time()
     async with client(live) as sdk:
         response = await sdk.responses.create(model="anything", input="Hello, echo")
         async with sdk.responses.stream(model="anything", input="Hello again") as stream:
             streamed = await stream.get_final_response()
     assert (response.status, response.output_text) == ("completed", "echo: Hello, echo")
     assert (streamed.status, streamed.output_text) == ("completed", "echo: Hello again")
+    for done in (response, streamed):  # when it was completed, to the second
+        assert done.completed_at is not None
+        assert int(before) <= done.created_at <= done.completed_at <= time.time()
 
 
 async def test_tool_output_image_reaches_an_openai_backend_as_a_user_image(gateway, fake_openai):  # type: ignore[no-untyped-def]

@@ -57,6 +57,7 @@ def context_for(case: str) -> ResponsesContext:
         echo=raw["echo"],
         encrypted_reasoning=raw["encrypted_reasoning"],
         tools={name: ToolOrigin(**origin) for name, origin in raw["tools"].items()},
+        clock=lambda: raw["created_at"] + 2,
     )
 
 
@@ -326,7 +327,9 @@ def test_stream_pieces_give_the_same_bytes(case: str) -> None:
 
 
 def plain_ctx(**kwargs: Any) -> ResponsesContext:
-    return ResponsesContext(response_id="resp_t", created_at=1, model="m", **kwargs)
+    return ResponsesContext(
+        response_id="resp_t", created_at=1, model="m", clock=lambda: 3, **kwargs
+    )
 
 
 def test_nothing_follows_the_terminal_event() -> None:

@@ -24,7 +24,7 @@ from app.errors import GatewayError, InvalidRequestError
 from app.translate import openai_to_anthropic
 from app.translate.anthropic_to_openai_messages import DOCUMENT_MARKER, IMAGE_MARKER
 from app.translate.options import BackendOptions
-from app.translate.responses_context import ResponsesContext, ToolOrigin
+from app.translate.responses_context import ResponsesContext, ToolOrigin, epoch_seconds
 from app.translate.responses_input import tool_media_moved
 from app.translate.responses_request import translate_request
 from tests.translate.golden import REGEN, check_json, load
@@ -52,7 +52,10 @@ def translate(body: Any) -> tuple[dict[str, Any], ResponsesContext]:
 
 
 def context_json(ctx: ResponsesContext) -> dict[str, Any]:
-    return dataclasses.asdict(ctx)
+    """The context's data (its clock is a function, not data)."""
+    data = dataclasses.asdict(ctx)
+    assert data.pop("clock") is epoch_seconds
+    return data
 
 
 def assert_chat_pipeline_accepts(chat: dict[str, Any]) -> None:
