@@ -211,7 +211,7 @@ def translate_request(
         effort = convo.effort
     if reasoning.get("summary") is not None:
         string_at(reasoning["summary"], "reasoning.summary")
-    if effort is not None and effort != "none":
+    if effort is not None:  # "none" too: GPT-5.1 reasons by default; an Anthropic route drops it
         out["reasoning_effort"] = effort
 
     text = optional_field(body, "text", "object") or {}

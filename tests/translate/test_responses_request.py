@@ -237,9 +237,25 @@ def test_a_later_configuration_update_wins() -> None:
         ],
     }
     out, ctx = translate(body)
-    assert "reasoning_effort" not in out and "response_format" not in out
+    assert out["reasoning_effort"] == "none" and "response_format" not in out
     assert ctx.echo["reasoning"]["effort"] == "none"
     assert ctx.echo["text"] == {"format": {"type": "text"}}
+
+
+@pytest.mark.parametrize(
+    ("effort", "thinking"),
+    [
+        ("none", None),
+        ("low", {"type": "enabled", "budget_tokens": 1024}),
+    ],
+)
+def test_reasoning_effort_reaches_both_backends(effort: str, thinking: Any) -> None:
+    """``none`` is sent on to a chat backend (GPT-5.1 reasons unless told not to) and means
+    no thinking on an Anthropic one."""
+    chat, _ = translate({"model": "m", "input": "hi", "reasoning": {"effort": effort}})
+    assert chat["reasoning_effort"] == effort
+    anthropic_body, _ = openai_to_anthropic.translate_request(chat, ANTHROPIC)
+    assert anthropic_body.get("thinking") == thinking
 
 
 def test_a_repeated_tool_definition_replaces_the_first() -> None:
