@@ -84,9 +84,12 @@ class LeanConnection(HTTP1Connection):
         # Straight to the socket only on a plain TCP stream (TLS has its own buffering).
         plain = type(stream) is LeanStream
         self._sock: socket.socket | None = stream.socket if plain else None
+        self._lean: LeanStream | None = stream if plain else None  # type: ignore[assignment]
 
     def _parse_headers(self, data: bytes) -> tuple[str, httputil.HTTPHeaders]:
         self._owner.reading_headers_since = None  # the headers are in: not idle any more
+        if self._lean is not None:
+            self._lean.head = data  # for the answer to a request that turns out malformed
         text = data.decode("latin1").lstrip("\r\n")
         eol = text.find("\n")
         return text[:eol].rstrip("\r"), parse_header_block(text[eol + 1 :])
@@ -296,6 +299,7 @@ def _keep_nodelay(value: bool) -> None:
 
 
 _HEAD_END = b"\r?\n\r?\n"  # what `HTTP1Connection` reads a request's head up to
+_BARE_400 = b"HTTP/1.1 400 Bad Request\r\n\r\n"  # its answer to what it cannot parse
 
 
 def head_end(buffer: bytes | bytearray) -> int:
@@ -357,12 +361,16 @@ class LeanStream(iostream.IOStream):
       and only what came is copied out, as Tornado copies it out of its own.
     - The request head is found by `head_end` instead of a regular expression.
     - TCP_NODELAY stays on (see the module).
-    - A request head past the server's ``max_header_size`` gets the response
-      ``oversized_head`` makes of it (a 431), where Tornado closes without a word.
+    - A request head past the server's ``max_header_size``, or one Tornado cannot parse
+      (a malformed header line or request line, a bad body framing), gets the response
+      ``refused_head`` makes of it (a 431, a 400), where Tornado closes without a word or
+      with a bare ``400 Bad Request``.
     """
 
-    # (the head read so far, the limit) -> the whole response; None: close silently.
-    oversized_head: Callable[[bytes, int], bytes] | None = None
+    # (the head read so far, the head size limit it broke or None for a malformed request)
+    # -> the whole response; None: answer as Tornado does.
+    refused_head: Callable[[bytes, int | None], bytes] | None = None
+    head = b""  # the last request head read (`LeanConnection._parse_headers`)
 
     def set_nodelay(self, value: bool) -> None:
         pass  # on since `LeanHTTPServer.handle_stream`, and it stays on
@@ -409,12 +417,23 @@ class LeanStream(iostream.IOStream):
         self._check_max_bytes(regex, size)
         return None if end < 0 else end
 
+    def write(self, data: bytes | memoryview, *args: Any, **kwargs: Any) -> Future[None]:
+        if data == _BARE_400 and self.refused_head is not None and self.socket is not None:
+            # Tornado's answer to a request it could not parse: the delegate's instead.
+            self._answer_and_close(self.refused_head(self.head[:8192], None))
+            return _resolved(None)
+        return super().write(data, *args, **kwargs)
+
     def _refuse_head(self, limit: int) -> None:
-        """Answer an oversized head on a duplicate of the socket, which keeps the
-        connection open when Tornado closes the stream (`_check_max_bytes` raises next)."""
-        if self.oversized_head is None or self.socket is None:
-            return
-        data = self.oversized_head(bytes(self._read_buffer[:8192]), limit)
+        """Answer an oversized head (`_check_max_bytes` raises next and Tornado closes)."""
+        if self.refused_head is not None and self.socket is not None:
+            self._answer_and_close(self.refused_head(bytes(self._read_buffer[:8192]), limit))
+
+    def _answer_and_close(self, data: bytes) -> None:
+        """Send ``data`` on a duplicate of the socket, which keeps the connection open for
+        it when Tornado closes the stream, and drain what the client still sends
+        (`linger_close`)."""
+        assert self.socket is not None
         with contextlib.suppress(OSError):
             task = asyncio.get_running_loop().create_task(linger_close(self.socket.dup(), data))
             _lingering.add(task)
@@ -429,7 +448,7 @@ class LeanHTTPServer(HTTPServer):
         # Tornado's per-request header timeout becomes the connection's idle timer.
         self._idle_timeout = float(self.conn_params.header_timeout or 3600)
         self.conn_params.header_timeout = None
-        self._oversized_head = getattr(self.request_callback, "oversized_head", None)
+        self._refused_head = getattr(self.request_callback, "refused_head", None)
 
     def _handle_connection(self, connection: socket.socket, address: Any) -> None:
         """`TCPServer._handle_connection` with a `LeanStream` for a plain TCP connection
@@ -444,7 +463,7 @@ class LeanHTTPServer(HTTPServer):
                 max_buffer_size=self.max_buffer_size,
                 read_chunk_size=self.read_chunk_size,
             )
-            stream.oversized_head = self._oversized_head
+            stream.refused_head = self._refused_head
             self.handle_stream(stream, address)
         except Exception:
             app_log.error("Error in connection callback", exc_info=True)

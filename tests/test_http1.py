@@ -289,7 +289,7 @@ CONVERSATIONS = {
 @pytest.mark.parametrize("ended", [True, False])
 async def test_a_head_over_the_size_limit_is_refused_like_tornados(ended: bool) -> None:
     """Over Tornado's 64 KiB, whether its blank line came or not: the connection is closed
-    (by a server whose delegate has no ``oversized_head`` answer: see the next test)."""
+    (by a server whose delegate has no ``refused_head`` answer: see the next test)."""
     raw = b"GET /text HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70000
     raw += b"\r\n\r\n" if ended else b""
 
@@ -324,11 +324,13 @@ def _send_all_then_read(port: int, raw: bytes) -> bytes:
 
 
 class _Answering(tornado.web.Application):
-    """An Application that answers an oversized head, as `app.handlers.lean.ApiRouter` does."""
+    """An Application that answers an oversized or malformed head, as
+    `app.handlers.lean.ApiRouter` does."""
 
-    def oversized_head(self, head: bytes, limit: int) -> bytes:
-        said = head.split(b"\r\n", 1)[0] + b" over %d" % limit
-        return b"HTTP/1.1 431 Too Large\r\nContent-Length: %d\r\n\r\n%s" % (len(said), said)
+    def refused_head(self, head: bytes, limit: int | None) -> bytes:
+        status = b"400 Malformed" if limit is None else b"431 Too Large"
+        said = head.split(b"\r\n", 1)[0] + (b" malformed" if limit is None else b" over %d" % limit)
+        return b"HTTP/1.1 %s\r\nContent-Length: %d\r\n\r\n%s" % (status, len(said), said)
 
 
 @pytest.mark.parametrize("ended", [True, False])
@@ -348,6 +350,26 @@ async def test_a_head_over_the_size_limit_gets_the_delegates_answer_whole(
         said = await asyncio.to_thread(_send_all_then_read, port, raw)
         expected = b"GET /text HTTP/1.1 over 65536"
         assert said == b"HTTP/1.1 431 Too Large\r\nContent-Length: 29\r\n\r\n" + expected
+        fine = await _exchange(port, CONVERSATIONS["close"])
+        assert fine.startswith(b"HTTP/1.1 200 OK\r\n")
+    finally:
+        server.stop()
+        await server.close_all_connections()
+
+
+@pytest.mark.parametrize("name", ["malformed header", "malformed line"])
+async def test_a_malformed_head_gets_the_delegates_answer(name: str) -> None:
+    """Where Tornado answers a bare ``400 Bad Request`` (the previous test's servers), a
+    delegate with a ``refused_head`` answer gives its own; the server goes on."""
+    server = LeanHTTPServer(_Answering(_app().default_router.rules))
+    sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
+    server.add_sockets(sockets)
+    port = sockets[0].getsockname()[1]
+    try:
+        said = await asyncio.to_thread(_send_all_then_read, port, CONVERSATIONS[name])
+        start = CONVERSATIONS[name].split(b"\r\n", 1)[0] + b" malformed"
+        head = b"HTTP/1.1 400 Malformed\r\nContent-Length: %d\r\n\r\n" % len(start)
+        assert said == head + start
         fine = await _exchange(port, CONVERSATIONS["close"])
         assert fine.startswith(b"HTTP/1.1 200 OK\r\n")
     finally:

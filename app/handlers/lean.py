@@ -29,7 +29,7 @@ import tornado.web
 from tornado import httputil
 from tornado.iostream import StreamClosedError
 
-from app.errors import HeadersTooLargeError, InternalError
+from app.errors import GatewayError, HeadersTooLargeError, InternalError, InvalidRequestError
 from app.gateway import ApiRequest, Gateway, LastChunk, Reply, error_reply
 from app.handlers.api import dialect_for, new_request_id
 from app.http1 import LeanConnection
@@ -101,10 +101,12 @@ class ApiRouter(httputil.HTTPServerConnectionDelegate):
     def on_close(self, server_conn: object) -> None:
         self.app.on_close(server_conn)
 
-    def oversized_head(self, head: bytes, limit: int) -> bytes:
-        """The whole response to a request whose header block ran past ``limit`` bytes
-        (``head``: its start): a 431 in the dialect of its path or, where the path does
-        not say, of its headers (`dialect_for`), then the connection closes."""
+    def refused_head(self, head: bytes, limit: int | None) -> bytes:
+        """The whole response to a request whose header block ran past ``limit`` bytes (a
+        431), or, ``limit`` None, that is not HTTP/1.1 the server can read (a 400: a
+        malformed request line or header line, a broken chunked body). ``head``: the start
+        of the request. The error is in the dialect of its path or, where the path does
+        not say, of its headers (`dialect_for`); then the connection closes."""
         start, _, fields = head.lstrip(b"\r\n").partition(b"\n")
         words = start.split(b" ")
         path = words[1].decode("latin1").partition("?")[0] if len(words) > 1 else ""
@@ -118,10 +120,18 @@ class ApiRouter(httputil.HTTPServerConnectionDelegate):
             anthropic = b"\nanthropic-version:" in lowered or b"\nx-api-key:" in lowered
             dialect = dialect_for(path, anthropic)
         request_id = new_request_id()
-        err = HeadersTooLargeError(
-            f"The request's headers are larger than the {limit} bytes this gateway reads; "
-            "send fewer or shorter headers."
-        )
+        err: GatewayError
+        if limit is None:
+            err = InvalidRequestError(
+                "The request is not valid HTTP/1.1: a malformed request line or header "
+                "line (a name with spaces, a line without a colon, a folded line), or a "
+                "broken chunked body."
+            )
+        else:
+            err = HeadersTooLargeError(
+                f"The request's headers are larger than the {limit} bytes this gateway "
+                "reads; send fewer or shorter headers."
+            )
         reply = error_reply(dialect, err, request_id)
         lines = [
             f"HTTP/1.1 {reply.status} {_reason(reply.status)}",

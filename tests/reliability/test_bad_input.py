@@ -12,6 +12,8 @@ happens in the gateway, so it holds whatever the backend is.
 from __future__ import annotations
 
 import base64
+import http.client
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -656,6 +658,47 @@ def test_headers_over_the_limit_get_a_431_in_the_dialect(
     resp = call(method, bed.port, path, body=body, headers=big)
     check_error(dialect, resp, 431, "invalid_request_error", "larger than the 65536 bytes")
     assert resp.headers["connection"] == "close"
+    still_serving(bed, dialect, "m-an" if dialect == A else "m-oa")
+
+
+def raw_exchange(port: int, raw: bytes) -> Resp:
+    """``raw`` as it is (no client library would send it), then the answer to EOF."""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(raw)
+        resp = http.client.HTTPResponse(sock)
+        resp.begin()
+        return Resp(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+
+
+@pytest.mark.parametrize(
+    ("head", "dialect"),
+    [
+        (b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nBad Name: 1\r\n", A),
+        (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nno colon here\r\n", O),
+        (b"POST /v1/messages HTTP/1.1\r\nHost: x\r\n folded: line\r\n", A),
+        (b"POST /v1/chat/completions HTTP/1.1 extra\r\nHost: x\r\n", O),
+        (b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Length: ten\r\n", A),
+        (b"GET /v1/models HTTP/1.1\r\nanthropic-version: 2023-06-01\r\nX\x01: y\r\n", A),
+    ],
+)
+def test_a_malformed_request_gets_a_400_in_the_dialect(bed: Bed, head: bytes, dialect: str) -> None:
+    """What Tornado cannot parse got its bare ``400 Bad Request`` without a body; now the
+    dialect's error says what is wrong, and the connection closes."""
+    resp = raw_exchange(bed.port, head + b"Connection: close\r\n\r\n")
+    check_error(dialect, resp, 400, "invalid_request_error", "not valid HTTP/1.1")
+    assert resp.headers["connection"] == "close"
+    still_serving(bed, dialect, "m-an" if dialect == A else "m-oa")
+
+
+@pytest.mark.parametrize("dialect", [A, O])
+def test_a_broken_chunked_body_gets_a_400_in_the_dialect(bed: Bed, dialect: str) -> None:
+    path = "/v1/messages" if dialect == A else "/v1/chat/completions"
+    raw = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TEST_KEY}\r\n"
+        "Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n"
+    ).encode()
+    resp = raw_exchange(bed.port, raw)
+    check_error(dialect, resp, 400, "invalid_request_error", "not valid HTTP/1.1")
     still_serving(bed, dialect, "m-an" if dialect == A else "m-oa")
 
 
