@@ -16,6 +16,9 @@ class GatewayError(Exception):
     status: int = 500
     kind: str = "api_error"
     fixed_headers: Mapping[str, str] = {}  # sent with every error of the class
+    # A same-dialect backend's own error answer (status, body in the client's envelope),
+    # which the client gets as it came when this error is the request's last word.
+    upstream_reply: tuple[int, bytes] | None = None
 
     def __init__(
         self,

@@ -145,14 +145,19 @@ def _dialect_module(dialect: str) -> Any:
 def error_reply(
     dialect: str, err: GatewayError, request_id: str, extra: Mapping[str, str] | None = None
 ) -> Reply:
-    """``err`` as a JSON error response in ``dialect``, with retry headers."""
-    module = _dialect_module(dialect)
+    """``err`` as a JSON error response in ``dialect``, with retry headers: the
+    same-dialect backend's own answer when it carries one (`GatewayError.upstream_reply`:
+    its status and body as they came, ``insufficient_quota`` staying itself)."""
     headers = {"Content-Type": JSON_TYPE}
     headers.update(extra or {})
     headers.update(err.headers)
     if err.retry_after is not None:
         headers["retry-after"] = str(max(int(err.retry_after + 0.999), 1))
         headers["retry-after-ms"] = str(max(int(err.retry_after * 1000), 1))
+    if err.upstream_reply is not None:
+        status, body = err.upstream_reply
+        return Reply(status, headers, body)
+    module = _dialect_module(dialect)
     return Reply(
         status=module.error_status(err),
         headers=headers,
@@ -237,10 +242,20 @@ class _Opened:
 async def _open_stream(resp: UpstreamResponse) -> _Opened:
     """Wait (up to one heartbeat) for a stream's first bytes.
 
-    UpstreamError when the upstream breaks or ends before sending anything; a slow
+    UpstreamError when the upstream breaks or ends before sending anything, or answers
+    with a JSON body instead of a stream; a slow
     first byte is not an error: the stream is committed to and heartbeats cover it,
     until the upstream's timeout passes without a byte (then UpstreamTimeoutError).
     """
+    kind = resp.headers.get("content-type", "")
+    if kind.startswith("application/json"):
+        # A backend that ignored "stream": true (or a JSON error with a 2xx): no stream
+        # to relay, and nothing reached the client yet, so another key may answer.
+        resp.close()
+        raise UpstreamError(
+            'upstream answered a stream request with a whole JSON body (it ignored "stream": '
+            "true)"
+        )
     limit = resp.timeout
     watch = SilenceWatch(
         HEARTBEAT_SECONDS,
@@ -314,10 +329,7 @@ class Gateway:
             await self._record(call, None, status="client_closed", http_status=499)
             raise
         except Exception as exc:
-            log.exception("request %s failed inside the gateway", req.request_id)
-            internal = InternalError(f"internal error: {type(exc).__name__}")
-            await self._record(call, internal)
-            return error_reply(req.dialect, internal, req.request_id)
+            return await self._unexpected(call, exc)
 
     async def count_tokens(self, req: ApiRequest) -> Reply:
         """``POST /v1/messages/count_tokens``: the backend's own count, or a local estimate."""
@@ -337,10 +349,24 @@ class Gateway:
             await self._record(call, None, status="client_closed", http_status=499)
             raise
         except Exception as exc:
-            log.exception("count_tokens %s failed inside the gateway", req.request_id)
-            internal = InternalError(f"internal error: {type(exc).__name__}")
-            await self._record(call, internal)
-            return error_reply(req.dialect, internal, req.request_id)
+            return await self._unexpected(call, exc)
+
+    async def _unexpected(self, call: _Call, exc: Exception) -> Reply:
+        """An exception that is not a `GatewayError`: a 500 with the traceback in the log,
+        but for JSON nested deeper than orjson writes (254 levels; it reads 1,024), which
+        is the client's to fix: a 400."""
+        req = call.req
+        err: GatewayError
+        if isinstance(exc, TypeError) and str(exc) == "Recursion limit reached":
+            err = InvalidRequestError(
+                "The request's JSON is nested too deeply: at most 254 levels of objects and "
+                "arrays are accepted."
+            )
+        else:
+            log.exception("request %s failed inside the gateway", req.request_id)
+            err = InternalError(f"internal error: {type(exc).__name__}")
+        await self._record(call, err)
+        return error_reply(req.dialect, err, req.request_id)
 
     async def reject(self, req: ApiRequest, err: GatewayError) -> Reply:
         """A request refused before its body was read (413), recorded like any other."""
@@ -480,11 +506,24 @@ class Gateway:
                             req.body = attempt.body = b""
                             attempt.parsed = {}
                             return self._stream_reply(call, attempt, opened), None, None
+                        try:
+                            reply = await self._whole_reply(call, attempt, resp)
+                        except UpstreamError as exc:
+                            # Cut or late mid-body, or not JSON: nothing reached the client.
+                            upstream.ring.mark_failed(key, exc.message)
+                            last_error = exc
+                            continue
                         upstream.ring.mark_success(key)
-                        return await self._whole_reply(call, attempt, resp), None, None
+                        return reply, None, None
                     err_body = redact(await resp.read(), key.secret)
                     retry_after = retry_after_seconds(resp.headers)
                     failure = self._upstream_error(attempt, resp.status, err_body, retry_after)
+                    verdict = resp.headers.get("x-should-retry")
+                    if verdict in ("true", "false"):
+                        failure.headers["x-should-retry"] = verdict  # the SDKs obey it
+                    if not attempt.translated and call.responses is None:
+                        if is_error_envelope(req.dialect, err_body):
+                            failure.upstream_reply = (resp.status, err_body)
                     if resp.status == 429:
                         upstream.ring.mark_rate_limited(key, retry_after, failure.message)
                     elif resp.status == 403:
@@ -1021,7 +1060,10 @@ class Gateway:
             else:
                 status = "error"
         if http_status is None:
-            http_status = err.status if err is not None else 200
+            if err is None:
+                http_status = 200
+            else:
+                http_status = err.upstream_reply[0] if err.upstream_reply else err.status
         if not call.sent:
             call.usage = Usage()  # refused before any upstream saw it (its TPM share back too)
         usage = call.usage

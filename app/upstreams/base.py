@@ -114,6 +114,11 @@ class HttpResponse:
             raise UpstreamTimeoutError(
                 f"upstream did not finish its answer within {self.timeout:g} s"
             ) from None
+        except aiohttp.ClientPayloadError as exc:
+            # aiohttp's wording ("<ContentLengthError: 400, message='Not enough data…'>")
+            # goes to the log only: its 400 is not the upstream's.
+            log.warning("upstream answer cut mid-body: %s", exc)
+            raise UpstreamError("upstream answer ended before completion: connection closed") from None
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"upstream connection failed while reading: {exc}") from None
         finally:
@@ -161,16 +166,21 @@ class HttpResponse:
                 resp.close()
 
 
+_NEVER_ROUNDED = 1e9  # seconds: no timeout of ours is this long
+
+
 @lru_cache(maxsize=64)
 def _timeouts(timeout: float, stream: bool) -> aiohttp.ClientTimeout:
     """A whole answer within ``timeout``; a stream's headers within ``timeout`` of the
     last byte sent, and then (`HttpResponse`) its body may run on as long as it never
     falls silent for that long. (A whole answer's read timer too was one more timer
-    handle rescheduled on every read.)"""
+    handle rescheduled on every read.) Deadlines are kept to the moment: aiohttp rounds
+    those of 5 s or more up to a whole second of the loop's clock, unless told not to."""
     return aiohttp.ClientTimeout(
         total=None if stream else timeout,
         connect=min(timeout, 10.0),
         sock_read=timeout if stream else None,
+        ceil_threshold=_NEVER_ROUNDED,
     )
 
 
@@ -203,7 +213,9 @@ async def get_json(
     session: aiohttp.ClientSession, url: str, headers: Mapping[str, str], *, timeout: float
 ) -> Any:
     """GET a JSON document (model lists); errors mapped."""
-    client_timeout = aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 10.0))
+    client_timeout = aiohttp.ClientTimeout(
+        total=timeout, connect=min(timeout, 10.0), ceil_threshold=_NEVER_ROUNDED
+    )
     try:
         raw = await session.get(url, headers=headers, timeout=client_timeout)
     except (TimeoutError, aiohttp.ServerTimeoutError):

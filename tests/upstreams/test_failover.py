@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import socket
 
+import anthropic
+import openai
 import pytest
 
 from app.db.models import UpstreamKey
@@ -16,6 +18,7 @@ from tests.fakes import (
     HangReply,
     JsonReply,
     SSEReply,
+    anthropic_message,
     anthropic_stream,
     openai_stream,
 )
@@ -476,3 +479,144 @@ async def test_no_failover_after_the_first_byte_of_a_translated_stream(gateway, 
     assert (len(primary.received), len(backup.received)) == (1, 0)
     rows = await usage_events(live, 1)
     assert [(r.status, r.stream) for r in rows] == [("error", True)]
+
+
+# -- a whole answer that breaks after its headers ------------------------------------------------
+
+
+@pytest.mark.parametrize("client", ["anthropic", "openai"])
+async def test_a_whole_answer_cut_mid_body_moves_to_the_next_key(gateway, fake_openai, client):  # type: ignore[no-untyped-def]
+    """Nothing reached the client yet: the next key answers, the cut key cools, and what
+    the key's record says is the gateway's own sentence, not aiohttp's."""
+    live = await gateway(
+        upstream("main", fake_openai, ["sk-one", "sk-two"]) + model("team-model", "main", "qwen")
+    )
+    fake_openai.push(
+        SSEReply(
+            [b'{"id": "chatcmpl-1", "choi'],
+            cut=True,
+            headers={"Content-Type": "application/json", "Content-Length": "500"},
+        )
+    )
+    resp = await (anthropic_call(live) if client == "anthropic" else openai_call(live))
+    assert resp.status == 200
+    assert b"fake reply" in resp.content
+    assert auth_of(fake_openai) == ["sk-one", "sk-two"]
+    rows = await upstream_key_rows(live)
+    assert [(k.error_count, k.last_error) for k in rows] == [
+        (1, "upstream answer ended before completion: connection closed"),
+        (0, None),
+    ]
+    assert rows[0].cooldown_until is not None
+
+
+async def test_a_whole_answer_slower_than_the_timeout_moves_to_the_next_key(gateway, fake_openai):  # type: ignore[no-untyped-def]
+    live = await gateway(
+        upstream("main", fake_openai, ["sk-one", "sk-two"], timeout=0.4)
+        + model("team-model", "main", "qwen")
+    )
+    fake_openai.push(
+        SSEReply(
+            [b'{"id": "chatcmpl-1", '], end_delay=3, headers={"Content-Type": "application/json"}
+        )
+    )
+    resp = await openai_call(live)
+    assert resp.status == 200
+    assert resp.json()["choices"][0]["message"]["content"] == "fake reply"
+    assert auth_of(fake_openai) == ["sk-one", "sk-two"]
+    rows = await upstream_key_rows(live)
+    assert [k.error_count for k in rows] == [1, 0]
+    assert "within 0.4 s" in (rows[0].last_error or "")
+
+
+async def test_a_stream_answered_with_a_whole_json_body_moves_to_the_next_key(
+    gateway, fake_anthropic
+):  # type: ignore[no-untyped-def]
+    """A backend that ignored ``"stream": true``: the client used to get a 200 with one error
+    event; the next key streams instead."""
+    live = await gateway(
+        upstream("main", fake_anthropic, ["sk-one", "sk-two"])
+        + model("team-model", "main", "claude-x")
+    )
+    fake_anthropic.push(JsonReply(200, anthropic_message("whole")))
+    resp = await openai_call(live, stream=True)
+    assert resp.status == 200
+    assert resp.headers["content-type"].startswith("text/event-stream")
+    assert b'"finish_reason":"stop"' in resp.content and b"whole" not in resp.content
+    assert auth_of(fake_anthropic) == ["sk-one", "sk-two"]
+    rows = await upstream_key_rows(live)
+    assert "ignored" in (rows[0].last_error or "")
+
+
+# -- the backend's own verdict on a last failure -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("client", "fake_dialect", "status"),
+    [
+        ("openai", "openai", 500),
+        ("openai", "anthropic", 529),
+        ("anthropic", "anthropic", 500),
+        ("anthropic", "openai", 503),
+    ],
+)
+async def test_the_backends_x_should_retry_reaches_the_client(  # type: ignore[no-untyped-def]
+    gateway, make_fake, client, fake_dialect, status
+):
+    """Both SDKs obey ``x-should-retry`` over the status: a backend that says not to retry
+    its 5xx is not asked three times more by the client's SDK."""
+    fake = await make_fake(fake_dialect)
+    live = await gateway(upstream("main", fake, ["sk-one"]) + model("team-model", "main", "m"))
+    body: dict[str, object] = (
+        {"type": "error", "error": {"type": "api_error", "message": "no"}}
+        if fake_dialect == "anthropic"
+        else {"error": {"message": "no", "type": "server_error", "code": None}}
+    )
+    fake.push(JsonReply(status, body, {"x-should-retry": "false"}))
+    if client == "openai":
+        sdk = openai.AsyncOpenAI(base_url=live.url + "/v1", api_key=TEST_KEY, max_retries=2)
+        with pytest.raises(openai.APIStatusError) as caught:
+            await sdk.chat.completions.create(
+                model="team-model", messages=[{"role": "user", "content": "hi"}]
+            )
+        await sdk.close()
+        headers = caught.value.response.headers
+    else:
+        client_sdk = anthropic.AsyncAnthropic(base_url=live.url, api_key=TEST_KEY, max_retries=2)
+        with pytest.raises(anthropic.APIStatusError) as caught_a:
+            await client_sdk.messages.create(
+                model="team-model", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+            )
+        await client_sdk.close()
+        headers = caught_a.value.response.headers
+    assert headers["x-should-retry"] == "false"
+    assert len(fake.received) == 1  # one attempt, no retries
+
+
+async def test_a_same_dialect_backends_last_429_reaches_the_client_as_it_came(gateway, fake_openai):  # type: ignore[no-untyped-def]
+    """``insufficient_quota`` is not a rate limit to wait out: code that reads ``e.code``
+    must see it, and the SDK must not retry it."""
+    live = await gateway(
+        upstream("main", fake_openai, ["sk-one", "sk-two"]) + model("team-model", "main", "gpt")
+    )
+    quota = {
+        "error": {
+            "message": "You exceeded your current quota",
+            "type": "insufficient_quota",
+            "param": None,
+            "code": "insufficient_quota",
+        }
+    }
+    fake_openai.push(*[JsonReply(429, quota, {"x-should-retry": "false"})] * 2)
+    sdk = openai.AsyncOpenAI(base_url=live.url + "/v1", api_key=TEST_KEY, max_retries=2)
+    with pytest.raises(openai.RateLimitError) as caught:
+        await sdk.chat.completions.create(
+            model="team-model", messages=[{"role": "user", "content": "hi"}]
+        )
+    await sdk.close()
+    assert (caught.value.code, caught.value.type) == ("insufficient_quota", "insufficient_quota")
+    assert caught.value.body == quota["error"]
+    assert caught.value.request_id and caught.value.request_id.startswith("req_")
+    assert auth_of(fake_openai) == ["sk-one", "sk-two"]  # both keys, then no SDK retry
+    rows = await usage_events(live, 1)
+    assert [(r.status, r.http_status) for r in rows] == [("rate_limited", 429)]
