@@ -253,8 +253,7 @@ async def _open_stream(resp: UpstreamResponse) -> _Opened:
         # to relay, and nothing reached the client yet, so another key may answer.
         resp.close()
         raise UpstreamError(
-            'upstream answered a stream request with a whole JSON body (it ignored "stream": '
-            "true)"
+            'upstream answered a stream request with a whole JSON body (it ignored "stream": true)'
         )
     limit = resp.timeout
     watch = SilenceWatch(
@@ -877,6 +876,8 @@ class Gateway:
                 else:
                     ended = not chunk
                     out = pipeline.finish() if ended else pipeline.feed(chunk)
+                    if not out:
+                        watch.still_quiet()
                 if out:
                     if call.ttft is None:
                         call.ttft = self._perf() - call.started

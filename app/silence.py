@@ -33,6 +33,7 @@ class SilenceWatch:
         "_limit",
         "_expired",
         "_last",
+        "_before",
         "_heard",
         "_reading",
         "_fired",
@@ -55,7 +56,7 @@ class SilenceWatch:
         self._limit = limit
         self._expired = expired
         self._errors = errors  # what a read's own failures mean (None: as they are)
-        self._last = self._heard = self._loop.time()
+        self._last = self._heard = self._before = self._loop.time()
         self._reading = False
         self._fired = False
         self._handle: asyncio.TimerHandle | None = self._loop.call_at(self._due(), self._check)
@@ -85,8 +86,15 @@ class SilenceWatch:
                 raise
             raise mapped from None
         self._reading = False
+        self._before = self._last
         self._last = self._heard = self._loop.time()
         return chunk
+
+    def still_quiet(self) -> None:
+        """The chunk just read gave the client nothing (an upstream keep-alive a translated
+        stream drops, half an event): the quiet goes on from before it, so the client still
+        gets its heartbeat in time. The upstream was heard all the same."""
+        self._last = self._before
 
     def close(self) -> None:
         if self._handle is not None:

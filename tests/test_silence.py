@@ -47,6 +47,22 @@ async def test_time_spent_outside_a_read_is_not_silence() -> None:
     watch.close()
 
 
+async def test_chunks_the_client_never_saw_do_not_end_the_quiet() -> None:
+    """The same steady chunks as above, each `still_quiet` (keep-alives a translation
+    drops): the client's heartbeat is due all the same."""
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    watch = SilenceWatch(QUIET)
+    loop = asyncio.get_running_loop()
+    got: list[bytes | None] = []
+    for i in range(12):
+        loop.call_later(QUIET / 3, queue.put_nowait, b"%d" % i)
+        got.append(chunk := await watch.read(queue.get))
+        if chunk is not None:
+            watch.still_quiet()
+    assert None in got
+    watch.close()
+
+
 async def test_a_real_cancel_still_cancels() -> None:
     queue: asyncio.Queue[bytes] = asyncio.Queue()
 

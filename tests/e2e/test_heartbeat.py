@@ -65,3 +65,29 @@ async def test_passthrough_streams_get_keepalives_too(gateway, fake_openai):  # 
         headers={"Authorization": f"Bearer {TEST_KEY}"},
     )
     assert b": keep-alive\n\n" in resp.content and resp.content.endswith(b"data: [DONE]\n\n")
+
+
+async def test_upstream_keepalives_a_translation_drops_do_not_silence_the_client(  # type: ignore[no-untyped-def]
+    gateway, fake_openai
+):
+    """An upstream pinging while it thinks: those pings mean nothing in the client's
+    dialect and are dropped, but they must not stop the client's own heartbeat (it used to
+    see nothing at all until the first token)."""
+    live = await gateway(config("openai", fake_openai.url))
+    chunks = openai_stream(["a", "b"])
+    pings = [b": keep-alive\n\n"] * 12  # one every 0.03 s: never 0.05 s of upstream silence
+    fake_openai.push(SSEReply(chunks[:1] + pings + chunks[1:], delay=0.03))
+    resp = await http(
+        "POST",
+        live.url + "/v1/messages",
+        json={
+            "model": "m",
+            "max_tokens": 5,
+            "stream": True,
+            "messages": [{"role": "user", "content": "x"}],
+        },
+        headers={"x-api-key": TEST_KEY},
+    )
+    events = [e.split("\n")[0] for e in resp.content.decode().split("\n\n") if e]
+    assert "event: ping" in events
+    assert events[0] == "event: message_start" and events[-1] == "event: message_stop"
