@@ -388,6 +388,8 @@ class Gateway:
             body = orjson.loads(req.body)
         except orjson.JSONDecodeError as exc:
             raise InvalidRequestError(f"Request body is not valid JSON: {exc}") from None
+        if type(body) is dict and type(model := body.get("model")) is str:
+            call.model = model  # recorded even when the body is refused below
         if req.endpoint == "responses":
             body, call.responses = responses_request.translate_request(body)
             req.body = orjson.dumps(body)  # what a chat client would have sent

@@ -1,6 +1,8 @@
-"""JSON nested deeper than orjson writes (254 levels) but not than it reads (1,024): the
-client's mistake, a 400 in its dialect wherever the body is written again (token
-estimates, translation, count_tokens) - it was a 500 with a traceback."""
+"""Client mistakes found past the first checks, and what the usage trail keeps of them.
+
+JSON nested deeper than orjson writes (254 levels) but not than it reads (1,024) is a 400
+in the client's dialect wherever the body is written again (token estimates, translation,
+count_tokens): it was a 500 with a traceback."""
 
 from __future__ import annotations
 
@@ -81,3 +83,13 @@ def test_the_refusal_is_recorded(bed: Bed) -> None:
     rows = bed.run(usage_rows(bed.live))
     assert len(rows) == before + 1
     assert (rows[-1].http_status, rows[-1].error_type) == (400, "invalid_request_error")
+
+
+def test_a_refused_body_is_recorded_with_the_model_it_named(bed: Bed) -> None:
+    before = len(bed.run(usage_rows(bed.live)))
+    body = {**body_for(ANTHROPIC, "m-oa"), "max_tokens": "many"}
+    resp = post_json(bed.port, "/v1/messages", body, auth())
+    check_error(ANTHROPIC, resp, 400, "invalid_request_error", "max_tokens")
+    rows = bed.run(usage_rows(bed.live))
+    assert len(rows) == before + 1
+    assert (rows[-1].requested_model, rows[-1].http_status) == ("m-oa", 400)
