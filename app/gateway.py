@@ -679,6 +679,10 @@ class Gateway:
         client = call.req.dialect
         settings = route.settings
         dialect = upstream.dialect(client)
+        if dialect != client:
+            # What the translation drops, checked on the client's own body: the route's
+            # params, merged in next, are the backend's (service_tier = "flex").
+            _dialect_module(client).validate_translated(body)
         applied: dict[str, Any] = {
             "temperature": settings.temperature,
             "max_tokens": settings.max_tokens,
@@ -717,9 +721,9 @@ class Gateway:
         opts = self._options(upstream, route, estimate, budgets_refused=refused_budget)
         ctx: Any
         if client == "anthropic":
-            translated, ctx = a2o.translate_request(adjusted, opts)
+            translated, ctx = a2o.translate_request(adjusted, opts, fields_checked=True)
         else:
-            translated, ctx = o2a.translate_request(adjusted, opts)
+            translated, ctx = o2a.translate_request(adjusted, opts, fields_checked=True)
         route_settings.force_params(translated, settings.params)
         if self._refused:
             without_refused(translated, self._refused.get((upstream.name, route.target), ()))

@@ -6,6 +6,7 @@ Error types and statuses follow the SDK's ``_make_status_error`` (PROTOCOL.md §
 from __future__ import annotations
 
 import binascii
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -261,6 +262,75 @@ def validate_content(body: dict[str, Any]) -> None:
         raise InvalidRequestError("service_tier: Input should be a valid string")
     if body.get("output_config") is not None and not isinstance(body["output_config"], dict):
         raise InvalidRequestError("output_config: Input should be an object")
+
+
+def _metadata(value: Any) -> None:
+    # MetadataParam has only user_id, and the API refuses any other key.
+    if not isinstance(value, dict):
+        raise InvalidRequestError("metadata: Input should be an object")
+    for key, item in value.items():
+        if key != "user_id":
+            raise InvalidRequestError(f"metadata.{key}: Extra inputs are not permitted")
+        if item is not None and not isinstance(item, str):
+            raise InvalidRequestError("metadata.user_id: Input should be a valid string")
+
+
+def _service_tier(value: Any) -> None:
+    if value not in ("auto", "standard_only"):  # a tuple compares by ==: no hashing
+        raise InvalidRequestError("service_tier: Input should be 'auto' or 'standard_only'")
+
+
+def _speed(value: Any) -> None:
+    if value not in ("standard", "fast"):
+        raise InvalidRequestError("speed: Input should be 'standard' or 'fast'")
+
+
+def _container(value: Any) -> None:
+    if not isinstance(value, str | dict):
+        raise InvalidRequestError("container: Input should be a valid string or an object")
+
+
+def _inference_geo(value: Any) -> None:
+    if not isinstance(value, str):
+        raise InvalidRequestError("inference_geo: Input should be a valid string")
+
+
+def _object_check(name: str) -> Callable[[Any], None]:
+    def check(value: Any) -> None:
+        if not isinstance(value, dict):
+            raise InvalidRequestError(f"{name}: Input should be an object")
+
+    return check
+
+
+# The fields a translation for an OpenAI backend drops (`anthropic_to_openai.translate_request`)
+# or maps (``metadata.user_id``), with the SDK's type of each (``message_create_params.py``,
+# ``context_management`` from the beta one): no backend checks them there, so the gateway
+# does. Unknown top-level fields stay dropped unchecked.
+_TRANSLATED_CHECKS: dict[str, Callable[[Any], None]] = {
+    "cache_control": _object_check("cache_control"),
+    "container": _container,
+    "context_management": _object_check("context_management"),
+    "diagnostics": _object_check("diagnostics"),
+    "inference_geo": _inference_geo,
+    "metadata": _metadata,
+    "service_tier": _service_tier,
+    "speed": _speed,
+}
+
+
+def validate_translated(body: dict[str, Any]) -> None:
+    """Types of the fields of a body `validate_request` accepted that its translation for
+    another dialect drops or maps, in the wording of Anthropic's own 400s
+    (``metadata.a: Extra inputs are not permitted``).
+
+    Only for translated requests: a backend of this dialect checks them itself, and a
+    passthrough leaves the verdict to it. One look-up per field present, null being absent.
+    """
+    for name, value in body.items():
+        check = _TRANSLATED_CHECKS.get(name)
+        if check is not None and value is not None:
+            check(value)
 
 
 def _rfc3339(epoch: int | float | None) -> str:

@@ -6,6 +6,7 @@ Error types and codes follow PROTOCOL.md §5.6 and §6.11.
 from __future__ import annotations
 
 import binascii
+from collections.abc import Callable
 from typing import Any
 
 from app.dialects.json_values import is_int, is_number
@@ -280,6 +281,102 @@ def validate_content(body: dict[str, Any]) -> None:
         if message.get("role") == "assistant" and message.get("tool_calls") is not None:
             _validate_tool_calls(f"messages[{i}].tool_calls", message["tool_calls"])
     _validate_options(body)
+
+
+def _boolean(name: str, value: Any) -> None:
+    if value is not True and value is not False:
+        raise _bad(f"Invalid type for '{name}': expected a boolean.", name)
+
+
+def _string(name: str, value: Any) -> None:
+    if not isinstance(value, str):
+        raise _bad(f"Invalid type for '{name}': expected a string.", name)
+
+
+def _object(name: str, value: Any) -> None:
+    if not isinstance(value, dict):
+        raise _bad(f"Invalid type for '{name}': expected an object.", name)
+
+
+def _metadata(name: str, value: Any) -> None:
+    """At most 16 pairs, keys up to 64 characters, string values up to 512 (the SDK's
+    ``Metadata``; the same limits as the Responses route's ``metadata``)."""
+    _object(name, value)
+    if len(value) > 16:
+        raise _bad(f"Invalid '{name}': expected at most 16 key-value pairs.", name)
+    for key, item in value.items():
+        if len(key) > 64:
+            raise _bad(f"Invalid '{name}': a key is longer than 64 characters.", name)
+        _string(f"{name}.{key}", item)
+        if len(item) > 512:
+            raise _bad(
+                f"Invalid '{name}.{key}': expected a string of at most 512 characters.",
+                f"{name}.{key}",
+            )
+
+
+_MODALITIES = ("text", "audio")
+
+
+def _modalities(name: str, value: Any) -> None:
+    if not isinstance(value, list):
+        raise _bad(f"Invalid type for '{name}': expected an array of strings.", name)
+    for i, item in enumerate(value):
+        if item not in _MODALITIES:  # a tuple compares by ==: an unhashable item is no error
+            raise _bad(
+                f"Invalid value for '{name}[{i}]': expected 'text' or 'audio'.", f"{name}[{i}]"
+            )
+
+
+_STREAM_OPTIONS = ("include_usage", "include_obfuscation")
+
+
+def _stream_options(name: str, value: Any) -> None:
+    # The options OpenAI knows must be booleans; another server's own (vLLM's
+    # continuous_usage_stats) are dropped with the rest, as unknown top-level fields are.
+    _object(name, value)
+    for key in _STREAM_OPTIONS:
+        item = value.get(key)
+        if item is not None:
+            _boolean(f"{name}.{key}", item)
+
+
+# The fields a translation for an Anthropic backend drops or maps to something else
+# (`openai_to_anthropic.translate_request`), with the SDK's type of each
+# (``completion_create_params.py``): no backend checks them there, so the gateway does.
+# Fields `validate_request` and `validate_content` check on every route are not repeated.
+_TRANSLATED_CHECKS: dict[str, Callable[[str, Any], None]] = {
+    "audio": _object,
+    "logprobs": _boolean,
+    "metadata": _metadata,
+    "modalities": _modalities,
+    "moderation": _object,
+    "parallel_tool_calls": _boolean,
+    "prediction": _object,
+    "prompt_cache_key": _string,
+    "prompt_cache_options": _object,
+    "prompt_cache_retention": _string,
+    "reasoning_effort": _string,
+    "safety_identifier": _string,
+    "service_tier": _string,
+    "store": _boolean,
+    "stream_options": _stream_options,
+    "verbosity": _string,
+    "web_search_options": _object,
+}
+
+
+def validate_translated(body: dict[str, Any]) -> None:
+    """Types of the fields of a body `validate_request` accepted that its translation for
+    another dialect drops or maps, as OpenAI itself would refuse them (400 naming the field).
+
+    Only for translated requests: a backend of this dialect checks them itself, and a
+    passthrough leaves the verdict to it. One look-up per field present, null being absent.
+    """
+    for name, value in body.items():
+        check = _TRANSLATED_CHECKS.get(name)
+        if check is not None and value is not None:
+            check(name, value)
 
 
 def model_object(model_id: str, created: int = 0, owned_by: str = "bridgekeeper") -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Any, Literal, TypedDict
 
 import orjson
 
+from app.dialects.anthropic import validate_translated
 from app.dialects.tokens import estimate_anthropic_input
 from app.dialects.usage import TextCount, Usage, from_openai, to_anthropic
 from app.errors import InvalidRequestError, UpstreamError
@@ -164,8 +165,47 @@ def _tool_choice(
     raise InvalidRequestError("tool_choice.type: Input should be 'auto', 'any', 'tool' or 'none'")
 
 
+# Anthropic's 400s for a turn of blank text (anthropics/claude-code#23440, LibreChat-AI/agents#124
+# tried each shape on the API): "" anywhere, whitespace when the turn has nothing else.
+_EMPTY_TURN = (
+    "all messages must have non-empty content except for the optional final assistant message"
+)
+_EMPTY_TEXT = "messages: text content blocks must be non-empty"
+_BLANK_TEXT = "messages: text content blocks must contain non-whitespace text"
+
+
+def _blank_prompt(messages: list[Any]) -> str | None:
+    """Anthropic's 400 for the last user turn when it holds nothing but blank text, else None.
+
+    Its blocks would be dropped (§6.2), leaving the backend a conversation without the
+    prompt, or none at all. Blank turns earlier in the history are dropped as before: the
+    conversation still ends with what the user asked.
+    """
+    for i in range(len(messages) - 1, -1, -1):
+        if messages[i]["role"] == "user":
+            break
+    else:
+        return None
+    content = messages[i]["content"]
+    if isinstance(content, str):
+        if not content:
+            return f"messages.{i}: {_EMPTY_TURN}"
+        return _BLANK_TEXT if content.isspace() else None
+    if not content:
+        return f"messages.{i}: {_EMPTY_TURN}"
+    empty = False
+    for block in content:
+        if block["type"] != "text":
+            return None  # a tool result, an image, a document: the turn says something
+        text = block["text"]
+        if text and not text.isspace():
+            return None
+        empty = empty or not text
+    return _EMPTY_TEXT if empty else _BLANK_TEXT
+
+
 def translate_request(
-    body: dict[str, Any], opts: BackendOptions
+    body: dict[str, Any], opts: BackendOptions, *, fields_checked: bool = False
 ) -> tuple[dict[str, Any], RequestContext]:
     """An Anthropic Messages body as an OpenAI chat.completions body, plus its RequestContext.
 
@@ -182,18 +222,30 @@ def translate_request(
     ``reasoning_effort`` is sent), ``user`` = sha256 of ``metadata.user_id``,
     ``stream_options.include_usage``.
     Refuses ``max_tokens: 0``: Anthropic takes it to pre-warm the prompt cache without an
-    answer (PROTOCOL.md §1.2), which no Chat Completions backend can do (they refuse 0).
+    answer (PROTOCOL.md §1.2), which no Chat Completions backend can do (they refuse 0); a
+    last user turn of nothing but blank text, and a conversation left with no message, as
+    Anthropic refuses them (the backend would get no prompt); dropped or mapped fields of
+    the wrong type (`validate_translated`), which no backend would check, unless
+    ``fields_checked`` says the caller did (the gateway checks the client's own body, before
+    a route's ``params``, which are meant for the backend, are merged in).
     """
     if body.get("max_tokens") == 0:
         raise InvalidRequestError(
             "max_tokens: Input should be greater than or equal to 1 on this model "
             "(0, to pre-warm the prompt cache without a response, needs an Anthropic backend)"
         )
+    if not fields_checked:
+        validate_translated(body)
     names = ToolNames()
     tools, dropped = convert_tools(body, names)
     for name in history_tool_names(body):
         names.add(name)
     messages = convert_messages(body, opts, names)
+    blank = _blank_prompt(body["messages"])
+    if blank is not None:
+        raise InvalidRequestError(blank)
+    if not messages or (len(messages) == 1 and messages[0]["role"] == "system"):
+        raise InvalidRequestError("messages: at least one non-empty message is required")
 
     out: dict[str, Any] = {"model": opts.target_model, "messages": messages}
     if body.get("max_tokens") is not None:

@@ -17,7 +17,7 @@ from typing import Any, Literal, NotRequired, TypedDict
 import orjson
 
 from app.dialects.json_values import is_int, is_number
-from app.dialects.openai import CONTEXT_LENGTH_EXCEEDED
+from app.dialects.openai import CONTEXT_LENGTH_EXCEEDED, validate_translated
 from app.dialects.usage import from_anthropic, to_openai
 from app.errors import GatewayError, InvalidRequestError, OverloadedError, from_upstream_status
 from app.translate.ids import ToolNames, new_completion_id, new_tool_id
@@ -74,7 +74,7 @@ _TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _USER_ID = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 _SERVICE_TIERS = {"auto": "auto", "default": "standard_only"}
 
-FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
 _FINISH: dict[str, FinishReason] = {
     "end_turn": "stop",
     "stop_sequence": "stop",
@@ -112,6 +112,11 @@ class ToolCall(TypedDict):
     function: dict[str, str]
 
 
+class FunctionCall(TypedDict):
+    name: str
+    arguments: str
+
+
 class ChatMessage(TypedDict):
     role: Literal["assistant"]
     content: str | None
@@ -119,6 +124,7 @@ class ChatMessage(TypedDict):
     reasoning_content: NotRequired[str]
     thinking_blocks: NotRequired[list[Block]]
     tool_calls: NotRequired[list[ToolCall]]
+    function_call: NotRequired[FunctionCall]
 
 
 class Choice(TypedDict):
@@ -148,6 +154,9 @@ class RequestContext:
     json_tool: str | None  # synthetic forced tool for response_format json_schema, if any
     reasoning: bool  # expose thinking as reasoning_content
     stream: bool
+    # The client called with the legacy `functions` (no `tools`): it reads one
+    # `function_call` and finish_reason "function_call", never `tool_calls`.
+    legacy_functions: bool = False
 
 
 def _bad(message: str, param: str) -> InvalidRequestError:
@@ -225,10 +234,19 @@ def _named_choice(name: Any, param: str, tools: list[Block], names: ToolNames) -
     return {"type": "tool", "name": backend}
 
 
+def _legacy_functions(body: dict[str, Any]) -> bool:
+    """True when the tools come from the legacy ``functions`` field alone."""
+    return bool(body.get("functions")) and not body.get("tools")
+
+
 def _tool_choice(
-    body: dict[str, Any], tools: list[Block], names: ToolNames
+    body: dict[str, Any], tools: list[Block], names: ToolNames, *, legacy: bool
 ) -> tuple[list[Block], dict[str, Any] | None]:
-    """Tools (narrowed by allowed_tools) and Anthropic tool_choice; both dropped without tools."""
+    """Tools (narrowed by allowed_tools) and Anthropic tool_choice; both dropped without tools.
+
+    Parallel tool use is off for ``parallel_tool_calls: false`` and for a ``legacy``
+    functions client, whose answer holds one ``function_call``.
+    """
     raw = body.get("tool_choice")
     param = "tool_choice"
     if raw is None and body.get("function_call") is not None:
@@ -268,7 +286,8 @@ def _tool_choice(
         raise _bad(f"Invalid value for '{param}'.", param)
     if not tools:
         return [], None
-    if body.get("parallel_tool_calls") is False and (choice is None or choice["type"] != "none"):
+    no_parallel = legacy or body.get("parallel_tool_calls") is False
+    if no_parallel and (choice is None or choice["type"] != "none"):
         choice = {**(choice or {"type": "auto"}), "disable_parallel_tool_use": True}
     return tools, choice
 
@@ -497,12 +516,15 @@ def _response_format(
 
 
 def translate_request(
-    body: dict[str, Any], opts: BackendOptions
+    body: dict[str, Any], opts: BackendOptions, *, fields_checked: bool = False
 ) -> tuple[dict[str, Any], RequestContext]:
     """The Anthropic Messages body for a top-level-validated Chat Completions ``body``.
 
     Rejects (400): ``n`` != 1, ``logprobs``/``top_logprobs``, custom tools and tool_choice,
-    ``file_id``, ``input_audio``, unsupported images, undecodable data, bad tool arguments.
+    ``file_id``, ``input_audio``, unsupported images, undecodable data, bad tool arguments,
+    dropped or mapped fields of the wrong type (`validate_translated`: no backend checks them;
+    skipped when ``fields_checked``: the gateway checks the client's own body, before a route's
+    ``params``, meant for the backend, are merged in).
     Drops: ``seed``, ``presence_penalty``, ``frequency_penalty``, ``logit_bias``, ``store``,
     ``metadata``, ``modalities``, ``audio``, ``prediction``, ``verbosity``, ``web_search_options``,
     ``prompt_cache_key``/``_retention``/``_options``, ``moderation``, ``stream_options``
@@ -515,8 +537,12 @@ def translate_request(
     ``cache_control`` when ``opts.prompt_cache``, a hashed ``metadata.user_id`` for
     identifiers Anthropic would reject, and for a model that thinks adaptively
     (``opts.adaptive_thinking``) ``thinking: {"type": "adaptive"}`` with an
-    ``output_config.effort`` instead of a budget for ``reasoning_effort``.
+    ``output_config.effort`` instead of a budget for ``reasoning_effort``, and
+    ``disable_parallel_tool_use`` for a legacy ``functions`` client (one ``function_call``
+    an answer).
     """
+    if not fields_checked:
+        validate_translated(body)
     _reject_unsupported(body)
     stream = body.get("stream") is True
     stream_options = body.get("stream_options")
@@ -527,7 +553,8 @@ def translate_request(
     tools = _tools(body, names)
     convo = convert_messages(body["messages"], names)
     system, turns = convo.system, convo.turns
-    tools, choice = _tool_choice(body, tools, names)
+    legacy = _legacy_functions(body)
+    tools, choice = _tool_choice(body, tools, names, legacy=legacy)
 
     thinking, effort = _thinking(body, opts)
     if thinking is not None and not _thinking_possible(turns):
@@ -602,19 +629,24 @@ def translate_request(
         json_tool=json_tool,
         reasoning=thinking is not None,
         stream=stream,
+        legacy_functions=legacy,
     )
     return out, ctx
 
 
-def finish_reason(stop_reason: Any, *, tool_calls: bool) -> FinishReason:
+def finish_reason(stop_reason: Any, *, tool_calls: bool, legacy: bool = False) -> FinishReason:
     """OpenAI ``finish_reason`` for an Anthropic ``stop_reason`` (§6.6).
 
-    ``tool_use`` without a client-visible tool call (JSON mode, server tools) is ``stop``;
-    a missing or unknown reason is ``stop``.
+    ``tool_use`` without a client-visible tool call (JSON mode, server tools) is ``stop``,
+    and ``function_call`` for a ``legacy`` functions client; a missing or unknown reason is
+    ``stop``.
     """
     reason = _FINISH.get(stop_reason, "stop") if isinstance(stop_reason, str) else "stop"
-    if reason == "tool_calls" and not tool_calls:
-        return "stop"
+    if reason == "tool_calls":
+        if not tool_calls:
+            return "stop"
+        if legacy:
+            return "function_call"
     return reason
 
 
@@ -645,6 +677,9 @@ def translate_response(
     ``system_fingerprint: null``, ``refusal: null``, ``logprobs: null``, and in JSON mode
     replaces the forced tool call with its input as ``content``. ``reasoning_content`` and
     LiteLLM-style ``thinking_blocks`` (for round-trips) appear only when thinking was asked for.
+    A legacy functions client (``ctx.legacy_functions``) gets the first call as
+    ``function_call`` (the legacy shape has no ids and room for one) and finish_reason
+    ``function_call``; any later call is dropped, with a warning.
     """
     if not isinstance(resp, dict):
         resp = {}
@@ -703,7 +738,14 @@ def translate_response(
         message["reasoning_content"] = "".join(reasoning)
     if ctx.reasoning and thinking_blocks:
         message["thinking_blocks"] = thinking_blocks
-    if tool_calls:
+    if tool_calls and ctx.legacy_functions:
+        if len(tool_calls) > 1:
+            log.warning(
+                "legacy function_call answer: %d tool calls, the first sent", len(tool_calls)
+            )
+        function = tool_calls[0]["function"]
+        message["function_call"] = {"name": function["name"], "arguments": function["arguments"]}
+    elif tool_calls:
         message["tool_calls"] = tool_calls
     usage = from_anthropic(resp.get("usage"))
     completion: ChatCompletion = {
@@ -716,7 +758,9 @@ def translate_response(
                 "index": 0,
                 "message": message,
                 "finish_reason": finish_reason(
-                    resp.get("stop_reason"), tool_calls=bool(tool_calls)
+                    resp.get("stop_reason"),
+                    tool_calls=bool(tool_calls),
+                    legacy=ctx.legacy_functions,
                 ),
                 "logprobs": None,
             }

@@ -6,6 +6,7 @@ write, ending with ``data: [DONE]`` or an in-band ``data: {"error": ...}``.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ from app.translate.openai_to_anthropic import (
     json_text,
 )
 from app.translate.stream_pipeline import TextSlot, plain_run
+
+log = logging.getLogger(__name__)
 
 # Anthropic error type of an ``event: error`` -> the error the OpenAI client sees.
 _STREAM_ERRORS: dict[str, type[GatewayError]] = {
@@ -125,7 +128,9 @@ class StreamTranslator:
     accumulator, so a client can send it back on the next turn (the non-streamed answer's
     ``thinking_blocks``). Invents the role chunk, ``logprobs: null``, ``usage: null`` on every
     chunk and the final usage chunk when ``ctx.include_usage``, and ``toolu_`` ids for tool
-    blocks that arrive without one.
+    blocks that arrive without one. A legacy functions client (``ctx.legacy_functions``)
+    gets the first tool call as ``delta.function_call`` fragments and finish_reason
+    ``function_call``; later calls are dropped, as in the whole answer.
     """
 
     def __init__(
@@ -192,7 +197,9 @@ class StreamTranslator:
 
     def _finish_chunk(self, stop_reason: Any) -> list[bytes]:
         out = self._close_arguments(list(self._argless))
-        self.finish_reason = finish_reason(stop_reason, tool_calls=self._next_tool > 0)
+        self.finish_reason = finish_reason(
+            stop_reason, tool_calls=self._next_tool > 0, legacy=self.ctx.legacy_functions
+        )
         out.append(self._chunk({}, self.finish_reason))
         return out
 
@@ -388,16 +395,26 @@ class StreamTranslator:
                     out.append(self._chunk({"content": json_text(tool_input)}))
                 return out
             k = self._next_tool
+            if self.ctx.legacy_functions and k > 0:
+                # The legacy answer has room for one call (translate_response drops the same).
+                log.warning("legacy function_call stream: a tool call after the first dropped")
+                self._blocks[index] = _Block("other")
+                return out
             self._next_tool += 1
             self._blocks[index] = _Block("tool", k)
-            tool_id = block.get("id")
-            call = {
-                "index": k,
-                "id": tool_id if isinstance(tool_id, str) and tool_id else new_tool_id(),
-                "type": "function",
-                "function": {"name": self.ctx.names.to_client(name), "arguments": ""},
-            }
-            out.append(self._chunk({"tool_calls": [call]}))
+            client_name = self.ctx.names.to_client(name)
+            if self.ctx.legacy_functions:
+                legacy = {"name": client_name, "arguments": ""}
+                out.append(self._chunk({"function_call": legacy}))
+            else:
+                tool_id = block.get("id")
+                call = {
+                    "index": k,
+                    "id": tool_id if isinstance(tool_id, str) and tool_id else new_tool_id(),
+                    "type": "function",
+                    "function": {"name": client_name, "arguments": ""},
+                }
+                out.append(self._chunk({"tool_calls": [call]}))
             if isinstance(tool_input, dict) and tool_input:
                 out.append(self._arguments(k, json_text(tool_input)))
             else:
@@ -407,6 +424,8 @@ class StreamTranslator:
         return out
 
     def _arguments(self, k: int, fragment: str) -> bytes:
+        if self.ctx.legacy_functions:
+            return self._chunk({"function_call": {"arguments": fragment}})
         return self._chunk({"tool_calls": [{"index": k, "function": {"arguments": fragment}}]})
 
     def _block_delta(self, data: dict[str, Any]) -> list[bytes]:

@@ -118,7 +118,9 @@ class HttpResponse:
             # aiohttp's wording ("<ContentLengthError: 400, message='Not enough data…'>")
             # goes to the log only: its 400 is not the upstream's.
             log.warning("upstream answer cut mid-body: %s", exc)
-            raise UpstreamError("upstream answer ended before completion: connection closed") from None
+            raise UpstreamError(
+                "upstream answer ended before completion: connection closed"
+            ) from None
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"upstream connection failed while reading: {exc}") from None
         finally:

@@ -125,6 +125,26 @@ async def test_forced_params_reach_the_upstream(
         assert sent["top_k"] == 7
 
 
+@pytest.mark.parametrize(
+    ("client", "backend", "params", "sent"),
+    [
+        ("anthropic", "openai", 'service_tier = "flex"', {"service_tier": "flex"}),
+        ("openai", "anthropic", "metadata = { user_id = 7 }", {"metadata": {"user_id": 7}}),
+    ],
+)
+async def test_backend_params_are_not_checked_as_the_clients_fields(  # type: ignore[no-untyped-def]
+    gateway, fake_openai, fake_anthropic, client, backend, params, sent
+):
+    """A translated route's ``params`` speak the backend's dialect: ``service_tier = "flex"``
+    is OpenAI's, not a wrong Anthropic ``service_tier``. The client's own fields still are
+    checked (`tests/reliability/test_field_types.py`)."""
+    fake = fake_for(backend, fake_openai, fake_anthropic)
+    live = await gateway(config(fake, f"params = {{ {params} }}"))
+    resp = await call(live, client, request())
+    assert resp.status == 200, resp.content[:300]
+    assert sent.items() <= fake.received[0].json.items()
+
+
 @pytest.mark.parametrize("client,backend", PATHS)
 async def test_context_window_lowers_max_tokens_to_what_fits(
     gateway, fake_openai, fake_anthropic, client, backend

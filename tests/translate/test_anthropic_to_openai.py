@@ -956,3 +956,165 @@ def test_stream_surrogate_halves_pair_up_or_become_replacement_characters() -> N
         {"type": "input_json_delta", "partial_json": '\U0001f603"}'},
     ]
     assert translator.error is None and translator.stop_reason == "tool_use"
+
+
+# -- fields the translation drops or maps keep Anthropic's types (audit_http #12) ----------------
+
+
+def _hello(**fields: Any) -> dict[str, Any]:
+    return {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 64,
+        "messages": [{"role": "user", "content": "Hello"}],
+        **fields,
+    }
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("service_tier", "s", "service_tier: Input should be 'auto' or 'standard_only'"),
+        ("service_tier", "priority", "service_tier: Input should be 'auto' or 'standard_only'"),
+        ("service_tier", ["auto"], "service_tier: Input should be 'auto' or 'standard_only'"),
+        ("metadata", {"a": 1}, "metadata.a: Extra inputs are not permitted"),
+        (
+            "metadata",
+            {"user_id": "u", "team": "x"},
+            "metadata.team: Extra inputs are not permitted",
+        ),
+        ("metadata", {"user_id": 5}, "metadata.user_id: Input should be a valid string"),
+        ("metadata", "me", "metadata: Input should be an object"),
+        ("container", 5, "container: Input should be a valid string or an object"),
+        ("context_management", "clear", "context_management: Input should be an object"),
+        ("inference_geo", 1, "inference_geo: Input should be a valid string"),
+        ("speed", "warp", "speed: Input should be 'standard' or 'fast'"),
+        ("cache_control", "ephemeral", "cache_control: Input should be an object"),
+        ("diagnostics", 1, "diagnostics: Input should be an object"),
+    ],
+)
+def test_dropped_and_mapped_fields_are_type_checked(field: str, value: Any, says: str) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        translate_request(_hello(**{field: value}), BackendOptions(target_model="m"))
+    assert info.value.message == says and info.value.status == 400
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("service_tier", "auto"),
+        ("service_tier", "standard_only"),
+        ("metadata", {}),
+        ("metadata", {"user_id": None}),
+        ("metadata", {"user_id": "user_abc"}),
+        ("container", "container_1"),
+        ("container", {"id": "container_1"}),
+        ("context_management", {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]}),
+        ("inference_geo", "us"),
+        ("speed", "fast"),
+        ("cache_control", {"type": "ephemeral", "ttl": "1h"}),
+        ("diagnostics", {"previous_message_id": None}),
+        ("some_future_field", 5),  # unknown fields stay dropped unchecked
+    ],
+)
+def test_well_typed_dropped_fields_still_pass(field: str, value: Any) -> None:
+    out, _ = translate_request(_hello(**{field: value}), BackendOptions(target_model="m"))
+    assert field not in out and out["messages"] == [{"role": "user", "content": "Hello"}]
+
+
+# -- a prompt of blank text is Anthropic's 400, not `messages: []` upstream (audit_sdk #4) -------
+
+EMPTY_TEXT = "messages: text content blocks must be non-empty"
+BLANK_TEXT = "messages: text content blocks must contain non-whitespace text"
+EMPTY_TURN = (
+    "all messages must have non-empty content except for the optional final assistant message"
+)
+HISTORY = [
+    {"role": "user", "content": "Hello"},
+    {"role": "assistant", "content": "Hi. What can I do?"},
+]
+
+
+def _text(text: str) -> dict[str, Any]:
+    return {"type": "text", "text": text}
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        ("", f"messages.0: {EMPTY_TURN}"),
+        ("   ", BLANK_TEXT),
+        ("\n\t", BLANK_TEXT),
+        ([], f"messages.0: {EMPTY_TURN}"),
+        ([_text("")], EMPTY_TEXT),
+        ([_text(" ")], BLANK_TEXT),
+        ([_text(" "), _text("")], EMPTY_TEXT),
+        ([_text("\n"), _text("  ")], BLANK_TEXT),
+    ],
+)
+def test_a_prompt_of_blank_text_is_refused(content: Any, says: str) -> None:
+    body = _hello(messages=[{"role": "user", "content": content}])
+    with pytest.raises(InvalidRequestError) as info:
+        translate_request(body, BackendOptions(target_model="m"))
+    assert info.value.message == says
+
+
+@pytest.mark.parametrize(
+    "after",
+    [
+        [],
+        [{"role": "assistant", "content": "Sure"}],  # a prefill does not make a prompt
+        [{"role": "system", "content": "Be brief."}],  # Claude Code's closing system turn
+    ],
+)
+def test_the_last_user_turn_is_the_one_checked(after: list[dict[str, Any]]) -> None:
+    messages = [*HISTORY, {"role": "user", "content": [_text("")]}, *after]
+    with pytest.raises(InvalidRequestError) as info:
+        translate_request(_hello(messages=messages), BackendOptions(target_model="m"))
+    assert info.value.message == EMPTY_TEXT
+
+
+def test_a_conversation_left_with_no_message_is_refused() -> None:
+    body = _hello(
+        system="You are terse.", messages=[{"role": "assistant", "content": [_text(" ")]}]
+    )
+    with pytest.raises(InvalidRequestError) as info:
+        translate_request(body, BackendOptions(target_model="m"))
+    assert info.value.message == "messages: at least one non-empty message is required"
+
+
+PNG_SOURCE = {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        # Blank text beside real text, as the API takes it too.
+        [{"role": "user", "content": [_text(" "), _text("real")]}],
+        # Blank turns earlier in the history are dropped, as before.
+        [{"role": "user", "content": ""}, *HISTORY[1:], {"role": "user", "content": "go on"}],
+        [*HISTORY, {"role": "user", "content": "  "}, {"role": "user", "content": "go on"}],
+        # A turn of tool results, or of an image, says something.
+        [
+            {"role": "user", "content": "Weather?"},
+            {
+                "role": "assistant",
+                "content": [{"type": "tool_use", "id": "toolu_1", "name": "w", "input": {}}],
+            },
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": "toolu_1"}, _text(" ")],
+            },
+        ],
+        [{"role": "user", "content": [_text(""), {"type": "image", "source": PNG_SOURCE}]}],
+    ],
+)
+def test_blank_text_that_is_not_the_whole_prompt_is_dropped(
+    messages: list[dict[str, Any]],
+) -> None:
+    out, _ = translate_request(_hello(messages=messages), BackendOptions(target_model="m"))
+    assert out["messages"] and out["messages"][-1]["role"] in ("user", "tool")
+
+
+def test_count_tokens_still_counts_a_blank_prompt() -> None:
+    body = _hello(messages=[{"role": "user", "content": ""}])
+    assert count_tokens_request(body, BackendOptions(target_model="m"))["messages"] == []

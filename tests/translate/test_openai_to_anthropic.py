@@ -80,17 +80,21 @@ def context_for(case: Path) -> RequestContext:
         json_tool=raw.get("json_tool"),
         reasoning=raw["reasoning"],
         stream=raw["stream"],
+        legacy_functions=raw.get("legacy_functions", False),
     )
 
 
 def context_json(ctx: RequestContext) -> dict[str, Any]:
-    return {
+    out = {
         "client_model": ctx.client_model,
         "include_usage": ctx.include_usage,
         "json_tool": ctx.json_tool,
         "reasoning": ctx.reasoning,
         "stream": ctx.stream,
     }
+    if ctx.legacy_functions:  # only then: the other cases' files stay as they are
+        out["legacy_functions"] = True
+    return out
 
 
 def consume(value: Any) -> Any:
@@ -229,7 +233,7 @@ def sdk_stream_result(stream_bytes: bytes) -> dict[str, Any]:
         ],
         "finish_reason": choice.finish_reason,
         "usage": final.usage.model_dump(exclude_none=True) if final.usage else None,
-    }
+    } | ({"function_call": message.function_call.to_dict()} if message.function_call else {})
 
 
 def stream_state(translator: StreamTranslator) -> dict[str, Any]:
@@ -608,6 +612,205 @@ def test_invalid_options_are_400_naming_the_field(body_patch: dict[str, Any], pa
     with pytest.raises(InvalidRequestError) as info:
         translate_request(body, BackendOptions(target_model="t"))
     assert info.value.param == param and info.value.status == 400
+
+
+# -- fields the translation drops or maps keep OpenAI's types (audit_http #12) -------------------
+
+SEVENTEEN_PAIRS = {f"k{i}": "v" for i in range(17)}
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "param", "says"),
+    [
+        ("logprobs", 1, "logprobs", "Invalid type for 'logprobs': expected a boolean."),
+        ("logprobs", 1.5, "logprobs", "expected a boolean"),
+        ("logprobs", "s", "logprobs", "expected a boolean"),
+        ("logprobs", [], "logprobs", "expected a boolean"),
+        ("logprobs", {}, "logprobs", "expected a boolean"),
+        ("parallel_tool_calls", "s", "parallel_tool_calls", "expected a boolean"),
+        ("parallel_tool_calls", 0, "parallel_tool_calls", "expected a boolean"),
+        ("store", "s", "store", "expected a boolean"),
+        ("store", 1, "store", "expected a boolean"),
+        ("metadata", 1, "metadata", "Invalid type for 'metadata': expected an object."),
+        ("metadata", ["a"], "metadata", "expected an object"),
+        ("metadata", {"a": 1}, "metadata.a", "Invalid type for 'metadata.a': expected a string."),
+        ("metadata", {"a": None}, "metadata.a", "expected a string"),
+        ("metadata", SEVENTEEN_PAIRS, "metadata", "at most 16 key-value pairs"),
+        ("metadata", {"k" * 65: "v"}, "metadata", "longer than 64 characters"),
+        ("metadata", {"a": "x" * 513}, "metadata.a", "at most 512 characters"),
+        ("modalities", 1, "modalities", "expected an array of strings"),
+        ("modalities", "text", "modalities", "expected an array of strings"),
+        ("modalities", ["video"], "modalities[0]", "expected 'text' or 'audio'"),
+        ("modalities", ["text", ["audio"]], "modalities[1]", "expected 'text' or 'audio'"),
+        ("prediction", 1, "prediction", "Invalid type for 'prediction': expected an object."),
+        ("prediction", "x", "prediction", "expected an object"),
+        ("audio", "alloy", "audio", "expected an object"),
+        (
+            "stream_options",
+            {"include_usage": "yes"},
+            "stream_options.include_usage",
+            "expected a boolean",
+        ),
+        (
+            "stream_options",
+            {"include_obfuscation": 1},
+            "stream_options.include_obfuscation",
+            "expected a boolean",
+        ),
+        ("service_tier", 1, "service_tier", "Invalid type for 'service_tier': expected a string."),
+        ("service_tier", {}, "service_tier", "expected a string"),
+        ("reasoning_effort", 1, "reasoning_effort", "expected a string"),
+        ("safety_identifier", 5, "safety_identifier", "expected a string"),
+        ("verbosity", 1, "verbosity", "expected a string"),
+        ("prompt_cache_key", [], "prompt_cache_key", "expected a string"),
+        ("prompt_cache_retention", 24, "prompt_cache_retention", "expected a string"),
+        ("prompt_cache_options", "x", "prompt_cache_options", "expected an object"),
+        ("web_search_options", [], "web_search_options", "expected an object"),
+        ("moderation", "on", "moderation", "expected an object"),
+    ],
+)
+def test_dropped_and_mapped_fields_are_type_checked(
+    field: str, value: Any, param: str, says: str
+) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], field: value}
+    with pytest.raises(InvalidRequestError) as info:
+        translate_request(body, BackendOptions(target_model="t"))
+    assert info.value.param == param and info.value.status == 400
+    assert says in info.value.message
+
+
+def test_another_servers_stream_option_is_dropped_not_refused() -> None:
+    body = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": True,
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+    }
+    out, _ = translate_request(body, BackendOptions(target_model="t"))
+    assert "stream_options" not in out and out["stream"] is True
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("logprobs", False),
+        ("logprobs", None),
+        ("top_logprobs", 0),
+        ("parallel_tool_calls", True),
+        ("store", True),
+        ("metadata", {}),
+        ("metadata", {"run": "7", "team": "search"}),
+        ("metadata", None),
+        ("modalities", ["text"]),
+        ("modalities", ["text", "audio"]),
+        ("prediction", {"type": "content", "content": "x"}),
+        ("audio", {"voice": "alloy", "format": "wav"}),
+        ("stream_options", {}),
+        ("stream_options", {"include_usage": False, "include_obfuscation": True}),
+        ("stream_options", {"include_usage": None}),
+        ("service_tier", "priority"),
+        ("reasoning_effort", "none"),
+        ("safety_identifier", "alice_01"),
+        ("verbosity", "low"),
+        ("prompt_cache_key", "k"),
+        ("prompt_cache_retention", "24h"),
+        ("prompt_cache_options", {"mode": "explicit"}),
+        ("web_search_options", {}),
+        ("moderation", {"model": "omni-moderation-latest"}),
+        ("seed", 7),
+        ("user", "alice_01"),
+        ("some_future_field", {"a": 1}),  # unknown fields stay dropped unchecked
+    ],
+)
+def test_well_typed_dropped_fields_still_pass(field: str, value: Any) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], field: value}
+    out, _ = translate_request(body, BackendOptions(target_model="t"))
+    assert out["messages"] == [{"role": "user", "content": "hi"}]
+
+
+def test_a_wrongly_typed_effort_is_a_400_on_a_model_that_thinks_adaptively() -> None:
+    """Once a TypeError (a list is no dict key) and so a 500."""
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "reasoning_effort": []}
+    opts = BackendOptions(target_model="claude-opus-4-8", adaptive_thinking=True)
+    with pytest.raises(InvalidRequestError) as info:
+        translate_request(body, opts)
+    assert info.value.param == "reasoning_effort"
+
+
+def test_logprobs_true_keeps_its_own_refusal() -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "logprobs": True}
+    with pytest.raises(InvalidRequestError) as info:
+        translate_request(body, BackendOptions(target_model="t"))
+    assert info.value.param == "logprobs" and "not available" in info.value.message
+
+
+# -- legacy functions get the legacy answer shape (audit_sdk #3) ---------------------------------
+
+GET_WEATHER = {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}
+TOOL_REPLY = {
+    "id": "msg_01L",
+    "type": "message",
+    "role": "assistant",
+    "model": TARGET_MODEL,
+    "content": [
+        {"type": "tool_use", "id": "toolu_01A", "name": "get_weather", "input": {"city": "Paris"}}
+    ],
+    "stop_reason": "tool_use",
+    "stop_sequence": None,
+    "usage": {"input_tokens": 10, "output_tokens": 5},
+}
+
+
+def test_legacy_functions_answer_with_function_call_through_the_sdk() -> None:
+    body = {
+        "model": "gpt-3.5-turbo",
+        "messages": [{"role": "user", "content": "weather?"}],
+        "functions": [GET_WEATHER],
+    }
+    out, ctx = translate_request(body, BackendOptions(target_model=TARGET_MODEL))
+    assert ctx.legacy_functions
+    assert out["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True}
+    completion = ChatCompletion.model_validate(translate_response(TOOL_REPLY, ctx))
+    choice = completion.choices[0]
+    assert choice.finish_reason == "function_call"
+    assert choice.message.tool_calls is None
+    assert choice.message.function_call is not None
+    assert choice.message.function_call.name == "get_weather"
+    assert orjson.loads(choice.message.function_call.arguments) == {"city": "Paris"}
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"functions": [GET_WEATHER]},  # both: the client reads tool_calls
+    ],
+)
+def test_a_tools_client_keeps_tool_calls(extra: dict[str, Any]) -> None:
+    body = {
+        "model": "gpt-4o",
+        "messages": [{"role": "user", "content": "weather?"}],
+        "tools": [{"type": "function", "function": GET_WEATHER}],
+        **extra,
+    }
+    out, ctx = translate_request(body, BackendOptions(target_model=TARGET_MODEL))
+    assert not ctx.legacy_functions
+    assert "tool_choice" not in out
+    completion = translate_response(TOOL_REPLY, ctx)
+    choice = completion["choices"][0]
+    assert choice["finish_reason"] == "tool_calls" and "function_call" not in choice["message"]
+    assert choice["message"]["tool_calls"][0]["id"] == "toolu_01A"
+
+
+def test_legacy_function_call_none_keeps_parallel_use_unset() -> None:
+    body = {
+        "model": "gpt-3.5-turbo",
+        "messages": [{"role": "user", "content": "weather?"}],
+        "functions": [GET_WEATHER],
+        "function_call": "none",
+    }
+    out, ctx = translate_request(body, BackendOptions(target_model=TARGET_MODEL))
+    assert out["tool_choice"] == {"type": "none"} and ctx.legacy_functions
 
 
 @pytest.mark.parametrize(
