@@ -80,6 +80,18 @@ class NotFoundError(GatewayError):
     kind = "not_found"
 
 
+class RequestTimeoutError(InvalidRequestError):
+    """The request body stopped arriving before its end (408)."""
+
+    status = 408
+
+
+class UnsupportedMediaTypeError(InvalidRequestError):
+    """A request body in a Content-Encoding the gateway cannot decode (415)."""
+
+    status = 415
+
+
 class MethodNotAllowedError(GatewayError):
     """The path exists but not for this HTTP method (405)."""
 

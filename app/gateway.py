@@ -368,7 +368,8 @@ class Gateway:
         return error_reply(req.dialect, err, req.request_id)
 
     async def reject(self, req: ApiRequest, err: GatewayError) -> Reply:
-        """A request refused before its body was read (413), recorded like any other."""
+        """A request refused before the gateway read its body (a 413, 415, 404, 405, a body
+        that does not decompress), recorded like any other."""
         call = _Call(req=req, started=self._perf())
         try:
             call.key = await self.services.authenticate_headers(req.headers)

@@ -12,6 +12,9 @@ request (issue 7's profiles, a quarter of Tornado's share of the CPU):
   validate and store it - here one regular expression checks the whole block (the same
   rules: RFC 9110 field names and values, CRLF or LF line ends, no folding) and
   another reads it out;
+- a timer per request with a body for Tornado's ``body_timeout`` (a total for the whole
+  body) - here the same per-connection timer ends a request whose body stalls: no byte
+  of it for ``body_timeout`` seconds, as nginx's ``client_body_timeout``;
 - a future, a done-callback and a loop turn per write - here a write that finds
   nothing queued before it goes straight to the socket; only what the socket does not
   take at once is queued on the stream as before;
@@ -243,12 +246,22 @@ class LeanServerConnection(HTTP1ServerConnection):
         params: Any,
         context: object,
         idle_timeout: float,
+        body_timeout: float | None = None,
+        stalled_body: Callable[[bytes, float], bytes] | None = None,
     ) -> None:
         super().__init__(stream, params, context)
         self.idle_timeout = idle_timeout
+        self.body_timeout = body_timeout
+        # (the request's head, the body timeout) -> the whole response to a stalled body
+        self.stalled_body = stalled_body
         self.reading_headers_since: float | None = None
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
+        self._conn: LeanConnection | None = None  # the request being read or answered
+        # The stream's pending read the timer last saw after a request's headers, and since
+        # when: the same one still pending `body_timeout` later means no byte came meanwhile.
+        self._waiting: Future[Any] | None = None
+        self._waiting_since = 0.0
 
     def _check_idle(self) -> None:
         since = self.reading_headers_since
@@ -258,15 +271,48 @@ class LeanServerConnection(HTTP1ServerConnection):
             self.stream.close()  # idle too long between requests, or headers too slow
             return
         start = since if since is not None else now
-        self._timer = self._loop.call_at(start + self.idle_timeout, self._check_idle)
+        at = start + self.idle_timeout
+        limit = self.body_timeout
+        if limit is not None:
+            # After the headers, the stream reads only the body: a new pending read each
+            # time some of it came (Tornado reads a fixed-length body with ``partial``).
+            waiting = self.stream._read_future if since is None else None
+            if waiting is None or waiting is not self._waiting:
+                self._waiting, self._waiting_since = waiting, now
+            elif now - self._waiting_since >= limit:
+                self._timer = None
+                self._body_stalled(limit)
+                return
+            at = min(at, now + limit / 2)  # a stall is ended after limit to 1.5 x limit
+        self._timer = self._loop.call_at(at, self._check_idle)
+
+    def _body_stalled(self, limit: float) -> None:
+        """Close a connection whose request body stopped coming, answering it (a 408, by
+        ``stalled_body``) when no response to it has begun."""
+        gen_log.info("Timeout reading body from %s", self.context)
+        stream = self.stream
+        conn = self._conn
+        answer = self.stalled_body
+        if (
+            answer is not None
+            and type(stream) is LeanStream
+            and stream.socket is not None
+            and conn is not None
+            and conn._response_start_line is None
+        ):
+            stream.answer_and_close(answer(stream.head[:8192], limit))
+        stream.close()
 
     async def _server_request_loop(self, delegate: httputil.HTTPServerConnectionDelegate) -> None:
         stream = self.stream
-        self._timer = self._loop.call_at(self._loop.time() + self.idle_timeout, self._check_idle)
+        step = self.idle_timeout
+        if self.body_timeout is not None:
+            step = min(step, self.body_timeout / 2)
+        self._timer = self._loop.call_at(self._loop.time() + step, self._check_idle)
         try:
             while True:
                 self.reading_headers_since = self._loop.time()
-                conn = LeanConnection(stream, self.params, self.context, self)
+                conn = self._conn = LeanConnection(stream, self.params, self.context, self)
                 request_delegate = delegate.start_request(self, conn)
                 try:
                     ret = await conn.read_response(request_delegate)
@@ -291,6 +337,7 @@ class LeanServerConnection(HTTP1ServerConnection):
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
+            self._conn = self._waiting = None
             delegate.on_close(self)
 
 
@@ -364,7 +411,8 @@ class LeanStream(iostream.IOStream):
     - A request head past the server's ``max_header_size``, or one Tornado cannot parse
       (a malformed header line or request line, a bad body framing), gets the response
       ``refused_head`` makes of it (a 431, a 400), where Tornado closes without a word or
-      with a bare ``400 Bad Request``.
+      with a bare ``400 Bad Request``; and so does a request whose body stalls
+      (``stalled_body``, from `LeanServerConnection`), where Tornado closes without a word.
     """
 
     # (the head read so far, the head size limit it broke or None for a malformed request)
@@ -420,16 +468,16 @@ class LeanStream(iostream.IOStream):
     def write(self, data: bytes | memoryview, *args: Any, **kwargs: Any) -> Future[None]:
         if data == _BARE_400 and self.refused_head is not None and self.socket is not None:
             # Tornado's answer to a request it could not parse: the delegate's instead.
-            self._answer_and_close(self.refused_head(self.head[:8192], None))
+            self.answer_and_close(self.refused_head(self.head[:8192], None))
             return _resolved(None)
         return super().write(data, *args, **kwargs)
 
     def _refuse_head(self, limit: int) -> None:
         """Answer an oversized head (`_check_max_bytes` raises next and Tornado closes)."""
         if self.refused_head is not None and self.socket is not None:
-            self._answer_and_close(self.refused_head(bytes(self._read_buffer[:8192]), limit))
+            self.answer_and_close(self.refused_head(bytes(self._read_buffer[:8192]), limit))
 
-    def _answer_and_close(self, data: bytes) -> None:
+    def answer_and_close(self, data: bytes) -> None:
         """Send ``data`` on a duplicate of the socket, which keeps the connection open for
         it when Tornado closes the stream, and drain what the client still sends
         (`linger_close`)."""
@@ -441,14 +489,23 @@ class LeanStream(iostream.IOStream):
 
 
 class LeanHTTPServer(HTTPServer):
-    """`tornado.httpserver.HTTPServer` serving its connections with `LeanServerConnection`."""
+    """`tornado.httpserver.HTTPServer` serving its connections with `LeanServerConnection`.
+
+    ``body_timeout`` is how long a request's body may go without a byte of it coming (as
+    nginx's ``client_body_timeout``; Tornado's bounds the whole body, with a timer per
+    request); then the request is answered by the delegate's ``stalled_body`` (the
+    request's head, the timeout -> the whole response), if it has one, and closed.
+    """
 
     def initialize(self, *args: Any, **kwargs: Any) -> None:
         super().initialize(*args, **kwargs)
-        # Tornado's per-request header timeout becomes the connection's idle timer.
+        # Tornado's per-request header and body timeouts become the connection's idle timer.
         self._idle_timeout = float(self.conn_params.header_timeout or 3600)
         self.conn_params.header_timeout = None
+        self._body_timeout = self.conn_params.body_timeout
+        self.conn_params.body_timeout = None
         self._refused_head = getattr(self.request_callback, "refused_head", None)
+        self._stalled_body = getattr(self.request_callback, "stalled_body", None)
 
     def _handle_connection(self, connection: socket.socket, address: Any) -> None:
         """`TCPServer._handle_connection` with a `LeanStream` for a plain TCP connection
@@ -473,6 +530,13 @@ class LeanHTTPServer(HTTPServer):
         if type(stream) is not LeanStream:
             stream.set_nodelay = _keep_nodelay  # type: ignore[method-assign]
         context = _HTTPRequestContext(stream, address, self.protocol, self.trusted_downstream)
-        conn = LeanServerConnection(stream, self.conn_params, context, self._idle_timeout)
+        conn = LeanServerConnection(
+            stream,
+            self.conn_params,
+            context,
+            self._idle_timeout,
+            self._body_timeout,
+            self._stalled_body,
+        )
         self._connections.add(conn)
         conn.start_serving(self)

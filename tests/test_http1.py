@@ -1,7 +1,8 @@
 """`LeanHTTPServer` must answer byte for byte as Tornado's own server does: the same
 header parse (and the same refusals), the same response heads and framing, keep-alive,
-HEAD, HTTP/1.0; plus what it changes: one idle timer per connection, TCP_NODELAY left on,
-writes straight to the socket that still arrive whole when the socket is full."""
+HEAD, HTTP/1.0; plus what it changes: one idle timer per connection, which also ends a
+request whose body stalls, TCP_NODELAY left on, writes straight to the socket that still
+arrive whole when the socket is full."""
 
 from __future__ import annotations
 
@@ -324,13 +325,17 @@ def _send_all_then_read(port: int, raw: bytes) -> bytes:
 
 
 class _Answering(tornado.web.Application):
-    """An Application that answers an oversized or malformed head, as
+    """An Application that answers an oversized or malformed head, and a stalled body, as
     `app.handlers.lean.ApiRouter` does."""
 
     def refused_head(self, head: bytes, limit: int | None) -> bytes:
         status = b"400 Malformed" if limit is None else b"431 Too Large"
         said = head.split(b"\r\n", 1)[0] + (b" malformed" if limit is None else b" over %d" % limit)
         return b"HTTP/1.1 %s\r\nContent-Length: %d\r\n\r\n%s" % (status, len(said), said)
+
+    def stalled_body(self, head: bytes, seconds: float) -> bytes:
+        said = head.split(b"\r\n", 1)[0] + b" stalled %g" % seconds
+        return b"HTTP/1.1 408 Stalled\r\nContent-Length: %d\r\n\r\n%s" % (len(said), said)
 
 
 @pytest.mark.parametrize("ended", [True, False])
@@ -444,5 +449,79 @@ async def test_an_idle_connection_is_closed_but_a_slow_answer_is_not() -> None:
         assert await asyncio.wait_for(reader.read(), 5) == b""
         writer.close()
     finally:
+        server.stop()
+        await server.close_all_connections()
+
+
+# -- the body timeout --------------------------------------------------------------------------
+
+STALLING = b"POST /text HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n12345678"
+
+
+async def _lean(app: tornado.web.Application, **kwargs: Any) -> tuple[LeanHTTPServer, int]:
+    server = LeanHTTPServer(app, **kwargs)
+    sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
+    server.add_sockets(sockets)
+    return server, sockets[0].getsockname()[1]
+
+
+async def _until_closed(port: int, raw: bytes) -> bytes:
+    """Send ``raw``, then say nothing: what the server says until it closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw)
+    said = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    return said
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_a_stalled_body_gets_the_delegates_answer(chunked: bool) -> None:
+    """Headers and part of a body, then silence: ``body_timeout`` later the delegate's answer
+    (Tornado's server without a body timeout waits for ever; with one, it closes without a
+    word); the server goes on."""
+    raw = STALLING
+    if chunked:
+        raw = b"POST /text HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n64\r\n1234"
+    server, port = await _lean(_Answering(_app().default_router.rules), body_timeout=0.3)
+    try:
+        said = await _until_closed(port, raw)
+        start = raw.split(b"\r\n", 1)[0] + b" stalled 0.3"
+        assert said == b"HTTP/1.1 408 Stalled\r\nContent-Length: %d\r\n\r\n" % len(start) + start
+        fine = await _exchange(port, CONVERSATIONS["close"])
+        assert fine.startswith(b"HTTP/1.1 200 OK\r\n")
+    finally:
+        server.stop()
+        await server.close_all_connections()
+
+
+async def test_a_stalled_body_is_closed_without_a_delegate_answer() -> None:
+    server, port = await _lean(_app(), body_timeout=0.3)
+    try:
+        assert await _until_closed(port, STALLING) == b""
+    finally:
+        server.stop()
+        await server.close_all_connections()
+
+
+async def test_a_slow_body_a_slow_answer_and_an_idle_connection_are_not_a_stalled_body() -> None:
+    """The body timeout is for silence while a body is owed: a body that keeps coming, however
+    long it takes in all, an answer slower than the timeout, and a connection idle between
+    requests (the idle timeout's) all go on."""
+    server, port = await _lean(_app(), body_timeout=0.4, idle_connection_timeout=30)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"POST /text HTTP/1.1\r\nHost: x\r\nContent-Length: 30\r\n\r\n")
+        for _ in range(30):  # 1.5 s in all
+            await asyncio.sleep(0.05)
+            writer.write(b"a")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200 OK") and b"Content-Length: 30" in head
+        assert await reader.readexactly(30) == b"a" * 30
+        await asyncio.sleep(1.0)  # idle between requests
+        writer.write(b"GET /slow?s=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        said = await asyncio.wait_for(reader.read(), 5)
+        assert said.startswith(b"HTTP/1.1 200 OK") and said.endswith(b"done")
+    finally:
+        writer.close()
         server.stop()
         await server.close_all_connections()

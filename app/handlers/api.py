@@ -2,13 +2,15 @@
 
 Handlers only move bytes: the request body and headers go to `Gateway`, its
 `Reply` comes back out. A client that disconnects cancels its request, which
-cancels the upstream call.
+cancels the upstream call. API answers carry CORS headers for browsers (never the
+dashboard's), and a gzip or deflate request body is decompressed here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import zlib
 from collections.abc import Awaitable
 from typing import Any
 
@@ -27,6 +29,7 @@ from app.errors import (
     MethodNotAllowedError,
     NotFoundError,
     PayloadTooLargeError,
+    UnsupportedMediaTypeError,
 )
 from app.gateway import ApiRequest, Gateway, Reply, error_reply
 from app.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -36,6 +39,55 @@ from app.translate.ids import random_hex
 
 def new_request_id() -> str:
     return "req_" + random_hex()
+
+
+# CORS. A proxy key is a bearer token a browser never attaches on its own, so any origin may
+# call the API, as Anthropic's and OpenAI's APIs let it (Anthropic's SDK asks with
+# ``anthropic-dangerous-direct-browser-access``); the dashboard (same-origin, cookies) never.
+# Only an answer to a request with an ``Origin`` carries them: one header lookup otherwise.
+CORS_EXPOSED = (
+    "request-id",
+    "x-request-id",
+    "retry-after",
+    "retry-after-ms",
+    "x-should-retry",
+    *(
+        f"anthropic-ratelimit-{kind}-{part}"
+        for kind in ("requests", "tokens")
+        for part in ("limit", "remaining", "reset")
+    ),
+    *(
+        f"x-ratelimit-{part}-{kind}"
+        for kind in ("requests", "tokens")
+        for part in ("limit", "remaining", "reset")
+    ),
+)
+CORS_HEADERS = (
+    ("Access-Control-Allow-Origin", "*"),
+    ("Access-Control-Expose-Headers", ", ".join(CORS_EXPOSED)),
+)
+PREFLIGHT_MAX_AGE = "86400"  # browsers cap it (Chromium at 2 h)
+
+
+def is_dashboard_path(path: str) -> bool:
+    return path.startswith("/admin")
+
+
+def is_api_path(path: str) -> bool:
+    """A path under ``/v<N>/``, ``/anthropic/`` or ``/openai/``: an unknown one is still an
+    API request (its 404 is recorded), unlike a ``/favicon.ico`` or a scanner's guess."""
+    first = path[1:].partition("/")[0]
+    return first in ("anthropic", "openai") or (first[:1] == "v" and first[1:].isdigit())
+
+
+def allowed_methods(handler: type[tornado.web.RequestHandler]) -> str:
+    """The methods ``handler`` answers, for ``Allow`` (RFC 9110 §15.5.6: a 405 must send it)."""
+    base = tornado.web.RequestHandler
+    return ", ".join(
+        method
+        for method in handler.SUPPORTED_METHODS
+        if getattr(handler, method.lower(), None) is not getattr(base, method.lower(), None)
+    )
 
 
 def dialect_for(path: str, anthropic_headers: bool) -> str:
@@ -54,9 +106,11 @@ def guess_dialect(request: tornado.httputil.HTTPServerRequest) -> str:
 
 
 class BaseApiHandler(tornado.web.RequestHandler):
-    """Knows its dialect; renders every error in that dialect's envelope."""
+    """Knows its dialect; renders every error in that dialect's envelope; answers CORS
+    preflights and adds CORS headers to what it answers a browser."""
 
     dialect = "openai"
+    cors = True
 
     def initialize(self, services: Services, gateway: Gateway, dialect: str | None = None) -> None:
         self.services = services
@@ -76,14 +130,38 @@ class BaseApiHandler(tornado.web.RequestHandler):
     def _id_headers(self) -> None:
         self.set_header("request-id", self.request_id)
         self.set_header("x-request-id", self.request_id)
+        if "Origin" in self.request.headers and self.cors:
+            for name, value in CORS_HEADERS:
+                self.set_header(name, value)
+
+    def options(self, *args: str) -> None:
+        """Any OPTIONS: the methods the path takes; to a browser's CORS preflight (with
+        ``Origin`` and ``Access-Control-Request-Method``), leave to send them from any origin
+        with whatever headers it asked about. No key needed: a preflight never has one."""
+        methods = allowed_methods(type(self))
+        self.set_status(204)
+        self.set_header("Allow", methods)
+        headers = self.request.headers
+        if self.cors and "Origin" in headers and "Access-Control-Request-Method" in headers:
+            self.set_header("Access-Control-Allow-Methods", methods)
+            if "Access-Control-Request-Headers" in headers:
+                asked = headers["Access-Control-Request-Headers"]
+                self.set_header("Access-Control-Allow-Headers", asked)
+            self.set_header("Access-Control-Max-Age", PREFLIGHT_MAX_AGE)
+        self._id_headers()
+        self.finish()
+
+    def _method_error(self) -> MethodNotAllowedError:
+        return MethodNotAllowedError(
+            f"Method {self.request.method} is not allowed on {self.request.path}",
+            headers={"Allow": allowed_methods(type(self))},
+        )
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Tornado-level failures (405, internal errors) in the dialect's envelope."""
         err: GatewayError
         if status_code == 405:
-            err = MethodNotAllowedError(
-                f"Method {self.request.method} is not allowed on {self.request.path}"
-            )
+            err = self._method_error()
         elif status_code == 404:
             err = NotFoundError(
                 f"No such endpoint: {self.request.method} {self.request.path}", code="unknown_url"
@@ -153,10 +231,22 @@ class ProxyHandler(BaseApiHandler):
         self._chunks: list[bytes] = []
         self._size = 0
         self._too_large = False
+        self._decoder: BodyDecoder | None = None
+        # What `post` answers instead of calling the gateway, once the body is read (a
+        # 415, a compressed body that does not decompress).
+        self._refusal: GatewayError | None = None
 
     async def prepare(self) -> None:
+        method = self.request.method
+        if method != "POST":
+            if method != "OPTIONS":
+                # Refused here rather than by tornado's `write_error`: recorded like any other.
+                refused = await self.gateway.reject(self._request(b""), self._method_error())
+                self._write_plain(refused)
+            return
+        headers = self.request.headers
         limit = self.services.settings.max_body_bytes
-        length = self.request.headers.get("Content-Length")
+        length = headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > limit:
             self._too_large = True
             self._write_plain(await self.gateway.reject(self._request(b""), self._payload_error()))
@@ -165,6 +255,13 @@ class ProxyHandler(BaseApiHandler):
         # over the limit and `post` answers 413, so tornado's own cap (a bare 400) sits above.
         cap = limit + 1 if length is not None else 2 * limit + 1
         self.request.connection.set_max_body_size(cap)  # type: ignore[union-attr]
+        if "Content-Encoding" in headers:
+            coding = headers["Content-Encoding"]
+            name = coding.strip().lower()
+            if name in BodyDecoder.CODINGS:
+                self._decoder = BodyDecoder(name)
+            elif name not in ("", "identity"):
+                self._refusal = _unsupported_coding(coding)
 
     def _request(self, body: bytes) -> ApiRequest:
         return ApiRequest(
@@ -180,6 +277,19 @@ class ProxyHandler(BaseApiHandler):
         return PayloadTooLargeError(f"Request body exceeds the {limit / (1024 * 1024):g} MiB limit")
 
     def data_received(self, chunk: bytes) -> Awaitable[None] | None:
+        if self._refusal is not None:
+            return None  # read to its end (the connection stays usable), then refused
+        if self._decoder is not None:
+            if self._too_large:
+                return None
+            # The limit holds for the body decompressed (what a gzip bomb would fill).
+            room = self.services.settings.max_body_bytes - self._size
+            try:
+                chunk = self._decoder.feed(chunk, room)
+            except zlib.error as exc:
+                self._chunks = []
+                self._refusal = self._decoder.error(exc)
+                return None
         self._size += len(chunk)
         if self._size > self.services.settings.max_body_bytes:
             self._chunks = []
@@ -202,6 +312,14 @@ class ProxyHandler(BaseApiHandler):
                 refused = await self.gateway.reject(self._request(b""), self._payload_error())
                 self._write_plain(refused)
             return
+        if self._decoder is not None and self._refusal is None:
+            try:
+                self._decoder.finish()
+            except zlib.error as exc:
+                self._refusal = self._decoder.error(exc)
+        if self._refusal is not None:
+            self._write_plain(await self.gateway.reject(self._request(b""), self._refusal))
+            return
         self._task = asyncio.current_task()
         if self._task is not None:
             self.services.inflight.add(self._task)
@@ -219,6 +337,70 @@ class ProxyHandler(BaseApiHandler):
                 await reply.after()
             if self._task is not None:
                 self.services.inflight.discard(self._task)
+
+
+def _unsupported_coding(coding: str) -> UnsupportedMediaTypeError:
+    """A 415 (RFC 9110 §15.5.16), with the codings that would do in ``Accept-Encoding``."""
+    return UnsupportedMediaTypeError(
+        f"Content-Encoding {coding[:100]!r} is not supported: send the body uncompressed, "
+        "or compressed with gzip or deflate.",
+        headers={"Accept-Encoding": "gzip, deflate"},
+    )
+
+
+class BodyDecoder:
+    """A ``Content-Encoding: gzip`` or ``deflate`` request body, decompressed as it comes.
+
+    ``deflate`` is the zlib format (RFC 9110 §8.4.1.2); the raw deflate some clients send
+    for it is taken too. A gzip body may hold several members (RFC 1952 §2.2).
+    """
+
+    CODINGS = ("gzip", "x-gzip", "deflate")
+
+    def __init__(self, coding: str) -> None:
+        self.coding = "deflate" if coding == "deflate" else "gzip"
+        # Made at the first two bytes, which show deflate's form; again for each gzip member.
+        self._zlib: zlib._Decompress | None = None
+        self._head = b""  # a first byte alone, until the second comes
+
+    def feed(self, data: bytes, room: int) -> bytes:
+        """``data`` decompressed, cut at ``room`` + 1 bytes (more than ``room``: the body is
+        over the limit, and no more of it is made); `zlib.error` for data not in the coding."""
+        out = b""
+        while data:
+            if self._zlib is None:
+                data = self._head + data
+                if len(data) < 2:
+                    self._head = data
+                    return out
+                self._head = b""
+                self._zlib = zlib.decompressobj(self._wbits(data))
+            decoder = self._zlib
+            out += decoder.decompress(data, room + 1 - len(out))
+            if len(out) > room:
+                return out
+            data = decoder.unconsumed_tail
+            if decoder.eof and decoder.unused_data:
+                if self.coding != "gzip":
+                    raise zlib.error("data after the end of the compressed body")
+                data = decoder.unused_data
+                self._zlib = None  # another gzip member
+        return out
+
+    def finish(self) -> None:
+        """`zlib.error` when the body ended before its compressed data did."""
+        if self._head or (self._zlib is not None and not self._zlib.eof):
+            raise zlib.error("the compressed body is cut short")
+
+    def error(self, exc: zlib.error) -> InvalidRequestError:
+        return InvalidRequestError(f"Request body is not valid {self.coding} data: {exc}")
+
+    def _wbits(self, data: bytes) -> int:
+        if self.coding == "gzip":
+            return 16 + zlib.MAX_WBITS
+        # A zlib header: compression method 8 and a check value (RFC 1950 §2.2).
+        zlib_form = data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
+        return zlib.MAX_WBITS if zlib_form else -zlib.MAX_WBITS
 
 
 class ModelsHandler(BaseApiHandler):
@@ -342,14 +524,21 @@ class HelloHandler(tornado.web.RequestHandler):
 
 
 class NotFoundHandler(BaseApiHandler):
-    """Unknown paths: 404 in the dialect the path or headers suggest."""
+    """Unknown paths: 404 in the dialect the path or headers suggest; recorded in the usage
+    trail when it is an API path (`is_api_path`)."""
 
     def initialize(self, services: Services, gateway: Gateway, dialect: str | None = None) -> None:
         super().initialize(services, gateway, dialect)
         self.dialect = guess_dialect(self.request)
+        self.cors = not is_dashboard_path(self.request.path)
 
-    def prepare(self) -> None:
-        err = NotFoundError(
-            f"No such endpoint: {self.request.method} {self.request.path}", code="unknown_url"
-        )
-        self._write_plain(error_reply(self.dialect, err, self.request_id))
+    async def prepare(self) -> None:
+        request = self.request
+        says = f"No such endpoint: {request.method} {request.path}"
+        err = NotFoundError(says, code="unknown_url")
+        if self.gateway is not None and is_api_path(request.path):
+            req = ApiRequest(self.dialect, "unknown", b"", request.headers, self.request_id)
+            reply = await self.gateway.reject(req, err)
+        else:
+            reply = error_reply(self.dialect, err, self.request_id)
+        self._write_plain(reply)

@@ -3,17 +3,19 @@
 Tornado's HTTP server (`app.http1.LeanHTTPServer`) parses every request; `ApiRouter`
 then gives a POST to ``/v1/messages``, ``/v1/chat/completions``, ``/v1/responses`` or
 ``/v1/messages/count_tokens`` (under any prefix) with a Content-Length within the
-limit to `ApiCall`, a plain `HTTPMessageDelegate` that hands the body to `Gateway` and
-writes its `Reply` straight to the connection, its head as lines (no `HTTPHeaders`).
-Everything else (the dashboard, ``/v1/models``, other methods, chunked or oversized
-bodies, any request on a server other than the lean one) goes to the Tornado
+limit and no Content-Encoding to `ApiCall`, a plain `HTTPMessageDelegate` that hands the
+body to `Gateway` and writes its `Reply` straight to the connection, its head as lines
+(no `HTTPHeaders`).
+Everything else (the dashboard, ``/v1/models``, other methods, chunked, compressed or
+oversized bodies, any request on a server other than the lean one) goes to the Tornado
 Application as before.
 
 RequestHandler's per-request machinery (its initialisation, default headers, header
 value checks, output transforms, flush and finish bookkeeping) was a tenth of the
 gateway's CPU per request (issue 7's profiles); this path does only what an API call
-needs and behaves the same: request-id headers, the dialect's error envelope,
-Nagle off for streams, a client that goes away cancels its request.
+needs and behaves the same: request-id headers, CORS headers for a browser, the
+dialect's error envelope, Nagle off for streams, a client that goes away cancels its
+request.
 """
 
 from __future__ import annotations
@@ -29,9 +31,15 @@ import tornado.web
 from tornado import httputil
 from tornado.iostream import StreamClosedError
 
-from app.errors import GatewayError, HeadersTooLargeError, InternalError, InvalidRequestError
+from app.errors import (
+    GatewayError,
+    HeadersTooLargeError,
+    InternalError,
+    InvalidRequestError,
+    RequestTimeoutError,
+)
 from app.gateway import ApiRequest, Gateway, LastChunk, Reply, error_reply
-from app.handlers.api import dialect_for, new_request_id
+from app.handlers.api import CORS_HEADERS, dialect_for, is_dashboard_path, new_request_id
 from app.http1 import LeanConnection
 from app.services import Services
 
@@ -71,6 +79,9 @@ def head_lines(reply: Reply, request_id: str) -> list[str]:
     return lines
 
 
+_CORS_LINES = [f"{name}: {value}" for name, value in CORS_HEADERS]
+
+
 def _reason(status: int) -> str:
     return responses.get(status, "Unknown")
 
@@ -105,21 +116,7 @@ class ApiRouter(httputil.HTTPServerConnectionDelegate):
         """The whole response to a request whose header block ran past ``limit`` bytes (a
         431), or, ``limit`` None, that is not HTTP/1.1 the server can read (a 400: a
         malformed request line or header line, a broken chunked body). ``head``: the start
-        of the request. The error is in the dialect of its path or, where the path does
-        not say, of its headers (`dialect_for`); then the connection closes."""
-        start, _, fields = head.lstrip(b"\r\n").partition(b"\n")
-        words = start.split(b" ")
-        path = words[1].decode("latin1").partition("?")[0] if len(words) > 1 else ""
-        found = self.endpoints.get(path)
-        if found is not None:
-            dialect = found[0]
-        elif self.dialect is not None:
-            dialect = self.dialect
-        else:
-            lowered = b"\n" + fields.lower()
-            anthropic = b"\nanthropic-version:" in lowered or b"\nx-api-key:" in lowered
-            dialect = dialect_for(path, anthropic)
-        request_id = new_request_id()
+        of the request (`_refusal`)."""
         err: GatewayError
         if limit is None:
             err = InvalidRequestError(
@@ -132,13 +129,39 @@ class ApiRouter(httputil.HTTPServerConnectionDelegate):
                 f"The request's headers are larger than the {limit} bytes this gateway "
                 "reads; send fewer or shorter headers."
             )
+        return self._refusal(head, err)
+
+    def stalled_body(self, head: bytes, seconds: float) -> bytes:
+        """The whole response to a request whose body stopped coming: nothing of it for
+        ``seconds`` (a 408, as nginx answers its ``client_body_timeout``). ``head``: the
+        request's (`_refusal`)."""
+        err = RequestTimeoutError(
+            f"The request body stopped arriving: nothing more of it came for {seconds:g} s."
+        )
+        return self._refusal(head, err)
+
+    def _refusal(self, head: bytes, err: GatewayError) -> bytes:
+        """``err`` as the whole response to the request ``head`` starts, then the connection
+        closes. The error is in the dialect of its path or, where the path does not say, of
+        its headers (`dialect_for`)."""
+        start, _, fields = head.lstrip(b"\r\n").partition(b"\n")
+        words = start.split(b" ")
+        path = words[1].decode("latin1").partition("?")[0] if len(words) > 1 else ""
+        lowered = b"\n" + fields.lower()
+        found = self.endpoints.get(path)
+        if found is not None:
+            dialect = found[0]
+        elif self.dialect is not None:
+            dialect = self.dialect
+        else:
+            anthropic = b"\nanthropic-version:" in lowered or b"\nx-api-key:" in lowered
+            dialect = dialect_for(path, anthropic)
+        request_id = new_request_id()
         reply = error_reply(dialect, err, request_id)
-        lines = [
-            f"HTTP/1.1 {reply.status} {_reason(reply.status)}",
-            *head_lines(reply, request_id),
-            f"Content-Length: {len(reply.body)}",
-            "Connection: close",
-        ]
+        lines = [f"HTTP/1.1 {reply.status} {_reason(reply.status)}", *head_lines(reply, request_id)]
+        if b"\norigin:" in lowered and not is_dashboard_path(path):
+            lines += _CORS_LINES
+        lines += [f"Content-Length: {len(reply.body)}", "Connection: close"]
         log_request(reply.status, words[0].decode("latin1"), path, 0.0)
         return "\r\n".join(lines).encode("latin1") + b"\r\n\r\n" + reply.body
 
@@ -173,6 +196,7 @@ class _Dispatch(httputil.HTTPMessageDelegate):
                 and length is not None
                 and length.isdigit()
                 and int(length) <= router.services.settings.max_body_bytes
+                and "Content-Encoding" not in headers  # decompressed by `ProxyHandler`
             ):
                 target = ApiCall(router, self.request_conn, start_line, found[0], found[1])
         if target is None:
@@ -279,7 +303,11 @@ class ApiCall(httputil.HTTPMessageDelegate):
 
     def _head(self, reply: Reply) -> list[str]:
         self.status = reply.status
-        return head_lines(reply, self.request_id)
+        lines = head_lines(reply, self.request_id)
+        headers = self.headers
+        if headers is not None and "Origin" in headers:
+            lines += _CORS_LINES
+        return lines
 
     def _write_whole(self, reply: Reply) -> None:
         lines = self._head(reply)

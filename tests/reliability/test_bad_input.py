@@ -12,8 +12,10 @@ happens in the gateway, so it holds whatever the backend is.
 from __future__ import annotations
 
 import base64
+import gzip
 import http.client
 import socket
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +36,7 @@ from tests.reliability.conftest import (
     check_error,
     path_for,
     post_json,
+    usage_rows,
 )
 
 RESTRICTED_KEY = "bk-restricted-0000000000"
@@ -729,7 +732,141 @@ def test_wrong_method(
     body = b"{}" if method in ("POST", "PUT", "PATCH") else None
     resp = call(method, bed.port, path, body=body, headers={**auth(), **headers})
     check_error(dialect, resp, 405, "invalid_request_error", method)
+    # RFC 9110 §15.5.6: a 405 says which methods the path takes.
+    assert resp.headers["allow"] == ("GET, OPTIONS" if "models" in path else "POST, OPTIONS")
     still_serving(bed, dialect, "m-an" if dialect == A else "m-oa")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "dialect", "endpoint", "status"),
+    [
+        ("GET", "/v1/messages", A, "messages", 405),
+        ("PUT", "/v1/chat/completions", O, "chat", 405),
+        ("DELETE", "/v1/messages/count_tokens", A, "count_tokens", 405),
+        ("POST", "/v1/nope", O, "unknown", 404),
+        ("POST", "/anthropic/v1/messages/batches", A, "unknown", 404),
+        ("GET", "/v2/chat/completions", O, "unknown", 404),
+    ],
+)
+@pytest.mark.parametrize("key", ["valid", "none"])
+def test_wrong_method_and_unknown_path_leave_a_usage_row(
+    bed: Bed, method: str, path: str, dialect: str, endpoint: str, status: int, key: str
+) -> None:
+    """Every API request, failures included, leaves one row: these too (they left none)."""
+    body = b"{}" if method in ("POST", "PUT") else None
+    resp = call(method, bed.port, path, body=body, headers=auth() if key == "valid" else {})
+    assert resp.status == status
+    rows = [r for r in bed.run(usage_rows(bed.live)) if r.request_id == resp.headers["request-id"]]
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row.key_name, row.client_dialect, row.endpoint) == (
+        "tester" if key == "valid" else None,
+        dialect,
+        endpoint,
+    )
+    assert (row.status, row.http_status, row.requested_model) == ("error", status, None)
+    assert (row.input_tokens, row.output_tokens) == (0, 0)
+
+
+def test_paths_outside_the_api_leave_no_usage_row(bed: Bed) -> None:
+    before = len(bed.run(usage_rows(bed.live)))
+    for path in ("/favicon.ico", "/wp-login.php", "/admin/nothing-here"):
+        assert call("GET", bed.port, path, headers=auth()).status == 404
+    assert len(bed.run(usage_rows(bed.live))) == before
+
+
+# -- Content-Encoding ---------------------------------------------------------------------------
+
+
+def raw_deflate(data: bytes) -> bytes:
+    packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return packer.compress(data) + packer.flush()
+
+
+CODINGS: dict[str, Callable[[bytes], bytes]] = {
+    "gzip": gzip.compress,
+    "x-gzip": gzip.compress,
+    "GZip": gzip.compress,
+    "deflate": zlib.compress,  # the zlib format, as RFC 9110 has it
+    "deflate (raw)": raw_deflate,  # what some clients send for it
+    "identity": lambda data: data,
+}
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+@pytest.mark.parametrize("coding", list(CODINGS))
+@pytest.mark.parametrize(("dialect", "model"), [(A, "m-an"), (A, "m-oa"), (O, "m-oa"), (O, "m-an")])
+def test_a_compressed_body_is_decompressed(
+    bed: Bed, dialect: str, model: str, coding: str, chunked: bool
+) -> None:
+    """A gzip or deflate body used to be read as it came: a 400 saying it was not UTF-8."""
+    text = f"compressed {coding} {chunked}"
+    body = CODINGS[coding](orjson.dumps(body_for(dialect, model, text=text)))
+    headers = {**auth(), "Content-Encoding": coding.split(" ")[0]}
+    resp = call("POST", bed.port, path_for(dialect), body=body, headers=headers, chunked=chunked)
+    assert resp.status == 200, resp.body[:300]
+    fake = bed.fa if model == "m-an" else bed.fo
+    assert text in orjson.dumps(fake.received[-1].json).decode()
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+@pytest.mark.parametrize("dialect", [A, O])
+def test_the_body_limit_holds_for_the_decompressed_body(
+    bed: Bed, dialect: str, chunked: bool
+) -> None:
+    """A few KiB that decompress past the limit: a 413 (a gzip bomb fills nothing)."""
+    model = "m-an" if dialect == A else "m-oa"
+    seen = len(bed.fo.received) + len(bed.fa.received)
+    body = gzip.compress(BIG if dialect == A else BIG.replace(b'"max_tokens": 5, ', b""))
+    assert len(body) < LIMIT_BYTES // 10
+    headers = {**auth(), "Content-Encoding": "gzip"}
+    resp = call("POST", bed.port, path_for(dialect), body=body, headers=headers, chunked=chunked)
+    if dialect == A:
+        check_error(A, resp, 413, "request_too_large", "limit")
+    else:
+        check_error(O, resp, 413, "invalid_request_error", "limit", code="request_too_large")
+    assert len(bed.fo.received) + len(bed.fa.received) == seen
+    still_serving(bed, dialect, model)
+
+
+@pytest.mark.parametrize("coding", ["br", "zstd", "compress", "gzip, br", "bogus"])
+@pytest.mark.parametrize("dialect", [A, O])
+def test_an_unsupported_content_encoding_is_a_415(bed: Bed, dialect: str, coding: str) -> None:
+    """Once read as if plain (a br header on a plain body passed): now a 415 naming it,
+    with the codings that would do."""
+    seen = len(bed.fo.received) + len(bed.fa.received)
+    body = orjson.dumps(body_for(dialect, "m-an" if dialect == A else "m-oa"))
+    headers = {**auth(), "Content-Encoding": coding}
+    resp = call("POST", bed.port, path_for(dialect), body=body, headers=headers)
+    if dialect == A:
+        check_error(A, resp, 415, "invalid_request_error", repr(coding))
+    else:
+        check_error(O, resp, 415, "invalid_request_error", repr(coding))
+    assert resp.headers["accept-encoding"] == "gzip, deflate"
+    assert len(bed.fo.received) + len(bed.fa.received) == seen
+    still_serving(bed, dialect, "m-an" if dialect == A else "m-oa")
+
+
+@pytest.mark.parametrize(
+    ("coding", "body", "says"),
+    [
+        ("gzip", b'{"model": "m-an"}', "not valid gzip data"),
+        ("gzip", gzip.compress(b'{"model": "m-an"}')[:-6], "cut short"),
+        ("gzip", gzip.compress(b'{"model": "m-an"}') + b"junk", "not valid gzip data"),
+        ("deflate", zlib.compress(b'{"model": "m-an"}') + b"junk", "not valid deflate data"),
+    ],
+    ids=["not-gzip", "truncated", "trailing-junk", "deflate-trailing-junk"],
+)
+def test_a_body_that_does_not_decompress_is_a_400(
+    bed: Bed, coding: str, body: bytes, says: str
+) -> None:
+    seen = len(bed.fo.received) + len(bed.fa.received)
+    resp = call(
+        "POST", bed.port, "/v1/messages", body=body, headers={**auth(), "Content-Encoding": coding}
+    )
+    check_error(A, resp, 400, "invalid_request_error", says)
+    assert len(bed.fo.received) + len(bed.fa.received) == seen
+    still_serving(bed, A, "m-an")
 
 
 @pytest.mark.parametrize(

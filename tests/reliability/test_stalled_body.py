@@ -1,0 +1,139 @@
+"""A request body that stops coming (slowloris): the request gets a 408 in the client's
+dialect and its connection closes, key or no key, on the lean path and on Tornado's; a body
+that keeps coming, however slowly, is not cut.
+
+The gateway runs with a body timeout of a fraction of a second (`Server`'s
+``body_timeout``; 60 s by default, as nginx's ``client_body_timeout``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import tornado.ioloop
+
+from app.server import Server, build_services
+from app.settings import load_settings
+from tests.conftest import TEST_KEY, Live, http, write_config
+
+pytestmark = pytest.mark.gen_test(timeout=30)
+
+ECHO = """
+[[upstreams]]
+name = "echo"
+kind = "echo"
+
+[[models]]
+name = "echo-model"
+upstream = "echo"
+"""
+BODY_TIMEOUT = 0.4
+
+
+@pytest.fixture
+def live(io_loop: tornado.ioloop.IOLoop, tmp_path: Path) -> Iterator[Live]:
+    async def start() -> Live:
+        path = write_config(tmp_path, ECHO)
+        settings = load_settings(config_path=str(path), environ={}, cwd=tmp_path)
+        services, _ = await build_services(settings)
+        server = Server(services, body_timeout=BODY_TIMEOUT)
+        server.listen("127.0.0.1", 0)
+        return Live(server, services, server.ports[0])
+
+    running = io_loop.run_sync(start)
+    yield running
+    io_loop.run_sync(lambda: running.server.stop(2))
+
+
+async def stall(port: int, raw: bytes) -> tuple[int, dict[str, str], Any]:
+    """Send ``raw`` (a head and part of its body), then nothing: the answer, read to the
+    connection's end (a server that never answers fails the read's timeout)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw)
+    try:
+        said = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    head, _, body = said.partition(b"\r\n\r\n")
+    lines = head.decode("latin1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    assert int(headers["content-length"]) == len(body)
+    return int(lines[0].split(" ")[1]), headers, orjson.loads(body)
+
+
+def head(path: str, *lines: str) -> bytes:
+    return "\r\n".join([f"POST {path} HTTP/1.1", "Host: x", *lines, "", ""]).encode()
+
+
+KEY = f"Authorization: Bearer {TEST_KEY}"
+
+
+@pytest.mark.parametrize(
+    ("path", "framing", "dialect"),
+    [
+        ("/v1/messages", "Content-Length: 100", "anthropic"),  # the lean path
+        ("/v1/chat/completions", "Content-Length: 100", "openai"),
+        ("/v1/messages", "Transfer-Encoding: chunked", "anthropic"),  # Tornado's
+        ("/openai/v1/chat/completions", "Transfer-Encoding: chunked", "openai"),
+    ],
+)
+@pytest.mark.parametrize("key", [True, False], ids=["key", "no-key"])
+async def test_a_stalled_body_gets_a_408_in_the_dialect(
+    live: Live, path: str, framing: str, dialect: str, key: bool
+) -> None:
+    start = b"64\r\n" if framing.startswith("Transfer") else b""
+    raw = head(path, framing, *([KEY] if key else [])) + start + b'{"model"'
+    status, headers, body = await stall(live.port, raw)
+    assert status == 408
+    assert headers["connection"] == "close"
+    assert headers["request-id"].startswith("req_")
+    assert "access-control-allow-origin" not in headers
+    if dialect == "anthropic":
+        assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+        message = body["error"]["message"]
+    else:
+        assert body["error"]["type"] == "invalid_request_error"
+        message = body["error"]["message"]
+    assert "stopped arriving" in message
+    fine = await http(
+        "POST",
+        live.url + path,
+        json={
+            "model": "echo-model",
+            "max_tokens": 5,
+            "messages": [{"role": "user", "content": "x"}],
+        },
+        headers={"Authorization": f"Bearer {TEST_KEY}"},
+    )
+    assert fine.status == 200
+
+
+async def test_a_page_can_read_the_408(live: Live) -> None:
+    raw = head("/v1/messages", "Content-Length: 100", "Origin: https://app.example") + b"{"
+    status, headers, _ = await stall(live.port, raw)
+    assert status == 408
+    assert headers["access-control-allow-origin"] == "*"
+
+
+async def test_a_body_that_keeps_coming_is_not_cut(live: Live) -> None:
+    """Longer in all than the timeout, but never silent for as long."""
+    body = orjson.dumps(
+        {"model": "echo-model", "max_tokens": 5, "messages": [{"role": "user", "content": "slow"}]}
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", live.port)
+    writer.write(head("/v1/messages", f"Content-Length: {len(body)}", KEY, "Connection: close"))
+    for at in range(0, len(body), len(body) // 20 + 1):  # ~1.5 s in all
+        await asyncio.sleep(BODY_TIMEOUT / 5)
+        writer.write(body[at : at + len(body) // 20 + 1])
+    said = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert said.startswith(b"HTTP/1.1 200 OK")
+    assert b"echo: slow" in said
