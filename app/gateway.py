@@ -165,7 +165,17 @@ def error_reply(
     )
 
 
-def _stream_error_bytes(dialect: str, err: GatewayError) -> bytes:
+def shutdown_error() -> OverloadedError:
+    """What a request still running when shutdown's grace is over is told (a 529 or 503,
+    or the stream's error event): an overload, which every SDK retries."""
+    return OverloadedError(
+        "The gateway shut down before the answer was complete; retry the request.",
+        retry_after=1,
+    )
+
+
+def stream_error_bytes(dialect: str, err: GatewayError) -> bytes:
+    """``err`` as the in-stream error event of ``dialect`` (the stream's last)."""
     if dialect == "anthropic":
         return anthropic_event("error", anthropic_dialect.error_event(err))
     return openai_chunk({"error": openai_dialect.error_object(err)})
@@ -901,7 +911,7 @@ class Gateway:
             if translator.error is not None:
                 # The cut stream's own error event, last, gives way to what happened; the
                 # block left open is still closed before it (PROTOCOL.md §7.1).
-                tail[-1:] = [_stream_error_bytes(client, exc)]
+                tail[-1:] = [stream_error_bytes(client, exc)]
                 status, err = "error", exc
             if tail:
                 yield b"".join(tail)
@@ -975,10 +985,10 @@ class Gateway:
                     ended = sniffer.finish_reason is not None
                 if not ended:
                     # Cut off mid-answer: say so in-band, or the client takes it for the end.
-                    yield _stream_error_bytes(client, err)
+                    yield stream_error_bytes(client, err)
         except GatewayError as exc:
             status, err = "error", exc
-            yield _stream_error_bytes(client, exc)
+            yield stream_error_bytes(client, exc)
         except (asyncio.CancelledError, GeneratorExit):
             status = "client_closed"
             raise
@@ -1059,6 +1069,14 @@ class Gateway:
         call.recorded = True
         if call.key is None and isinstance(err, UnauthorizedError):
             call.key = cast(KeyRecord | None, err.key)  # a revoked or expired key's name
+        if status == "client_closed" and self.services.stopping:
+            # Cut by the shutdown, not by the client, which was told so (`shutdown_error`).
+            err = shutdown_error()
+            status = "error"
+            if call.ttft is None:  # no byte sent: it got the error whole, else in the stream
+                http_status = _dialect_module(call.req.dialect).error_status(err)
+            else:
+                http_status = 200
         req = call.req
         if status is None:
             if err is None:

@@ -346,6 +346,7 @@ class Server:
             left = deadline - loop.time()
             if left <= 0:
                 log.warning("grace period of %gs over; cancelling %d requests", grace, len(running))
+                self.services.stopping = True  # each answers its client before it ends
                 for task in running:
                     task.cancel()
                 await asyncio.wait(running, timeout=5)

@@ -54,6 +54,8 @@ class Services:
     cookie_secret: str = ""
     started_at: float = field(default_factory=time.time)
     inflight: set[asyncio.Task[Any]] = field(default_factory=set)
+    # Shutdown's grace is over: what is cancelled now is cut by the gateway, not the client.
+    stopping: bool = False
     _reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     _misses: dict[str, float] = field(default_factory=dict)

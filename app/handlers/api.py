@@ -31,7 +31,14 @@ from app.errors import (
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
 )
-from app.gateway import ApiRequest, Gateway, Reply, error_reply
+from app.gateway import (
+    ApiRequest,
+    Gateway,
+    Reply,
+    error_reply,
+    shutdown_error,
+    stream_error_bytes,
+)
 from app.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from app.services import Services
 from app.translate.ids import random_hex
@@ -330,13 +337,31 @@ class ProxyHandler(BaseApiHandler):
             reply = await self.gateway.answer(req)
             await self.write_reply(reply)
         except asyncio.CancelledError:
-            # The client went away; the gateway has recorded it and closed the upstream call.
+            # The client went away (the gateway has recorded it and closed the upstream
+            # call), or shutdown's grace is over: then the client is told.
+            if self.services.stopping:
+                self._cut_by_shutdown()
             return
         finally:
             if reply is not None and reply.after is not None:
                 await reply.after()
             if self._task is not None:
                 self.services.inflight.discard(self._task)
+
+    def _cut_by_shutdown(self) -> None:
+        """As `app.handlers.lean.ApiCall._cut_by_shutdown`: a 529/503 for an answer not
+        begun, the error event and the end for a stream, a Responses stream closed."""
+        err = shutdown_error()
+        try:
+            if not self._headers_written:
+                self._write_plain(error_reply(self.dialect, err, self.request_id))
+            elif self.endpoint == "responses":
+                self.request.connection.close()  # type: ignore[union-attr]
+            elif not self._finished:
+                self.write(stream_error_bytes(self.dialect, err))
+                self.finish()
+        except StreamClosedError:
+            pass
 
 
 def _unsupported_coding(coding: str) -> UnsupportedMediaTypeError:

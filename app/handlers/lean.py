@@ -38,7 +38,15 @@ from app.errors import (
     InvalidRequestError,
     RequestTimeoutError,
 )
-from app.gateway import ApiRequest, Gateway, LastChunk, Reply, error_reply
+from app.gateway import (
+    ApiRequest,
+    Gateway,
+    LastChunk,
+    Reply,
+    error_reply,
+    shutdown_error,
+    stream_error_bytes,
+)
 from app.handlers.api import CORS_HEADERS, dialect_for, is_dashboard_path, new_request_id
 from app.http1 import LeanConnection
 from app.services import Services
@@ -279,7 +287,11 @@ class ApiCall(httputil.HTTPMessageDelegate):
             reply = await self.gateway.answer(req)
             await self._write(reply)
         except asyncio.CancelledError:
-            return  # the client went away; the gateway recorded it and closed the upstream
+            # The client went away (the gateway recorded it and closed the upstream), or
+            # shutdown's grace is over: then the client is told.
+            if self.services.stopping:
+                self._cut_by_shutdown()
+            return
         except StreamClosedError:
             pass
         except Exception:
@@ -300,6 +312,23 @@ class ApiCall(httputil.HTTPMessageDelegate):
                 self.start_line.path.partition("?")[0],
                 time.perf_counter() - self.started,
             )
+
+    def _cut_by_shutdown(self) -> None:
+        """An answer not begun is a 529/503 the SDKs retry (`shutdown_error`); a stream
+        begun gets that error as its last event and its proper end, where it used to stop
+        mid chunked body. A Responses stream (events numbered by the gateway's own
+        translator) is closed."""
+        err = shutdown_error()
+        try:
+            if self.status == 0:
+                self._write_whole(error_reply(self.dialect, err, self.request_id))
+            elif self.endpoint == "responses" or self.conn.stream.closed():
+                self.conn.close()
+            else:
+                self.conn.send_chunk(stream_error_bytes(self.dialect, err), last=True)
+                self.conn.finish()
+        except (StreamClosedError, OSError):
+            pass
 
     def _head(self, reply: Reply) -> list[str]:
         self.status = reply.status

@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import TEST_KEY
-from tests.fakes import FakeUpstream, SSEReply, anthropic_stream, openai_stream
+from tests.fakes import FakeUpstream, HangReply, SSEReply, anthropic_stream, openai_stream
 from tests.reliability.conftest import auth, body_for, path_for, two_upstreams
 
 pytestmark = pytest.mark.gen_test(timeout=120)
@@ -187,6 +187,21 @@ def complete(body: bytes | Exception) -> bool:
     return ended and all(piece.strip() in text for piece in PIECES)
 
 
+ANTHROPIC, OPENAI = "anthropic", "openai"
+
+
+async def whole_answer(gw: Gateway, dialect: str, model: str) -> tuple[int, str, str]:
+    """(status, dialect, error message) of a request not streamed."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            gw.url + path_for(dialect), json=body_for(dialect, model), headers=auth()
+        ) as resp,
+    ):
+        body = await resp.json()
+        return resp.status, dialect, body["error"]["message"]
+
+
 async def test_sigterm_with_100_streams_in_flight(tmp_path: Path, fakes) -> None:  # type: ignore[no-untyped-def]
     fo, fa = fakes
     port = free_port()
@@ -232,6 +247,12 @@ async def test_grace_period_over_cuts_what_is_left_and_still_records_it(
         while len(started) < 20:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.05)
+        # And two whole answers still waiting on their upstream.
+        fo.push(HangReply(30), HangReply(30))
+        waiting = [asyncio.ensure_future(whole_answer(gw, d, "m-oa")) for d in (ANTHROPIC, OPENAI)]
+        while len(fo.received) < 12:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
         gw.signal(signal.SIGTERM)
         sent = time.monotonic()
         assert await gw.wait(20) == 0, gw.output()
@@ -239,10 +260,27 @@ async def test_grace_period_over_cuts_what_is_left_and_still_records_it(
         assert time.monotonic() - sent < 12
         bodies = await asyncio.wait_for(asyncio.gather(*tasks), 10)
         assert not any(complete(b) for b in bodies)
+        # Each stream ends with its dialect's overload error, as a stream should end, not
+        # cut mid chunked body (aiohttp would have raised on that).
+        for i, body in enumerate(bodies):
+            assert not isinstance(body, Exception), body
+            last = body.decode().rstrip("\n").rsplit("\n\n", 1)[-1]
+            if COMBOS[i % len(COMBOS)][0] == "anthropic":
+                assert last.startswith("event: error\ndata: "), last
+                assert '"type":"overloaded_error"' in last and "shut down" in last
+            else:
+                assert last.startswith('data: {"error":'), last
+                assert "shut down" in last
+        whole = await asyncio.wait_for(asyncio.gather(*waiting), 10)
+        assert [(status, dialect) for status, dialect, _ in whole] == [
+            (529, "anthropic"),
+            (503, "openai"),
+        ]
+        assert all("shut down" in message for _, _, message in whole)
     finally:
         await gw.kill()
     counts = usage_counts(tmp_path)
-    assert sum(counts.values()) == 20 and "ok" not in counts, counts
+    assert counts == {"error": 22}, counts
 
 
 async def test_sigkill_loses_at_most_the_last_flush_interval(tmp_path: Path, fakes) -> None:  # type: ignore[no-untyped-def]
