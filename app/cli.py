@@ -9,17 +9,31 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from contextlib import ExitStack
 from datetime import date, datetime
 from typing import Any, TextIO
 
 import orjson
+from sqlalchemy.exc import DBAPIError
 
 from app.auth import hash_password
 from app.db import admins as admin_queries
 from app.db import keys as key_queries
-from app.db.engine import Database, upgrade
+from app.db.engine import (
+    Database,
+    DatabaseUnavailableError,
+    error_line,
+    sqlite_path,
+    startup_lock,
+    upgrade,
+)
 from app.db.usage import CSV_HEADER, UsageFilter, csv_row, iter_export
+from app.secretbox import SecretKeyError
 from app.settings import ConfigError, Settings, count_problem, expiry_problem, load_settings
+
+# Commands that only look at what is there: pointed at a SQLite file that does not exist
+# (a mistyped path), they say so instead of creating an empty database to look at.
+NEEDS_DATABASE = {("keys", "list"), ("keys", "revoke"), ("usage", "export")}
 
 
 def _date(value: str) -> date:
@@ -300,10 +314,12 @@ def cmd_serve(settings: Settings) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    upgrade(settings.database_url)
-    fast = install_uvloop()
+    # Held from the migrations until the config file is in the database and the ports
+    # listen: a second `serve` started with this one waits its turn (`startup_lock`).
+    lock = ExitStack()
 
     def announce(server: Any, first: Any) -> None:
+        lock.close()
         host = settings.host
         base = f"http://{host}:{server.ports[0]}"
         lines = [f"Bridgekeeper listening on {base}" + (" (uvloop)" if fast else "")]
@@ -319,7 +335,10 @@ def cmd_serve(settings: Settings) -> int:
             lines.append(first.proxy_key)
         print("\n".join(lines), flush=True)
 
-    asyncio.run(serve_forever(settings, announce))
+    with lock:
+        upgrade(settings.database_url, lock.enter_context(startup_lock(settings.database_url)))
+        fast = install_uvloop()
+        asyncio.run(serve_forever(settings, announce))
     return 0
 
 
@@ -343,6 +362,15 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             upgrade(settings.database_url)
             print("Database is up to date", file=out)
             return 0
+        action = getattr(args, f"{args.command}_command", None)
+        path = sqlite_path(settings.database_url)
+        if (args.command, action) in NEEDS_DATABASE and path is not None and not path.exists():
+            print(
+                f"bridgekeeper: no database at {path.absolute()} (create one with"
+                " `bridgekeeper db upgrade` or `bridgekeeper serve`)",
+                file=sys.stderr,
+            )
+            return 1
         upgrade(settings.database_url)
         if args.command == "keys":
             if args.keys_command == "create":
@@ -361,6 +389,22 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         # Python's own flush of stdout at exit would fail again, so it goes to /dev/null.
         _silence_stdout()
         return 0
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("psycopg", "asyncpg"):
+            raise
+        print(
+            f"bridgekeeper: a PostgreSQL database needs the {exc.name} driver:"
+            " pip install 'bridgekeeper[postgres]'",
+            file=sys.stderr,
+        )
+        return 1
+    except (DatabaseUnavailableError, SecretKeyError) as exc:
+        print(f"bridgekeeper: {exc}", file=sys.stderr)
+        return 1
+    except DBAPIError as exc:
+        print(f"bridgekeeper: database error: {error_line(exc)}", file=sys.stderr)
+        return 1
     except OSError as exc:
-        print(f"bridgekeeper: {exc.strerror or exc}", file=sys.stderr)
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"bridgekeeper: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1

@@ -38,6 +38,20 @@ def redact_text(text: str, secret: str | None) -> str:
     return text.replace(secret, mask(secret))
 
 
+class SecretKeyError(ValueError):
+    """The Fernet key is malformed, or is not the one the stored upstream keys need; the
+    message is one line for the operator and never holds a key."""
+
+
+def key_problem(key: str | bytes) -> str | None:
+    """Why ``key`` is not a Fernet key (the key itself is never in the answer), or None."""
+    try:
+        Fernet(key)
+    except (ValueError, TypeError):
+        return "not a Fernet key (32 url-safe base64-encoded bytes, as Fernet.generate_key() makes)"
+    return None
+
+
 def key_file_for(db_path: Path | None) -> Path:
     if db_path is not None:
         return db_path.with_name(db_path.name + ".secret")
@@ -49,7 +63,11 @@ def load_or_create_key(configured: str | None, path: Path) -> bytes:
     if configured:
         return configured.encode()
     if path.exists():
-        return path.read_bytes().strip()
+        key = path.read_bytes().strip()
+        problem = key_problem(key)
+        if problem:
+            raise SecretKeyError(f"{path}: {problem}")
+        return key
     key = Fernet.generate_key()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -62,6 +80,9 @@ class SecretBox:
     """Encrypts and decrypts upstream secrets."""
 
     def __init__(self, key: bytes) -> None:
+        problem = key_problem(key)
+        if problem:  # checked by `Settings` and `load_or_create_key`; this is the last guard
+            raise SecretKeyError(f"the secret key is {problem}")
         self._fernet = Fernet(key)
 
     def encrypt(self, secret: str) -> str:
@@ -71,7 +92,7 @@ class SecretBox:
         try:
             return self._fernet.decrypt(token.encode("ascii")).decode("utf-8")
         except InvalidToken:
-            raise ValueError(
+            raise SecretKeyError(
                 "an upstream key cannot be decrypted: BRIDGEKEEPER_SECRET_KEY or the "
                 "secret file changed since it was stored"
             ) from None

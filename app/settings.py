@@ -7,6 +7,8 @@ with a one-line `ConfigError` naming the file, the entry and the problem.
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import re
 import tomllib
@@ -19,6 +21,9 @@ from urllib.parse import urlsplit
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
+
+from app.db.admins import MIN_PASSWORD
+from app.secretbox import key_problem
 
 KINDS = ("openai", "anthropic", "echo")
 ROTATIONS = ("ordered", "round_robin")
@@ -36,6 +41,12 @@ MAX_COUNT = 2**31 - 1
 # A key works through its expiry day and stops at the next midnight, which has to exist.
 LAST_EXPIRY_DAY = date.max - timedelta(days=1)
 MAX_PORT = 65535  # 0 asks the system for any free port
+# The dashboard's bounds on a route's temperature (app/handlers/admin/models.py).
+MAX_TEMPERATURE = 2.0
+# The longest retention_days: the purge's cutoff, that many days ago, has to be a date
+# Python can hold; a hundred years is past any real need.
+MAX_RETENTION_DAYS = 36500
+LOG_LEVELS = tuple(logging.getLevelNamesMapping())
 
 
 def count_problem(value: int, minimum: int = 1) -> str | None:
@@ -53,6 +64,46 @@ def expiry_problem(day: date, today: date | None = None) -> str | None:
         return f"the expiry date is too far away (the last one possible is {LAST_EXPIRY_DAY})"
     if today is not None and day < today:
         return f"the expiry date is in the past ({day}; today is {today}, UTC)"
+    return None
+
+
+def number_problem(
+    value: float,
+    *,
+    above: float | None = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
+) -> str | None:
+    """What is wrong with a number of seconds, megabytes or a temperature, or None."""
+    if not math.isfinite(value):
+        return f"must be a finite number, got {value}"
+    if above is not None and not value > above:
+        return f"must be more than {above:g}, got {value:g}"
+    if minimum is not None and value < minimum:
+        return f"must be at least {minimum:g}, got {value:g}"
+    if maximum is not None and value > maximum:
+        return f"must be at most {maximum:g}, got {value:g}"
+    return None
+
+
+def temperature_problem(value: float) -> str | None:
+    return number_problem(value, minimum=0, maximum=MAX_TEMPERATURE)
+
+
+def timeout_problem(value: float) -> str | None:
+    return number_problem(value, above=0)
+
+
+def password_problem(value: str) -> str | None:
+    """The dashboard's and ``admin set-password``'s rule, for the configured password."""
+    if len(value) < MIN_PASSWORD:
+        return f"the password must have at least {MIN_PASSWORD} characters"
+    return None
+
+
+def log_level_problem(value: str) -> str | None:
+    if value.upper() not in LOG_LEVELS:
+        return f"unknown log level {value!r} (expected {', '.join(LOG_LEVELS)})"
     return None
 
 
@@ -349,6 +400,9 @@ def _parse_upstream(
         for k in _strings(where, f"{entry}.keys", table.get("keys"))
     )
     timeout = _opt_float(where, f"{entry}.timeout", table.get("timeout"))
+    problem = None if timeout is None else timeout_problem(timeout)
+    if problem:
+        raise where.error(f"{entry}.timeout", problem)
     tokenize_url = table.get("tokenize_url")
     if tokenize_url is not None:
         _expect(where, f"{entry}.tokenize_url", tokenize_url, str, "a URL string")
@@ -400,12 +454,16 @@ def _parse_model(where: _Where, i: int, table: Any) -> ModelConfig:
         _expect(where, f"{entry}.target", target, str, "a string")
     params = table.get("params", {})
     _expect(where, f"{entry}.params", params, dict, "a table")
+    temperature = _opt_float(where, f"{entry}.temperature", table.get("temperature"))
+    problem = None if temperature is None else temperature_problem(temperature)
+    if problem:
+        raise where.error(f"{entry}.temperature", problem)
     return ModelConfig(
         name=name,
         upstream=upstream,
         target=target,
         max_tokens=_opt_count(where, f"{entry}.max_tokens", table.get("max_tokens")),
-        temperature=_opt_float(where, f"{entry}.temperature", table.get("temperature")),
+        temperature=temperature,
         context_window=_opt_count(where, f"{entry}.context_window", table.get("context_window")),
         fallbacks=_strings(where, f"{entry}.fallbacks", table.get("fallbacks")),
         prompt_cache=bool(
@@ -508,8 +566,33 @@ def _env_number(env: Mapping[str, str], name: str, cast: Any) -> Any:
         raise ConfigError(f"environment: {name}: expected a number, got {value!r}") from None
 
 
+def _retention_problem(days: int) -> str | None:
+    # A negative number put the purge's cutoff in the future: it deleted every event.
+    if days < 1:
+        return f"must be at least 1, got {days} (leave it out to keep every event)"
+    if days > MAX_RETENTION_DAYS:
+        return f"must be at most {MAX_RETENTION_DAYS}, got {days}"
+    return None
+
+
+def environment_database_url(
+    environ: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> str | None:
+    """``BRIDGEKEEPER_DATABASE_URL`` from the environment or ``.env``, or None: the URL
+    alembic uses when it is run directly (migrations/env.py)."""
+    env = {
+        **read_dotenv((cwd or Path.cwd()) / ".env"),
+        **(os.environ if environ is None else environ),
+    }
+    url = env.get("BRIDGEKEEPER_DATABASE_URL") or None
+    problem = None if url is None else database_url_problem(url)
+    if problem:
+        raise ConfigError(f"environment: BRIDGEKEEPER_DATABASE_URL: {problem}")
+    return url
+
+
 def _check_server_values(values: Mapping[str, Any], origin: Mapping[str, str]) -> None:
-    """Ports, default limits and the database URL, wherever each came from."""
+    """Ports, limits, durations, the password and the database URL, wherever each came from."""
     checks: dict[str, Any] = {
         "port": port_problem,
         "anthropic_port": port_problem,
@@ -518,6 +601,17 @@ def _check_server_values(values: Mapping[str, Any], origin: Mapping[str, str]) -
         "default_tpm": lambda n: count_problem(n, 0),
         "default_max_tokens": lambda n: count_problem(n, 0),
         "database_url": database_url_problem,
+        "retention_days": _retention_problem,
+        # Below 1, every request's usage waited for room that never came: none was recorded.
+        "usage_buffer_size": count_problem,
+        # 0 or less turned every request into a 413.
+        "max_body_mb": lambda n: number_problem(n, above=0),
+        "grace_seconds": lambda n: number_problem(n, minimum=0),
+        "request_timeout": timeout_problem,
+        "default_temperature": temperature_problem,
+        "admin_password": password_problem,
+        "log_level": log_level_problem,
+        "secret_key": key_problem,
     }
     for name, check in checks.items():
         value = values.get(name)

@@ -13,7 +13,9 @@ from subprocess import CompletedProcess
 
 import orjson
 import pytest
-from sqlalchemy import select
+from cryptography.fernet import Fernet
+from sqlalchemy import select, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from app.auth import hash_key, verify_password
@@ -23,7 +25,7 @@ from app.db.engine import make_sync_engine
 from app.db.models import AdminUser, ProxyKey
 from app.db.usage import EXPORT_COLUMNS, UsageRecord, insert_events
 from app.settings import MAX_COUNT
-from tests.databases import database_url
+from tests.databases import POSTGRES, database_url
 
 
 def run(*args: str) -> tuple[int, str]:
@@ -479,3 +481,145 @@ def test_usage_export_csv_defuses_formulas_in_text_cells(db: str) -> None:
     code, out = run("usage", "export", "--format", "json", "--database-url", db)
     (item,) = orjson.loads(out)
     assert {column: item[column] for column in FORMULAS} == FORMULAS
+
+
+def assert_one_line(result: CompletedProcess[str], code: int, message: str) -> None:
+    """`assert_one_line_error`, and nothing else on stderr."""
+    assert_one_line_error(result, code, message)
+    assert result.stderr.count("\n") == 1, result.stderr
+
+
+# Every command, as it reaches the database (serve on any free port).
+EVERY_COMMAND = [
+    ["serve", "--port", "0"],
+    ["db", "upgrade"],
+    ["keys", "create", "k"],
+    ["keys", "list"],
+    ["keys", "revoke", "k"],
+    ["admin", "set-password"],
+    ["usage", "export"],
+]
+
+
+@pytest.mark.parametrize("command", EVERY_COMMAND, ids=" ".join)
+def test_an_unreachable_database_is_one_line_for_every_command(command: list[str]) -> None:
+    pytest.importorskip("psycopg")
+    url = "postgresql://bk:pw-not-shown@127.0.0.1:1/nothing"  # nothing listens on port 1
+    result = cli(*command, "--database-url", url, stdin="long enough password\n")
+    assert_one_line(
+        result, 1, "bridgekeeper: cannot connect to the database postgresql://bk:***@127.0.0.1:1/"
+    )
+    assert "pw-not-shown" not in result.stderr and "Connection refused" in result.stderr
+
+
+@pytest.mark.parametrize("command", EVERY_COMMAND, ids=" ".join)
+def test_a_sqlite_file_that_cannot_be_opened_is_one_line(
+    tmp_path: Path, command: list[str]
+) -> None:
+    (tmp_path / "folder.db").mkdir()  # a folder where the file should be
+    url = f"sqlite:///{tmp_path / 'folder.db'}"
+    result = cli(*command, "--database-url", url, stdin="long enough password\n")
+    assert_one_line(result, 1, f"bridgekeeper: cannot open the database {url}: ")
+
+
+@pytest.mark.skipif(not POSTGRES, reason="needs BRIDGEKEEPER_TEST_POSTGRES")
+@pytest.mark.parametrize("command", [["keys", "list"], ["serve", "--port", "0"]], ids=" ".join)
+def test_a_wrong_database_password_is_one_line(command: list[str]) -> None:
+    url = make_url(POSTGRES).set(password="not-the-password").render_as_string(False)
+    result = cli(*command, "--database-url", url)
+    assert_one_line(result, 1, "bridgekeeper: cannot connect to the database postgresql://")
+    assert "not-the-password" not in result.stderr
+
+
+def test_without_the_postgresql_driver_one_line_says_what_to_install() -> None:
+    code = (
+        "import sys; sys.modules['psycopg'] = None; from app.cli import main;"
+        " sys.exit(main(['keys', 'list', '--database-url', 'postgresql://u@127.0.0.1:1/x']))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert_one_line(result, 1, "needs the psycopg driver: pip install 'bridgekeeper[postgres]'")
+
+
+READ_ONLY = [["keys", "list"], ["keys", "revoke", "k"], ["usage", "export"]]
+
+
+@pytest.mark.parametrize("command", READ_ONLY, ids=" ".join)
+def test_commands_that_only_look_do_not_create_a_database(
+    tmp_path: Path, command: list[str]
+) -> None:
+    missing = tmp_path / "typo" / "bk.db"
+    result = cli(*command, "--database-url", f"sqlite:///{missing}")
+    assert_one_line(result, 1, f"bridgekeeper: no database at {missing} (create one with")
+    assert "`bridgekeeper db upgrade` or `bridgekeeper serve`" in result.stderr
+    assert result.stdout == ""
+    assert not (tmp_path / "typo").exists()
+    # Relative to the working directory, as the URL is.
+    result = subprocess.run(
+        [sys.executable, "-m", "app", *command, "--database-url", "sqlite:///bk.db"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert_one_line(result, 1, f"no database at {tmp_path / 'bk.db'}")
+    assert not (tmp_path / "bk.db").exists()
+
+
+@pytest.mark.parametrize(
+    "command", [["keys", "create", "k"], ["admin", "set-password"], ["db", "upgrade"]], ids=" ".join
+)
+def test_commands_that_write_still_create_the_database(tmp_path: Path, command: list[str]) -> None:
+    db = tmp_path / "new" / "bk.db"
+    result = cli(*command, "--database-url", f"sqlite:///{db}", stdin="long enough password\n")
+    assert result.returncode == 0, result.stderr
+    assert db.exists()
+    assert cli("keys", "list", "--database-url", f"sqlite:///{db}").returncode == 0
+
+
+def seed_upstream_key(url: str, fernet: bytes) -> None:
+    """One upstream with one key, stored encrypted with ``fernet``."""
+    from app.secretbox import SecretBox
+
+    run("db", "upgrade", "--database-url", url)
+    engine = make_sync_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO upstreams (name, kind, base_url, rotation, timeout, enabled,"
+                " reasoning, top_k, chat_template_thinking, max_tokens_field, source,"
+                " created_at, updated_at) VALUES ('local', 'openai', 'http://127.0.0.1:9/v1',"
+                " 'ordered', 60, true, 'strip', false, false, 'max_tokens', 'dashboard',"
+                " '2026-12-07 00:00:00', '2026-12-07 00:00:00')"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO upstream_keys (upstream_id, position, secret, last4, label,"
+                " enabled, source, request_count, error_count) SELECT id, 0, :secret, '0001',"
+                " '', true, 'dashboard', 0, 0 FROM upstreams"
+            ),
+            {"secret": SecretBox(fernet).encrypt("sk-upstream-0001")},
+        )
+    engine.dispose()
+
+
+def test_serve_with_another_secret_key_than_the_stored_keys_need_is_one_line(
+    tmp_path: Path,
+) -> None:
+    db = database_url(tmp_path, "serve.db")
+    seed_upstream_key(db, Fernet.generate_key())
+    env = {"BRIDGEKEEPER_SECRET_KEY": Fernet.generate_key().decode()}
+    result = cli("serve", "--port", "0", "--database-url", db, env=env)
+    assert_one_line(result, 1, "bridgekeeper: an upstream key cannot be decrypted")
+    assert "BRIDGEKEEPER_SECRET_KEY or the secret file changed" in result.stderr
+
+
+def test_an_invalid_secret_key_or_secret_file_is_one_line(tmp_path: Path) -> None:
+    db = tmp_path / "serve.db"
+    run("db", "upgrade", "--database-url", f"sqlite:///{db}")
+    env = {"BRIDGEKEEPER_SECRET_KEY": "not-a-fernet-key"}
+    result = cli("serve", "--port", "0", "--database-url", f"sqlite:///{db}", env=env)
+    assert_one_line(result, 2, "bridgekeeper: environment: BRIDGEKEEPER_SECRET_KEY: not a Fernet")
+    assert "not-a-fernet-key" not in result.stderr
+    (tmp_path / "serve.db.secret").write_text("damaged\n")
+    result = cli("serve", "--port", "0", "--database-url", f"sqlite:///{db}")
+    assert_one_line(result, 1, f"bridgekeeper: {tmp_path / 'serve.db.secret'}: not a Fernet key")

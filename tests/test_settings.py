@@ -376,3 +376,117 @@ def test_environment_and_flags_out_of_range(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         load_settings(environ=environ, flags=flags, cwd=tmp_path)
+
+
+UPSTREAM = '[[upstreams]]\nname = "u"\nkind = "openai"\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # -1 put the purge's cutoff in the future: every usage event was deleted.
+        ("[server]\nretention_days = -1\n", "server.retention_days: must be at least 1, got -1"),
+        ("[server]\nretention_days = 0\n", "server.retention_days: must be at least 1, got 0"),
+        ("[server]\nretention_days = 99999999\n", "server.retention_days: must be at most"),
+        # 0 recorded no usage at all, and shutdown waited out the grace period.
+        ("[server]\nusage_buffer_size = 0\n", "server.usage_buffer_size: must be at least 1"),
+        ("[server]\nusage_buffer_size = -5\n", "server.usage_buffer_size: must be at least 1"),
+        ("[server]\nmax_body_mb = 0\n", "server.max_body_mb: must be more than 0, got 0"),
+        ("[server]\nmax_body_mb = -1\n", "server.max_body_mb: must be more than 0, got -1"),
+        ("[server]\nmax_body_mb = inf\n", "server.max_body_mb: must be a finite number"),
+        ("[server]\ngrace_seconds = -5\n", "server.grace_seconds: must be at least 0, got -5"),
+        ("[server]\nrequest_timeout = 0\n", "server.request_timeout: must be more than 0"),
+        ("[server]\ndefault_temperature = 2.5\n", "server.default_temperature: must be at most 2"),
+        ('[server]\nadmin_password = "x"\n', "server.admin_password: the password must have at"),
+        ('[server]\nadmin_password = ""\n', "server.admin_password: the password must have at"),
+        ('[server]\nlog_level = "verbose"\n', "server.log_level: unknown log level 'verbose'"),
+        ('[server]\nsecret_key = "not-a-key"\n', "server.secret_key: not a Fernet key"),
+        (UPSTREAM + "timeout = -5\n", "upstreams[0] (u).timeout: must be more than 0, got -5"),
+        (UPSTREAM + "timeout = 0\n", "upstreams[0] (u).timeout: must be more than 0, got 0"),
+        (MODEL + "temperature = 9.5\n", "models[0] (m).temperature: must be at most 2, got 9.5"),
+        (MODEL + "temperature = -0.1\n", "models[0] (m).temperature: must be at least 0"),
+        (MODEL + "temperature = nan\n", "models[0] (m).temperature: must be a finite number"),
+    ],
+)
+def test_config_values_the_gateway_cannot_use_are_refused(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(config_path=str(path), environ={}, cwd=tmp_path)
+    assert str(info.value).startswith(str(path) + ": ")
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+    assert "not-a-key" not in str(info.value)  # a secret is never echoed
+
+
+def test_the_bounds_take_their_edges_and_case_free_log_levels(tmp_path: Path) -> None:
+    from app.db.admins import MIN_PASSWORD
+
+    text = (
+        f"[server]\nretention_days = 1\nusage_buffer_size = 1\nmax_body_mb = 0.001\n"
+        f"grace_seconds = 0\nrequest_timeout = 0.5\ndefault_temperature = 2\n"
+        f'admin_password = "{"p" * MIN_PASSWORD}"\nlog_level = "debug"\n'
+        + UPSTREAM
+        + "timeout = 0.5\n"
+        + '[[models]]\nname = "m"\nupstream = "u"\ntemperature = 0\n'
+    )
+    s = load_settings(config_path=str(write(tmp_path, text)), environ={}, cwd=tmp_path)
+    assert (s.retention_days, s.usage_buffer_size, s.grace_seconds) == (1, 1, 0)
+    assert (s.request_timeout, s.default_temperature, s.log_level) == (0.5, 2, "debug")
+    assert (s.upstreams[0].timeout, s.models[0].temperature) == (0.5, 0)
+    for level in ("WARNING", "warn", "Error", "critical", "NOTSET"):
+        env = {"BRIDGEKEEPER_LOG_LEVEL": level}
+        assert load_settings(environ=env, cwd=tmp_path).log_level == level
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"REQUEST_TIMEOUT": "0"}, "environment: REQUEST_TIMEOUT: must be more than 0, got 0"),
+        ({"REQUEST_TIMEOUT": "-3"}, "environment: REQUEST_TIMEOUT: must be more than 0"),
+        ({"REQUEST_TIMEOUT": "nan"}, "environment: REQUEST_TIMEOUT: must be a finite number"),
+        ({"MODEL_TEMPERATURE": "3"}, "environment: MODEL_TEMPERATURE: must be at most 2, got 3"),
+        ({"MODEL_TEMPERATURE": "-1"}, "environment: MODEL_TEMPERATURE: must be at least 0"),
+        (
+            {"BRIDGEKEEPER_ADMIN_PASSWORD": "short"},
+            "environment: BRIDGEKEEPER_ADMIN_PASSWORD: the password must have at least 8",
+        ),
+        (
+            {"BRIDGEKEEPER_LOG_LEVEL": "loud"},
+            "environment: BRIDGEKEEPER_LOG_LEVEL: unknown log level 'loud'",
+        ),
+        (
+            {"BRIDGEKEEPER_SECRET_KEY": "hunter2"},
+            "environment: BRIDGEKEEPER_SECRET_KEY: not a Fernet key",
+        ),
+    ],
+)
+def test_environment_values_have_the_files_bounds(
+    tmp_path: Path, environ: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ=environ, cwd=tmp_path)
+    assert str(info.value) == message or str(info.value).startswith(message)
+    assert "hunter2" not in str(info.value)
+
+
+def test_the_environment_wins_over_a_bad_file_value_and_is_checked_itself(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, '[server]\nadmin_password = "x"\n')
+    env = {"BRIDGEKEEPER_ADMIN_PASSWORD": "long-enough-pw"}
+    s = load_settings(config_path=str(path), environ=env, cwd=tmp_path)
+    assert s.admin_password == "long-enough-pw"
+
+
+def test_environment_database_url_for_alembic(tmp_path: Path) -> None:
+    from app.settings import environment_database_url
+
+    assert environment_database_url({}, tmp_path) is None
+    url = "postgresql://u:p@h/db"
+    assert environment_database_url({"BRIDGEKEEPER_DATABASE_URL": url}, tmp_path) == url
+    (tmp_path / ".env").write_text("BRIDGEKEEPER_DATABASE_URL=sqlite:///from-dotenv.db\n")
+    assert environment_database_url({}, tmp_path) == "sqlite:///from-dotenv.db"
+    with pytest.raises(ConfigError, match="environment: BRIDGEKEEPER_DATABASE_URL: unknown"):
+        environment_database_url({"BRIDGEKEEPER_DATABASE_URL": "foo://x"}, tmp_path)

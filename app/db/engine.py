@@ -2,16 +2,21 @@
 
 The server uses the async engine (aiosqlite, asyncpg); the CLI and alembic use
 a sync engine on the same database. SQLite runs in WAL mode with a busy timeout
-so the dashboard can read while usage batches are written.
+so the dashboard can read while usage batches are written. On PostgreSQL one
+process at a time migrates and writes the config file in (`startup_lock`).
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -20,6 +25,18 @@ from sqlalchemy.ext.asyncio import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent.parent
+# The PostgreSQL advisory lock held while a process migrates and syncs the config file:
+# two `serve` started together on a fresh database both ran the migrations (one died on
+# pg_type's unique index) or both inserted the file's upstreams. Any fixed 64-bit number
+# does; this one spells "bridgekp".
+STARTUP_LOCK_KEY = 0x627269646765_6B70
+
+log = logging.getLogger("bridgekeeper.db")
+
+
+class DatabaseUnavailableError(Exception):
+    """The database cannot be reached or opened; the message is one line, no password."""
+
 
 _ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
 _SYNC_DRIVERS = {"sqlite": "sqlite", "postgresql": "postgresql+psycopg"}
@@ -64,6 +81,18 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database)
 
 
+def display_url(url: str) -> str:
+    """``url`` with its password masked, for messages."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def error_line(exc: BaseException) -> str:
+    """The driver's own message of a database error, on one line."""
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    return "; ".join(lines) or type(cause).__name__
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -106,14 +135,65 @@ def alembic_config(url: str) -> Any:
     cfg = Config(str(ROOT / "alembic.ini"))
     cfg.set_main_option("script_location", str(ROOT / "migrations"))
     cfg.set_main_option("sqlalchemy.url", sync_url(url).replace("%", "%%"))
+    # The app's URL, which BRIDGEKEEPER_DATABASE_URL must not replace (migrations/env.py).
+    cfg.attributes["database_url"] = url
     return cfg
 
 
-def upgrade(url: str) -> None:
-    """``alembic upgrade head`` on ``url`` (blocking: call it outside the event loop)."""
-    from alembic import command
+def connect(engine: Engine, url: str | None = None) -> Connection:
+    """A connection, or `DatabaseUnavailableError` saying why there is none (naming
+    ``url``, the database as the operator gave it, else the engine's)."""
+    shown = url or engine.url.render_as_string(hide_password=False)
+    try:
+        return engine.connect()
+    except DBAPIError as exc:
+        verb = "open" if is_sqlite(shown) else "connect to"
+        raise DatabaseUnavailableError(
+            f"cannot {verb} the database {display_url(shown)}: {error_line(exc)}"
+        ) from None
 
+
+@contextmanager
+def startup_lock(url: str) -> Iterator[Connection]:
+    """A connection to ``url`` that holds, on PostgreSQL, the start-up advisory lock until
+    the block ends: migrations and the config sync run in one process at a time. A SQLite
+    file (and its folder) is created here when missing."""
     path = sqlite_path(url)
     if path is not None and path.parent and not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-    command.upgrade(alembic_config(url), "head")
+    engine = make_sync_engine(url)
+    try:
+        with connect(engine, url) as connection:
+            locking = connection.dialect.name == "postgresql"
+            if locking:
+                key = {"key": STARTUP_LOCK_KEY}
+                if not connection.scalar(text("SELECT pg_try_advisory_lock(:key)"), key):
+                    log.info("waiting for another process to finish migrating the database")
+                    connection.execute(text("SELECT pg_advisory_lock(:key)"), key)
+                connection.commit()  # the lock is the session's: it outlives the transaction
+            try:
+                yield connection
+            finally:
+                if locking:
+                    # Unlocked by closing the connection at worst (engine.dispose below).
+                    with suppress(DBAPIError):
+                        connection.rollback()
+                        connection.execute(text("SELECT pg_advisory_unlock(:key)"), key)
+                        connection.commit()
+    finally:
+        engine.dispose()
+
+
+def upgrade(url: str, connection: Connection | None = None) -> None:
+    """``alembic upgrade head`` on ``url`` (blocking: call it outside the event loop), on
+    ``connection`` when given (one `startup_lock` holds), else under a lock of its own."""
+    from alembic import command
+
+    if connection is None:
+        with startup_lock(url) as locked:
+            upgrade(url, locked)
+        return
+    cfg = alembic_config(url)
+    cfg.attributes["connection"] = connection
+    command.upgrade(cfg, "head")
+    connection.commit()

@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 
-from app.db.engine import async_url, make_sync_engine, sync_url, upgrade
+from app.db.engine import ROOT, async_url, make_sync_engine, sync_url, upgrade
 from app.db.models import Base
+from tests.databases import database_url
 
 
 def test_upgrade_empty_database_matches_models(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    url = database_url(tmp_path, "fresh.db")
     upgrade(url)
     engine = make_sync_engine(url)
     with engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         assert compare_metadata(context, Base.metadata) == []
         tables = set(inspect(connection).get_table_names())
-        assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        if engine.dialect.name == "sqlite":
+            assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
     engine.dispose()
     assert {
         "proxy_keys",
@@ -146,3 +151,107 @@ def test_0003_adds_chat_template_thinking_off_and_keeps_every_key(tmp_path: Path
     assert "chat_template_thinking" not in columns() and "top_k" in columns()
     assert keys() == 1
     engine.dispose()
+
+
+def test_0006_makes_the_daily_counts_64_bit_and_keeps_the_rows(tmp_path: Path) -> None:
+    """A day's roll-up passes 2**31 tokens on a busy key: PostgreSQL's INTEGER refused it."""
+    from alembic import command
+
+    from app.db.engine import alembic_config
+
+    url = database_url(tmp_path, "old.db")
+    cfg = alembic_config(url)
+    command.upgrade(cfg, "0005")
+    engine = make_sync_engine(url)
+    insert = (
+        "INSERT INTO usage_daily (day, key_name, model, upstream, requests, errors, input_tokens,"
+        " output_tokens, cache_read_tokens, cache_write_tokens, latency_ms_total) VALUES"
+        " (:day, 'alice', 'm', 'u', 3, 1, 2000000000, 7, 8, 9, 12.5)"
+    )
+    with engine.begin() as conn:
+        conn.execute(text(insert), {"day": "2026-12-06"})
+    command.upgrade(cfg, "head")
+    big = 2**40
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE usage_daily SET input_tokens = input_tokens + :n, requests = :n"),
+            {"n": big},
+        )
+        row = conn.execute(
+            text("SELECT requests, errors, input_tokens, output_tokens, cache_read_tokens,"
+                 " cache_write_tokens, latency_ms_total FROM usage_daily")
+        ).one()  # fmt: skip
+    assert tuple(row) == (big, 1, 2_000_000_000 + big, 7, 8, 9, 12.5)
+    with engine.connect() as conn:
+        found = inspect(conn)
+        assert [c["name"] for c in found.get_unique_constraints("usage_daily")] == [
+            "uq_usage_daily_bucket"
+        ]
+        assert "ix_usage_daily_day" in {ix["name"] for ix in found.get_indexes("usage_daily")}
+    with engine.begin() as conn:  # the bucket is still unique after the table copy
+        conn.execute(text(insert), {"day": "2026-12-07"})
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE usage_daily SET input_tokens = 5, requests = 3"))
+    command.downgrade(cfg, "0005")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM usage_daily")).scalar() == 2
+    engine.dispose()
+
+
+def alembic(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """alembic's own command line on the project's alembic.ini, from another folder."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGEKEEPER_")}
+    return subprocess.run(
+        [sys.executable, "-m", "alembic", "-c", str(ROOT / "alembic.ini"), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        env={**clean, **env},
+    )
+
+
+def revision_of(url: str) -> str:
+    engine = make_sync_engine(url)
+    with engine.connect() as conn:
+        found = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    engine.dispose()
+    return str(found)
+
+
+def test_alembic_run_directly_takes_the_apps_database_url_from_any_folder(tmp_path: Path) -> None:
+    """Rolling back is ``alembic downgrade``: it found no migrations outside the project
+    folder, and migrated ./bridgekeeper.db whatever BRIDGEKEEPER_DATABASE_URL said."""
+    url = database_url(tmp_path, "bk.db")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {"BRIDGEKEEPER_DATABASE_URL": url}
+    result = alembic("upgrade", "head", cwd=elsewhere, env=env)
+    assert result.returncode == 0, result.stderr
+    assert revision_of(url) == "0006"
+    result = alembic("downgrade", "-1", cwd=elsewhere, env=env)
+    assert result.returncode == 0, result.stderr
+    assert revision_of(url) == "0005"
+    result = alembic("current", cwd=elsewhere, env=env)
+    assert result.returncode == 0 and result.stdout.startswith("0005"), result.stderr
+    # -x url=... wins over the environment.
+    other = database_url(tmp_path, "other.db")
+    result = alembic("-x", f"url={other}", "upgrade", "head", cwd=elsewhere, env=env)
+    assert result.returncode == 0, result.stderr
+    assert (revision_of(other), revision_of(url)) == ("0006", "0005")
+    assert list(elsewhere.iterdir()) == []  # no ./bridgekeeper.db made on the side
+    # The app's own URL is never replaced by the environment's.
+    upgrade(url)
+    assert revision_of(url) == "0006"
+
+
+def test_alembic_run_directly_says_what_is_wrong_in_one_line(tmp_path: Path) -> None:
+    result = alembic("current", cwd=tmp_path, env={"BRIDGEKEEPER_DATABASE_URL": "foo://x"})
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "FAILED: environment: BRIDGEKEEPER_DATABASE_URL: unknown database kind" in result.stdout
+    missing = f"sqlite:///{tmp_path / 'folder.db'}"
+    (tmp_path / "folder.db").mkdir()
+    result = alembic("current", cwd=tmp_path, env={"BRIDGEKEEPER_DATABASE_URL": missing})
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert f"FAILED: cannot open the database {missing}" in result.stdout
