@@ -22,7 +22,6 @@ from urllib.parse import urlsplit
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from app.db.admins import MIN_PASSWORD
 from app.secretbox import key_problem
 
 KINDS = ("openai", "anthropic", "echo")
@@ -38,6 +37,10 @@ DEFAULT_REQUEST_TIMEOUT = 600.0
 # real limit and inside the 32-bit INTEGER column PostgreSQL stores it in (SQLite's are 64
 # bits; a larger number was an OverflowError from the database driver, a 500).
 MAX_COUNT = 2**31 - 1
+# The shortest password an admin may set, from the dashboard, `bridgekeeper admin
+# set-password` or this file alike (8: what the command line always took; scripts set such
+# passwords).
+MIN_PASSWORD = 8
 # A key works through its expiry day and stops at the next midnight, which has to exist.
 LAST_EXPIRY_DAY = date.max - timedelta(days=1)
 MAX_PORT = 65535  # 0 asks the system for any free port

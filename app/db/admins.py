@@ -8,10 +8,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import AdminAudit, AdminUser
+from app.settings import MIN_PASSWORD as MIN_PASSWORD  # the dashboard's and the CLI's
 
-# The shortest password an admin may set, from the dashboard or `bridgekeeper admin
-# set-password` alike (8: what the command line always took; scripts set such passwords).
-MIN_PASSWORD = 8
 MAX_USERNAME = 100
 
 
