@@ -22,6 +22,16 @@ from tests.databases import database_url
 from tests.fakes import FakeUpstream
 
 TEST_KEY = "bk-test-key-000000000000"
+# The built-in echo backend as the one upstream, serving ``echo-model``.
+ECHO_CONFIG = """
+[[upstreams]]
+name = "echo"
+kind = "echo"
+
+[[models]]
+name = "echo-model"
+upstream = "echo"
+"""
 SECRET_KEY = "Gk1hY0c7oQ7m0oGJbJ0xv0Hn7K3z4cQx0m9o0x2q3yE="
 
 

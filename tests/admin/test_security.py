@@ -13,16 +13,7 @@ from app.handlers.admin import admin_routes
 from app.handlers.admin.base import CSP
 from app.services import Services
 from tests.admin.conftest import Client, body
-
-CONFIG = """
-[[upstreams]]
-name = "echo"
-kind = "echo"
-
-[[models]]
-name = "echo-model"
-upstream = "echo"
-"""
+from tests.conftest import ECHO_CONFIG
 
 # One concrete path per GET route (ids 1 exist: the bootstrap key, the echo upstream,
 # the echo-model route and the admin).
@@ -72,7 +63,7 @@ POSTS = [
 
 @pytest.fixture
 def config_body() -> str:
-    return CONFIG
+    return ECHO_CONFIG
 
 
 def test_the_lists_cover_every_route(services: Services) -> None:

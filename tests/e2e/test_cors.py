@@ -14,19 +14,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import TEST_KEY, RawResponse, http
+from tests.conftest import ECHO_CONFIG, TEST_KEY, RawResponse, http
 
 pytestmark = pytest.mark.gen_test(timeout=30)
 
-ECHO = """
-[[upstreams]]
-name = "echo"
-kind = "echo"
-
-[[models]]
-name = "echo-model"
-upstream = "echo"
-"""
 
 ORIGIN = "https://app.example"
 ASKED = "authorization, content-type, anthropic-version, anthropic-dangerous-direct-browser-access"
@@ -89,7 +80,7 @@ async def chunked(url: str, body: bytes, headers: dict[str, str]) -> RawResponse
 
 
 async def test_a_preflight_is_answered_on_every_api_path(gateway):  # type: ignore[no-untyped-def]
-    live = await gateway(ECHO)
+    live = await gateway(ECHO_CONFIG)
     for path, methods in API_PATHS:
         resp = await http(
             "OPTIONS",
@@ -110,7 +101,7 @@ async def test_a_preflight_is_answered_on_every_api_path(gateway):  # type: igno
 
 
 async def test_a_plain_options_says_what_the_path_allows(gateway):  # type: ignore[no-untyped-def]
-    live = await gateway(ECHO)
+    live = await gateway(ECHO_CONFIG)
     for path, methods in API_PATHS:
         resp = await http("OPTIONS", live.url + path)
         assert (resp.status, resp.headers["Allow"]) == (204, methods), path
@@ -118,7 +109,7 @@ async def test_a_plain_options_says_what_the_path_allows(gateway):  # type: igno
 
 
 async def test_api_answers_to_a_page_let_it_read_them(gateway):  # type: ignore[no-untyped-def]
-    live = await gateway(ECHO)
+    live = await gateway(ECHO_CONFIG)
     origin = {"Origin": ORIGIN}
     answers = {
         "messages": await http(
@@ -157,7 +148,7 @@ async def test_api_answers_to_a_page_let_it_read_them(gateway):  # type: ignore[
 
 
 async def test_requests_without_an_origin_get_no_cors_headers(gateway):  # type: ignore[no-untyped-def]
-    live = await gateway(ECHO)
+    live = await gateway(ECHO_CONFIG)
     for resp in (
         await http("POST", live.url + "/v1/messages", json=A_BODY, headers=AUTH),
         await http(
@@ -171,7 +162,7 @@ async def test_requests_without_an_origin_get_no_cors_headers(gateway):  # type:
 
 
 async def test_the_dashboard_gets_no_cors(gateway):  # type: ignore[no-untyped-def]
-    live = await gateway(ECHO)
+    live = await gateway(ECHO_CONFIG)
     preflight = {"Origin": ORIGIN, "Access-Control-Request-Method": "POST"}
     login = await http("GET", live.url + "/admin/login", headers={"Origin": ORIGIN})
     assert login.status == 200

@@ -11,20 +11,14 @@ from sqlalchemy import select
 
 from app.db import keys as key_queries
 from app.db.models import UsageEvent
-from tests.conftest import TEST_KEY, flushed, http
+from tests.conftest import ECHO_CONFIG, TEST_KEY, flushed, http
 from tests.fakes import FakeUpstream
 
 pytestmark = pytest.mark.gen_test(timeout=30)
 
-ECHO = """
-[[upstreams]]
-name = "echo"
-kind = "echo"
-
-[[models]]
-name = "echo-model"
-upstream = "echo"
-
+ECHO = (
+    ECHO_CONFIG
+    + """
 [[models]]
 name = "claude-*"
 upstream = "echo"
@@ -33,6 +27,7 @@ upstream = "echo"
 name = "limited-model"
 upstream = "echo"
 """
+)
 
 
 async def test_health_hello_and_root_redirect(gateway):  # type: ignore[no-untyped-def]

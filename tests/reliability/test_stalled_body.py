@@ -19,26 +19,17 @@ import tornado.ioloop
 
 from app.server import Server, build_services
 from app.settings import load_settings
-from tests.conftest import TEST_KEY, Live, http, write_config
+from tests.conftest import ECHO_CONFIG, TEST_KEY, Live, http, write_config
 
 pytestmark = pytest.mark.gen_test(timeout=30)
 
-ECHO = """
-[[upstreams]]
-name = "echo"
-kind = "echo"
-
-[[models]]
-name = "echo-model"
-upstream = "echo"
-"""
 BODY_TIMEOUT = 0.4
 
 
 @pytest.fixture
 def live(io_loop: tornado.ioloop.IOLoop, tmp_path: Path) -> Iterator[Live]:
     async def start() -> Live:
-        path = write_config(tmp_path, ECHO)
+        path = write_config(tmp_path, ECHO_CONFIG)
         settings = load_settings(config_path=str(path), environ={}, cwd=tmp_path)
         services, _ = await build_services(settings)
         server = Server(services, body_timeout=BODY_TIMEOUT)
