@@ -4,7 +4,7 @@ totals for the filter; and its CSV export, streamed page by page.
 
 from __future__ import annotations
 
-import io
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -12,12 +12,18 @@ from urllib.parse import urlencode
 from app.db import dashboard, keys
 from app.db.dashboard import Totals
 from app.db.models import UsageEvent
-from app.db.usage import CSV_HEADER, UsageFilter, csv_row, iter_export
+from app.db.usage import CSV_HEADER, UsageFilter, csv_rows, iter_export_pages
 from app.handlers.admin.base import AdminHandler
 from app.handlers.admin.forms import FormError, optional_date, optional_int
 
 PAGE_SIZE = 50
-CSV_FLUSH_ROWS = 500
+# The CSV export reads pages of CSV_PAGE_ROWS (asyncpg and SQLAlchemy make a page's rows on
+# the event loop, ~5 us a row) and formats them CSV_SLICE_ROWS at a time (~8 us a row), a
+# turn of the loop between slices: an echo request's p50 during a 200k-row export on
+# PostgreSQL went from 20 ms to under 2 ms. Not in a worker thread: formatting there held
+# the GIL, and the loop waited up to the 5 ms switch interval at each wakeup.
+CSV_PAGE_ROWS = 250
+CSV_SLICE_ROWS = 50
 FILTER_FIELDS = ("key", "model", "upstream", "status", "since", "until")
 # What the gateway records in usage_events.status.
 STATUSES = ("ok", "error", "rate_limited", "client_closed")
@@ -123,18 +129,13 @@ class UsageCsvHandler(UsageFilterMixin):
         stamp = self.services.now().strftime("%Y%m%d-%H%M%S")
         self.set_header("Content-Type", "text/csv; charset=utf-8")
         self.set_header("Content-Disposition", f'attachment; filename="usage-{stamp}.csv"')
-        buffer = io.StringIO()
-        buffer.write(CSV_HEADER)
-        pending = 0
+        self.write(CSV_HEADER)
         async with self.services.db.session() as session:
-            async for row in iter_export(session, flt):
-                buffer.write(csv_row(row))
-                pending += 1
-                if pending >= CSV_FLUSH_ROWS:
-                    self.write(buffer.getvalue())
-                    buffer.seek(0)
-                    buffer.truncate()
-                    pending = 0
-                    await self.flush()
-        self.write(buffer.getvalue())
+            async for rows in iter_export_pages(session, flt, page_size=CSV_PAGE_ROWS):
+                for start in range(0, len(rows), CSV_SLICE_ROWS):
+                    # A turn of the loop for the requests waiting: a page's flush hardly
+                    # ever waits, and 1,000 rows made at once held them up ~15 ms.
+                    await asyncio.sleep(0)
+                    self.write(csv_rows(rows[start : start + CSV_SLICE_ROWS]))
+                await self.flush()
         self.finish()
