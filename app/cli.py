@@ -27,7 +27,7 @@ from app.db.engine import (
     startup_lock,
     upgrade,
 )
-from app.db.usage import CSV_HEADER, UsageFilter, csv_row, iter_export
+from app.db.usage import CSV_HEADER, UsageFilter, csv_rows, iter_export, iter_export_pages
 from app.secretbox import SecretKeyError
 from app.settings import ConfigError, Settings, count_problem, expiry_problem, load_settings
 
@@ -291,8 +291,8 @@ def cmd_usage_export(settings: Settings, args: argparse.Namespace, out: TextIO) 
             print(f"bridgekeeper: warning: no key is named {args.key!r}", file=sys.stderr)
         if args.format == "csv":
             out.write(CSV_HEADER)
-            async for row in iter_export(session, flt):
-                out.write(csv_row(row))
+            async for rows in iter_export_pages(session, flt):
+                out.write(csv_rows(rows))
         else:
             out.write("[")
             first = True
