@@ -570,9 +570,10 @@ def _env_number(env: Mapping[str, str], name: str, cast: Any) -> Any:
 
 
 def _retention_problem(days: int) -> str | None:
-    # A negative number put the purge's cutoff in the future: it deleted every event.
-    if days < 1:
-        return f"must be at least 1, got {days} (leave it out to keep every event)"
+    # A negative number put the purge's cutoff in the future: it deleted every event. 0, as
+    # leaving it out, keeps every event.
+    if days < 0:
+        return f"must be 0 (keep every event) or more, got {days}"
     if days > MAX_RETENTION_DAYS:
         return f"must be at most {MAX_RETENTION_DAYS}, got {days}"
     return None

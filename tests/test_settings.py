@@ -385,8 +385,7 @@ UPSTREAM = '[[upstreams]]\nname = "u"\nkind = "openai"\n'
     ("text", "message"),
     [
         # -1 put the purge's cutoff in the future: every usage event was deleted.
-        ("[server]\nretention_days = -1\n", "server.retention_days: must be at least 1, got -1"),
-        ("[server]\nretention_days = 0\n", "server.retention_days: must be at least 1, got 0"),
+        ("[server]\nretention_days = -1\n", "server.retention_days: must be 0 (keep every"),
         ("[server]\nretention_days = 99999999\n", "server.retention_days: must be at most"),
         # 0 recorded no usage at all, and shutdown waited out the grace period.
         ("[server]\nusage_buffer_size = 0\n", "server.usage_buffer_size: must be at least 1"),
@@ -421,10 +420,12 @@ def test_config_values_the_gateway_cannot_use_are_refused(
 
 
 def test_the_bounds_take_their_edges_and_case_free_log_levels(tmp_path: Path) -> None:
+    """Each bound's edge is accepted: ``retention_days = 0`` keeps every event (no purge),
+    as it always did."""
     from app.db.admins import MIN_PASSWORD
 
     text = (
-        f"[server]\nretention_days = 1\nusage_buffer_size = 1\nmax_body_mb = 0.001\n"
+        f"[server]\nretention_days = 0\nusage_buffer_size = 1\nmax_body_mb = 0.001\n"
         f"grace_seconds = 0\nrequest_timeout = 0.5\ndefault_temperature = 2\n"
         f'admin_password = "{"p" * MIN_PASSWORD}"\nlog_level = "debug"\n'
         + UPSTREAM
@@ -432,7 +433,7 @@ def test_the_bounds_take_their_edges_and_case_free_log_levels(tmp_path: Path) ->
         + '[[models]]\nname = "m"\nupstream = "u"\ntemperature = 0\n'
     )
     s = load_settings(config_path=str(write(tmp_path, text)), environ={}, cwd=tmp_path)
-    assert (s.retention_days, s.usage_buffer_size, s.grace_seconds) == (1, 1, 0)
+    assert (s.retention_days, s.usage_buffer_size, s.grace_seconds) == (0, 1, 0)
     assert (s.request_timeout, s.default_temperature, s.log_level) == (0.5, 2, "debug")
     assert (s.upstreams[0].timeout, s.models[0].temperature) == (0.5, 0)
     for level in ("WARNING", "warn", "Error", "critical", "NOTSET"):

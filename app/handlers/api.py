@@ -382,35 +382,47 @@ class BodyDecoder:
 
     CODINGS = ("gzip", "x-gzip", "deflate")
 
+    # Gzip members one body may hold: clients send one; each member after the first costs a
+    # copy of the rest of the chunk (zlib's ``unused_data``), so thousands of tiny members
+    # in one chunk held the event loop for seconds (before any key was checked).
+    MAX_MEMBERS = 16
+
     def __init__(self, coding: str) -> None:
         self.coding = "deflate" if coding == "deflate" else "gzip"
         # Made at the first two bytes, which show deflate's form; again for each gzip member.
         self._zlib: zlib._Decompress | None = None
         self._head = b""  # a first byte alone, until the second comes
+        self._members = 0
 
     def feed(self, data: bytes, room: int) -> bytes:
         """``data`` decompressed, cut at ``room`` + 1 bytes (more than ``room``: the body is
         over the limit, and no more of it is made); `zlib.error` for data not in the coding."""
-        out = b""
+        out: list[bytes] = []
+        made = 0
         while data:
             if self._zlib is None:
                 data = self._head + data
                 if len(data) < 2:
                     self._head = data
-                    return out
+                    break
                 self._head = b""
+                self._members += 1
+                if self._members > self.MAX_MEMBERS:
+                    raise zlib.error(f"more than {self.MAX_MEMBERS} gzip members")
                 self._zlib = zlib.decompressobj(self._wbits(data))
             decoder = self._zlib
-            out += decoder.decompress(data, room + 1 - len(out))
-            if len(out) > room:
-                return out
+            piece = decoder.decompress(data, room + 1 - made)
+            out.append(piece)
+            made += len(piece)
+            if made > room:
+                break
             data = decoder.unconsumed_tail
             if decoder.eof and decoder.unused_data:
                 if self.coding != "gzip":
                     raise zlib.error("data after the end of the compressed body")
                 data = decoder.unused_data
                 self._zlib = None  # another gzip member
-        return out
+        return b"".join(out)
 
     def finish(self) -> None:
         """`zlib.error` when the body ended before its compressed data did."""

@@ -296,7 +296,7 @@ class ApiCall(httputil.HTTPMessageDelegate):
             pass
         except Exception:
             log.exception("request %s failed while being answered", self.request_id)
-            if self.status == 0:
+            if not self._head_sent():
                 internal = InternalError("internal error")
                 self._write_whole(error_reply(self.dialect, internal, self.request_id))
             else:
@@ -320,7 +320,7 @@ class ApiCall(httputil.HTTPMessageDelegate):
         translator) is closed."""
         err = shutdown_error()
         try:
-            if self.status == 0:
+            if not self._head_sent():
                 self._write_whole(error_reply(self.dialect, err, self.request_id))
             elif self.endpoint == "responses" or self.conn.stream.closed():
                 self.conn.close()
@@ -329,6 +329,11 @@ class ApiCall(httputil.HTTPMessageDelegate):
                 self.conn.finish()
         except (StreamClosedError, OSError):
             pass
+
+    def _head_sent(self) -> bool:
+        """Whether the response's head went out (``status`` is set before a stream's first
+        chunk, which brings the head with it)."""
+        return self.conn._response_start_line is not None
 
     def _head(self, reply: Reply) -> list[str]:
         self.status = reply.status

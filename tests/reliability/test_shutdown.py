@@ -190,12 +190,16 @@ def complete(body: bytes | Exception) -> bool:
 ANTHROPIC, OPENAI = "anthropic", "openai"
 
 
-async def whole_answer(gw: Gateway, dialect: str, model: str) -> tuple[int, str, str]:
-    """(status, dialect, error message) of a request not streamed."""
+async def whole_answer(
+    gw: Gateway, dialect: str, model: str, *, stream: bool = False
+) -> tuple[int, str, str]:
+    """(status, dialect, error message) of a request answered with a whole error."""
     async with (
         aiohttp.ClientSession() as session,
         session.post(
-            gw.url + path_for(dialect), json=body_for(dialect, model), headers=auth()
+            gw.url + path_for(dialect),
+            json=body_for(dialect, model, stream=stream),
+            headers=auth(),
         ) as resp,
     ):
         body = await resp.json()
@@ -307,3 +311,37 @@ async def test_sigkill_loses_at_most_the_last_flush_interval(tmp_path: Path, fak
     finally:
         await gw.kill()
     assert usage_counts(tmp_path) == {"ok": 12}
+
+
+async def test_a_stream_cut_before_its_first_byte_gets_the_whole_error(
+    tmp_path: Path, fakes
+) -> None:  # type: ignore[no-untyped-def]
+    """The upstream sent half an event, so the client has no byte yet when the grace ends:
+    it gets the 529/503 whole (status line and JSON), not an error event with no head."""
+    fo, fa = fakes
+    port = free_port()
+    gw = Gateway(tmp_path, serve_config(tmp_path, fo, fa, port, grace_seconds=1), port)
+    await gw.start()
+    try:
+        half = SSEReply([b'data: {"id": "chatcmpl-1", "obj'], end_delay=30)
+        fo.push(half, half)
+        waiting = [
+            asyncio.ensure_future(whole_answer(gw, d, "m-oa", stream=True))
+            for d in (ANTHROPIC, OPENAI)
+        ]
+        deadline = time.monotonic() + 30
+        while len(fo.received) < 2:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # the half event is in
+        gw.signal(signal.SIGTERM)
+        assert await gw.wait(20) == 0, gw.output()
+        whole = await asyncio.wait_for(asyncio.gather(*waiting), 10)
+        assert [(status, dialect) for status, dialect, _ in whole] == [
+            (529, "anthropic"),
+            (503, "openai"),
+        ]
+        assert all("shut down" in message for _, _, message in whole)
+    finally:
+        await gw.kill()
+    assert usage_counts(tmp_path) == {"error": 2}
