@@ -21,9 +21,8 @@ def config(kind: str, url: str) -> str:
     return f'[[upstreams]]\nname = "u"\nkind = "{kind}"\nbase_url = "{url}"\n\n[[models]]\nname = "m"\nupstream = "u"\n'
 
 
-async def test_anthropic_client_on_openai_upstream_gets_ping_events(gateway, fake_openai):  # type: ignore[no-untyped-def]
-    live = await gateway(config("openai", fake_openai.url))
-    fake_openai.push(SSEReply(openai_stream(["a", "b"]), delay=0.4))
+async def pinged_anthropic_stream(live) -> None:  # type: ignore[no-untyped-def]
+    """An Anthropic client's stream of model ``m``: whole, with ping events in it."""
     resp = await http(
         "POST",
         live.url + "/v1/messages",
@@ -38,6 +37,12 @@ async def test_anthropic_client_on_openai_upstream_gets_ping_events(gateway, fak
     events = [e.split("\n")[0] for e in resp.content.decode().split("\n\n") if e]
     assert "event: ping" in events
     assert events[0] == "event: message_start" and events[-1] == "event: message_stop"
+
+
+async def test_anthropic_client_on_openai_upstream_gets_ping_events(gateway, fake_openai):  # type: ignore[no-untyped-def]
+    live = await gateway(config("openai", fake_openai.url))
+    fake_openai.push(SSEReply(openai_stream(["a", "b"]), delay=0.4))
+    await pinged_anthropic_stream(live)
 
 
 async def test_openai_client_on_anthropic_upstream_gets_comment_keepalives(gateway, fake_anthropic):  # type: ignore[no-untyped-def]
@@ -77,17 +82,4 @@ async def test_upstream_keepalives_a_translation_drops_do_not_silence_the_client
     chunks = openai_stream(["a", "b"])
     pings = [b": keep-alive\n\n"] * 12  # one every 0.03 s: never 0.05 s of upstream silence
     fake_openai.push(SSEReply(chunks[:1] + pings + chunks[1:], delay=0.03))
-    resp = await http(
-        "POST",
-        live.url + "/v1/messages",
-        json={
-            "model": "m",
-            "max_tokens": 5,
-            "stream": True,
-            "messages": [{"role": "user", "content": "x"}],
-        },
-        headers={"x-api-key": TEST_KEY},
-    )
-    events = [e.split("\n")[0] for e in resp.content.decode().split("\n\n") if e]
-    assert "event: ping" in events
-    assert events[0] == "event: message_start" and events[-1] == "event: message_stop"
+    await pinged_anthropic_stream(live)

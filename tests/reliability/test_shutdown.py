@@ -206,6 +206,17 @@ async def whole_answer(
         return resp.status, dialect, body["error"]["message"]
 
 
+async def told_to_retry(waiting: list[asyncio.Future[tuple[int, str, str]]]) -> None:
+    """An Anthropic and an OpenAI client (`whole_answer`, in that order) each got the
+    overload error of its dialect, saying the gateway shut down."""
+    whole = await asyncio.wait_for(asyncio.gather(*waiting), 10)
+    assert [(status, dialect) for status, dialect, _ in whole] == [
+        (529, "anthropic"),
+        (503, "openai"),
+    ]
+    assert all("shut down" in message for _, _, message in whole)
+
+
 async def test_sigterm_with_100_streams_in_flight(tmp_path: Path, fakes) -> None:  # type: ignore[no-untyped-def]
     fo, fa = fakes
     port = free_port()
@@ -275,12 +286,7 @@ async def test_grace_period_over_cuts_what_is_left_and_still_records_it(
             else:
                 assert last.startswith('data: {"error":'), last
                 assert "shut down" in last
-        whole = await asyncio.wait_for(asyncio.gather(*waiting), 10)
-        assert [(status, dialect) for status, dialect, _ in whole] == [
-            (529, "anthropic"),
-            (503, "openai"),
-        ]
-        assert all("shut down" in message for _, _, message in whole)
+        await told_to_retry(waiting)
     finally:
         await gw.kill()
     counts = usage_counts(tmp_path)
@@ -336,12 +342,7 @@ async def test_a_stream_cut_before_its_first_byte_gets_the_whole_error(
         await asyncio.sleep(0.3)  # the half event is in
         gw.signal(signal.SIGTERM)
         assert await gw.wait(20) == 0, gw.output()
-        whole = await asyncio.wait_for(asyncio.gather(*waiting), 10)
-        assert [(status, dialect) for status, dialect, _ in whole] == [
-            (529, "anthropic"),
-            (503, "openai"),
-        ]
-        assert all("shut down" in message for _, _, message in whole)
+        await told_to_retry(waiting)
     finally:
         await gw.kill()
     assert usage_counts(tmp_path) == {"error": 2}
