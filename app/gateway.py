@@ -839,13 +839,16 @@ class Gateway:
             found = from_openai(data.get("usage"))
             usage = found if found is not None else Usage(call.usage.input_tokens, estimated=True)
         call.usage = usage
+        # An Anthropic answer's pieces in the order of its content blocks, which the chat
+        # answer's one content string loses and a Response's output items keep.
+        parts: list[o2a.AnswerPart] | None = None
         if attempt.translated:
             if attempt.dialect == "openai":
                 data = a2o.translate_response(data, attempt.ctx)
             else:
-                data = o2a.translate_response(data, attempt.ctx)
+                data, parts = o2a.translate_response_parts(data, attempt.ctx)
         if call.responses is not None:
-            raw = orjson.dumps(responses_answer.translate_response(data, call.responses))
+            raw = orjson.dumps(responses_answer.translate_response(data, call.responses, parts))
         elif attempt.translated:
             raw = orjson.dumps(data)
         headers = {"Content-Type": JSON_TYPE, **self._limit_headers(call)}

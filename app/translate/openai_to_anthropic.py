@@ -1,8 +1,9 @@
 """OpenAI Chat Completions client -> Anthropic Messages backend: request, response and errors.
 
 `translate_request` builds the Messages body (PROTOCOL.md §6.3-§6.8), `translate_response`
-turns the backend's Message into a ``chat.completion`` (§6.14), and `upstream_error` maps the
-backend's non-2xx answer (§6.11). The stream lives in `openai_to_anthropic_stream`.
+turns the backend's Message into a ``chat.completion`` (§6.14; `translate_response_parts`
+also gives its pieces in the content blocks' order), and `upstream_error` maps the backend's
+non-2xx answer (§6.11). The stream lives in `openai_to_anthropic_stream`.
 """
 
 from __future__ import annotations
@@ -115,6 +116,16 @@ class ToolCall(TypedDict):
 class FunctionCall(TypedDict):
     name: str
     arguments: str
+
+
+class TextPart(TypedDict):
+    type: Literal["text"]
+    text: str
+
+
+# One piece of an answer, in its chat shape, in the order of the Message's content blocks
+# (`translate_response_parts`): a text part, a ``thinking_blocks`` entry or a tool call.
+AnswerPart = TextPart | ToolCall | Block
 
 
 class ChatMessage(TypedDict):
@@ -668,7 +679,31 @@ def translate_response(
     completion_id: str | None = None,
     created: int | None = None,
 ) -> dict[str, Any]:
-    """The ``chat.completion`` for an Anthropic ``Message`` (§6.14).
+    """The ``chat.completion`` for an Anthropic ``Message`` (§6.14): see
+    `translate_response_parts`, which also gives the answer's pieces in order."""
+    completion, _ = translate_response_parts(
+        resp, ctx, completion_id=completion_id, created=created
+    )
+    return completion
+
+
+def translate_response_parts(
+    resp: dict[str, Any],
+    ctx: RequestContext,
+    *,
+    completion_id: str | None = None,
+    created: int | None = None,
+) -> tuple[dict[str, Any], list[AnswerPart]]:
+    """The ``chat.completion`` for an Anthropic ``Message`` (§6.14), and the message's
+    text, thinking and tool calls as one list in the order of the content blocks.
+
+    The chat message has one ``content`` string beside its ``tool_calls``, so text after a
+    tool call (or thinking between calls) loses its place there; the parts keep it, for a
+    client whose answer has room for the order (the Responses API's output items, as its
+    stream gives them). They hold what the message holds: a ``{"type": "text"}`` part per
+    text block (in JSON mode only the forced call's input, where that call was), and, as
+    the same objects, each ``thinking_blocks`` entry and each ``tool_calls`` entry (for a
+    legacy functions client the one call it gets).
 
     Drops ``redacted_thinking`` text, signatures (kept only inside ``thinking_blocks``),
     server-tool blocks, citations, ``stop_sequence``, ``container`` and the message id
@@ -689,6 +724,8 @@ def translate_response(
     thinking_blocks: list[Block] = []
     tool_calls: list[ToolCall] = []
     json_content: str | None = None
+    parts: list[AnswerPart] = []
+    json_part: TextPart | None = None
     for block in blocks if isinstance(blocks, list) else []:
         if not isinstance(block, dict):
             continue
@@ -696,6 +733,7 @@ def translate_response(
         text = block.get("text")
         if kind == "text" and isinstance(text, str):
             texts.append(text)
+            parts.append({"type": "text", "text": text})
         elif kind == "thinking":
             raw_thinking = block.get("thinking")
             thinking = raw_thinking if isinstance(raw_thinking, str) else ""
@@ -707,8 +745,12 @@ def translate_response(
                     "signature": block.get("signature") or "",
                 }
             )
+            if ctx.reasoning:
+                parts.append(thinking_blocks[-1])
         elif kind == "redacted_thinking":
             thinking_blocks.append({"type": "redacted_thinking", "data": block.get("data") or ""})
+            if ctx.reasoning:
+                parts.append(thinking_blocks[-1])
         elif kind == "tool_use":
             raw_name, raw_input = block.get("name"), block.get("input")
             name = raw_name if isinstance(raw_name, str) else ""
@@ -716,6 +758,8 @@ def translate_response(
             if ctx.json_tool is not None and name == ctx.json_tool:
                 if json_content is None:
                     json_content = json_text(tool_input)
+                    json_part = {"type": "text", "text": json_content}
+                    parts.append(json_part)
                 continue
             tool_id = block.get("id")
             tool_calls.append(
@@ -728,6 +772,8 @@ def translate_response(
                     },
                 }
             )
+            if not ctx.legacy_functions or len(tool_calls) == 1:
+                parts.append(tool_calls[-1])
 
     message: ChatMessage = {
         "role": "assistant",
@@ -747,6 +793,8 @@ def translate_response(
         message["function_call"] = {"name": function["name"], "arguments": function["arguments"]}
     elif tool_calls:
         message["tool_calls"] = tool_calls
+    if json_part is not None:
+        parts = [part for part in parts if part["type"] != "text" or part is json_part]
     usage = from_anthropic(resp.get("usage"))
     completion: ChatCompletion = {
         "id": completion_id or completion_id_for(resp.get("id")),
@@ -768,7 +816,7 @@ def translate_response(
         "usage": to_openai(usage),
         "system_fingerprint": None,
     }
-    return dict(completion)
+    return dict(completion), parts
 
 
 # Longest upstream error text echoed to the client (an HTML error page can be huge).

@@ -6,6 +6,7 @@ Also owns what the stream (`responses_stream`) builds the same way, so that its 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, NotRequired, TypedDict
 
 import orjson
@@ -262,6 +263,25 @@ def call_item(
     return call
 
 
+def _chat_call_item(
+    ctx: ResponsesContext, call: Mapping[str, Any], output_index: int, status: ItemStatus
+) -> FunctionCallItem | CustomToolCallItem:
+    """One whole chat ``tool_calls`` entry as its Responses item (`call_item`); a call
+    without an id gets ``call_…`` of its output index."""
+    function = call.get("function")
+    function = function if isinstance(function, dict) else {}
+    name = function.get("name")
+    call_id = call.get("id")
+    return call_item(
+        ctx,
+        output_index,
+        call_id if isinstance(call_id, str) and call_id else item_id(ctx, CALL, output_index),
+        name if isinstance(name, str) else "",
+        arguments_text(function.get("arguments")),
+        status,
+    )
+
+
 def thinking_block_parts(block: Any, ctx: ResponsesContext) -> tuple[str, str | None] | None:
     """A LiteLLM-style ``thinking_blocks`` entry as (summary text, encrypted_content), or
     None for an entry of no other kind. ``encrypted_content`` (only with
@@ -409,22 +429,80 @@ def _first_choice(chat: dict[str, Any]) -> dict[str, Any]:
     return dicts[0] if dicts else {}
 
 
-def translate_response(chat: dict[str, Any], ctx: ResponsesContext) -> dict[str, Any]:
+def _ordered_output(
+    parts: Sequence[Mapping[str, Any]], ctx: ResponsesContext, last_status: ItemStatus
+) -> list[OutputItem]:
+    """The items of an answer's ``parts`` (`translate_response`), in their order and as
+    the stream (`responses_stream`) opens them for the same answer: text runs on in one
+    message until a reasoning item or a call comes between; thinking that makes no item
+    (`thinking_block_parts`) and empty text come between nothing."""
+    runs: list[tuple[str, Any]] = []  # ("text", [text…]) | ("call", call) | ("reasoning", …)
+    for part in parts:
+        if not isinstance(part, Mapping):
+            continue
+        kind = part.get("type")
+        if kind == "text":
+            text = part.get("text")
+            if not isinstance(text, str) or not text:
+                continue
+            if runs and runs[-1][0] == "text":
+                runs[-1][1].append(text)
+            else:
+                runs.append(("text", [text]))
+        elif kind == "function":
+            runs.append(("call", part))
+        else:
+            found = thinking_block_parts(part, ctx)
+            if found is not None and (found[0] or found[1] is not None):
+                runs.append(("reasoning", found))
+    output: list[OutputItem] = []
+    for n, (kind, value) in enumerate(runs):
+        index = len(output)
+        status = last_status if n == len(runs) - 1 else "completed"
+        if kind == "text":
+            ident = item_id(ctx, MESSAGE, index)
+            output.append(message_item(ident, [output_text("".join(value))], status))
+        elif kind == "call":
+            output.append(_chat_call_item(ctx, value, index, status))
+        else:
+            output.append(reasoning_item(item_id(ctx, REASONING, index), *value))
+    return output
+
+
+def translate_response(
+    chat: dict[str, Any],
+    ctx: ResponsesContext,
+    parts: Sequence[Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
     """A ``chat.completion`` as a Responses API ``Response``.
 
     Output order: reasoning item(s) (one per ``thinking_blocks`` entry, else one for
     ``reasoning_content``/``reasoning``), the message (text, then refusal), then one item
-    per tool call. Drops: choices past the first, ``logprobs``, annotations, the chat id,
-    ``system_fingerprint``, ``service_tier``, legacy ``function_call``, redacted thinking
-    and empty thinking unless they carry ``encrypted_content``. Invents: item ids
-    (`item_id`), ``call_…`` ids for calls without one, the request defaults of
-    `response_object`, and zero usage details. With ``finish_reason`` length or
-    content_filter the Response is ``incomplete`` and so is its last message or call.
+    per tool call. ``parts``, when the answer came with them (an Anthropic backend's,
+    `openai_to_anthropic.translate_response_parts`), stand for the message's reasoning,
+    content, refusal and tool calls: text parts, ``thinking_blocks`` entries and tool calls
+    in the order the backend gave them, which the output then follows (a message before a
+    call, another after it), as the stream does. Drops: choices past the first,
+    ``logprobs``, annotations, the chat id, ``system_fingerprint``, ``service_tier``,
+    legacy ``function_call``, redacted thinking and empty thinking unless they carry
+    ``encrypted_content``. Invents: item ids (`item_id`), ``call_…`` ids for calls without
+    one, the request defaults of `response_object`, and zero usage details. With
+    ``finish_reason`` length or content_filter the Response is ``incomplete`` and so is its
+    last item when that is a message or call.
     """
     choice = _first_choice(chat)
     message = choice.get("message")
     message = message if isinstance(message, dict) else {}
     status, details = finish_status(choice.get("finish_reason"))
+    last_status: ItemStatus = "incomplete" if status == "incomplete" else "completed"
+    if parts is not None:
+        return response_object(
+            ctx,
+            status=status,
+            output=_ordered_output(parts, ctx, last_status),
+            usage=response_usage(chat.get("usage")),
+            incomplete_details=details,
+        )
     output: list[OutputItem] = []
 
     blocks = message.get("thinking_blocks")
@@ -453,7 +531,6 @@ def translate_response(chat: dict[str, Any], ctx: ResponsesContext) -> dict[str,
     refusal = message.get("refusal")
     if isinstance(refusal, str) and refusal:
         content.append(refusal_part(refusal))
-    last_status: ItemStatus = "incomplete" if status == "incomplete" else "completed"
     if content:
         output.append(
             message_item(
@@ -463,21 +540,8 @@ def translate_response(chat: dict[str, Any], ctx: ResponsesContext) -> dict[str,
             )
         )
     for k, call in enumerate(calls):
-        function = call.get("function")
-        function = function if isinstance(function, dict) else {}
-        name = function.get("name")
-        index = len(output)
-        call_id = call.get("id")
-        output.append(
-            call_item(
-                ctx,
-                index,
-                call_id if isinstance(call_id, str) and call_id else item_id(ctx, CALL, index),
-                name if isinstance(name, str) else "",
-                arguments_text(function.get("arguments")),
-                last_status if k == len(calls) - 1 else "completed",
-            )
-        )
+        item_status = last_status if k == len(calls) - 1 else "completed"
+        output.append(_chat_call_item(ctx, call, len(output), item_status))
     return response_object(
         ctx,
         status=status,

@@ -7,10 +7,15 @@ Every folder in tests/fixtures/responses_answer/<case>/ is one case, with ``cont
 * ``chat_in.json`` (a ``chat.completion``) -> ``response_out.json`` (the Response);
 * ``chat_in.sse`` (a chat SSE stream as backends send it) -> ``stream_out.sse`` (exact
   bytes) and ``stream_sdk.json`` (what the real ``openai`` client's
-  ``client.responses.stream()`` makes of ``stream_out.sse``).
+  ``client.responses.stream()`` makes of ``stream_out.sse``);
+* ``anthropic_in.json`` (an Anthropic backend's whole ``Message``) -> ``response_out.json``,
+  through the gateway's Anthropic translator and its ordered parts
+  (`openai_to_anthropic.translate_response_parts`).
 
 A stream's final Response must equal what `translate_response` makes of the same stream
-accumulated into one answer (and ``response_out.json`` when the case has both).
+accumulated into one answer (and ``response_out.json`` when the case has both); an
+Anthropic ``Message`` streamed (its blocks as events, through the gateway's Anthropic
+stream translator) must end with the Response its whole answer makes.
 ``BRIDGEKEEPER_REGEN=1`` rewrites the expected files; review every diff by hand.
 """
 
@@ -26,7 +31,10 @@ import pydantic
 import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 
-from app.dialects.sse import SSEParser
+from app.dialects.sse import SSEParser, anthropic_event
+from app.translate import openai_to_anthropic as o2a
+from app.translate import openai_to_anthropic_stream as o2a_stream
+from app.translate.ids import ToolNames
 from app.translate.responses_answer import response_error, translate_response
 from app.translate.responses_context import ResponsesContext, ToolOrigin
 from app.translate.responses_sse import ResponsesSSE
@@ -213,7 +221,8 @@ def test_fixture_corpus_is_complete() -> None:
     assert len(cases) >= 20
     for case in cases:
         assert (case / "context.json").exists(), case.name
-        assert (case / "chat_in.json").exists() or (case / "chat_in.sse").exists(), case.name
+        inputs = ("chat_in.json", "chat_in.sse", "anthropic_in.json")
+        assert any((case / name).exists() for name in inputs), case.name
 
 
 @pytest.mark.parametrize("case", cases_with("chat_in.json"))
@@ -321,6 +330,178 @@ def test_stream_pieces_give_the_same_bytes(case: str) -> None:
             if text:
                 deltas = [e["delta"] for e in out if e["type"] == "response.output_text.delta"]
                 assert deltas == [text], "text goes out as it comes"
+
+
+# -- an Anthropic backend's answer: its content blocks' order -----------------------------------
+
+
+def anthropic_ctx(**kwargs: Any) -> o2a.RequestContext:
+    """The gateway's Anthropic translator context for a Responses request (reasoning shown)."""
+    fields: dict[str, Any] = {
+        "client_model": "gpt-claude",
+        "names": ToolNames(),
+        "include_usage": True,
+        "json_tool": None,
+        "reasoning": True,
+        "stream": False,
+    }
+    return o2a.RequestContext(**(fields | kwargs))
+
+
+def from_anthropic(message: Any, ctx: ResponsesContext, **kwargs: Any) -> dict[str, Any]:
+    """The whole answer as the gateway makes it of an Anthropic ``Message``."""
+    chat, parts = o2a.translate_response_parts(message, anthropic_ctx(**kwargs))
+    return translate_response(chat, ctx, parts)
+
+
+def anthropic_events(message: dict[str, Any]) -> bytes:
+    """``message`` as the Anthropic stream that sends it: each block started empty, its
+    payload in deltas (text and tool input in two pieces), the stop reason and usage last."""
+    start = dict(message, content=[], stop_reason=None)
+    out = [anthropic_event("message_start", {"type": "message_start", "message": start})]
+    for index, block in enumerate(message["content"]):
+        kind = block["type"]
+        deltas: list[dict[str, Any]] = []
+        if kind == "text":
+            opened: dict[str, Any] = {"type": "text", "text": ""}
+            half = len(block["text"]) // 2
+            pieces = [block["text"][:half], block["text"][half:]]
+            deltas = [{"type": "text_delta", "text": piece} for piece in pieces]
+        elif kind == "thinking":
+            opened = {"type": "thinking", "thinking": "", "signature": ""}
+            deltas = [
+                {"type": "thinking_delta", "thinking": block["thinking"]},
+                {"type": "signature_delta", "signature": block["signature"]},
+            ]
+        elif kind == "tool_use":
+            opened = dict(block, input={})
+            arguments = orjson.dumps(block["input"]).decode()
+            half = len(arguments) // 2
+            deltas = [
+                {"type": "input_json_delta", "partial_json": piece}
+                for piece in (arguments[:half], arguments[half:])
+            ]
+        else:
+            opened = block
+        out.append(
+            anthropic_event(
+                "content_block_start",
+                {"type": "content_block_start", "index": index, "content_block": opened},
+            )
+        )
+        out += [
+            anthropic_event(
+                "content_block_delta", {"type": "content_block_delta", "index": index, "delta": d}
+            )
+            for d in deltas
+        ]
+        out.append(
+            anthropic_event("content_block_stop", {"type": "content_block_stop", "index": index})
+        )
+    delta = {"stop_reason": message["stop_reason"], "stop_sequence": None}
+    out += [
+        anthropic_event(
+            "message_delta", {"type": "message_delta", "delta": delta, "usage": message["usage"]}
+        ),
+        anthropic_event("message_stop", {"type": "message_stop"}),
+    ]
+    return b"".join(out)
+
+
+def streamed_from_anthropic(message: dict[str, Any], ctx: ResponsesContext, **kwargs: Any) -> bytes:
+    """The Responses stream the gateway makes of ``message`` streamed."""
+    translator = o2a_stream.StreamTranslator(anthropic_ctx(stream=True, **kwargs))
+    parser = SSEParser()
+    chat = b""
+    for event in parser.feed(anthropic_events(message)) + parser.finish():
+        chat += b"".join(translator.feed(event))
+    chat += b"".join(translator.finish())
+    events = ResponsesSSE(ctx)
+    return events.feed(chat) + events.finish()
+
+
+@pytest.mark.parametrize("case", cases_with("anthropic_in.json"))
+def test_response_from_anthropic(case: str) -> None:
+    """Text after a tool call, thinking between calls: each item in its block's place."""
+    folder = FIXTURES / case
+    out = from_anthropic(load(folder / "anthropic_in.json"), context_for(case))
+    check_json(folder / "response_out.json", out)
+    assert Response.model_validate(out).to_dict() == out
+
+
+@pytest.mark.parametrize("case", cases_with("anthropic_in.json"))
+def test_anthropic_stream_ends_with_the_whole_answer(case: str) -> None:
+    """The same Message streamed: the items the stream opens (output_index, ids, status)
+    are the whole answer's, item for item."""
+    message = load(FIXTURES / case / "anthropic_in.json")
+    ctx = context_for(case)
+    data = streamed_from_anthropic(message, ctx)
+    events = events_of(data)
+    for event in events:
+        assert STREAM_EVENT.validate_python(event).to_dict() == event
+    kind, final = terminal_response(data)
+    assert kind in ("response.completed", "response.incomplete")
+    whole = from_anthropic(message, ctx)
+    added = [e["item"]["id"] for e in events if e["type"] == "response.output_item.added"]
+    assert added == [item["id"] for item in whole["output"]]
+    assert final == whole
+
+
+def test_chat_answer_is_the_same_with_parts() -> None:
+    """The chat completion beside the parts is the one a chat client gets."""
+    for case in cases_with("anthropic_in.json"):
+        message = load(FIXTURES / case / "anthropic_in.json")
+        chat, _ = o2a.translate_response_parts(message, anthropic_ctx(), created=1)
+        assert chat == o2a.translate_response(message, anthropic_ctx(), created=1)
+
+
+def test_json_mode_parts_hold_only_the_forced_call_s_input() -> None:
+    """JSON mode: the forced tool's input is the message, after the thinking before it;
+    other text is dropped, as from the chat answer's content."""
+    message = {
+        "content": [
+            {"type": "thinking", "thinking": "A JSON object.", "signature": "sig"},
+            {"type": "text", "text": "Here it is:"},
+            {"type": "tool_use", "id": "toolu_j", "name": "json_tool_call", "input": {"a": 1}},
+        ],
+        "stop_reason": "tool_use",
+    }
+    out = from_anthropic(message, plain_ctx(), json_tool="json_tool_call")
+    assert [(i["type"], i["id"]) for i in out["output"]] == [
+        ("reasoning", "rs_t_0"),
+        ("message", "msg_t_1"),
+    ]
+    assert out["output"][1]["content"][0]["text"] == '{"a":1}'
+
+
+def test_hidden_thinking_does_not_split_the_message() -> None:
+    """Without reasoning shown, thinking between two text blocks makes no item (one message,
+    as the stream gives it); a tool call does (a message before it, another after)."""
+    message = {
+        "content": [
+            {"type": "text", "text": "One, "},
+            {"type": "thinking", "thinking": "hm", "signature": "sig"},
+            {"type": "text", "text": "two."},
+            {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}},
+            {"type": "text", "text": "Three."},
+        ],
+        "stop_reason": "tool_use",
+    }
+    ctx = plain_ctx()
+    out = from_anthropic(message, ctx, reasoning=False)
+    assert [(i["type"], i["id"]) for i in out["output"]] == [
+        ("message", "msg_t_0"),
+        ("function_call", "fc_t_1"),
+        ("message", "msg_t_2"),
+    ]
+    assert [i["content"][0]["text"] for i in out["output"] if i["type"] == "message"] == [
+        "One, two.",
+        "Three.",
+    ]
+    assert out["output"][1]["arguments"] == "{}"
+    streamed = dict(message, usage={"input_tokens": 1, "output_tokens": 1})
+    _, final = terminal_response(streamed_from_anthropic(streamed, ctx, reasoning=False))
+    assert final["output"] == out["output"]
 
 
 # -- behaviour --------------------------------------------------------------------------------
@@ -444,3 +625,19 @@ def test_mutated_answers_and_streams_never_raise() -> None:
         for event in events:
             STREAM_EVENT.validate_python(event)
         assert events[-1]["type"] in TERMINAL
+
+
+def test_mutated_anthropic_answers_and_parts_never_raise() -> None:
+    import random
+
+    rng = random.Random(20261207)
+    messages = [
+        (case, load(FIXTURES / case / "anthropic_in.json"))
+        for case in cases_with("anthropic_in.json")
+    ]
+    for _ in range(600):
+        case, message = rng.choice(messages)
+        ctx = context_for(case)
+        Response.model_validate(from_anthropic(mutate(rng, message, JUNK), ctx))
+        chat, parts = o2a.translate_response_parts(message, anthropic_ctx())
+        Response.model_validate(translate_response(chat, ctx, mutate(rng, parts, JUNK)))
