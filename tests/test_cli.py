@@ -193,15 +193,15 @@ def test_usage_export_csv_with_filters(db: str) -> None:
             "qwen",
             "True",
             "ok",
-            "200",
             "",
             "10",
             "5",
             "0",
             "0",
-            "False",
             "12.3",
             "3.0",
+            "200",
+            "False",
         ]
     ]
 

@@ -92,15 +92,16 @@ EXPORT_COLUMNS = (
     "target_model",
     "stream",
     "status",
-    "http_status",
     "error_type",
     "input_tokens",
     "output_tokens",
     "cache_read_tokens",
     "cache_write_tokens",
-    "tokens_estimated",
     "latency_ms",
     "ttft_ms",
+    # Beyond DESIGN.md's list, after it, so its columns keep the order it gives them.
+    "http_status",
+    "tokens_estimated",
 )
 
 
@@ -149,15 +150,15 @@ def export_row(event: Any) -> dict[str, Any]:
         "target_model": event.target_model or "",
         "stream": bool(event.stream),
         "status": event.status,
-        "http_status": event.http_status,
         "error_type": event.error_type or "",
         "input_tokens": event.input_tokens,
         "output_tokens": event.output_tokens,
         "cache_read_tokens": event.cache_read_tokens,
         "cache_write_tokens": event.cache_write_tokens,
-        "tokens_estimated": bool(event.tokens_estimated),
         "latency_ms": round(event.latency_ms, 1),
         "ttft_ms": round(event.ttft_ms, 1) if event.ttft_ms is not None else None,
+        "http_status": event.http_status,
+        "tokens_estimated": bool(event.tokens_estimated),
     }
 
 

@@ -182,15 +182,15 @@ async def test_csv_export_is_exact(client: Client, services: Services) -> None:
     assert response.headers["Content-Disposition"].startswith('attachment; filename="usage-')
     assert body(response) == (
         ",".join(EXPORT_COLUMNS) + "\n"
-        "2024-05-01T12:00:00.000Z,r1,alice,anthropic,gpt-4o,up1,qwen,True,ok,200,,12,3,4,0,"
-        "True,250.2,80.0\n"
-        "2024-05-01T12:00:01.500Z,r2,,openai,claude,up2,claude,False,error,502,api_error,"
-        "0,0,0,0,False,120.0,\n"
+        "2024-05-01T12:00:00.000Z,r1,alice,anthropic,gpt-4o,up1,qwen,True,ok,,12,3,4,0,"
+        "250.2,80.0,200,True\n"
+        "2024-05-01T12:00:01.500Z,r2,,openai,claude,up2,claude,False,error,api_error,"
+        "0,0,0,0,120.0,,502,False\n"
     )
     only_bob = body(await client.get("/admin/usage.csv?key=bob"))
     assert only_bob.splitlines()[1:] == [
-        "2024-05-02T12:00:00.000Z,r3,bob,openai,gpt-4o,echo,gpt-4o,False,ok,200,,10,5,0,0,"
-        "False,120.0,"
+        "2024-05-02T12:00:00.000Z,r3,bob,openai,gpt-4o,echo,gpt-4o,False,ok,,10,5,0,0,"
+        "120.0,,200,False"
     ]
     assert (await client.get("/admin/usage.csv?since=nope")).code == 400
 
