@@ -380,13 +380,19 @@ class Gateway:
     async def reject(self, req: ApiRequest, err: GatewayError) -> Reply:
         """A request refused before the gateway read its body (a 413, 415, 404, 405, a body
         that does not decompress), recorded like any other."""
+        await self.record_refusal(req, err)
+        return error_reply(req.dialect, err, req.request_id)
+
+    async def record_refusal(self, req: ApiRequest, err: GatewayError) -> None:
+        """The usage row of a request refused without the gateway (`reject`'s; the HTTP
+        layer's 408, 431 and 400, whose answer it has written itself): the key its headers
+        carry, if a valid one, and ``err``."""
         call = _Call(req=req, started=self._perf())
         try:
             call.key = await self.services.authenticate_headers(req.headers)
         except GatewayError:
             pass
         await self._record(call, err)
-        return error_reply(req.dialect, err, req.request_id)
 
     # -- the pipeline ------------------------------------------------------------------------
 

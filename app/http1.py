@@ -300,7 +300,7 @@ class LeanServerConnection(HTTP1ServerConnection):
             and conn is not None
             and conn._response_start_line is None
         ):
-            stream.answer_and_close(answer(stream.head[:8192], limit))
+            stream.answer_and_close(answer(stream.head, limit))
         stream.close()
 
     async def _server_request_loop(self, delegate: httputil.HTTPServerConnectionDelegate) -> None:
@@ -415,8 +415,9 @@ class LeanStream(iostream.IOStream):
       (``stalled_body``, from `LeanServerConnection`), where Tornado closes without a word.
     """
 
-    # (the head read so far, the head size limit it broke or None for a malformed request)
-    # -> the whole response; None: answer as Tornado does.
+    # (the head read so far: its first 8 KiB when over the limit, else the whole head, read
+    # as far as ``max_header_size``; the head size limit it broke or None for a malformed
+    # request) -> the whole response; None: answer as Tornado does.
     refused_head: Callable[[bytes, int | None], bytes] | None = None
     head = b""  # the last request head read (`LeanConnection._parse_headers`)
 
@@ -468,7 +469,7 @@ class LeanStream(iostream.IOStream):
     def write(self, data: bytes | memoryview, *args: Any, **kwargs: Any) -> Future[None]:
         if data == _BARE_400 and self.refused_head is not None and self.socket is not None:
             # Tornado's answer to a request it could not parse: the delegate's instead.
-            self.answer_and_close(self.refused_head(self.head[:8192], None))
+            self.answer_and_close(self.refused_head(self.head, None))
             return _resolved(None)
         return super().write(data, *args, **kwargs)
 

@@ -47,8 +47,14 @@ from app.gateway import (
     shutdown_error,
     stream_error_bytes,
 )
-from app.handlers.api import CORS_HEADERS, dialect_for, is_dashboard_path, new_request_id
-from app.http1 import LeanConnection
+from app.handlers.api import (
+    CORS_HEADERS,
+    dialect_for,
+    is_api_path,
+    is_dashboard_path,
+    new_request_id,
+)
+from app.http1 import LeanConnection, parse_header_block
 from app.services import Services
 
 access_log = logging.getLogger("tornado.access")
@@ -137,7 +143,8 @@ class ApiRouter(httputil.HTTPServerConnectionDelegate):
                 f"The request's headers are larger than the {limit} bytes this gateway "
                 "reads; send fewer or shorter headers."
             )
-        return self._refusal(head, err)
+        # A 431's head is cut short: no header of it is read.
+        return self._refusal(head, err, whole=limit is None)
 
     def stalled_body(self, head: bytes, seconds: float) -> bytes:
         """The whole response to a request whose body stopped coming: nothing of it for
@@ -146,12 +153,13 @@ class ApiRouter(httputil.HTTPServerConnectionDelegate):
         err = RequestTimeoutError(
             f"The request body stopped arriving: nothing more of it came for {seconds:g} s."
         )
-        return self._refusal(head, err)
+        return self._refusal(head, err, whole=True)
 
-    def _refusal(self, head: bytes, err: GatewayError) -> bytes:
+    def _refusal(self, head: bytes, err: GatewayError, *, whole: bool) -> bytes:
         """``err`` as the whole response to the request ``head`` starts, then the connection
         closes. The error is in the dialect of its path or, where the path does not say, of
-        its headers (`dialect_for`)."""
+        its headers (`dialect_for`). On an API path it is recorded in the usage trail
+        (`_record_refusal`; ``whole``: ``head`` is the request's whole head, as read)."""
         start, _, fields = head.lstrip(b"\r\n").partition(b"\n")
         words = start.split(b" ")
         path = words[1].decode("latin1").partition("?")[0] if len(words) > 1 else ""
@@ -165,6 +173,9 @@ class ApiRouter(httputil.HTTPServerConnectionDelegate):
             anthropic = b"\nanthropic-version:" in lowered or b"\nx-api-key:" in lowered
             dialect = dialect_for(path, anthropic)
         request_id = new_request_id()
+        if is_api_path(path):
+            endpoint = found[1] if found is not None else "unknown"
+            self._record_refusal(dialect, endpoint, fields if whole else None, request_id, err)
         reply = error_reply(dialect, err, request_id)
         lines = [f"HTTP/1.1 {reply.status} {_reason(reply.status)}", *head_lines(reply, request_id)]
         if b"\norigin:" in lowered and not is_dashboard_path(path):
@@ -172,6 +183,45 @@ class ApiRouter(httputil.HTTPServerConnectionDelegate):
         lines += [f"Content-Length: {len(reply.body)}", "Connection: close"]
         log_request(reply.status, words[0].decode("latin1"), path, 0.0)
         return "\r\n".join(lines).encode("latin1") + b"\r\n\r\n" + reply.body
+
+    def _record_refusal(
+        self,
+        dialect: str,
+        endpoint: str,
+        fields: bytes | None,
+        request_id: str,
+        err: GatewayError,
+    ) -> None:
+        """Leave the refused request's usage row (`Gateway.record_refusal`) from a task, as
+        the shutdown waits for a request's, while the answer goes out. The key is looked for
+        in ``fields``, the head's header lines, when the server's own parse of them
+        (`parse_header_block`) takes them: a malformed header block, or a 431's cut short
+        (None), names no key. Never raises: a failure to record is logged, and the client
+        still gets its answer."""
+        try:
+            headers = httputil.HTTPHeaders()
+            if fields is not None:
+                try:
+                    headers = parse_header_block(fields.decode("latin1"))
+                except httputil.HTTPInputError:
+                    pass
+            req = ApiRequest(dialect, endpoint, b"", headers, request_id)
+            task = asyncio.get_running_loop().create_task(self._recorded(req, err))
+            inflight = self.services.inflight
+            inflight.add(task)
+            task.add_done_callback(inflight.discard)
+        except Exception:
+            log.exception(
+                "request %s (a %d): its usage row could not be recorded", request_id, err.status
+            )
+
+    async def _recorded(self, req: ApiRequest, err: GatewayError) -> None:
+        try:
+            await self.gateway.record_refusal(req, err)
+        except Exception:
+            log.exception(
+                "request %s (a %d): its usage row could not be recorded", req.request_id, err.status
+            )
 
 
 class _Dispatch(httputil.HTTPMessageDelegate):
