@@ -138,6 +138,25 @@ def _clipped(name: str | None) -> str | None:
     return name[:NAME_LIMIT] if name is not None and len(name) > NAME_LIMIT else name
 
 
+# A request refused before its body is read as the gateway's (a key that is not valid) has
+# its model looked up for the usage trail when its body is at most this large: parsing 32
+# MiB for a caller without a key would hand anyone a cheap way to spend the CPU.
+PEEK_LIMIT = 256 * 1024
+
+
+def named_model(body: bytes) -> str | None:
+    """The ``model`` a request body names, for its usage row; None when it names none, is
+    not JSON or is over `PEEK_LIMIT`."""
+    if len(body) > PEEK_LIMIT:
+        return None
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    model = parsed.get("model") if type(parsed) is dict else None
+    return model if type(model) is str else None
+
+
 def _dialect_module(dialect: str) -> Any:
     return anthropic_dialect if dialect == "anthropic" else openai_dialect
 
@@ -400,7 +419,11 @@ class Gateway:
         self, call: _Call, *, count_tokens: bool = False
     ) -> dict[str, Any]:
         req = call.req
-        call.key = await self.services.authenticate_headers(req.headers)
+        try:
+            call.key = await self.services.authenticate_headers(req.headers)
+        except GatewayError:
+            call.model = named_model(req.body)  # the usage row says what was asked for
+            raise
         try:
             body = orjson.loads(req.body)
         except orjson.JSONDecodeError as exc:

@@ -24,6 +24,7 @@ import orjson
 import pytest
 
 from app.db import keys as key_queries
+from app.gateway import PEEK_LIMIT, named_model
 from tests.conftest import TEST_KEY
 from tests.fakes import JsonReply
 from tests.reliability.conftest import (
@@ -1068,3 +1069,12 @@ def test_orphan_tool_results_are_repaired_into_text_when_translating(
     text = orjson.dumps(sent["messages"]).decode()
     assert "orphan" in text and "42" in text
     assert "tool_result" not in text and '"tool"' not in text
+
+
+def test_a_refused_key_s_model_is_read_only_from_a_small_json_body() -> None:
+    assert named_model(b'{"messages": [], "model": "claude-x"}') == "claude-x"
+    assert named_model(b'{"model": 7}') is None
+    assert named_model(b"[1, 2]") is None
+    assert named_model(b"not json") is None
+    padded = b'{"model": "m", "pad": "' + b"x" * PEEK_LIMIT + b'"}'
+    assert named_model(padded) is None  # a caller without a key gets no 32 MiB parse
