@@ -420,6 +420,9 @@ class LeanStream(iostream.IOStream):
     # request) -> the whole response; None: answer as Tornado does.
     refused_head: Callable[[bytes, int | None], bytes] | None = None
     head = b""  # the last request head read (`LeanConnection._parse_headers`)
+    # Answered before its body was read (a 413): on close, what the client still sends is
+    # drained (`linger_close`) rather than reset, which could destroy the answer unread.
+    linger = False
 
     def set_nodelay(self, value: bool) -> None:
         pass  # on since `LeanHTTPServer.handle_stream`, and it stays on
@@ -477,6 +480,12 @@ class LeanStream(iostream.IOStream):
         """Answer an oversized head (`_check_max_bytes` raises next and Tornado closes)."""
         if self.refused_head is not None and self.socket is not None:
             self.answer_and_close(self.refused_head(bytes(self._read_buffer[:8192]), limit))
+
+    def close_fd(self) -> None:
+        if self.linger and self.socket is not None:
+            self.linger = False
+            self.answer_and_close(b"")  # the answer is out: drain on a duplicate
+        super().close_fd()
 
     def answer_and_close(self, data: bytes) -> None:
         """Send ``data`` on a duplicate of the socket, which keeps the connection open for

@@ -39,6 +39,7 @@ from app.gateway import (
     shutdown_error,
     stream_error_bytes,
 )
+from app.http1 import LeanConnection
 from app.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from app.services import Services
 from app.translate.ids import random_hex
@@ -256,6 +257,7 @@ class ProxyHandler(BaseApiHandler):
         length = headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > limit:
             self._too_large = True
+            self._refuse_unread()
             self._write_plain(await self.gateway.reject(self._request(b""), self._payload_error()))
             return
         # A chunked body's size shows only as it arrives: `data_received` discards what is
@@ -311,7 +313,17 @@ class ProxyHandler(BaseApiHandler):
         """A chunked body past the limit: the 413 goes out at once, and tornado closes the
         connection after it rather than read the rest (however long the client goes on)."""
         if not self._finished:
+            self._refuse_unread()
             self._write_plain(await self.gateway.reject(self._request(b""), self._payload_error()))
+
+    def _refuse_unread(self) -> None:
+        """The 413 goes out before the body is read, and the connection closes after it:
+        what the client still sends is drained for a while (as nginx's lingering close), so
+        a client that sends its whole body before reading (urllib, curl) gets the 413, not a
+        reset."""
+        conn = self.request.connection
+        if isinstance(conn, LeanConnection) and conn._lean is not None:
+            conn._lean.linger = True
 
     async def post(self) -> None:
         if self._too_large:

@@ -1078,3 +1078,26 @@ def test_a_refused_key_s_model_is_read_only_from_a_small_json_body() -> None:
     assert named_model(b"not json") is None
     padded = b'{"model": "m", "pad": "' + b"x" * PEEK_LIMIT + b'"}'
     assert named_model(padded) is None  # a caller without a key gets no 32 MiB parse
+
+
+@pytest.mark.parametrize("dialect", [A, O])
+def test_a_client_that_sends_its_whole_oversized_body_first_gets_the_413(
+    bed: Bed, dialect: str
+) -> None:
+    """As urllib and curl do: the whole body, then the answer. The 413 went out after the
+    headers and the connection closed with the body unread, which reset it: the client's
+    send failed and the 413 was lost. The rest of the body is drained now."""
+    body = BIG.replace(b"x" * 1024, b"x" * (16 * LIMIT_BYTES + 1024), 1)
+    path = "/v1/messages" if dialect == A else "/v1/chat/completions"
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {TEST_KEY}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", bed.port), timeout=20) as sock:
+        sock.sendall(head + body)  # raised BrokenPipeError or ConnectionResetError
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert b"request_too_large" in answer
+    still_serving(bed, dialect, "m-an" if dialect == A else "m-oa")
