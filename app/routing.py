@@ -203,8 +203,13 @@ class Router:
         )
 
     def public_names(self) -> list[str]:
-        """Routable names without glob characters, in route order: what /v1/models lists."""
-        return [r.name for r in self._routes if not r.is_glob]
+        """Routable names without glob characters, in route order: what /v1/models lists;
+        then the default model (``ANTHROPIC_MODEL``), which every other name is served by."""
+        names = [r.name for r in self._routes if not r.is_glob]
+        default = self._default_model
+        if self._default_upstream is not None and default and default not in names:
+            names.append(default)
+        return names
 
     def routes(self) -> list[RouteSpec]:
         return list(self._routes)

@@ -93,6 +93,16 @@ def test_public_names_skip_globs_and_disabled() -> None:
     assert Router(ROUTES, UPSTREAMS).public_names() == ["claude-3-haiku"]
 
 
+def test_public_names_end_with_the_default_model() -> None:
+    """``ANTHROPIC_MODEL`` with only glob routes (the environment's bootstrap) listed
+    nothing: clients that pick from /v1/models had no name to pick."""
+    router = Router(ROUTES, UPSTREAMS, default_upstream="local", default_model="qwen3")
+    assert router.public_names() == ["claude-3-haiku", "qwen3"]
+    same = Router(ROUTES, UPSTREAMS, default_upstream="local", default_model="claude-3-haiku")
+    assert same.public_names() == ["claude-3-haiku"]
+    assert Router(ROUTES, UPSTREAMS, default_model="qwen3").public_names() == ["claude-3-haiku"]
+
+
 def test_a_name_resolves_once_per_router_and_unknown_names_are_not_kept() -> None:
     """A resolved name is kept (its Route is frozen; the router never changes), up to a
     bound a client sending made-up names under a glob cannot pass; an unknown name is
