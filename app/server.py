@@ -58,11 +58,6 @@ log = logging.getLogger("bridgekeeper.server")
 # size for every read, so it was cut to 16 KiB; reads now go into `LeanStream`'s scratch
 # buffer, and a long conversation's body comes in a quarter of the reads at 64 KiB.
 READ_CHUNK = 64 * 1024
-# How long a request body may stall (no byte of it) before the request gets a 408 and its
-# connection closes: nginx's client_body_timeout. Without it a client that sends headers and
-# part of a body holds a connection and its buffer for ever, key or no key (auth runs once
-# the body is in).
-BODY_TIMEOUT = 60.0
 
 
 @dataclass(slots=True)
@@ -292,9 +287,15 @@ def build_anthropic_app(services: Services, gateway: Gateway) -> tornado.web.App
 class Server:
     """The running listeners and how to stop them gracefully."""
 
-    def __init__(self, services: Services, *, body_timeout: float = BODY_TIMEOUT) -> None:
+    def __init__(self, services: Services, *, body_timeout: float | None = None) -> None:
         self.services = services
-        self.body_timeout = body_timeout
+        # How long a request body may stall (no byte of it) before the request gets a 408
+        # and its connection closes: nginx's client_body_timeout. Without it a client that
+        # sends headers and part of a body holds a connection and its buffer for ever, key
+        # or no key (auth runs once the body is in). ``body_timeout`` overrides the setting.
+        self.body_timeout = (
+            body_timeout if body_timeout is not None else services.settings.body_timeout_seconds
+        )
         self.gateway = Gateway(services)
         self.http: list[tornado.httpserver.HTTPServer] = []
         self.ports: list[int] = []

@@ -202,6 +202,10 @@ class Settings:
     grace_seconds: float = field(
         default=30, metadata=_help("on SIGTERM, how long in-flight requests may finish")
     )
+    body_timeout_seconds: float = field(
+        default=60,
+        metadata=_help("a request body that stops arriving for this long gets 408 (as nginx's)"),
+    )
     secret_key: str | None = field(
         default=None,
         metadata=_help("Fernet key for upstream secrets at rest; else a 0600 file beside the db"),
@@ -364,6 +368,7 @@ _SERVER_FIELDS = {
     "default_model",
     "max_body_mb",
     "grace_seconds",
+    "body_timeout_seconds",
     "secret_key",
     "request_timeout",
     "default_rpm",
@@ -611,6 +616,8 @@ def _check_server_values(values: Mapping[str, Any], origin: Mapping[str, str]) -
         # 0 or less turned every request into a 413.
         "max_body_mb": lambda n: number_problem(n, above=0),
         "grace_seconds": lambda n: number_problem(n, minimum=0),
+        # 0 or less cut every request body at once, with a 408.
+        "body_timeout_seconds": lambda n: number_problem(n, above=0),
         "request_timeout": timeout_problem,
         "default_temperature": temperature_problem,
         "admin_password": password_problem,
@@ -697,6 +704,7 @@ def load_settings(
     for name in (
         "max_body_mb",
         "grace_seconds",
+        "body_timeout_seconds",
         "request_timeout",
         "default_temperature",
         "usage_flush_seconds",

@@ -312,6 +312,16 @@ def test_chat_template_thinking_is_off_unless_set(tmp_path: Path) -> None:
     assert s.upstreams[0].chat_template_thinking is False
 
 
+def test_the_body_timeout_is_60_seconds_unless_the_file_says(tmp_path: Path) -> None:
+    assert load_settings(environ={}, cwd=tmp_path).body_timeout_seconds == 60
+    path = write(tmp_path, "[server]\nbody_timeout_seconds = 0.3\n")
+    s = load_settings(config_path=str(path), environ={}, cwd=tmp_path)
+    assert s.body_timeout_seconds == 0.3
+    path = write(tmp_path, "[server]\nbody_timeout_seconds = 120\n")  # an integer is fine
+    s = load_settings(config_path=str(path), environ={}, cwd=tmp_path)
+    assert s.body_timeout_seconds == 120
+
+
 KEY = '[[keys]]\nname = "k"\nkey = "bk-long-enough"\n'
 MODEL = '[[upstreams]]\nname = "u"\nkind = "echo"\n[[models]]\nname = "m"\nupstream = "u"\n'
 HUGE = 99999999999999999999  # TOML's integers are 64-bit: the largest it reads is near 9.2e18
@@ -400,6 +410,20 @@ UPSTREAM = '[[upstreams]]\nname = "u"\nkind = "openai"\n'
         ("[server]\nmax_body_mb = -1\n", "server.max_body_mb: must be more than 0, got -1"),
         ("[server]\nmax_body_mb = inf\n", "server.max_body_mb: must be a finite number"),
         ("[server]\ngrace_seconds = -5\n", "server.grace_seconds: must be at least 0, got -5"),
+        # 0 cut every request body at once, with a 408.
+        (
+            "[server]\nbody_timeout_seconds = 0\n",
+            "server.body_timeout_seconds: must be more than 0, got 0",
+        ),
+        (
+            "[server]\nbody_timeout_seconds = -1.5\n",
+            "server.body_timeout_seconds: must be more than 0, got -1.5",
+        ),
+        ("[server]\nbody_timeout_seconds = nan\n", "server.body_timeout_seconds: must be a finite"),
+        (
+            '[server]\nbody_timeout_seconds = "60"\n',
+            "server.body_timeout_seconds: expected a number",
+        ),
         ("[server]\nrequest_timeout = 0\n", "server.request_timeout: must be more than 0"),
         ("[server]\ndefault_temperature = 2.5\n", "server.default_temperature: must be at most 2"),
         ('[server]\nadmin_password = "x"\n', "server.admin_password: the password must have at"),
@@ -429,7 +453,8 @@ def test_the_bounds_take_their_edges_and_case_free_log_levels(tmp_path: Path) ->
 
     text = (
         f"[server]\nretention_days = 0\nusage_buffer_size = 1\nmax_body_mb = 0.001\n"
-        f"grace_seconds = 0\nrequest_timeout = 0.5\ndefault_temperature = 2\n"
+        f"grace_seconds = 0\nbody_timeout_seconds = 0.001\nrequest_timeout = 0.5\n"
+        f"default_temperature = 2\n"
         f'admin_password = "{"p" * MIN_PASSWORD}"\nlog_level = "debug"\n'
         + UPSTREAM
         + "timeout = 0.5\n"
@@ -437,6 +462,7 @@ def test_the_bounds_take_their_edges_and_case_free_log_levels(tmp_path: Path) ->
     )
     s = load_settings(config_path=str(write(tmp_path, text)), environ={}, cwd=tmp_path)
     assert (s.retention_days, s.usage_buffer_size, s.grace_seconds) == (0, 1, 0)
+    assert s.body_timeout_seconds == 0.001
     assert (s.request_timeout, s.default_temperature, s.log_level) == (0.5, 2, "debug")
     assert (s.upstreams[0].timeout, s.models[0].temperature) == (0.5, 0)
     for level in ("WARNING", "warn", "Error", "critical", "NOTSET"):

@@ -2,15 +2,18 @@
 
 The server uses the async engine (aiosqlite, asyncpg); the CLI and alembic use
 a sync engine on the same database. SQLite runs in WAL mode with a busy timeout
-so the dashboard can read while usage batches are written. On PostgreSQL one
-process at a time migrates and writes the config file in (`startup_lock`).
+so the dashboard can read while usage batches are written. One process at a time
+migrates and writes the config file in (`startup_lock`): under an advisory lock on
+PostgreSQL, an exclusive ``flock`` on a file beside the database on SQLite.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,11 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 # pg_type's unique index) or both inserted the file's upstreams. Any fixed 64-bit number
 # does; this one spells "bridgekp".
 STARTUP_LOCK_KEY = 0x627269646765_6B70
+# SQLite's equivalent: an exclusive flock on the database's name plus this suffix. Python's
+# sqlite3 commits each DDL statement as it runs (no transaction), so two first starts on one
+# fresh file both found no tables, both ran the migrations, and one died on "table ...
+# already exists" (or "duplicate column name").
+SQLITE_LOCK_SUFFIX = ".lock"
 
 log = logging.getLogger("bridgekeeper.db")
 
@@ -153,16 +161,48 @@ def connect(engine: Engine, url: str | None = None) -> Connection:
         ) from None
 
 
+def sqlite_lock_path(url: str) -> Path | None:
+    """The file `startup_lock` flocks for a SQLite database file (None: in-memory, or not
+    SQLite)."""
+    path = sqlite_path(url)
+    return None if path is None else path.with_name(path.name + SQLITE_LOCK_SUFFIX)
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive flock on ``path`` (created when missing) until the block ends.
+
+    The file is never deleted: a process that opened it before a deletion would lock
+    another inode than one that opened it after. It is opened read-only (flock needs no
+    write access), so an admin's `db upgrade` can take a lock file that `serve`'s user
+    created."""
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another process to finish migrating the database")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # which releases the lock (the process ending does too)
+
+
 @contextmanager
 def startup_lock(url: str) -> Iterator[Connection]:
-    """A connection to ``url`` that holds, on PostgreSQL, the start-up advisory lock until
-    the block ends: migrations and the config sync run in one process at a time. A SQLite
-    file (and its folder) is created here when missing."""
+    """A connection to ``url``, with the start-up lock held until the block ends: migrations
+    and the config sync run in one process at a time. On PostgreSQL an advisory lock; on a
+    SQLite file an flock on `sqlite_lock_path` (an in-memory database has no other
+    process to wait for). A SQLite file (and its folder) is created here when missing."""
     path = sqlite_path(url)
     if path is not None and path.parent and not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-    engine = make_sync_engine(url)
-    try:
+    lock_path = sqlite_lock_path(url)
+    with ExitStack() as stack:
+        if lock_path is not None:
+            stack.enter_context(_file_lock(lock_path))
+        engine = make_sync_engine(url)
+        stack.callback(engine.dispose)
         with connect(engine, url) as connection:
             locking = connection.dialect.name == "postgresql"
             if locking:
@@ -175,13 +215,11 @@ def startup_lock(url: str) -> Iterator[Connection]:
                 yield connection
             finally:
                 if locking:
-                    # Unlocked by closing the connection at worst (engine.dispose below).
+                    # Unlocked by closing the connection at worst (engine.dispose, on the way out).
                     with suppress(DBAPIError):
                         connection.rollback()
                         connection.execute(text("SELECT pg_advisory_unlock(:key)"), key)
                         connection.commit()
-    finally:
-        engine.dispose()
 
 
 def upgrade(url: str, connection: Connection | None = None) -> None:

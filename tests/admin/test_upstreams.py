@@ -16,6 +16,7 @@ from app.db import admins
 from app.db import upstreams_admin as ua
 from app.db.models import Upstream, UpstreamKey
 from app.services import Services
+from app.settings import timeout_problem
 from tests.admin.conftest import Client, body
 from tests.fakes import FakeUpstream, JsonReply
 
@@ -113,7 +114,7 @@ async def test_add_upstream_reaches_the_pool(
         assert f">{label}</label>" in page
     # The new upstream's timeout starts at the server's default, as in the config file
     # (it said 60 while a file's upstream got 600).
-    assert 'name="timeout" type="number" min="1" max="3600" step="any" value="600"' in page
+    assert 'name="timeout" type="number" min="0" max="3600" step="any" value="600"' in page
     upstream_id = await add_upstream(
         client, fake, top_k="on", tokenize_url="http://127.0.0.1:9/tokenize"
     )
@@ -139,7 +140,9 @@ async def test_add_upstream_reaches_the_pool(
         ({"base_url": "ftp://x"}, "needs a base URL"),
         ({"kind": "grpc"}, "Choose a valid Kind."),
         ({"rotation": "random"}, "Choose a valid Key rotation."),
-        ({"timeout": "0"}, "Timeout (seconds) must be between 1 and 3600."),
+        ({"timeout": "0"}, "Timeout (seconds) must be between 0 and 3600."),
+        ({"timeout": "3601"}, "Timeout (seconds) must be between 0 and 3600."),
+        ({"timeout": "soon"}, "Timeout (seconds) must be a number."),
         ({"tokenize_url": "localhost:8080"}, "Tokenizer endpoint must start with http://"),
         ({"name": "echo"}, "An upstream named echo already exists."),
         ({"name": ""}, "Upstream name is required."),
@@ -161,6 +164,24 @@ async def test_upstream_validation(
     response = await client.post("/admin/upstreams", form)
     assert response.code == 400
     assert html.escape(message, quote=False) in body(response)
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize("timeout", ["0.5", "0.001", "1", "0", "-0.5", "nan"])
+async def test_the_dashboard_takes_the_timeouts_the_config_file_takes(
+    client: Client, services: Services, fake: FakeUpstream, timeout: str
+) -> None:
+    """More than 0, as ``timeout`` in the config file (it refused 0.5, which a file takes:
+    a local backend may well answer within half a second)."""
+    await client.login()
+    response = await client.post("/admin/upstreams", upstream_form(fake) | {"timeout": timeout})
+    if timeout_problem(float(timeout)) is None:
+        assert response.code == 303, body(response)
+        assert services.pool.get("local").spec.timeout == float(timeout)
+    else:
+        assert response.code == 400
+        assert "Timeout (seconds) must be between 0 and 3600." in body(response)
+        assert "local" not in services.pool.names()
 
 
 @pytest.mark.gen_test(timeout=30)

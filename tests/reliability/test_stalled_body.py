@@ -2,13 +2,17 @@
 dialect and its connection closes, key or no key, on the lean path and on Tornado's; a body
 that keeps coming, however slowly, is not cut.
 
-The gateway runs with a body timeout of a fraction of a second (`Server`'s
-``body_timeout``; 60 s by default, as nginx's ``client_body_timeout``).
+The gateway runs with a body timeout of a fraction of a second (``[server]
+body_timeout_seconds``; 60 s by default, as nginx's ``client_body_timeout``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,10 +33,11 @@ BODY_TIMEOUT = 0.4
 @pytest.fixture
 def live(io_loop: tornado.ioloop.IOLoop, tmp_path: Path) -> Iterator[Live]:
     async def start() -> Live:
-        path = write_config(tmp_path, ECHO_CONFIG)
+        server_lines = f"body_timeout_seconds = {BODY_TIMEOUT}"
+        path = write_config(tmp_path, ECHO_CONFIG, server=server_lines)
         settings = load_settings(config_path=str(path), environ={}, cwd=tmp_path)
         services, _ = await build_services(settings)
-        server = Server(services, body_timeout=BODY_TIMEOUT)
+        server = Server(services)  # the timeout from the setting
         server.listen("127.0.0.1", 0)
         return Live(server, services, server.ports[0])
 
@@ -128,3 +133,35 @@ async def test_a_body_that_keeps_coming_is_not_cut(live: Live) -> None:
     writer.close()
     assert said.startswith(b"HTTP/1.1 200 OK")
     assert b"echo: slow" in said
+
+
+async def test_serve_takes_the_body_timeout_from_the_config_file(tmp_path: Path) -> None:
+    """`bridgekeeper serve` itself: a stall of a fraction of a second, where the default
+    would wait 60 s (the read's 10 s would fail first)."""
+    path = write_config(tmp_path, ECHO_CONFIG, server="body_timeout_seconds = 0.3")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("ANTHROPIC_", "OPENAI_", "BRIDGEKEEPER_", "CLAUDE_"))
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app", "serve", "--config", str(path), "--port", "0"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.startswith("Bridgekeeper listening on http://"), proc.communicate()[1]
+        port = int(first.split()[3].rsplit(":", 1)[1])
+        raw = head("/v1/messages", "Content-Length: 100", KEY) + b'{"model"'
+        status, headers, body = await stall(port, raw)
+        assert status == 408 and headers["connection"] == "close"
+        assert "stopped arriving" in body["error"]["message"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0

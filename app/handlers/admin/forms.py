@@ -60,16 +60,29 @@ def optional_count(value: str, field: str) -> int | None:
 
 
 def optional_float(
-    value: str, field: str, *, minimum: float = 0.0, maximum: float | None = None
+    value: str,
+    field: str,
+    *,
+    minimum: float = 0.0,
+    above: float | None = None,
+    maximum: float | None = None,
 ) -> float | None:
+    """A number in ``minimum..maximum`` (and more than ``above``, when given: a timeout
+    > 0, as `app.settings.timeout_problem` has it), or None when the field is empty."""
     if not value:
         return None
     try:
         number = float(value)
     except ValueError:
         raise FormError("form.number", field=field) from None
-    if number != number or number < minimum or (maximum is not None and number > maximum):
-        raise FormError("form.range", field=field, min=minimum, max=maximum)
+    if (
+        number != number
+        or number < minimum
+        or (above is not None and number <= above)
+        or (maximum is not None and number > maximum)
+    ):
+        low = minimum if above is None or above < minimum else above
+        raise FormError("form.range", field=field, min=low, max=maximum)
     return number
 
 

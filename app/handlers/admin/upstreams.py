@@ -149,7 +149,8 @@ class UpstreamFormMixin(AdminHandler):
         tokenize_url = optional_text(form["tokenize_url"], t("upstreams.tokenize_url"))
         if tokenize_url and not tokenize_url.startswith(("http://", "https://")):
             raise FormError("form.url", field=t("upstreams.tokenize_url"))
-        timeout = optional_float(form["timeout"], t("upstreams.timeout"), minimum=1, maximum=3600)
+        # > 0, as the config file's (a local backend may well answer within half a second).
+        timeout = optional_float(form["timeout"], t("upstreams.timeout"), above=0, maximum=3600)
         return ua.UpstreamFields(
             name=required(form["name"], t("upstreams.name")),
             kind=kind,
