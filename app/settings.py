@@ -781,7 +781,8 @@ def load_settings(
         bootstrap.append(ModelConfig(name="claude-*", upstream="anthropic"))
     openai_keys = _numbered(env, "OPENAI_API_KEY")
     openai_url = _foreign_url(env.get("OPENAI_BASE_URL"), own)
-    if (openai_keys or openai_url) and "openai" not in names:
+    openai = bool(openai_keys or openai_url) and "openai" not in names
+    if openai:
         upstreams.append(
             UpstreamConfig(
                 name="openai",
@@ -795,9 +796,16 @@ def load_settings(
             values["default_upstream"] = "openai"
         for pattern in ("gpt-*", "o1*", "o3*", "o4*", "chatgpt-*"):
             bootstrap.append(ModelConfig(name=pattern, upstream="openai"))
-    elif anthropic and "default_upstream" not in values and not upstream_tables:
-        # Anthropic alone (the OpenAI-to-Claude proxies' setup): every model name goes
-        # there, as ANTHROPIC_MODEL when that is set.
+    if (
+        anthropic
+        and "default_upstream" not in values
+        and not upstream_tables
+        and (not openai or values.get("default_model"))
+    ):
+        # Anthropic alone (the OpenAI-to-Claude proxies' setup): every model name no route
+        # takes goes there, as ANTHROPIC_MODEL when that is set. Beside an OpenAI upstream
+        # such names are not guessed at (a 404 naming the patterns), unless ANTHROPIC_MODEL
+        # says what they are for (it used to do nothing there).
         values["default_upstream"] = "anthropic"
 
     model_tables = data.get("models", [])

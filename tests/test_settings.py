@@ -175,7 +175,11 @@ def test_anthropic_alone_takes_every_model_name(tmp_path: Path) -> None:
     assert [(u.name, u.keys) for u in s.upstreams] == [("anthropic", ("sk-ant-a",))]
     assert (s.default_upstream, s.default_model) == ("anthropic", "claude-sonnet-4-5")
     both = load_settings(environ=env | {"OPENAI_API_KEY": "sk-oa"}, cwd=tmp_path)
-    assert both.default_upstream is None  # two backends: unknown names are not guessed
+    # Beside OpenAI, ANTHROPIC_MODEL still names the model other names are for (it did
+    # nothing there); without it two backends leave unknown names unguessed.
+    assert (both.default_upstream, both.default_model) == ("anthropic", "claude-sonnet-4-5")
+    unnamed = {"ANTHROPIC_API_KEY": "sk-ant-a", "OPENAI_API_KEY": "sk-oa"}
+    assert load_settings(environ=unnamed, cwd=tmp_path).default_upstream is None
 
 
 def test_a_base_url_alone_bootstraps_a_keyless_upstream(tmp_path: Path) -> None:
