@@ -24,6 +24,7 @@ from app.auth import KeyRecord
 from app.db.usage import UsageRecord
 from app.dialects import anthropic as anthropic_dialect
 from app.dialects import openai as openai_dialect
+from app.dialects.ratelimits import backend_limit_headers
 from app.dialects.sse import (
     ANTHROPIC_PING,
     OPENAI_KEEPALIVE,
@@ -842,12 +843,25 @@ class Gateway:
         for name in ("retry-after", "retry-after-ms", "x-should-retry"):
             if name in headers:
                 out[name] = headers[name]
-        out.update(self._limit_headers(call))
+        out.update(self._answer_limit_headers(call, dialect, headers))
         return Reply(status, out, body)
 
     def _limit_headers(self, call: _Call) -> Mapping[str, str]:
         """The admission's limit headers (read only: every caller copies them into its own)."""
         return call.admission.headers if call.admission is not None else {}
+
+    def _answer_limit_headers(
+        self, call: _Call, backend: str, upstream_headers: Mapping[str, str]
+    ) -> Mapping[str, str]:
+        """The backend's rate-limit headers in the client's dialect, under the key's own
+        (`_limit_headers`), which go over those of the kinds (requests, tokens) it limits."""
+        backend_limits = backend_limit_headers(
+            upstream_headers, backend, call.req.dialect, self.services.clock()
+        )
+        if not backend_limits:
+            return self._limit_headers(call)
+        backend_limits.update(self._limit_headers(call))
+        return backend_limits
 
     # -- answers -----------------------------------------------------------------------------
 
@@ -880,7 +894,10 @@ class Gateway:
             raw = orjson.dumps(responses_answer.translate_response(data, call.responses, parts))
         elif attempt.translated:
             raw = orjson.dumps(data)
-        headers = {"Content-Type": JSON_TYPE, **self._limit_headers(call)}
+        headers = {
+            "Content-Type": JSON_TYPE,
+            **self._answer_limit_headers(call, attempt.dialect, resp.headers),
+        }
         return Reply(200, headers, raw, after=functools.partial(self._record, call, None))
 
     def _stream_reply(self, call: _Call, attempt: _Attempt, resp: _Opened) -> Reply:
@@ -888,7 +905,7 @@ class Gateway:
             "Content-Type": SSE_TYPE,
             "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no",
-            **self._limit_headers(call),
+            **self._answer_limit_headers(call, attempt.dialect, resp.headers),
         }
         if attempt.translated:
             body = self._translated_stream(call, attempt, resp)

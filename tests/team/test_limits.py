@@ -380,3 +380,57 @@ async def test_cli_key_models_and_expiry_are_enforced(gateway, fake_openai):  # 
         )
     await live.services.reload()
     assert (await post(live, "anthropic", key=erin)).status == 200
+
+
+OPENAI_LIMITS = {
+    "x-ratelimit-limit-requests": "500",
+    "x-ratelimit-remaining-requests": "499",
+    "x-ratelimit-reset-requests": "120ms",
+    "x-ratelimit-limit-tokens": "30000",
+    "x-ratelimit-remaining-tokens": "29000",
+    "x-ratelimit-reset-tokens": "6m0s",
+}
+
+
+async def test_the_backend_s_limit_headers_reach_the_client_in_its_dialect(  # type: ignore[no-untyped-def]
+    gateway, fake_openai
+):
+    """PROTOCOL.md §6.11: the backend's rate-limit headers, translated; a key's own limits
+    go over those of the kind it limits (here requests), the others still show."""
+    live = await gateway(routes(fake_openai), clock=FakeClock())  # a key without limits
+    fake_openai.push(JsonReply(body=openai_completion("hi"), headers=OPENAI_LIMITS))
+    resp = await post(live, "anthropic")
+    assert resp.status == 200
+    assert {k: v for k, v in resp.headers.items() if k.startswith("anthropic-ratelimit-")} == {
+        "anthropic-ratelimit-requests-limit": "500",
+        "anthropic-ratelimit-requests-remaining": "499",
+        "anthropic-ratelimit-requests-reset": "2025-06-15T12:00:01Z",
+        "anthropic-ratelimit-tokens-limit": "30000",
+        "anthropic-ratelimit-tokens-remaining": "29000",
+        "anthropic-ratelimit-tokens-reset": "2025-06-15T12:06:00Z",
+    }
+    fake_openai.push(SSEReply(openai_stream(["a"]), headers=OPENAI_LIMITS))
+    relayed = await post(live, "openai", stream=True)  # same dialect: as they came
+    assert {k: v for k, v in relayed.headers.items() if k.startswith("x-ratelimit-")} == (
+        OPENAI_LIMITS
+    )
+
+    limited = await gateway(
+        routes(fake_openai) + key_entry(rpm=10), clock=FakeClock(), with_key=False
+    )
+    fake_openai.push(SSEReply(openai_stream(["a"]), headers=OPENAI_LIMITS))
+    resp = await post(limited, "anthropic", stream=True)
+    assert resp.status == 200
+    assert resp.headers["anthropic-ratelimit-requests-limit"] == "10"  # the key's own
+    assert resp.headers["anthropic-ratelimit-requests-remaining"] == "9"
+    assert resp.headers["anthropic-ratelimit-tokens-limit"] == "30000"  # the backend's
+    assert resp.headers["anthropic-ratelimit-tokens-reset"] == "2025-06-15T12:06:00Z"
+
+
+async def test_a_relayed_backend_error_keeps_its_limit_headers(gateway, fake_openai):  # type: ignore[no-untyped-def]
+    live = await gateway(routes(fake_openai), clock=FakeClock())
+    refusal = {"error": {"message": "bad", "type": "invalid_request_error", "code": None}}
+    fake_openai.push(JsonReply(status=400, body=refusal, headers=OPENAI_LIMITS))
+    resp = await post(live, "openai")
+    assert resp.status == 400
+    assert resp.headers["x-ratelimit-remaining-tokens"] == "29000"
