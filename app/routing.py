@@ -211,5 +211,14 @@ class Router:
             names.append(default)
         return names
 
+    def listed_by_backends(self) -> list[tuple[str, str]]:
+        """``(pattern, upstream)`` for the routes whose names only their backend can list:
+        globs that send the requested name on as it is (``claude-*``, ``*``), and the default
+        upstream unless a default model stands in for every name sent there."""
+        out = [(r.name, r.upstream) for r in self._globs if not r.target]
+        if self._default_upstream is not None and not self._default_model:
+            out.append(("*", self._default_upstream))
+        return out
+
     def routes(self) -> list[RouteSpec]:
         return list(self._routes)

@@ -29,6 +29,7 @@ from app.routing import Router, RouteSettings
 from app.secretbox import SecretBox
 from app.settings import Settings
 from app.upstreams.keyring import KeyState
+from app.upstreams.model_lists import ModelLists
 from app.upstreams.pool import UpstreamPool
 
 _EPOCH = datetime(1970, 1, 1)  # naive UTC, as every stored time
@@ -54,6 +55,7 @@ class Services:
     cookie_secret: str = ""
     started_at: float = field(default_factory=time.time)
     inflight: set[asyncio.Task[Any]] = field(default_factory=set)
+    model_lists: ModelLists = field(default_factory=ModelLists)  # /v1/models' backend names
     # Shutdown's grace is over: what is cancelled now is cut by the gateway, not the client.
     stopping: bool = False
     _reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)

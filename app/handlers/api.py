@@ -12,6 +12,7 @@ import asyncio
 import hmac
 import zlib
 from collections.abc import Awaitable
+from fnmatch import fnmatchcase
 from typing import Any
 
 import orjson
@@ -75,6 +76,8 @@ CORS_HEADERS = (
     ("Access-Control-Expose-Headers", ", ".join(CORS_EXPOSED)),
 )
 PREFLIGHT_MAX_AGE = "86400"  # browsers cap it (Chromium at 2 h)
+# How long `GET /v1/models` waits for a backend's own model list (`ModelLists`).
+BACKEND_LIST_SECONDS = 5.0
 
 
 def is_dashboard_path(path: str) -> bool:
@@ -483,12 +486,54 @@ class ModelsHandler(BaseApiHandler):
                 allowed.append(name)
         return allowed
 
+    async def _backend_names(self, key: KeyRecord, listed: list[str]) -> list[str]:
+        """The names glob routes (and a default upstream) pass through as they are, from
+        their backends' own lists: those the key may use, that no earlier route sends
+        elsewhere, not `listed` already. A backend slow to list is left out of this answer
+        (its list comes in for the next one)."""
+        router = self.services.router
+        pairs = [
+            (pattern, name)
+            for pattern, name in router.listed_by_backends()
+            if name in self.services.pool.names()
+        ]
+        if not pairs:
+            return []
+        names = list(dict.fromkeys(name for _, name in pairs))
+        lists = self.services.model_lists
+        fetched = await asyncio.gather(
+            *(
+                asyncio.wait_for(lists.ids(self.services.pool.get(name)), BACKEND_LIST_SECONDS)
+                for name in names
+            ),
+            return_exceptions=True,
+        )
+        ids = {
+            name: got if isinstance(got, list) else []
+            for name, got in zip(names, fetched, strict=True)
+        }
+        seen = set(listed)
+        out: list[str] = []
+        for pattern, upstream in pairs:
+            for model in ids[upstream]:
+                if model in seen or not fnmatchcase(model, pattern) or not key.allows(model):
+                    continue
+                try:
+                    route = router.resolve(model)
+                except GatewayError:
+                    continue
+                if route.upstream == upstream and route.target == model:
+                    seen.add(model)
+                    out.append(model)
+        return out
+
     async def get(self, model_id: str | None = None) -> None:
         if not self.fixed:
             self.dialect = "anthropic" if "anthropic-version" in self.request.headers else "openai"
         try:
             key = await self._authenticate()
             names = self._names(key)
+            names += await self._backend_names(key, names)
             if model_id is not None:
                 if model_id not in names:
                     try:
