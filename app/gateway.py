@@ -1086,7 +1086,8 @@ class Gateway:
                     if isinstance(count, int) and count > 0:
                         return count
                 elif 400 <= resp.status < 500 and resp.status not in (401, 403, 404, 429):
-                    raise _passthrough_error(resp.status, raw, None)
+                    # Relayed: masked as every other answer is (some backends echo the key).
+                    raise _passthrough_error(resp.status, redact(raw, key.secret), None)
             elif spec.kind == "openai" and spec.tokenize_url:
                 translated = a2o.count_tokens_request(body, self._options(upstream, route))
                 resp = await upstream.tokenize(orjson.dumps(translated), key)

@@ -419,3 +419,29 @@ async def test_an_upstream_key_echoed_mid_stream_is_masked(gateway, tmp_path, di
     finally:
         await fo.stop()
         await fa.stop()
+
+
+async def test_an_upstream_key_echoed_in_a_count_tokens_refusal_is_masked(  # type: ignore[no-untyped-def]
+    gateway, fake_anthropic
+):
+    """count_tokens relays an Anthropic backend's 400 as it came: the key it quotes was
+    sent to the client whole, and written to the usage row."""
+    secret = token("sk-ant-count-")
+    live = await gateway(
+        f'[[upstreams]]\nname = "an"\nkind = "anthropic"\nbase_url = "{fake_anthropic.url}"\n'
+        f'keys = ["{secret}"]\n\n[[models]]\nname = "m-an"\nupstream = "an"\n'
+    )
+    quoted = {"type": "invalid_request_error", "message": f"bad thing, your key was {secret}"}
+    fake_anthropic.push(JsonReply(400, {"type": "error", "error": quoted}))
+    resp = await http(
+        "POST",
+        live.url + "/v1/messages/count_tokens",
+        json={"model": "m-an", "messages": [{"role": "user", "content": "hi"}]},
+        headers={"x-api-key": TEST_KEY},
+    )
+    assert resp.status == 400
+    assert b"bad thing, your key was " in resp.content  # the backend's refusal did come back
+    assert not leaks({"an": secret}, resp.content)
+    rows = await usage_rows(live)
+    assert rows[-1].http_status == 400
+    assert not leaks({"an": secret}, rows[-1].error_message or "")
