@@ -82,8 +82,14 @@ class KeyRecord:
     revoked_at: datetime | None = None
 
     def allows(self, model: str) -> bool:
-        """Whether ``model`` matches one of the key's globs (none = all)."""
-        return not self.models or any(fnmatchcase(model, glob) for glob in self.models)
+        """Whether ``model`` matches one of the key's globs (none = all). An inline name's
+        parameters (``oa:gpt-4o?temperature=0.2``) are not part of what is matched: the key
+        ``*-mini`` took ``oa:gpt-4o?a=-mini``."""
+        if not self.models:
+            return True
+        if "?" in model:
+            model = model.partition("?")[0]
+        return any(fnmatchcase(model, glob) for glob in self.models)
 
     def check_model(self, model: str) -> None:
         """ForbiddenError unless the key `allows` ``model``."""

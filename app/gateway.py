@@ -471,7 +471,7 @@ class Gateway:
         assert call.key is not None
         call.admission = self.services.limiter.admit(call.key, estimate, req.dialect)
 
-        routes = [route] + self._fallback_routes(route)
+        routes = [route] + self._fallback_routes(route, call.key)
         reply, last_error, soonest = await self._try_routes(call, body, routes, estimate, False)
         if reply is None and last_error is None and soonest is not None:
             # No key could be tried: all are cooling down. Those a failure cooled (a 5xx, a
@@ -651,9 +651,13 @@ class Gateway:
         )
         return True
 
-    def _fallback_routes(self, route: Route) -> list[Route]:
+    def _fallback_routes(self, route: Route, key: KeyRecord) -> list[Route]:
+        """The route's fallbacks the key may use itself (a key held to cheap models does
+        not get an expensive one's answer because the cheap one failed)."""
         out = []
         for name in route.fallbacks:
+            if not key.allows(name):
+                continue
             try:
                 out.append(self.services.router.resolve(name))
             except GatewayError:

@@ -535,6 +535,10 @@ class ModelsHandler(BaseApiHandler):
             names = self._names(key)
             names += await self._backend_names(key, names)
             if model_id is not None:
+                if not key.allows(model_id):
+                    # As for a name that does not exist: a key held to some models learns
+                    # nothing of the others (or of the upstreams behind ``name:model``).
+                    raise NotFoundError(f"model {model_id!r} not found")
                 if model_id not in names:
                     try:
                         self.services.router.resolve(model_id)

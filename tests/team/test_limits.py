@@ -434,3 +434,35 @@ async def test_a_relayed_backend_error_keeps_its_limit_headers(gateway, fake_ope
     resp = await post(live, "openai")
     assert resp.status == 400
     assert resp.headers["x-ratelimit-remaining-tokens"] == "29000"
+
+
+async def test_a_key_s_globs_hold_for_inline_names_fallbacks_and_model_lookups(  # type: ignore[no-untyped-def]
+    gateway, fake_openai
+):
+    """A key held to ``*-mini`` and ``team-model``: an inline name's parameters are not
+    matched (``up:gpt-4o?a=-mini`` got through), a fallback outside its globs is not tried
+    for it, and ``/v1/models/{id}`` knows nothing it may not use."""
+    config = routes(fake_openai).replace(
+        'target = "real-model"', 'target = "real-model"\nfallbacks = ["pricey"]'
+    )
+    config += (
+        f'\n[[upstreams]]\nname = "up2"\nkind = "openai"\nbase_url = "{fake_openai.url}"\n'
+        'keys = ["sk-up2"]\n\n[[models]]\nname = "pricey"\nupstream = "up2"\n'
+        'target = "expensive"\n'
+    )
+    live = await gateway(
+        config + key_entry(models=["*-mini", "team-model"]), clock=FakeClock(), with_key=False
+    )
+    assert (await post(live, "openai", model="up:gpt-4o?a=-mini")).status == 403
+    assert (await post(live, "openai", model="up:gpt-4o-mini?temperature=0.2")).status == 200
+    assert fake_openai.received[-1].json["model"] == "gpt-4o-mini"
+
+    fake_openai.push(JsonReply(500, {"error": {"message": "down", "type": "server_error"}}))
+    resp = await post(live, "openai", model="team-model")
+    assert resp.status == 500  # the upstream's failure, not pricey's answer
+    assert [r.json["model"] for r in fake_openai.received[-1:]] == ["real-model"]
+
+    for name in ("pricey", "up:anything"):
+        found = await http("GET", live.url + f"/v1/models/{name}", headers=OPENAI)
+        assert found.status == 404
+    assert (await http("GET", live.url + "/v1/models/team-model", headers=OPENAI)).status == 200
