@@ -116,6 +116,20 @@ def port_problem(value: int) -> str | None:
     return None
 
 
+# A user name and password in a URL (``http://user:pass@host``, or one without its scheme):
+# up to the last "@" before the path, as URL parsers read it.
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)?[^/?#\s]*@")
+
+
+def upstream_url_problem(url: str) -> str | None:
+    """What is wrong with an upstream's ``base_url`` or ``tokenize_url``, or None. A password
+    in it showed wherever the URL does (a client's error message, the usage trail, the
+    dashboard, the log), and aiohttp refuses one next to a Bearer key: every request a 500."""
+    if _USERINFO.match(url):
+        return "a user name or password in the URL is refused (it would show in error messages)"
+    return None
+
+
 def database_url_problem(url: str) -> str | None:
     """Why SQLAlchemy cannot use ``url`` (no driver is imported), or None."""
     try:
@@ -340,6 +354,14 @@ def _foreign_url(url: str | None, own: tuple[str, int]) -> str | None:
     return None if same_host and port == own[1] else url
 
 
+def _check_env_url(name: str, url: str | None, keys: str) -> None:
+    """Refuses a user name or password in ``url``, the base URL the environment variable
+    ``name`` bootstraps an upstream with: its keys come from ``keys``, never from the URL."""
+    problem = None if url is None else upstream_url_problem(url)
+    if problem:
+        raise ConfigError(f"environment: {name}: {problem}: put the secret in {keys} instead")
+
+
 def _resolve_secret(where: _Where, entry: str, value: str, env: Mapping[str, str]) -> str:
     if value.startswith("env:"):
         name = value[4:]
@@ -385,6 +407,12 @@ _SERVER_FIELDS = {
 }
 
 
+def _check_url(where: _Where, entry: str, url: str) -> None:
+    problem = upstream_url_problem(url)
+    if problem:
+        raise where.error(entry, problem + ": put the secret in keys instead")
+
+
 def _parse_upstream(
     where: _Where, i: int, table: Any, env: Mapping[str, str], default_timeout: float
 ) -> UpstreamConfig:
@@ -403,6 +431,7 @@ def _parse_upstream(
     if base_url is None:
         base_url = {"openai": DEFAULT_OPENAI_URL, "anthropic": DEFAULT_ANTHROPIC_URL}.get(kind, "")
     _expect(where, f"{entry}.base_url", base_url, str, "a URL string")
+    _check_url(where, f"{entry}.base_url", base_url)
     keys = tuple(
         _resolve_secret(where, f"{entry}.keys", k, env)
         for k in _strings(where, f"{entry}.keys", table.get("keys"))
@@ -414,6 +443,7 @@ def _parse_upstream(
     tokenize_url = table.get("tokenize_url")
     if tokenize_url is not None:
         _expect(where, f"{entry}.tokenize_url", tokenize_url, str, "a URL string")
+        _check_url(where, f"{entry}.tokenize_url", tokenize_url)
     return UpstreamConfig(
         name=name,
         kind=kind,
@@ -769,6 +799,7 @@ def load_settings(
     anthropic_url = _foreign_url(env.get("ANTHROPIC_BASE_URL"), own)
     anthropic = bool(anthropic_keys or anthropic_url) and "anthropic" not in names
     if anthropic:
+        _check_env_url("ANTHROPIC_BASE_URL", anthropic_url, "ANTHROPIC_API_KEY")
         upstreams.append(
             UpstreamConfig(
                 name="anthropic",
@@ -783,6 +814,7 @@ def load_settings(
     openai_url = _foreign_url(env.get("OPENAI_BASE_URL"), own)
     openai = bool(openai_keys or openai_url) and "openai" not in names
     if openai:
+        _check_env_url("OPENAI_BASE_URL", openai_url, "OPENAI_API_KEY")
         upstreams.append(
             UpstreamConfig(
                 name="openai",

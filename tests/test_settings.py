@@ -450,6 +450,59 @@ def test_config_values_the_gateway_cannot_use_are_refused(
     assert "not-a-key" not in said  # a secret is never echoed
 
 
+URL_PASSWORD = (
+    "a user name or password in the URL is refused (it would show in error messages): "
+    "put the secret in keys instead"
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "entry"),
+    [
+        (UPSTREAM + 'base_url = "http://user:hunter2@h/v1"\n', "upstreams[0] (u).base_url"),
+        (UPSTREAM + 'base_url = "https://hunter2@h:8443"\n', "upstreams[0] (u).base_url"),
+        (UPSTREAM + 'base_url = "user:hunter2@h/v1"\n', "upstreams[0] (u).base_url"),
+        (
+            UPSTREAM + 'tokenize_url = "http://user:hunter2@h/tokenize"\n',
+            "upstreams[0] (u).tokenize_url",
+        ),
+    ],
+)
+def test_a_password_in_an_upstream_url_is_refused(tmp_path: Path, text: str, entry: str) -> None:
+    """It showed in every client's error message ("invalid upstream URL http://user:…"),
+    the usage trail, the dashboard and the log, and every request with a key was a 500
+    (aiohttp refuses one next to an ``Authorization`` header)."""
+    said = refusal(tmp_path, text)
+    assert said.endswith(f": {entry}: {URL_PASSWORD}")
+    assert "hunter2" not in said and "\n" not in said
+
+
+def test_an_at_sign_past_the_host_is_no_password(tmp_path: Path) -> None:
+    text = UPSTREAM + 'base_url = "http://h/v1/team@example"\ntokenize_url = "http://h/t?u=a@b"\n'
+    s = load_settings(config_path=str(write(tmp_path, text)), environ={}, cwd=tmp_path)
+    assert (s.upstreams[0].base_url, s.upstreams[0].tokenize_url) == (
+        "http://h/v1/team@example",
+        "http://h/t?u=a@b",
+    )
+
+
+@pytest.mark.parametrize("variable", ["ANTHROPIC", "OPENAI"])
+def test_a_password_in_a_bootstrapping_base_url_is_refused(tmp_path: Path, variable: str) -> None:
+    environ = {f"{variable}_BASE_URL": "http://user:hunter2@backend.local/v1"}
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ=environ, cwd=tmp_path)
+    said = str(info.value)
+    assert said == (
+        f"environment: {variable}_BASE_URL: a user name or password in the URL is refused "
+        f"(it would show in error messages): put the secret in {variable}_API_KEY instead"
+    )
+    # Not refused where it bootstraps nothing: the config file defines that upstream.
+    name = variable.lower()
+    text = f'[[upstreams]]\nname = "{name}"\nkind = "{name}"\n'
+    s = load_settings(config_path=str(write(tmp_path, text)), environ=environ, cwd=tmp_path)
+    assert [u.name for u in s.upstreams] == [name]
+
+
 def test_the_bounds_take_their_edges_and_case_free_log_levels(tmp_path: Path) -> None:
     """Each bound's edge is accepted: ``retention_days = 0`` keeps every event (no purge),
     as it always did."""

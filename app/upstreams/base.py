@@ -1,7 +1,8 @@
 """What every upstream client returns, and the one place aiohttp's errors become ours.
 
 `UpstreamResponse` is an answer whose status and headers are known and whose
-body has not been read yet, so the gateway can stream it or read it whole.
+body has not been read yet, so the gateway can stream it or read it whole. A redirect
+is never followed: it is an `UpstreamError` (`redirect_error`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import re
 from collections.abc import Awaitable, Callable, Mapping
 from functools import lru_cache
 from typing import Any, Protocol
+from urllib.parse import urljoin
 
 import aiohttp
 import orjson
@@ -83,6 +85,56 @@ def html_error_summary(status: int, body: bytes) -> str | None:
     return f"upstream returned an HTML error page (HTTP {status})" + (
         f": {summary}" if summary else ""
     )
+
+
+# A user name and password in a URL (``http://user:pass@host``, or without the scheme as
+# aiohttp is handed it): to the last "@" before the path, as URL parsers read it.
+_URL_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)?[^/?#\s]*@")
+_TEXT_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s]*@")
+_SHOWN_TARGET = 300  # characters of a redirect's target a message shows
+
+
+def shown_url(url: str) -> str:
+    """``url`` without its user name and password, for a message or a log line (every
+    client, usage row and dashboard page that shows it would show the password)."""
+    return _URL_USERINFO.sub(r"\1", url, count=1)
+
+
+def _shown_error(exc: BaseException, url: str) -> str:
+    """What aiohttp's ``exc`` says, which may quote ``url`` (with or without its scheme),
+    with every URL's user name and password left out."""
+    return _TEXT_USERINFO.sub(r"\1", str(exc).replace(url, shown_url(url)))
+
+
+def redirect_error(status: int, url: str, location: str | None) -> UpstreamError:
+    """The failure a 3xx is: following it re-sent the request, with the upstream key in
+    ``x-api-key`` (aiohttp strips only ``Authorization``), to whatever the answer named.
+    The target is shown without its user name, password, query and fragment."""
+    target = "a redirect"
+    if location:
+        try:
+            where = urljoin(url, location.strip())
+        except ValueError:  # a malformed address (an unclosed IPv6 bracket)
+            where = location.strip()
+        where = re.split(r"[?#]", shown_url(where), maxsplit=1)[0]
+        if len(where) > _SHOWN_TARGET:
+            where = where[:_SHOWN_TARGET] + "…"
+        target = f"a redirect to {where}"
+    return UpstreamError(
+        f"upstream answered HTTP {status} ({target}, not followed): "
+        "set the upstream's base_url to where it points"
+    )
+
+
+def _userinfo_refused(url: str) -> str:
+    return (
+        f"upstream URL {shown_url(url)} carries a user name or password, which cannot go "
+        "with the upstream's key: put the secret in the upstream's keys instead"
+    )
+
+
+def _is_redirect(status: int) -> bool:
+    return 300 <= status < 400
 
 
 class HttpResponse:
@@ -195,40 +247,68 @@ async def post(
     timeout: float,
     stream: bool,
 ) -> HttpResponse:
-    """POST and return once status and headers arrived; connection errors mapped."""
+    """POST and return once status and headers arrived; connection errors and redirects
+    (`redirect_error`) mapped."""
     try:
         resp = await session.post(
-            url, data=body, headers=headers, timeout=_timeouts(timeout, stream)
+            url,
+            data=body,
+            headers=headers,
+            timeout=_timeouts(timeout, stream),
+            allow_redirects=False,
         )
     except (TimeoutError, aiohttp.ServerTimeoutError):
         raise UpstreamTimeoutError(f"upstream did not answer within {timeout:g} s") from None
     except aiohttp.ClientConnectorError as exc:
-        raise UpstreamConnectError(f"cannot connect to upstream {url}: {exc.os_error}") from None
-    except aiohttp.InvalidURL:
-        raise UpstreamConnectError(f"invalid upstream URL {url}") from None
+        raise UpstreamConnectError(
+            f"cannot connect to upstream {shown_url(url)}: {_shown_error(exc.os_error, url)}"
+        ) from None
+    except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError):
+        raise UpstreamConnectError(f"invalid upstream URL {shown_url(url)}") from None
     except aiohttp.ClientError as exc:
-        raise UpstreamConnectError(f"upstream request failed: {exc}") from None
+        raise UpstreamConnectError(f"upstream request failed: {_shown_error(exc, url)}") from None
+    except ValueError:
+        if shown_url(url) == url:
+            raise
+        # aiohttp refuses a password in the URL next to an Authorization header: an
+        # upstream stored before the config file and the dashboard refused one.
+        raise UpstreamConnectError(_userinfo_refused(url)) from None
+    if _is_redirect(resp.status):
+        resp.close()
+        raise redirect_error(resp.status, url, resp.headers.get("Location"))
     return HttpResponse(resp, timeout, stream)
 
 
 async def get_json(
     session: aiohttp.ClientSession, url: str, headers: Mapping[str, str], *, timeout: float
 ) -> Any:
-    """GET a JSON document (model lists); errors mapped."""
+    """GET a JSON document (model lists); errors and redirects (`redirect_error`) mapped."""
     client_timeout = aiohttp.ClientTimeout(
         total=timeout, connect=min(timeout, 10.0), ceil_threshold=_NEVER_ROUNDED
     )
+    shown = shown_url(url)
     try:
-        raw = await session.get(url, headers=headers, timeout=client_timeout)
+        raw = await session.get(url, headers=headers, timeout=client_timeout, allow_redirects=False)
     except (TimeoutError, aiohttp.ServerTimeoutError):
         raise UpstreamTimeoutError(f"upstream did not answer within {timeout:g} s") from None
+    except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError):
+        raise UpstreamConnectError(f"invalid upstream URL {shown}") from None
     except aiohttp.ClientError as exc:
-        raise UpstreamConnectError(f"cannot reach upstream {url}: {exc}") from None
+        raise UpstreamConnectError(
+            f"cannot reach upstream {shown}: {_shown_error(exc, url)}"
+        ) from None
+    except ValueError:
+        if shown == url:
+            raise
+        raise UpstreamConnectError(_userinfo_refused(url)) from None
+    if _is_redirect(raw.status):
+        raw.close()
+        raise redirect_error(raw.status, url, raw.headers.get("Location"))
     resp = HttpResponse(raw, timeout)
     body = await resp.read()
     if resp.status >= 400:
-        raise UpstreamError(f"upstream answered {resp.status} for {url}")
+        raise UpstreamError(f"upstream answered {resp.status} for {shown}")
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
-        raise UpstreamError(f"upstream sent invalid JSON for {url}") from None
+        raise UpstreamError(f"upstream sent invalid JSON for {shown}") from None

@@ -167,6 +167,65 @@ async def test_upstream_validation(
 
 
 @pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize(
+    ("field", "url", "label"),
+    [
+        ("base_url", "http://user:hunter2@127.0.0.1:9/v1", "Base URL"),
+        ("base_url", "https://hunter2@127.0.0.1:9", "Base URL"),
+        ("tokenize_url", "http://user:hunter2@127.0.0.1:9/tokenize", "Tokenizer endpoint"),
+    ],
+)
+async def test_a_password_in_an_upstream_url_is_refused(
+    client: Client, services: Services, fake: FakeUpstream, field: str, url: str, label: str
+) -> None:
+    """It showed on these pages, in every client's error message and in the usage trail,
+    and a key beside it made every request a 500 (aiohttp refuses the two together)."""
+    await client.login()
+    message = (
+        f"{label} may not hold a user name or password (every error message would show "
+        "it): add the secret as one of the upstream's keys instead."
+    )
+    response = await client.post("/admin/upstreams", upstream_form(fake) | {field: url})
+    assert response.code == 400
+    page = body(response)
+    assert message in html.unescape(page)
+    assert "hunter2" not in page  # the form shown again leaves it out too
+    assert "local" not in services.pool.names()
+    upstream_id = await add_upstream(client, fake)
+    response = await client.post(
+        f"/admin/upstreams/{upstream_id}", upstream_form(fake) | {field: url}
+    )
+    assert response.code == 400
+    page = body(response)
+    assert message in html.unescape(page) and "hunter2" not in page
+    spec = services.pool.get("local").spec
+    assert (spec.base_url, spec.tokenize_url) == (fake.url, None)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_test_button_does_not_follow_a_redirect(
+    client: Client, services: Services, fake: FakeUpstream
+) -> None:
+    """A redirect took the request, and the upstream key, to wherever it pointed."""
+    elsewhere = await FakeUpstream("openai").start()
+    try:
+        await client.login()
+        upstream_id = await with_keys(client, fake)
+        target = f"http://127.0.0.1:{elsewhere.port}/v1/chat/completions"
+        fake.push(JsonReply(status=307, raw=b"", headers={"Location": target}))
+        page = body(await client.post(f"/admin/upstreams/{upstream_id}/test", {"model": "m"}))
+    finally:
+        await elsewhere.stop()
+    assert elsewhere.received == []
+    result = page[page.index('data-testid="test-result"') :]
+    assert "no answer" in result
+    assert (
+        f"upstream answered HTTP 307 (a redirect to {target}, not followed): "
+        "set the upstream's base_url to where it points"
+    ) in html.unescape(result)
+
+
+@pytest.mark.gen_test(timeout=30)
 @pytest.mark.parametrize("timeout", ["0.5", "0.001", "1", "0", "-0.5", "nan"])
 async def test_the_dashboard_takes_the_timeouts_the_config_file_takes(
     client: Client, services: Services, fake: FakeUpstream, timeout: str

@@ -18,7 +18,8 @@ from app.handlers.admin.forms import (
     required,
 )
 from app.handlers.admin.probe import ProbeResult, probe
-from app.settings import KINDS, MAX_TOKENS_FIELDS, REASONING, ROTATIONS
+from app.settings import KINDS, MAX_TOKENS_FIELDS, REASONING, ROTATIONS, upstream_url_problem
+from app.upstreams.base import shown_url
 from app.upstreams.keyring import KeyState
 
 UPSTREAM_FIELDS = (
@@ -146,9 +147,14 @@ class UpstreamFormMixin(AdminHandler):
         base_url = optional_text(form["base_url"], t("upstreams.base_url")) or ""
         if kind != "echo" and not base_url.startswith(("http://", "https://")):
             raise FormError("upstreams.base_url_required")
+        self._refuse_credentials(form, "base_url", base_url, t("upstreams.base_url"))
         tokenize_url = optional_text(form["tokenize_url"], t("upstreams.tokenize_url"))
         if tokenize_url and not tokenize_url.startswith(("http://", "https://")):
             raise FormError("form.url", field=t("upstreams.tokenize_url"))
+        if tokenize_url:
+            self._refuse_credentials(
+                form, "tokenize_url", tokenize_url, t("upstreams.tokenize_url")
+            )
         # > 0, as the config file's (a local backend may well answer within half a second).
         timeout = optional_float(form["timeout"], t("upstreams.timeout"), above=0, maximum=3600)
         return ua.UpstreamFields(
@@ -166,6 +172,15 @@ class UpstreamFormMixin(AdminHandler):
             ),
             enabled=bool(form["enabled"]),
         )
+
+    @staticmethod
+    def _refuse_credentials(form: dict[str, str], name: str, url: str, label: str) -> None:
+        """A user name or password in ``url`` would show wherever the URL does (a client's
+        error message, the usage trail, these pages): refused, and left out of the form
+        the page shows again."""
+        if upstream_url_problem(url):
+            form[name] = shown_url(url)
+            raise FormError("upstreams.url_credentials", field=label)
 
 
 @dataclass(frozen=True, slots=True)
