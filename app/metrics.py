@@ -153,7 +153,10 @@ class Metrics:
     def observe(self, record: UsageRecord) -> None:
         usage = self._usage
         upstream = record.upstream or ""
-        model = usage.model(record.requested_model or "")
+        # A request refused for its key names no model here (its usage row does): anyone
+        # could otherwise fill the model labels with names of their own.
+        named = record.requested_model if record.http_status != 401 else None
+        model = usage.model(named or "")
         request_key = (record.client_dialect, model, upstream, record.status)
         usage.requests[request_key] = usage.requests.get(request_key, 0) + 1
         tokens = usage.tokens

@@ -33,6 +33,7 @@ from app.errors import (
     UnsupportedMediaTypeError,
 )
 from app.gateway import (
+    PEEK_LIMIT,
     ApiRequest,
     Gateway,
     Reply,
@@ -246,6 +247,7 @@ class ProxyHandler(BaseApiHandler):
         # What `post` answers instead of calling the gateway, once the body is read (a
         # 415, a compressed body that does not decompress).
         self._refusal: GatewayError | None = None
+        self._answered = False  # refused before its body was read (a key that is not valid)
 
     async def prepare(self) -> None:
         method = self.request.method
@@ -263,6 +265,17 @@ class ProxyHandler(BaseApiHandler):
             self._refuse_unread()
             self._write_plain(await self.gateway.reject(self._request(b""), self._payload_error()))
             return
+        framed = length is None or length.isdigit()  # else Tornado's 400 comes first
+        if framed and (length is None or int(length) > PEEK_LIMIT or "Content-Encoding" in headers):
+            # A body that may be large (or decompress to it) is read only for a valid key,
+            # as on the lean path (`ApiCall._key_before_body`).
+            try:
+                await self.services.authenticate_headers(headers)
+            except GatewayError as err:
+                self._answered = True
+                self._refuse_unread()
+                self._write_plain(await self.gateway.reject(self._request(b""), err))
+                return
         # A chunked body's size shows only as it arrives: `data_received` discards what is
         # over the limit and `post` answers 413, so tornado's own cap (a bare 400) sits above.
         cap = limit + 1 if length is not None else 2 * limit + 1
@@ -289,6 +302,8 @@ class ProxyHandler(BaseApiHandler):
         return PayloadTooLargeError(f"Request body exceeds the {limit / (1024 * 1024):g} MiB limit")
 
     def data_received(self, chunk: bytes) -> Awaitable[None] | None:
+        if self._answered:
+            return None
         if self._refusal is not None:
             return None  # read to its end (the connection stays usable), then refused
         if self._decoder is not None:
@@ -329,6 +344,8 @@ class ProxyHandler(BaseApiHandler):
             conn._lean.linger = True
 
     async def post(self) -> None:
+        if self._answered:
+            return
         if self._too_large:
             if not self._finished:
                 refused = await self.gateway.reject(self._request(b""), self._payload_error())
@@ -594,21 +611,38 @@ class HealthHandler(tornado.web.RequestHandler):
 
 class MetricsHandler(tornado.web.RequestHandler):
     """``GET /metrics`` for Prometheus: with ``metrics_token`` set, that bearer token is
-    required; without it only loopback clients may read."""
+    required; without it only loopback clients may read, and only when not ``behind_proxy``.
+
+    Loopback is judged by the socket's peer, never ``request.remote_ip``: with
+    ``behind_proxy`` that comes from X-Real-IP / X-Forwarded-For, which a client sets
+    itself when the proxy passes them on (``X-Real-IP: 127.0.0.1`` opened this from
+    anywhere). Behind a proxy the peer tells nothing either: the proxy's connection
+    usually comes from loopback too, carrying every outside client's request. So there
+    the token is the only way in (403 without one), while without a proxy
+    ``curl localhost:8000/metrics`` keeps working.
+    """
 
     def initialize(self, services: Services) -> None:
         self.services = services
 
     def get(self) -> None:
-        token = self.services.settings.metrics_token
+        settings = self.services.settings
+        token = settings.metrics_token
         if token:
             given = self.request.headers.get("Authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
                 raise tornado.web.HTTPError(401)
-        elif self.request.remote_ip not in ("127.0.0.1", "::1"):
+        elif settings.behind_proxy:
+            raise tornado.web.HTTPError(403, "behind_proxy: /metrics needs metrics_token")
+        elif self._peer_ip() not in ("127.0.0.1", "::1"):
             raise tornado.web.HTTPError(403)
         self.set_header("Content-Type", METRICS_CONTENT_TYPE)
         self.finish(self.services.metrics.render())
+
+    def _peer_ip(self) -> str:
+        """The connected socket's address, whatever forwarded headers say."""
+        address = getattr(getattr(self.request.connection, "context", None), "address", None)
+        return str(address[0]) if isinstance(address, tuple) and address else ""
 
 
 class HelloHandler(tornado.web.RequestHandler):

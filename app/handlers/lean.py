@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from http.client import responses
 from typing import Any, cast
 
@@ -39,6 +39,7 @@ from app.errors import (
     RequestTimeoutError,
 )
 from app.gateway import (
+    PEEK_LIMIT,
     ApiRequest,
     Gateway,
     LastChunk,
@@ -298,6 +299,7 @@ class ApiCall(httputil.HTTPMessageDelegate):
         self.task: asyncio.Task[None] | None = None
         self.started = time.perf_counter()
         self.status = 0
+        self.refused = False  # answered before its body was read (`_key_before_body`)
 
     # -- HTTPMessageDelegate ---------------------------------------------------------------
 
@@ -305,15 +307,43 @@ class ApiCall(httputil.HTTPMessageDelegate):
         self,
         start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
         headers: httputil.HTTPHeaders,
-    ) -> None:
+    ) -> Awaitable[None] | None:
         self.headers = headers
         # Called if the client goes away after its request was read (the body below).
         self.conn.set_close_callback(self.on_connection_close)
+        if int(headers["Content-Length"]) > PEEK_LIMIT:  # a digit string (`_Dispatch`)
+            return self._key_before_body(headers)
+        return None
+
+    async def _key_before_body(self, headers: httputil.HTTPHeaders) -> None:
+        """A large body is read only for a valid key: without one it is refused at once
+        (a 401 that drains what the client still sends), so no one without a key can make
+        the gateway hold megabytes per connection (32 MiB each, as many as it accepts).
+        A smaller body is read first, so the usage row can name the model it asks for."""
+        try:
+            await self.services.authenticate_headers(headers)
+        except GatewayError as err:
+            self.refused = True
+            lean = self.conn._lean
+            if lean is not None:
+                lean.linger = True
+            req = ApiRequest(self.dialect, self.endpoint, b"", headers, self.request_id)
+            reply = await self.gateway.reject(req, err)
+            self._write_whole(reply)
+            log_request(
+                reply.status,
+                self.start_line.method,
+                self.start_line.path.partition("?")[0],
+                time.perf_counter() - self.started,
+            )
 
     def data_received(self, chunk: bytes) -> None:
-        self.chunks.append(chunk)
+        if not self.refused:
+            self.chunks.append(chunk)
 
     def finish(self) -> None:
+        if self.refused:
+            return
         body = b"".join(self.chunks)
         self.chunks = []
         self.task = asyncio.get_running_loop().create_task(self._run(body))

@@ -1,5 +1,6 @@
 """``GET /metrics``: Prometheus text with requests, tokens, errors, latency and TTFT by
-route/upstream/status and upstream key states; bearer token or loopback only."""
+route/upstream/status and upstream key states; bearer token, or loopback only when not
+behind a proxy."""
 
 from __future__ import annotations
 
@@ -211,6 +212,31 @@ async def test_with_a_token_non_loopback_clients_may_read(gateway, fake_anthropi
     outside = f"http://{address}:{live.server.ports[-1]}"
     resp = await http("GET", outside + "/metrics", headers={"Authorization": "Bearer prom-secret"})
     assert resp.status == 200
+
+
+async def test_forged_loopback_does_not_open_metrics(gateway, fake_anthropic, fake_openai):  # type: ignore[no-untyped-def]
+    """Behind a proxy, X-Real-IP / X-Forwarded-For are the client's own words, and the
+    socket's peer is the proxy (loopback here too): only the token lets anyone read."""
+    direct = await gateway(config(fake_anthropic, fake_openai))
+    # Without a proxy the socket's peer decides: a real local call works.
+    assert (await http("GET", direct.url + "/metrics")).status == 200
+    await direct.server.stop(1)
+    proxied = await gateway(config(fake_anthropic, fake_openai), server="behind_proxy = true")
+    for forged in (
+        {"X-Real-IP": "127.0.0.1"},
+        {"X-Forwarded-For": "127.0.0.1"},
+        {"X-Real-IP": "::1", "X-Forwarded-For": "::1"},
+        {},
+    ):
+        assert (await http("GET", proxied.url + "/metrics", headers=forged)).status == 403
+    await proxied.server.stop(1)
+    with_token = await gateway(
+        config(fake_anthropic, fake_openai, token="prom-secret"), server="behind_proxy = true"
+    )
+    forged = {"X-Real-IP": "127.0.0.1"}
+    assert (await http("GET", with_token.url + "/metrics", headers=forged)).status == 401
+    right = {"Authorization": "Bearer prom-secret", "X-Forwarded-For": "203.0.113.9"}
+    assert (await http("GET", with_token.url + "/metrics", headers=right)).status == 200
 
 
 def test_metrics_buckets_and_the_model_label_cap() -> None:

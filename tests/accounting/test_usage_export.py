@@ -309,7 +309,7 @@ async def test_export_equals_what_the_upstreams_reported(gateway, make_fake):  #
         )
     )
 
-    # 9. Unknown proxy key.
+    # 9. Unknown proxy key (the row names the model its body asked for).
     await send(
         "/v1/chat/completions", {"Authorization": "Bearer bk-nobody"}, o_body("local-x"), 401
     )
@@ -317,7 +317,7 @@ async def test_export_equals_what_the_upstreams_reported(gateway, make_fake):  #
         row(
             key_name="",
             client_dialect="openai",
-            requested_model="",
+            requested_model="local-x",
             upstream="",
             target_model="",
             status="error",

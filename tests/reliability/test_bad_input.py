@@ -1101,3 +1101,55 @@ def test_a_client_that_sends_its_whole_oversized_body_first_gets_the_413(
     assert answer.startswith(b"HTTP/1.1 413 ")
     assert b"request_too_large" in answer
     still_serving(bed, dialect, "m-an" if dialect == A else "m-oa")
+
+
+@pytest.fixture(scope="module")
+def roomy(bed_factory: Callable[..., Bed]) -> Bed:
+    """A gateway with the default body limit (32 MiB): bodies past `PEEK_LIMIT` fit."""
+    return bed_factory()
+
+
+def _answer_before_the_body(port: int, head: bytes, first: bytes = b"") -> bytes:
+    """Send ``head`` (and ``first``), nothing more, and read what comes back until the
+    server closes: a server waiting for the rest of the body answers nothing (timeout)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(head + first)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize("dialect", [A, O])
+@pytest.mark.parametrize("key", ["bk-not-a-key-0000000000000000000", None], ids=["unknown", "none"])
+def test_a_large_body_without_a_valid_key_is_refused_before_it_is_read(
+    roomy: Bed, dialect: str, key: str | None
+) -> None:
+    """Anyone could make the gateway hold a whole body (32 MiB by default) per connection
+    before the key was looked at: 20 connections took it from 118 to 767 MB."""
+    bed = roomy
+    path = "/v1/messages" if dialect == A else "/v1/chat/completions"
+    auth_line = f"x-api-key: {key}\r\n" if key else ""
+    for framing in (f"Content-Length: {8 * PEEK_LIMIT}", "Transfer-Encoding: chunked"):
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"{auth_line}{framing}\r\n\r\n"
+        ).encode()
+        first = b"10\r\n" + b"x" * 16 + b"\r\n" if "chunked" in framing else b"{"
+        answer = _answer_before_the_body(bed.port, head, first)
+        assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
+        kind = b"authentication_error" if dialect == A else b"invalid_api_key"
+        assert kind in answer
+    still_serving(bed, dialect, "m-an" if dialect == A else "m-oa")
+
+
+def test_a_large_body_with_a_valid_key_is_read_as_before(roomy: Bed) -> None:
+    bed = roomy
+    text = "y" * (2 * PEEK_LIMIT)
+    body = orjson.dumps(
+        {"model": "m-oa", "messages": [{"role": "user", "content": text}], "max_tokens": 5}
+    )
+    resp = call("POST", bed.port, "/v1/chat/completions", body=body, headers=auth())
+    assert resp.status == 200
+    resp = call("POST", bed.port, "/v1/chat/completions", body=body, headers=auth(), chunked=True)
+    assert resp.status == 200

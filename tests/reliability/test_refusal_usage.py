@@ -146,10 +146,10 @@ async def still_serving(live: Live) -> None:
         (
             "/openai/v1/chat/completions",
             "Transfer-Encoding: chunked",
-            UNKNOWN_BEARER,
+            BEARER,
             O,
             "chat",
-            None,
+            "tester",
         ),
         # `NotFoundHandler` would have (its 404 is recorded the same way)
         ("/v1/nope", "Content-Length: 100", BEARER, O, "unknown", "tester"),
@@ -178,6 +178,21 @@ async def test_a_stalled_body_leaves_a_usage_row(
         key_name=key_name,
         says="stopped arriving",
     )
+    await still_serving(live)
+
+
+async def test_a_chunked_body_without_a_valid_key_is_a_401_row_before_it_stalls(
+    live: Live,
+) -> None:
+    """A body of unknown size is read only for a valid key: an unknown one is refused at
+    its headers (and recorded), so its stalling body never comes into it."""
+    raw = head(
+        "POST /openai/v1/chat/completions HTTP/1.1", "Transfer-Encoding: chunked", UNKNOWN_BEARER
+    )
+    status, headers, _ = await exchange(live.port, raw + b"64\r\n" + b'{"model"')
+    assert status == 401
+    rows = await rows_of(live, headers["request-id"])
+    assert [(r.http_status, r.key_name, r.client_dialect) for r in rows] == [(401, None, O)]
     await still_serving(live)
 
 

@@ -85,9 +85,14 @@ KEY = f"Authorization: Bearer {TEST_KEY}"
 async def test_a_stalled_body_gets_a_408_in_the_dialect(
     live: Live, path: str, framing: str, dialect: str, key: bool
 ) -> None:
-    start = b"64\r\n" if framing.startswith("Transfer") else b""
+    chunked = framing.startswith("Transfer")
+    start = b"64\r\n" if chunked else b""
     raw = head(path, framing, *([KEY] if key else [])) + start + b'{"model"'
     status, headers, body = await stall(live.port, raw)
+    if chunked and not key:
+        # A body of unknown size is read only for a valid key: refused at its headers.
+        assert status == 401
+        return
     assert status == 408
     assert headers["connection"] == "close"
     assert headers["request-id"].startswith("req_")

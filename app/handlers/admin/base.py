@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlencode, urlsplit
 
+import tornado.httputil
 import tornado.web
 from jinja2 import Environment
 from markupsafe import Markup
@@ -49,6 +50,9 @@ NAV = (
 )
 
 T = TypeVar("T")
+
+# The audit trail's address column (`AdminAudit.remote_ip`).
+AUDIT_ADDRESS_CHARS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +98,24 @@ def safe_next(value: str | None) -> str:
 
 def not_found() -> NoReturn:
     raise tornado.web.HTTPError(404)
+
+
+def client_address(request: tornado.httputil.HTTPServerRequest) -> str:
+    """The client's address for the audit trail: ``remote_ip``, and after it the socket's
+    peer when they differ ("203.0.113.9 via 127.0.0.1").
+
+    With ``behind_proxy``, ``remote_ip`` is what X-Real-IP / X-Forwarded-For say, which a
+    client writes itself when the proxy passes them on; the peer it cannot forge. When
+    both do not fit the column (two long IPv6 addresses), the peer is left out: behind a
+    proxy it is the proxy's.
+    """
+    claimed = request.remote_ip or ""
+    address = getattr(getattr(request.connection, "context", None), "address", None)
+    peer = str(address[0]) if isinstance(address, tuple) and address else ""
+    both = f"{claimed} via {peer}"
+    if not peer or peer == claimed or len(both) > AUDIT_ADDRESS_CHARS:
+        return claimed
+    return both
 
 
 async def off_loop(func: Callable[..., T], *args: Any) -> T:
@@ -208,7 +230,7 @@ class AdminHandler(tornado.web.RequestHandler):
             action,
             target=target[:300],
             detail=detail,
-            remote_ip=self.request.remote_ip or "",
+            remote_ip=client_address(self.request),
         )
 
     def arg(self, name: str, default: str = "") -> str:

@@ -10,6 +10,7 @@ from app.handlers.admin.base import (
     LANG_COOKIE,
     LOGIN_URL,
     AdminHandler,
+    client_address,
     off_loop,
     safe_next,
 )
@@ -45,6 +46,8 @@ class LoginHandler(AdminHandler):
         username = self.arg("username")
         password = self.get_body_argument("password", "")
         target = safe_next(self.get_body_argument("next", None))
+        # Behind a proxy this is what X-Real-IP / X-Forwarded-For claim, which a client
+        # can forge; the throttle's per-username rule holds whatever address it claims.
         ip = self.request.remote_ip or ""
         throttle = self.deps.throttle
         wait = throttle.begin(ip, username)
@@ -78,7 +81,7 @@ class LoginHandler(AdminHandler):
                     "sign_in_failed",
                     target=username[:300],
                     detail="locked out" if lockout else "",
-                    remote_ip=ip,
+                    remote_ip=client_address(self.request),
                 )
                 await session.commit()
             if lockout:
