@@ -402,9 +402,20 @@ def parse_arguments(raw: Any) -> dict[str, Any]:
     if not isinstance(raw, str):
         log.warning("tool arguments of type %s replaced by {}", type(raw).__name__)
         return {}
+    value = arguments_object(raw)
+    if value is not None:
+        return value
+    if raw.strip():
+        log.warning("unparsable tool arguments replaced by {}: %.200s", raw)
+    return {}
+
+
+def arguments_object(raw: str) -> dict[str, Any] | None:
+    """The object in arguments text as `parse_arguments` repairs it, or None when there is
+    none (blank text included); the stream asks which of two readings holds one."""
     text = raw.strip()
     if not text:
-        return {}
+        return None
     fence = _FENCE.match(text)
     if fence:
         text = fence.group(1)
@@ -418,10 +429,7 @@ def parse_arguments(raw: Any) -> dict[str, Any]:
                 value, _ = _DECODER.raw_decode(text, start)
             except ValueError:
                 value = None
-    if isinstance(value, dict):
-        return value
-    log.warning("unparsable tool arguments replaced by {}: %.200s", raw)
-    return {}
+    return value if isinstance(value, dict) else None
 
 
 def final_usage(upstream: Usage | None, input_estimate: int, output: TextCount) -> Usage:

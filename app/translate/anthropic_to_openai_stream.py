@@ -9,9 +9,7 @@ the SDK and Claude Code keep the ``""`` from the start event).
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,13 +23,17 @@ from app.dialects.usage import OutputMeter, TextCount, Usage, from_openai, to_an
 from app.errors import GatewayError, UpstreamError
 from app.translate.anthropic_to_openai import (
     RequestContext,
+    arguments_object,
     final_usage,
     matched_stop,
+    parse_arguments,
     reasoning_text,
     stop_reason,
 )
 from app.translate.anthropic_to_openai_errors import error_from_payload
+from app.translate.chat_deltas import split_pair
 from app.translate.ids import new_message_id, new_tool_id, sanitize_tool_id
+from app.translate.json_repair import is_json_prefix
 from app.translate.stream_pipeline import TextSlot, plain_run
 from app.translate.think_tags import PLAIN, Pieces, ThinkTags
 
@@ -45,11 +47,6 @@ _DELTA_HEADS = {
     b'"delta":{"type":"' + kind.encode() + b'_delta","' + kind.encode() + b'":'
     for kind in ("text", "thinking")
 }
-
-
-# A \uD800-\uDFFF escape: half of a UTF-16 surrogate pair, which orjson refuses alone.
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-_TEXT_FIELDS = ("content", "reasoning_content", "reasoning", "refusal")
 
 
 def _locator(name: str) -> Callable[[Any], Any]:
@@ -93,23 +90,67 @@ def openai_text_delta(part: bytes) -> tuple[str, str] | None:
     return found
 
 
+def _snapshot_added(reading: str, fragment: str) -> str:
+    """``reading`` (arguments read as snapshots) after ``fragment``."""
+    if fragment.startswith(reading):
+        return fragment
+    return reading if reading.startswith(fragment) else reading + fragment
+
+
+def _is_object(text: str) -> bool:
+    try:
+        return isinstance(orjson.loads(text), dict)
+    except orjson.JSONDecodeError:
+        return False
+
+
+def _holds_object(text: str) -> bool:
+    return arguments_object(text) is not None
+
+
 @dataclass(slots=True)
 class _Tool:
-    """One backend tool call: buffered until its name is known, then one tool_use block."""
+    """One backend tool call: buffered until its name is known, then one tool_use block.
+
+    Its arguments go out as they come once their first non-blank character is ``{``. Any
+    other start (a JSON string holding the object, as double-encoding backends send it, a
+    Markdown fence, text before the object, an array) is a shape `parse_arguments` repairs
+    or replaces in the whole answer, and a stream cannot take deltas back: such a call is
+    *held*, and its block gets one ``input_json_delta`` with what `parse_arguments` makes of
+    all of it when it closes. So only the first non-blank fragment costs a check.
+
+    Some gateways resend all the arguments so far in every fragment (cumulative snapshots,
+    PROTOCOL.md §5.5), but a genuine fragment can also start with everything received:
+    ``{"q":`` then ``{"q":1}}``. For a fragment F that starts with all the text R received
+    (only then, so plain calls never pay for it), the JSON grammar decides (`is_json_prefix`):
+
+    * R + F can be no JSON text (R is a whole value, F repeats an opening ``{`` or quote, or
+      R is no JSON at all, as in a fence): F is a snapshot, and the call is in snapshot mode
+      from then on (only a snapshot's new end is new; an unchanged one adds nothing);
+    * R + F can be JSON and F alone cannot: F is a genuine fragment;
+    * both can (R ends where a value may start: ``{"a": `` then ``{"a": 1}``): only later
+      fragments tell, so the call is held from here with both readings, and at its close the
+      first reading that holds an object (as sent for ``{``, as `parse_arguments` repairs
+      it otherwise), else the first that can still be JSON, wins, the fragments' first.
+
+    A blank R is trimmed without deciding anything: both readings are then the same JSON.
+    """
 
     raw_id: str | None
     name: str | None = None
-    buffered: str = ""  # fragments not emitted yet
+    buffered: str = ""  # fragments not emitted yet (the call has no block yet)
     received: str = ""  # every fragment, to tell when the arguments form a whole object
     started: bool = False
     waiting: bool = False
     got_args: bool = False
+    held: bool = True  # until the first non-blank character shows an object
+    shape: str | None = None  # "object" (starts with ``{``) or "repair"; None while blank
+    snapshots: bool = False  # the backend sends cumulative snapshots
+    snapshot_reading: str | None = None  # the arguments read as snapshots, while undecided
+    sent: int = 0  # characters of ``received`` accounted for before the call was held
 
     def complete(self) -> bool:
-        try:
-            return isinstance(orjson.loads(self.received), dict)
-        except orjson.JSONDecodeError:
-            return False
+        return _is_object(self.received)
 
 
 @dataclass(slots=True)
@@ -132,10 +173,12 @@ class StreamTranslator:
     Invents: the ``msg_…`` id, ``toolu_…`` ids for calls without one, ``"{}"`` arguments for
     tool blocks that received none, one empty text block for a stream with no content, and
     estimated usage when the backend sent none. Splits reasoning written inline as
-    ``<think>…</think>`` at the start of the content into a thinking block. Drops: reasoning
-    unless ``ctx.thinking``,
-    whitespace-only text that never turns into visible text, argument fragments for a call
-    whose block is already closed, anything after ``finish_reason`` except usage.
+    ``<think>…</think>`` at the start of the content into a thinking block. Replaces
+    arguments that do not start with ``{`` by what `parse_arguments` makes of them, sent
+    whole at the call's close (`_Tool`). Drops: reasoning unless ``ctx.thinking``,
+    whitespace-only text that never turns into visible text, blanks before a call's
+    arguments, the repeated part of cumulative argument snapshots, argument fragments for a
+    call whose block is already closed, anything after ``finish_reason`` except usage.
     """
 
     def __init__(self, ctx: RequestContext, *, message_id: str | None = None) -> None:
@@ -296,44 +339,9 @@ class StreamTranslator:
         return out + self._fail(UpstreamError(CUT_STREAM_MESSAGE))
 
     def _split_pair(self, data: str) -> Any:
-        """``data`` parsed when orjson refused it only for half a surrogate pair, else None.
-
-        Node servers cut a text between the two halves of a UTF-16 pair (an emoji) and
-        escape each half in its own event: valid JSON that orjson refuses. Parsed leniently,
-        a delta's text that ends in a high half holds it for the next event of that field,
-        whose low half completes it; any other lone half becomes U+FFFD (a held one whose
-        partner never comes is dropped). Only here, after the fast parse failed, so plain
-        streams pay nothing.
-        """
-        if _SURROGATE_ESCAPE.search(data) is None:
-            return None
-        try:
-            chunk = json.loads(data)
-        except ValueError:
-            return None
-        choices = chunk.get("choices") if isinstance(chunk, dict) else None
-        for choice in choices if isinstance(choices, list) else []:
-            delta = choice.get("delta") if isinstance(choice, dict) else None
-            if not isinstance(delta, dict):
-                continue
-            for name in _TEXT_FIELDS:
-                if isinstance(delta.get(name), str):
-                    delta[name] = self._paired(name, delta[name])
-            calls = delta.get("tool_calls")
-            for call in calls if isinstance(calls, list) else []:
-                function = call.get("function") if isinstance(call, dict) else None
-                if isinstance(function, dict) and isinstance(function.get("arguments"), str):
-                    key = f"arguments {call.get('index')}"
-                    function["arguments"] = self._paired(key, function["arguments"])
-        return chunk
-
-    def _paired(self, key: str, text: str) -> str:
-        text = self._high.pop(key, "") + text
-        if text and "\ud800" <= text[-1] <= "\udbff":
-            self._high[key] = text[-1]
-            text = text[:-1]
-        # Through UTF-16, a pair of halves is the one character; a lone half is U+FFFD.
-        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+        """``data`` parsed when orjson refused it only for half a surrogate pair, else None
+        (`chat_deltas.split_pair`, holding a trailing high half in ``_high``)."""
+        return split_pair(data, self._high)
 
     def ping(self) -> list[bytes]:
         if self.done:
@@ -464,7 +472,7 @@ class StreamTranslator:
         if tool is None or new_id or new_name:
             if tool is not None and not tool.started:
                 log.warning(
-                    "dropping tool call fragments that never got a name: %.200s", tool.buffered
+                    "dropping tool call fragments that never got a name: %.200s", tool.received
                 )
             tool = _Tool(raw_id)
             self._tools[oa_index] = tool
@@ -473,13 +481,8 @@ class StreamTranslator:
         if name and tool.name is None:
             tool.name = name
 
-        received = tool.received
-        if received and len(args) > len(received) and args.startswith(received):
-            # Cumulative snapshots (each fragment repeats what came before, as some gateways
-            # send them, PROTOCOL.md §5.5): only the new end is new. As deltas they would
-            # repeat an opening brace, which no JSON object does.
-            args = args[len(received) :]
-        tool.received = received + args
+        new = self._new_arguments(tool, args)
+        args = self._released(tool, new) if tool.held else new
         out: list[bytes] = []
         if not tool.started:
             tool.buffered += args
@@ -496,18 +499,74 @@ class StreamTranslator:
             out += self._close()
             return out + self._start_tool(tool)
         if self._open is None or self._open.tool is not tool:
-            if args:
+            if new:
                 # A call whose block is already closed: Claude Code parses a block's input at
                 # content_block_stop and rejects later deltas (PROTOCOL.md §7.1).
-                log.warning(
-                    "dropping a late argument fragment for a closed tool call: %.200s", args
-                )
+                log.warning("dropping a late argument fragment for a closed tool call: %.200s", new)
             return out
         if args:
             out.append(self._args_delta(tool, args))
         if self._waiting and tool.complete():
             out += self._flush_waiting(until_incomplete=True)
         return out
+
+    @staticmethod
+    def _new_arguments(tool: _Tool, args: str) -> str:
+        """What is new in the fragment ``args``, with ``tool.received`` brought up to date
+        (snapshots and the rule that tells them from fragments: `_Tool`)."""
+        received = tool.received
+        if tool.snapshot_reading is not None:
+            tool.snapshot_reading = _snapshot_added(tool.snapshot_reading, args)
+        elif received and len(args) >= len(received) and args.startswith(received):
+            blank = received.isspace()  # then trimming changes nothing but blanks
+            if tool.snapshots or blank or not is_json_prefix(received + args):
+                tool.snapshots = tool.snapshots or not blank
+                args = args[len(received) :]
+            elif is_json_prefix(args):
+                # Both readings are JSON so far: hold the call and keep both until it closes.
+                if not tool.held:
+                    tool.sent = len(received) - len(tool.buffered)
+                    tool.held = True
+                tool.buffered = ""
+                tool.snapshot_reading = args
+        elif tool.snapshots and received.startswith(args):
+            args = ""
+        tool.received = received + args
+        return args
+
+    @staticmethod
+    def _released(tool: _Tool, args: str) -> str:
+        """What of a held call's new text ``args`` may go out: nothing until its first
+        non-blank character shows a plain object (then the text from there on), nothing
+        for a call held to its close."""
+        if tool.shape is not None:
+            return ""
+        start = args.lstrip()
+        if not start:
+            return ""  # leading blanks carry nothing, and all blank is no arguments: ``{}``
+        if start[0] == "{":
+            tool.shape = "object"
+            tool.held = False
+            return start
+        tool.shape = "repair"
+        return ""
+
+    @staticmethod
+    def _held_arguments(tool: _Tool) -> str:
+        """The rest of a held call's arguments, for its block's close: the deltas' or the
+        snapshots' reading, and for a call of another shape than an object what
+        `parse_arguments` makes of it, as the whole answer has it."""
+        text = tool.received
+        if tool.snapshot_reading is not None:
+            readings = (text, tool.snapshot_reading)
+            whole = _is_object if tool.shape == "object" else _holds_object
+            text = next(
+                (r for r in readings if whole(r)),
+                next((r for r in readings if is_json_prefix(r)), text),
+            )
+        if tool.shape == "repair":
+            return orjson.dumps(parse_arguments(text)).decode()
+        return text[tool.sent :] if tool.shape == "object" else ""
 
     def _args_delta(self, tool: _Tool, args: str) -> bytes:
         tool.got_args = True
@@ -573,7 +632,12 @@ class StreamTranslator:
         if self._open is None:
             return []
         out: list[bytes] = []
-        if self._open.tool is not None and not self._open.tool.got_args:
+        tool = self._open.tool
+        if tool is not None and tool.held:
+            args = self._held_arguments(tool)
+            if args:
+                out.append(self._args_delta(tool, args))
+        if tool is not None and not tool.got_args:
             # Claude Code JSON-parses the concatenated fragments at content_block_stop; an empty
             # string is not an object.
             out.append(self._delta({"type": "input_json_delta", "partial_json": "{}"}))

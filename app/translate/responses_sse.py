@@ -11,6 +11,7 @@ from __future__ import annotations
 import orjson
 
 from app.dialects.sse import SSEParser
+from app.translate.chat_deltas import split_pair
 from app.translate.responses_context import ResponsesContext
 from app.translate.responses_stream import ResponsesStream
 
@@ -18,12 +19,13 @@ from app.translate.responses_stream import ResponsesStream
 class ResponsesSSE:
     """Feed the chat stream's bytes; get back the Responses stream's bytes for them."""
 
-    __slots__ = ("_parser", "_events", "_started")
+    __slots__ = ("_parser", "_events", "_started", "_high")
 
     def __init__(self, ctx: ResponsesContext) -> None:
         self._parser = SSEParser()
         self._events = ResponsesStream(ctx)
         self._started = False
+        self._high: dict[str, str] = {}  # a text field's trailing high surrogate, held
 
     @property
     def done(self) -> bool:
@@ -64,7 +66,11 @@ class ResponsesSSE:
         try:
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError:
-            return []  # the gateway wrote it: a chat chunk is always JSON
+            # The gateway relays an OpenAI backend's chunks as they came, an emoji cut
+            # between two of them (Node servers) included: orjson refuses its halves.
+            chunk = split_pair(data, self._high)
+            if chunk is None:
+                return []  # not a chat chunk: nothing in it to pass on
         if not isinstance(chunk, dict):
             return []
         return self._events.feed(chunk)

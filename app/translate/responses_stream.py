@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from app.translate.anthropic_to_openai import reasoning_text
+from app.translate.chat_deltas import new_arguments
 from app.translate.responses_answer import (
     CALL,
     MESSAGE,
@@ -63,9 +64,11 @@ class _Call:
     index: int
     id: str
     call_id: str
+    raw_id: str | None  # the backend's id for it, if it sent one
     name: str
     custom: bool
     arguments: list[str] = field(default_factory=list)
+    size: int = 0  # len("".join(arguments))
 
 
 class ResponsesStream:
@@ -73,10 +76,12 @@ class ResponsesStream:
 
     Items are opened in the order their first piece arrives and closed when another
     kind of item opens (tool calls stay open until the end: their argument fragments
-    may interleave). Drops what `translate_response` drops, plus ``logprobs`` and the
-    chat ids. Invents the lifecycle events, item ids and ``sequence_number``. A custom
-    tool's input sits inside the call's JSON arguments, so it goes out whole (one
-    ``custom_tool_call_input.delta``) when the call closes.
+    may interleave; a call whose chat index a new call id takes over closes then).
+    Drops what `translate_response` drops, plus ``logprobs`` and the chat ids, and the
+    repeated start of arguments sent as cumulative snapshots. Invents the lifecycle
+    events, item ids and ``sequence_number``. A custom tool's input sits inside the
+    call's JSON arguments, so it goes out whole (one ``custom_tool_call_input.delta``)
+    when the call closes.
     """
 
     def __init__(self, ctx: ResponsesContext) -> None:
@@ -341,27 +346,35 @@ class ResponsesStream:
         if not isinstance(index, int) or isinstance(index, bool):
             index = self._index_of(delta.get("id"), function.get("name"))
         out: list[bytes] = []
+        raw_id = delta.get("id")
+        raw_id = raw_id if isinstance(raw_id, str) and raw_id else None
         call = self._calls.get(index)
+        if call is not None and raw_id is not None and call.raw_id not in (None, raw_id):
+            # Some backends number every parallel call 0 and tell them apart by id alone:
+            # a new id is the next call, and the one it replaces gets no more fragments.
+            del self._calls[index]
+            out += self._close_call(call, "completed")
+            call = None
         if call is None:
             out += self._close_reasoning(None) + self._close_message("completed")
             at = len(self._output)
             self._output.append(None)
-            call_id = delta.get("id")
-            call_id = (
-                call_id if isinstance(call_id, str) and call_id else item_id(self.ctx, CALL, at)
-            )
+            call_id = raw_id or item_id(self.ctx, CALL, at)
             name = function.get("name")
             name = name if isinstance(name, str) else ""
             added = call_item(self.ctx, at, call_id, name, "", "in_progress")
             call = self._calls[index] = _Call(
-                at, added["id"], call_id, name, added["type"] == "custom_tool_call"
+                at, added["id"], call_id, raw_id, name, added["type"] == "custom_tool_call"
             )
             out.append(
                 self._event("response.output_item.added", {"output_index": at, "item": added})
             )
         fragment = arguments_text(function.get("arguments"))
+        if len(fragment) > call.size:  # only then may it be a snapshot of all so far
+            fragment = new_arguments("".join(call.arguments), fragment)
         if fragment:
             call.arguments.append(fragment)
+            call.size += len(fragment)
             if not call.custom:
                 where = {"item_id": call.id, "output_index": call.index}
                 out.append(
