@@ -69,7 +69,8 @@ _KNOWN_EVENTS = frozenset(
 )
 CUT_MESSAGE = "upstream stream ended before completion"
 # Events that carry nothing for the client (`feed`), framed as Anthropic sends them.
-_SILENT_NAMES = frozenset({b"event: ping", b"event: content_block_stop"})
+_STOP_NAME = b"event: content_block_stop"
+_SILENT_NAMES = frozenset({b"event: ping", _STOP_NAME})
 _SILENT = tuple(name + b"\n" for name in _SILENT_NAMES)
 _DELTA_EVENT = b"event: content_block_delta\ndata: {"
 _BARE_DELTA = b'data: {"type":"content_block_delta"'
@@ -110,6 +111,8 @@ def anthropic_text_delta(part: bytes) -> tuple[str, str, int] | None:
 
 
 BlockKind = Literal["text", "thinking", "tool", "json", "other"]
+# `StreamTranslator._argless` value for the JSON tool's block: its input is the content.
+_JSON_ANSWER = -1
 
 
 @dataclass(slots=True)
@@ -122,15 +125,23 @@ class StreamTranslator:
     """One Anthropic stream in, one OpenAI chunk stream out.
 
     Drops ``ping`` events, ``citations_delta`` and server-tool blocks; ``thinking_delta``
-    becomes ``reasoning_content`` only when ``ctx.reasoning``, and then each signed thinking
-    block (at its ``signature_delta``) and each redacted one also comes whole as a
-    LiteLLM-style ``thinking_blocks`` entry, with an ``index`` for the ``openai`` SDK's
-    accumulator, so a client can send it back on the next turn (the non-streamed answer's
-    ``thinking_blocks``). Invents the role chunk, ``logprobs: null``, ``usage: null`` on every
-    chunk and the final usage chunk when ``ctx.include_usage``, and ``toolu_`` ids for tool
-    blocks that arrive without one. A legacy functions client (``ctx.legacy_functions``)
-    gets the first tool call as ``delta.function_call`` fragments and finish_reason
-    ``function_call``; later calls are dropped, as in the whole answer.
+    becomes ``reasoning_content`` only when ``ctx.reasoning``, and then each thinking block
+    (at its ``signature_delta``, or unsigned at its end) and each redacted one also comes
+    whole as a LiteLLM-style ``thinking_blocks`` entry, with an ``index`` for the ``openai``
+    SDK's accumulator, so a client can send it back on the next turn (the non-streamed
+    answer's ``thinking_blocks``). Invents the role chunk, sent at ``message_start`` with
+    ``content: ""`` (PROTOCOL.md §7.2; the client's first byte goes with the upstream's
+    first event), ``logprobs: null``, ``usage: null`` on every chunk and the
+    final usage chunk when ``ctx.include_usage``, and ``toolu_`` ids for tool blocks that
+    arrive without one. A legacy functions client (``ctx.legacy_functions``) gets the first
+    tool call as ``delta.function_call`` fragments and finish_reason ``function_call``;
+    later calls are dropped, as in the whole answer.
+
+    In JSON mode (``ctx.json_tool``) the content is the first JSON tool's input alone, as
+    in the whole answer: its ``partial_json`` goes out as it comes (Anthropic's spacing, not
+    the whole answer's compact re-serialisation: the same JSON), later JSON tools are
+    dropped, and text is held back until the answer comes (then dropped) or the stream
+    ends without one (then sent whole, before the finish chunk).
     """
 
     def __init__(
@@ -143,7 +154,8 @@ class StreamTranslator:
         self.finish_reason: FinishReason | None = None
         self.error: GatewayError | None = None
         self.done = False
-        self.started = False
+        self.started = False  # the role chunk was sent
+        self._begun = False  # message_start came
         self._blocks: dict[int, _Block] = {}
         self._next_tool = 0
         self._delta_seen = False
@@ -152,8 +164,12 @@ class StreamTranslator:
         self._thinking: list[str] = []  # the open thinking block's text, with ctx.reasoning
         self._thinking_blocks = 0  # thinking_blocks entries sent
         # Tool blocks that have sent no argument text yet (upstream index -> tool call
-        # index): an empty input closes as "{}", the non-streamed json.dumps({}) (§6.14).
+        # index, or _JSON_ANSWER): an empty input closes as "{}", the non-streamed
+        # json.dumps({}) (§6.14).
         self._argless: dict[int, int] = {}
+        self._unsigned: int | None = None  # the open thinking block, until its signature
+        # JSON mode: the text held back while no JSON tool has answered (None once one has).
+        self._held: list[str] | None = [] if ctx.json_tool is not None else None
 
     # -- framing ---------------------------------------------------------------------------
 
@@ -182,35 +198,79 @@ class StreamTranslator:
             frame = self._frames[field_name] = (head, tail)
         return frame
 
-    def _start(self, message_id: Any = None) -> list[bytes]:
-        if self.started:
-            return []
-        if self._id is None:
-            self._id = completion_id_for(message_id)
-        self.started = True
-        return [self._chunk({"role": "assistant", "content": ""})]
+    def _open(self, out: list[bytes], text: bool) -> None:
+        """The role chunk onto ``out``, once: at ``message_start``, or before the first
+        chunk of a stream that came without one (`_send`, `_fail`).
+
+        OpenAI opens a text answer with ``"content": ""`` and one that starts with a tool
+        call with ``"content": null`` (tests/fixtures/responses_answer/c08_one_tool_call);
+        the ``openai`` SDK's accumulator keeps that null unless text follows, as the whole
+        answer's content is null without text.
+        """
+        if not self.started:
+            self.started = True
+            out.append(self._chunk({"role": "assistant", "content": "" if text else None}))
+
+    def _send(
+        self, out: list[bytes], delta: dict[str, Any], finish: FinishReason | None = None
+    ) -> None:
+        """``delta``'s chunk onto ``out``, after the role chunk when it is the first."""
+        if not self.started:
+            self._open(out, "content" in delta)
+        out.append(self._chunk(delta, finish))
+
+    def _text(self, out: list[bytes], text: str) -> None:
+        """Text as content, or in JSON mode held back (`_held`) or dropped, as the whole
+        answer has it (`translate_response_parts`)."""
+        if self._held is not None:
+            self._held.append(text)
+        elif self.ctx.json_tool is None:
+            self._send(out, {"content": text})
+        # else: text after the JSON tool's answer is no part of it
 
     def _fail(self, err: GatewayError) -> list[bytes]:
         self.error = err
         self.done = True
-        return [openai_chunk({"error": error_object(err)})]
+        out: list[bytes] = []
+        if self._begun:
+            # The answer had begun (message_start): the client sees a stream that began
+            # and failed, its role chunk before the error, though nothing came in between.
+            self._open(out, False)
+        out.append(openai_chunk({"error": error_object(err)}))
+        return out
 
     def _finish_chunk(self, stop_reason: Any) -> list[bytes]:
-        out = self._close_arguments(list(self._argless))
+        out: list[bytes] = []
+        for index in [*self._argless, self._unsigned]:
+            if index is not None:
+                out += self._close(index)
+        if self._held:
+            # JSON mode without the JSON tool's answer: the text is the answer.
+            self._send(out, {"content": "".join(self._held)})
+        self._held = None
         self.finish_reason = finish_reason(
             stop_reason, tool_calls=self._next_tool > 0, legacy=self.ctx.legacy_functions
         )
-        out.append(self._chunk({}, self.finish_reason))
+        self._send(out, {}, self.finish_reason)
         return out
 
-    def _close_arguments(self, indexes: list[int]) -> list[bytes]:
-        """``"{}"`` for each tool block of ``indexes`` that sent no argument text: the
-        ``openai`` SDK accumulates the fragments, and ``""`` is no JSON for its caller."""
+    def _close(self, index: int) -> list[bytes]:
+        """What the block at ``index`` still owes at its end: ``"{}"`` for a tool block
+        that sent no argument text (the ``openai`` SDK accumulates the fragments, and ``""``
+        is no JSON for its caller; for the JSON tool, the content), and the
+        ``thinking_blocks`` entry of a thinking block no signature came for (the whole
+        answer lists it with ``signature: ""``)."""
         out: list[bytes] = []
-        for index in indexes:
-            k = self._argless.pop(index, None)
-            if k is not None:
-                out.append(self._arguments(k, "{}"))
+        k = self._argless.pop(index, None)
+        if k == _JSON_ANSWER:
+            self._send(out, {"content": "{}"})
+        elif k is not None:
+            self._send(out, self._arguments(k, "{}"))
+        if index == self._unsigned:
+            self._unsigned = None
+            block = {"type": "thinking", "thinking": "".join(self._thinking), "signature": ""}
+            self._thinking_block(out, block)
+            self._thinking = []
         return out
 
     def _end(self) -> list[bytes]:
@@ -254,7 +314,16 @@ class StreamTranslator:
             message = data.get("message")
             message = message if isinstance(message, dict) else {}
             from_anthropic(message.get("usage"), into=self.usage)
-            return self._start(message.get("id"))
+            self._begun = True
+            if self._id is None:
+                self._id = completion_id_for(message.get("id"))
+            # The role chunk at once (PROTOCOL.md §7.2), so the client's first byte leaves
+            # with the upstream's first event, as OpenAI opens a text answer: with
+            # ``"content": ""`` (a tool call's answer would open with null; the SDK then
+            # assembles "" where the whole answer has null).
+            out: list[bytes] = []
+            self._open(out, True)
+            return out
         if name == "content_block_start":
             return self._block_start(data)
         if name == "content_block_delta":
@@ -262,12 +331,12 @@ class StreamTranslator:
         if name == "message_delta":
             return self._message_delta(data)
         if name == "message_stop":
-            return self._start() + self._end()
+            return self._end()
         if name == "error":
             return self._error(data.get("error"))
         if name == "content_block_stop":
             index = data.get("index")
-            return self._close_arguments([index]) if type(index) is int else []
+            return self._close(index) if type(index) is int else []
         # ping and unknown types carry nothing for the client.
         return []
 
@@ -281,7 +350,7 @@ class StreamTranslator:
         the text (`TextSlot`); the chunk's constant head and tail are made once (issue 7:
         this translation cost ~7 µs an event).
         """
-        if not self.started or self.done:
+        if self.done:
             return None
         if part.startswith(_SILENT):
             return self._silent(part)
@@ -295,13 +364,18 @@ class StreamTranslator:
             if found is None:
                 return None
             kind, text, body_at = found
+            if kind == "text_delta" and self.ctx.json_tool is not None:
+                return None  # JSON mode holds text back (`_text`): never framed here
             self._slots[kind].learn(part, body_at, text, ANTHROPIC_TEXT_AT[kind])
+        field_name = _FIELDS[kind]
+        shown = text and (field_name == "content" or self.ctx.reasoning)
+        if shown and not self.started:
+            return None  # the role chunk goes first (`_send`)
         if text.isascii():
             meter.chars += len(text)
         else:
             meter.add(text)
-        field_name = _FIELDS[kind]
-        if not text or (field_name == "reasoning_content" and not self.ctx.reasoning):
+        if not shown:
             return b""
         if field_name == "reasoning_content":
             self._thinking.append(text)  # sent whole again in thinking_blocks
@@ -317,8 +391,10 @@ class StreamTranslator:
         at = part.find(b"\ndata: ")
         if at < 0 or part.find(b"\n", at + 1) >= 0 or part[:at] not in _SILENT_NAMES:
             return None
-        if self._argless and part[:at] == b"event: content_block_stop":
-            return None  # may close a tool block with no arguments: `feed` sends its "{}"
+        if (self._argless or self._unsigned is not None) and part[:at] == _STOP_NAME:
+            # It may close a tool block with no arguments or an unsigned thinking block:
+            # `feed` sends what that block still owes (`_close`).
+            return None
         try:
             orjson.loads(part[at + 7 :])
         except orjson.JSONDecodeError:
@@ -351,7 +427,7 @@ class StreamTranslator:
         if self.done:
             return []
         if self._delta_seen:
-            return self._start() + self._end()
+            return self._end()
         return self._fail(UpstreamError(CUT_MESSAGE))
 
     def ping(self) -> list[bytes]:
@@ -361,38 +437,48 @@ class StreamTranslator:
     # -- events ----------------------------------------------------------------------------
 
     def _block_start(self, data: dict[str, Any]) -> list[bytes]:
-        out = self._start()
         index = data.get("index")
         block = data.get("content_block")
         if not isinstance(block, dict) or not isinstance(index, int):
-            return out
-        out += self._close_arguments([index])  # a block at the index of one never stopped
+            return []
+        out = self._close(index)  # a block at the index of one never stopped
         kind = block.get("type")
         if kind == "text":
             self._blocks[index] = _Block("text")
             text = block.get("text")
             if isinstance(text, str) and text:
-                out.append(self._chunk({"content": text}))
+                self._text(out, text)
         elif kind == "thinking":
             self._blocks[index] = _Block("thinking")
             thinking = block.get("thinking")
+            if self._unsigned is not None:
+                out += self._close(self._unsigned)  # one never stopped
             self._thinking = []
-            if self.ctx.reasoning and isinstance(thinking, str) and thinking:
-                self._thinking.append(thinking)
-                out.append(self._chunk({"reasoning_content": thinking}))
+            if self.ctx.reasoning:
+                self._unsigned = index
+                if isinstance(thinking, str) and thinking:
+                    self._thinking.append(thinking)
+                    self._send(out, {"reasoning_content": thinking})
         elif kind == "redacted_thinking":
             self._blocks[index] = _Block("other")
             redacted = block.get("data")
             if self.ctx.reasoning and isinstance(redacted, str) and redacted:
-                out.append(self._thinking_block({"type": "redacted_thinking", "data": redacted}))
+                self._thinking_block(out, {"type": "redacted_thinking", "data": redacted})
         elif kind == "tool_use":
             raw_name = block.get("name")
             name = raw_name if isinstance(raw_name, str) else ""
             tool_input = block.get("input")
             if self.ctx.json_tool is not None and name == self.ctx.json_tool:
+                if self._held is None:
+                    # The answer is the first JSON tool's input (translate_response_parts).
+                    self._blocks[index] = _Block("other")
+                    return out
+                self._held = None  # the text before it is no part of the answer
                 self._blocks[index] = _Block("json")
                 if isinstance(tool_input, dict) and tool_input:
-                    out.append(self._chunk({"content": json_text(tool_input)}))
+                    self._send(out, {"content": json_text(tool_input)})
+                else:
+                    self._argless[index] = _JSON_ANSWER
                 return out
             k = self._next_tool
             if self.ctx.legacy_functions and k > 0:
@@ -405,7 +491,7 @@ class StreamTranslator:
             client_name = self.ctx.names.to_client(name)
             if self.ctx.legacy_functions:
                 legacy = {"name": client_name, "arguments": ""}
-                out.append(self._chunk({"function_call": legacy}))
+                self._send(out, {"function_call": legacy})
             else:
                 tool_id = block.get("id")
                 call = {
@@ -414,22 +500,22 @@ class StreamTranslator:
                     "type": "function",
                     "function": {"name": client_name, "arguments": ""},
                 }
-                out.append(self._chunk({"tool_calls": [call]}))
+                self._send(out, {"tool_calls": [call]})
             if isinstance(tool_input, dict) and tool_input:
-                out.append(self._arguments(k, json_text(tool_input)))
+                self._send(out, self._arguments(k, json_text(tool_input)))
             else:
                 self._argless[index] = k
         else:
             self._blocks[index] = _Block("other")
         return out
 
-    def _arguments(self, k: int, fragment: str) -> bytes:
+    def _arguments(self, k: int, fragment: str) -> dict[str, Any]:
         if self.ctx.legacy_functions:
-            return self._chunk({"function_call": {"arguments": fragment}})
-        return self._chunk({"tool_calls": [{"index": k, "function": {"arguments": fragment}}]})
+            return {"function_call": {"arguments": fragment}}
+        return {"tool_calls": [{"index": k, "function": {"arguments": fragment}}]}
 
     def _block_delta(self, data: dict[str, Any]) -> list[bytes]:
-        out = self._start()
+        out: list[bytes] = []
         delta = data.get("delta")
         if not isinstance(delta, dict):
             return out
@@ -439,38 +525,46 @@ class StreamTranslator:
         if kind == "text_delta":
             text = delta.get("text")
             if isinstance(text, str) and text:
-                out.append(self._chunk({"content": text}))
+                self._text(out, text)
         elif kind == "thinking_delta":
             thinking = delta.get("thinking")
             if self.ctx.reasoning and isinstance(thinking, str) and thinking:
                 self._thinking.append(thinking)
-                out.append(self._chunk({"reasoning_content": thinking}))
+                self._send(out, {"reasoning_content": thinking})
         elif kind == "signature_delta" and block is not None and block.kind == "thinking":
             signature = delta.get("signature")
             if self.ctx.reasoning and isinstance(signature, str) and signature:
                 whole = {"type": "thinking", "thinking": "".join(self._thinking)}
-                out.append(self._thinking_block(whole | {"signature": signature}))
+                self._thinking_block(out, whole | {"signature": signature})
                 self._thinking = []
+                if self._unsigned == index:
+                    self._unsigned = None
         elif kind == "input_json_delta" and block is not None:
             fragment = delta.get("partial_json")
             if not isinstance(fragment, str) or not fragment:
                 return out
-            if block.kind == "json":
-                out.append(self._chunk({"content": fragment}))
-            elif block.kind == "tool":
+            if block.kind in ("json", "tool"):
                 self._argless.pop(data["index"], None)  # an int: there is a block
-                out.append(self._arguments(block.tool_index, fragment))
+            if block.kind == "json":
+                self._send(out, {"content": fragment})
+            elif block.kind == "tool":
+                self._send(out, self._arguments(block.tool_index, fragment))
         # citations_delta and server-tool input have no OpenAI form.
         return out
 
-    def _thinking_block(self, block: dict[str, Any]) -> bytes:
+    def _thinking_block(self, out: list[bytes], block: dict[str, Any]) -> None:
         """One whole thinking block as a ``thinking_blocks`` entry of its own index."""
         entry = {"index": self._thinking_blocks, **block}
         self._thinking_blocks += 1
-        return self._chunk({"thinking_blocks": [entry]})
+        delta: dict[str, Any] = {"thinking_blocks": [entry]}
+        if block["type"] == "thinking" and not block["thinking"]:
+            # The whole answer's reasoning_content is "" for thinking without text (display
+            # "omitted"): the SDK accumulates the same, and nothing after any text.
+            delta = {"reasoning_content": "", **delta}
+        self._send(out, delta)
 
     def _message_delta(self, data: dict[str, Any]) -> list[bytes]:
-        out = self._start()
+        out: list[bytes] = []
         from_anthropic(data.get("usage"), into=self.usage)
         self._delta_seen = True
         delta = data.get("delta")

@@ -48,6 +48,7 @@ from app.translate.openai_to_anthropic import (
 )
 from app.translate.openai_to_anthropic_stream import StreamTranslator
 from app.translate.options import BackendOptions, adaptive_thinking
+from tests.translate import test_responses_answer as responses_tests
 from tests.translate.golden import REGEN, check_bytes, check_json, load
 from tests.translate.junk import mutate
 
@@ -391,6 +392,103 @@ def test_stream_through_openai_sdk(case: str) -> None:
     folder = FIXTURES / case
     result = sdk_stream_result((folder / "stream_out.sse").read_bytes())
     check_json(folder / "stream_sdk.json", result)
+
+
+def cases_with_both(first: str, second: str) -> list[str]:
+    return sorted(set(cases_with(first)) & set(cases_with(second)))
+
+
+def json_or_text(text: Any) -> Any:
+    try:
+        return {"json": orjson.loads(text)} if isinstance(text, str) else text
+    except orjson.JSONDecodeError:
+        return text
+
+
+def whole_answer(case: Path) -> dict[str, Any]:
+    """The non-streamed answer in `sdk_stream_result`'s terms, JSON text parsed (the stream
+    relays Anthropic's ``partial_json`` as it is written, the whole answer re-serialises)."""
+    ctx = context_for(case)
+    completion = translate_response(load(case / "response_in.json"), ctx)
+    message = completion["choices"][0]["message"]
+    out = {
+        "content": json_or_text(message["content"]) if ctx.json_tool else message["content"],
+        "reasoning_content": message.get("reasoning_content"),
+        "thinking_blocks": message.get("thinking_blocks"),
+        "tool_calls": [
+            {"id": t["id"], "name": t["function"]["name"], "arguments": t["function"]["arguments"]}
+            for t in message.get("tool_calls", [])
+        ],
+        "finish_reason": completion["choices"][0]["finish_reason"],
+    } | ({"function_call": message["function_call"]} if "function_call" in message else {})
+    for call in out["tool_calls"] + [out.get("function_call", {})]:
+        if "arguments" in call:
+            call["arguments"] = json_or_text(call["arguments"])
+    return out
+
+
+def assembled_stream(case: Path) -> dict[str, Any]:
+    """What the ``openai`` SDK assembles of the translator's stream, in `whole_answer`'s terms."""
+    ctx = context_for(case)
+    _, out = run_stream(case)
+    result = sdk_stream_result(out)
+    if ctx.json_tool:
+        result["content"] = json_or_text(result["content"])
+    if result["thinking_blocks"] is not None:
+        blocks = result["thinking_blocks"]
+        assert [b["index"] for b in blocks] == list(range(len(blocks)))
+        result["thinking_blocks"] = [{k: v for k, v in b.items() if k != "index"} for b in blocks]
+    for call in result["tool_calls"] + [result.get("function_call", {})]:
+        if "arguments" in call:
+            call["arguments"] = json_or_text(call["arguments"])
+    if result["content"] == "" and not ctx.json_tool:
+        # The role chunk opens every stream with "content": "" at message_start (PROTOCOL.md
+        # §7.2: the client's first byte leaves with the upstream's first event), which the
+        # SDK keeps where no text follows; the whole answer says null there.
+        result["content"] = None
+    keep = ("content", "reasoning_content", "thinking_blocks", "tool_calls", "finish_reason")
+    return {k: result[k] for k in (*keep, "function_call") if k in result}
+
+
+@pytest.mark.parametrize("case", cases_with_both("stream_in.sse", "response_in.json"))
+def test_stream_assembles_the_whole_answer(case: str) -> None:
+    """A case with the same Message whole (``response_in.json``) and streamed
+    (``stream_in.sse``): the message the SDK assembles of the stream is the whole answer."""
+    folder = FIXTURES / case
+    assert assembled_stream(folder) == whole_answer(folder)
+
+
+JSON_ANSWER = {"type": "tool_use", "id": "toolu_j", "name": "Weather", "input": {"a": 1}}
+CALL = {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {"q": 1}}
+
+
+@pytest.mark.parametrize(
+    ("blocks", "json_tool"),
+    [
+        ([{"type": "text", "text": "Here it is:"}, JSON_ANSWER], "Weather"),
+        ([{"type": "text", "text": "Calling."}, CALL, JSON_ANSWER], "Weather"),
+        ([JSON_ANSWER, {**JSON_ANSWER, "id": "toolu_k", "input": {"a": 2}}], "Weather"),
+        ([{"type": "thinking", "thinking": "hm", "signature": ""}, CALL], None),
+        ([{"type": "thinking", "thinking": "", "signature": "sig"}, CALL], None),
+    ],
+)
+def test_responses_stream_from_anthropic_ends_with_the_whole_answer(
+    blocks: list[dict[str, Any]], json_tool: str | None
+) -> None:
+    """A Responses client on an Anthropic backend streams through `StreamTranslator`: its
+    final Response has the whole answer's items (JSON mode: the first JSON tool's input
+    alone, no text; and the thinking_blocks entries sent for a thinking block without a
+    signature or without text add no item of their own)."""
+    message = {
+        "content": blocks,
+        "stop_reason": "tool_use",
+        "usage": {"input_tokens": 1, "output_tokens": 1},
+    }
+    ctx = responses_tests.plain_ctx(encrypted_reasoning=True)
+    whole = responses_tests.from_anthropic(message, ctx, json_tool=json_tool)
+    streamed = responses_tests.streamed_from_anthropic(message, ctx, json_tool=json_tool)
+    _, final = responses_tests.terminal_response(streamed)
+    assert final["output"] == whole["output"]
 
 
 @pytest.mark.parametrize("case", cases_with("error_in.json"))
