@@ -290,3 +290,20 @@ def bed_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[.
 
         bed.run(teardown())
         bed.bg.close()
+
+
+async def exchange(port: int, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send ``raw`` as it is (then nothing), read the answer to the connection's end."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw)
+    try:
+        said = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    head, _, body = said.partition(b"\r\n\r\n")
+    lines = head.decode("latin1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(lines[0].split(" ")[1]), headers, body

@@ -23,7 +23,7 @@ from app.db.models import UsageEvent
 from app.server import Server, build_services
 from app.settings import load_settings
 from tests.conftest import ECHO_CONFIG, TEST_KEY, Live, http, write_config
-from tests.reliability.conftest import usage_rows
+from tests.reliability.conftest import exchange, usage_rows
 
 pytestmark = pytest.mark.gen_test(timeout=60)
 
@@ -48,23 +48,6 @@ def live(io_loop: tornado.ioloop.IOLoop, tmp_path: Path) -> Iterator[Live]:
     running = io_loop.run_sync(start)
     yield running
     io_loop.run_sync(lambda: running.server.stop(2))
-
-
-async def exchange(port: int, raw: bytes) -> tuple[int, dict[str, str], bytes]:
-    """Send ``raw`` as it is (then nothing), read the answer to the connection's end."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(raw)
-    try:
-        said = await asyncio.wait_for(reader.read(), 10)
-    finally:
-        writer.close()
-    head, _, body = said.partition(b"\r\n\r\n")
-    lines = head.decode("latin1").split("\r\n")
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return int(lines[0].split(" ")[1]), headers, body
 
 
 async def rows_of(live: Live, request_id: str) -> list[UsageEvent]:

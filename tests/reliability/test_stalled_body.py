@@ -24,6 +24,7 @@ import tornado.ioloop
 from app.server import Server, build_services
 from app.settings import load_settings
 from tests.conftest import ECHO_CONFIG, TEST_KEY, Live, http, write_config
+from tests.reliability.conftest import exchange
 
 pytestmark = pytest.mark.gen_test(timeout=30)
 
@@ -49,20 +50,9 @@ def live(io_loop: tornado.ioloop.IOLoop, tmp_path: Path) -> Iterator[Live]:
 async def stall(port: int, raw: bytes) -> tuple[int, dict[str, str], Any]:
     """Send ``raw`` (a head and part of its body), then nothing: the answer, read to the
     connection's end (a server that never answers fails the read's timeout)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(raw)
-    try:
-        said = await asyncio.wait_for(reader.read(), 10)
-    finally:
-        writer.close()
-    head, _, body = said.partition(b"\r\n\r\n")
-    lines = head.decode("latin1").split("\r\n")
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
+    status, headers, body = await exchange(port, raw)
     assert int(headers["content-length"]) == len(body)
-    return int(lines[0].split(" ")[1]), headers, orjson.loads(body)
+    return status, headers, orjson.loads(body)
 
 
 def head(path: str, *lines: str) -> bytes:

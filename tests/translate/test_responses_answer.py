@@ -39,6 +39,7 @@ from app.translate.responses_answer import response_error, translate_response
 from app.translate.responses_context import ResponsesContext, ToolOrigin
 from app.translate.responses_sse import ResponsesSSE
 from app.translate.responses_stream import ResponsesStream
+from tests.fakes import anthropic_block
 from tests.translate.golden import check_bytes, check_json, load
 from tests.translate.junk import mutate
 
@@ -383,21 +384,7 @@ def anthropic_events(message: dict[str, Any]) -> bytes:
             ]
         else:
             opened = block
-        out.append(
-            anthropic_event(
-                "content_block_start",
-                {"type": "content_block_start", "index": index, "content_block": opened},
-            )
-        )
-        out += [
-            anthropic_event(
-                "content_block_delta", {"type": "content_block_delta", "index": index, "delta": d}
-            )
-            for d in deltas
-        ]
-        out.append(
-            anthropic_event("content_block_stop", {"type": "content_block_stop", "index": index})
-        )
+        out += anthropic_block(index, opened, deltas)
     delta = {"stop_reason": message["stop_reason"], "stop_sequence": None}
     out += [
         anthropic_event(
