@@ -192,19 +192,23 @@ def anthropic_stream(
                 },
             )
         )
-    out += [
-        anthropic_event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+    out.append(anthropic_event("content_block_stop", {"type": "content_block_stop", "index": 0}))
+    return out + anthropic_end("end_turn", output_tokens)
+
+
+def anthropic_end(stop_reason: str, output_tokens: int) -> list[bytes]:
+    """A stream's last two events: ``message_delta`` with ``stop_reason``, ``message_stop``."""
+    return [
         anthropic_event(
             "message_delta",
             {
                 "type": "message_delta",
-                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "delta": {"stop_reason": stop_reason, "stop_sequence": None},
                 "usage": {"output_tokens": output_tokens},
             },
         ),
         anthropic_event("message_stop", {"type": "message_stop"}),
     ]
-    return out
 
 
 class _Handler(tornado.web.RequestHandler):

@@ -25,6 +25,7 @@ from tests.fakes import (
     JsonReply,
     SSEReply,
     anthropic_block,
+    anthropic_end,
     anthropic_message,
     anthropic_stream,
     openai_completion,
@@ -139,18 +140,7 @@ def anthropic_tool_stream(*, thinking: bool) -> list[bytes]:
             {"type": "input_json_delta", "partial_json": 'ris"}'},
         ],
     )
-    out += [
-        anthropic_event(
-            "message_delta",
-            {
-                "type": "message_delta",
-                "delta": {"stop_reason": "tool_use", "stop_sequence": None},
-                "usage": {"output_tokens": 25},
-            },
-        ),
-        anthropic_event("message_stop", {"type": "message_stop"}),
-    ]
-    return out
+    return out + anthropic_end("tool_use", 25)
 
 
 # -- an OpenAI-compatible backend: the request goes as a chat one ------------------------------

@@ -12,7 +12,7 @@ import pytest
 
 from app.dialects.sse import anthropic_event
 from tests.e2e.test_responses_e2e import CLAUDE, SIGNATURE, WEATHER_TOOL, client, config
-from tests.fakes import JsonReply, SSEReply, anthropic_block, anthropic_message
+from tests.fakes import JsonReply, SSEReply, anthropic_block, anthropic_end, anthropic_message
 
 pytestmark = pytest.mark.gen_test(timeout=30)
 
@@ -57,18 +57,7 @@ def streamed_answer() -> list[bytes]:
         [{"type": "input_json_delta", "partial_json": '{"location": "Paris"}'}],
     )
     out += anthropic_block(3, {"type": "text", "text": ""}, [{"type": "text_delta", "text": AFTER}])
-    out += [
-        anthropic_event(
-            "message_delta",
-            {
-                "type": "message_delta",
-                "delta": {"stop_reason": "tool_use", "stop_sequence": None},
-                "usage": {"output_tokens": 25},
-            },
-        ),
-        anthropic_event("message_stop", {"type": "message_stop"}),
-    ]
-    return out
+    return out + anthropic_end("tool_use", 25)
 
 
 async def test_items_follow_the_content_blocks_whole_and_streamed(gateway, fake_anthropic):  # type: ignore[no-untyped-def]
