@@ -31,11 +31,10 @@ from app.translate.anthropic_to_openai import (
     stop_reason,
 )
 from app.translate.anthropic_to_openai_errors import error_from_payload
-from app.translate.chat_deltas import split_pair
+from app.translate.chat_deltas import ToolArguments, is_object, split_pair
 from app.translate.ids import new_message_id, new_tool_id, sanitize_tool_id
-from app.translate.json_repair import is_json_prefix
 from app.translate.stream_pipeline import TextSlot, plain_run
-from app.translate.think_tags import PLAIN, Pieces, ThinkTags
+from app.translate.think_tags import PLAIN, UNDECIDED, Pieces, ThinkTags
 
 log = logging.getLogger(__name__)
 
@@ -90,20 +89,6 @@ def openai_text_delta(part: bytes) -> tuple[str, str] | None:
     return found
 
 
-def _snapshot_added(reading: str, fragment: str) -> str:
-    """``reading`` (arguments read as snapshots) after ``fragment``."""
-    if fragment.startswith(reading):
-        return fragment
-    return reading if reading.startswith(fragment) else reading + fragment
-
-
-def _is_object(text: str) -> bool:
-    try:
-        return isinstance(orjson.loads(text), dict)
-    except orjson.JSONDecodeError:
-        return False
-
-
 def _holds_object(text: str) -> bool:
     return arguments_object(text) is not None
 
@@ -120,37 +105,28 @@ class _Tool:
     all of it when it closes. So only the first non-blank fragment costs a check.
 
     Some gateways resend all the arguments so far in every fragment (cumulative snapshots,
-    PROTOCOL.md §5.5), but a genuine fragment can also start with everything received:
-    ``{"q":`` then ``{"q":1}}``. For a fragment F that starts with all the text R received
-    (only then, so plain calls never pay for it), the JSON grammar decides (`is_json_prefix`):
-
-    * R + F can be no JSON text (R is a whole value, F repeats an opening ``{`` or quote, or
-      R is no JSON at all, as in a fence): F is a snapshot, and the call is in snapshot mode
-      from then on (only a snapshot's new end is new; an unchanged one adds nothing);
-    * R + F can be JSON and F alone cannot: F is a genuine fragment;
-    * both can (R ends where a value may start: ``{"a": `` then ``{"a": 1}``): only later
-      fragments tell, so the call is held from here with both readings, and at its close the
-      first reading that holds an object (as sent for ``{``, as `parse_arguments` repairs
-      it otherwise), else the first that can still be JSON, wins, the fragments' first.
-
-    A blank R is trimmed without deciding anything: both readings are then the same JSON.
+    PROTOCOL.md §5.5); `ToolArguments` tells them from deltas by the JSON grammar, as the
+    Responses stream does. A call it leaves undecided between the two readings is held from
+    there, and at its close the first reading that holds an object (as sent for ``{``, as
+    `parse_arguments` repairs it otherwise), else the first that can still be JSON, wins,
+    the deltas' first.
     """
 
     raw_id: str | None
     name: str | None = None
     buffered: str = ""  # fragments not emitted yet (the call has no block yet)
-    received: str = ""  # every fragment, to tell when the arguments form a whole object
+    # Every fragment, to tell when the arguments form a whole object (snapshots trimmed).
+    arguments: ToolArguments = field(default_factory=ToolArguments)
+    streamed: list[str] = field(default_factory=list)  # the input_json_delta fragments sent
     started: bool = False
     waiting: bool = False
     got_args: bool = False
     held: bool = True  # until the first non-blank character shows an object
     shape: str | None = None  # "object" (starts with ``{``) or "repair"; None while blank
-    snapshots: bool = False  # the backend sends cumulative snapshots
-    snapshot_reading: str | None = None  # the arguments read as snapshots, while undecided
-    sent: int = 0  # characters of ``received`` accounted for before the call was held
+    sent: int = 0  # characters of the arguments accounted for before the call was held
 
     def complete(self) -> bool:
-        return _is_object(self.received)
+        return is_object(self.arguments.text)
 
 
 @dataclass(slots=True)
@@ -163,7 +139,7 @@ class _Open:
 @dataclass(slots=True)
 class _Chunk:
     reasoning: str = ""
-    texts: list[str] = field(default_factory=list)
+    texts: list[tuple[str, str]] = field(default_factory=list)  # (content | refusal, text)
     calls: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -171,14 +147,16 @@ class StreamTranslator:
     """Feed one upstream SSE event at a time; get back framed Anthropic events.
 
     Invents: the ``msg_…`` id, ``toolu_…`` ids for calls without one, ``"{}"`` arguments for
-    tool blocks that received none, one empty text block for a stream with no content, and
-    estimated usage when the backend sent none. Splits reasoning written inline as
-    ``<think>…</think>`` at the start of the content into a thinking block. Replaces
-    arguments that do not start with ``{`` by what `parse_arguments` makes of them, sent
-    whole at the call's close (`_Tool`). Drops: reasoning unless ``ctx.thinking``,
-    whitespace-only text that never turns into visible text, blanks before a call's
-    arguments, the repeated part of cumulative argument snapshots, argument fragments for a
-    call whose block is already closed, anything after ``finish_reason`` except usage.
+    tool blocks that received none, one empty text block for a stream with no content, a
+    blank line between content and refusal text (`_joined`), and estimated usage when the
+    backend sent none (counted as the whole answer counts it). Splits reasoning written
+    inline as ``<think>…</think>`` at the start of the content into a thinking block.
+    Replaces arguments that do not start with ``{`` by what `parse_arguments` makes of them,
+    sent whole at the call's close (`_Tool`). Drops: reasoning unless ``ctx.thinking``,
+    whitespace-only text that never turns into visible text (a blank content before a
+    refusal included), blanks before a call's arguments, the repeated part of cumulative
+    argument snapshots, argument fragments for a call whose block is already closed,
+    anything after ``finish_reason`` except usage.
     """
 
     def __init__(self, ctx: RequestContext, *, message_id: str | None = None) -> None:
@@ -199,7 +177,12 @@ class StreamTranslator:
         self._finish: str | None = None
         self._matched: str | None = None
         self._pending_ws = ""
-        self._produced = TextCount()  # text, thinking and arguments, for a usage estimate
+        self._content_shown = False  # the content had non-blank text
+        self._refusal_blank: str | None = ""  # a refusal's blank start; None once it shows
+        self._content_blank: str | None = None  # the same for content after a refusal
+        # Text, thinking, tool names and arguments as the whole answer counts them, for a
+        # usage estimate.
+        self._produced = TextCount()
         self._head_for: _Open | None = None  # the block `_head` frames deltas for
         self._head = b""
         self._slots = {"text": TextSlot(), "thinking": TextSlot()}
@@ -262,7 +245,13 @@ class StreamTranslator:
         the text (`TextSlot`), the frame's constant head made once per block (issue 7: this
         translation cost ~14 µs an event, most of a 200-chunk stream's cost).
         """
-        if self._finish is not None or self._waiting or self.done or not self.started:
+        if (
+            self._finish is not None
+            or self._waiting
+            or self.done
+            or not self.started
+            or self._content_blank is not None
+        ):
             return None
         block = self._open
         slot = self._slots[block.kind] if block is not None and block.tool is None else None
@@ -285,6 +274,7 @@ class StreamTranslator:
                 # cost ~26 µs where the rest cost ~3.
                 if not text.strip():
                     return None  # held back or dropped as whitespace: `_text` decides
+                self._content_shown = True
                 opening = self._begin("text", {"type": "text", "text": ""})[0]
                 self._slots["text"].learn(part, 6, text, OPENAI_TEXT_AT[name])
                 assert self._open is not None
@@ -313,7 +303,13 @@ class StreamTranslator:
     def fast_run(self, parts: list[bytes], at: int, out: list[bytes], meter: OutputMeter) -> int:
         """The text or thinking deltas at ``parts[at:]`` that continue the open block in its
         learned shape, framed onto ``out`` (`plain_run`); returns where they stop."""
-        if self._finish is not None or self._waiting or self.done or not self.started:
+        if (
+            self._finish is not None
+            or self._waiting
+            or self.done
+            or not self.started
+            or self._content_blank is not None
+        ):
             return at
         block = self._open
         if block is None or block.tool is not None:
@@ -372,7 +368,7 @@ class StreamTranslator:
         for key in ("content", "refusal"):
             value = delta.get(key)
             if isinstance(value, str) and value:
-                parts.texts.append(value)
+                parts.texts.append((key, value))
         calls = delta.get("tool_calls")
         if isinstance(calls, list):
             parts.calls = [c for c in calls if isinstance(c, dict)]
@@ -388,8 +384,10 @@ class StreamTranslator:
             self._produced.add(parts.reasoning)
             if self.ctx.thinking:
                 out += self._thinking(parts.reasoning)
-        for text in parts.texts:
-            self._produced.add(text)
+        for key, piece in parts.texts:
+            text = self._joined(key, piece)
+            if not text:
+                continue
             if self._tags.state == PLAIN:
                 out += self._text(text)
             else:
@@ -406,6 +404,38 @@ class StreamTranslator:
             out += self._close()
         return out
 
+    def _joined(self, key: str, text: str) -> str:
+        """A content or refusal delta's ``text`` as the whole answer joins the two fields
+        (`_message_text`): one blank line between non-blank content and the first non-blank
+        refusal text, whichever field comes first. The second field's blank start is held
+        until it shows text (dropped if it never does), and a blank content before a
+        refusal is dropped."""
+        if key == "content":
+            if self._content_blank is None:
+                self._content_shown = self._content_shown or not text.isspace()
+                return text
+            held = self._content_blank + text
+            if held.isspace():
+                self._content_blank = held
+                return ""
+            self._content_blank = None
+            self._content_shown = True
+            return "\n\n" + held
+        if self._refusal_blank is None:
+            return text
+        held = self._refusal_blank + text
+        if held.isspace():
+            self._refusal_blank = held
+            return ""
+        self._refusal_blank = None
+        if self._content_shown:
+            return "\n\n" + held
+        self._pending_ws = ""  # the blank content, which the whole answer drops
+        if self._tags.state == UNDECIDED:
+            self._tags.finish()  # held only blanks of the content
+        self._content_blank = ""  # content from here on comes after the refusal
+        return held
+
     def _pieces(self, pieces: Pieces) -> list[bytes]:
         """Content split at an inline ``<think>`` tag: its thinking (when the client asked
         for thinking) and its text."""
@@ -413,8 +443,10 @@ class StreamTranslator:
         for kind, piece in pieces:
             if kind == "text":
                 out += self._text(piece)
-            elif self.ctx.thinking:
-                out += self._thinking(piece)
+            else:
+                self._produced.add(piece)  # as the whole answer counts it, shown or not
+                if self.ctx.thinking:
+                    out += self._thinking(piece)
         return out
 
     def _thinking(self, text: str) -> list[bytes]:
@@ -428,6 +460,7 @@ class StreamTranslator:
 
     def _text(self, text: str) -> list[bytes]:
         if self._open is not None and self._open.kind == "text":
+            self._produced.add(text)
             return [self._delta({"type": "text_delta", "text": text})]
         pending = self._pending_ws + text
         if not pending.strip():
@@ -438,6 +471,7 @@ class StreamTranslator:
         out = self._flush_waiting()
         out += self._close()
         out += self._begin("text", {"type": "text", "text": ""})
+        self._produced.add(pending)
         out.append(self._delta({"type": "text_delta", "text": pending}))
         return out
 
@@ -472,7 +506,8 @@ class StreamTranslator:
         if tool is None or new_id or new_name:
             if tool is not None and not tool.started:
                 log.warning(
-                    "dropping tool call fragments that never got a name: %.200s", tool.received
+                    "dropping tool call fragments that never got a name: %.200s",
+                    tool.arguments.text,
                 )
             tool = _Tool(raw_id)
             self._tools[oa_index] = tool
@@ -512,26 +547,18 @@ class StreamTranslator:
 
     @staticmethod
     def _new_arguments(tool: _Tool, args: str) -> str:
-        """What is new in the fragment ``args``, with ``tool.received`` brought up to date
-        (snapshots and the rule that tells them from fragments: `_Tool`)."""
-        received = tool.received
-        if tool.snapshot_reading is not None:
-            tool.snapshot_reading = _snapshot_added(tool.snapshot_reading, args)
-        elif received and len(args) >= len(received) and args.startswith(received):
-            blank = received.isspace()  # then trimming changes nothing but blanks
-            if tool.snapshots or blank or not is_json_prefix(received + args):
-                tool.snapshots = tool.snapshots or not blank
-                args = args[len(received) :]
-            elif is_json_prefix(args):
-                # Both readings are JSON so far: hold the call and keep both until it closes.
-                if not tool.held:
-                    tool.sent = len(received) - len(tool.buffered)
-                    tool.held = True
-                tool.buffered = ""
-                tool.snapshot_reading = args
-        elif tool.snapshots and received.startswith(args):
-            args = ""
-        tool.received = received + args
+        """What is new in the fragment ``args`` (`ToolArguments.add`); a fragment that
+        leaves the call undecided between deltas and snapshots holds it to its close."""
+        arguments = tool.arguments
+        if arguments.undecided:
+            return arguments.add(args)
+        before = arguments.size
+        args = arguments.add(args)
+        if arguments.undecided:
+            if not tool.held:
+                tool.sent = before - len(tool.buffered)
+                tool.held = True
+            tool.buffered = ""
         return args
 
     @staticmethod
@@ -556,21 +583,14 @@ class StreamTranslator:
         """The rest of a held call's arguments, for its block's close: the deltas' or the
         snapshots' reading, and for a call of another shape than an object what
         `parse_arguments` makes of it, as the whole answer has it."""
-        text = tool.received
-        if tool.snapshot_reading is not None:
-            readings = (text, tool.snapshot_reading)
-            whole = _is_object if tool.shape == "object" else _holds_object
-            text = next(
-                (r for r in readings if whole(r)),
-                next((r for r in readings if is_json_prefix(r)), text),
-            )
+        text = tool.arguments.settled(is_object if tool.shape == "object" else _holds_object)
         if tool.shape == "repair":
             return orjson.dumps(parse_arguments(text)).decode()
         return text[tool.sent :] if tool.shape == "object" else ""
 
     def _args_delta(self, tool: _Tool, args: str) -> bytes:
         tool.got_args = True
-        self._produced.add(args)
+        tool.streamed.append(args)
         return self._delta({"type": "input_json_delta", "partial_json": args})
 
     def _start_tool(self, tool: _Tool) -> list[bytes]:
@@ -637,11 +657,15 @@ class StreamTranslator:
             args = self._held_arguments(tool)
             if args:
                 out.append(self._args_delta(tool, args))
-        if tool is not None and not tool.got_args:
-            # Claude Code JSON-parses the concatenated fragments at content_block_stop; an empty
-            # string is not an object.
-            out.append(self._delta({"type": "input_json_delta", "partial_json": "{}"}))
-            self._produced.add("{}")  # as the non-streamed answer counts json.dumps(input)
+        if tool is not None:
+            if not tool.got_args:
+                # Claude Code JSON-parses the concatenated fragments at content_block_stop; an
+                # empty string is not an object.
+                out.append(self._delta({"type": "input_json_delta", "partial_json": "{}"}))
+            # Counted as the whole answer counts json.dumps(input): the object the client
+            # makes of the fragments, without the backend's blanks.
+            given = arguments_object("".join(tool.streamed))
+            self._produced.add(orjson.dumps(given if given is not None else {}).decode())
         out.append(
             anthropic_event(
                 "content_block_stop", {"type": "content_block_stop", "index": self._open.index}

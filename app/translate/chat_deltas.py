@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
+
+import orjson
+
+from app.translate.json_repair import is_json_prefix
 
 # A \uD800-\uDFFF escape: half of a UTF-16 surrogate pair, which orjson refuses alone.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
@@ -56,11 +61,96 @@ def _paired(held: dict[str, str], key: str, text: str) -> str:
     return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
-def new_arguments(received: str, fragment: str) -> str:
-    """What is new in a tool call's argument ``fragment``, given the arguments ``received``
-    before it: the fragment, unless it starts with all of them and goes on (a cumulative
-    snapshot, as some gateways send them, PROTOCOL.md §5.5), then only its new end. As
-    deltas, snapshots would repeat an opening brace, which no JSON object does."""
-    if received and len(fragment) > len(received) and fragment.startswith(received):
-        return fragment[len(received) :]
-    return fragment
+def is_object(text: str) -> bool:
+    """Whether ``text`` is one JSON object."""
+    try:
+        return isinstance(orjson.loads(text), dict)
+    except orjson.JSONDecodeError:
+        return False
+
+
+def _snapshot_added(reading: str, fragment: str) -> str:
+    """``reading`` (arguments read as snapshots) after ``fragment``."""
+    if fragment.startswith(reading):
+        return fragment
+    return reading if reading.startswith(fragment) else reading + fragment
+
+
+class ToolArguments:
+    """One tool call's arguments as the backend streams them: deltas, or snapshots.
+
+    Some gateways resend all the arguments so far in every fragment (cumulative snapshots,
+    PROTOCOL.md §5.5), but a genuine delta can also start with everything received:
+    ``{"q":`` then ``{"q":1}}``. For a fragment F that starts with all the text R received
+    (only then, so plain deltas never pay for it), the JSON grammar decides
+    (`is_json_prefix`):
+
+    * R + F can be no JSON text (R is a whole value, F repeats an opening ``{`` or quote, or
+      R is no JSON at all, as in a fence): F is a snapshot, and the call is in snapshot mode
+      from then on (only a snapshot's new end is new; an unchanged one adds nothing);
+    * R + F can be JSON and F alone cannot: F is a genuine delta;
+    * both can (R ends where a value may start: ``{"a": `` then ``{"a": 1}``): only later
+      fragments tell, so the call is *undecided* from here; both readings are kept, and
+      `settled` picks one when the call closes.
+
+    A blank R is trimmed without deciding anything: both readings are then the same JSON.
+    """
+
+    __slots__ = ("_parts", "size", "_snapshots", "_snapshot")
+
+    def __init__(self) -> None:
+        self._parts: list[str] = []  # the fragments as deltas (their new ends for snapshots)
+        self.size = 0  # len(self.text), without joining the parts
+        self._snapshots = False  # the backend sends cumulative snapshots
+        self._snapshot: str | None = None  # the arguments read as snapshots, while undecided
+
+    @property
+    def text(self) -> str:
+        """The arguments read as deltas (snapshots trimmed to their new ends)."""
+        parts = self._parts
+        if len(parts) > 1:
+            self._parts = parts = ["".join(parts)]
+        return parts[0] if parts else ""
+
+    @property
+    def undecided(self) -> bool:
+        """Both readings are still JSON: the call's text is known only at its close."""
+        return self._snapshot is not None
+
+    def add(self, fragment: str) -> str:
+        """What is new in ``fragment``: the fragment, or a snapshot's new end (maybe
+        nothing). While the call is undecided, the fragment as a delta, the snapshot
+        reading being kept aside."""
+        if self._snapshot is not None:
+            self._snapshot = _snapshot_added(self._snapshot, fragment)
+        elif self.size and len(fragment) >= self.size and fragment.startswith(self.text):
+            fragment = self._decided(fragment)
+        elif self._snapshots and self.text.startswith(fragment):
+            fragment = ""
+        if fragment:
+            self._parts.append(fragment)
+            self.size += len(fragment)
+        return fragment
+
+    def _decided(self, fragment: str) -> str:
+        received = self.text
+        blank = received.isspace()  # then trimming changes nothing but blanks
+        if self._snapshots or blank or not is_json_prefix(received + fragment):
+            self._snapshots = self._snapshots or not blank
+            return fragment[len(received) :]
+        if is_json_prefix(fragment):
+            self._snapshot = fragment
+        return fragment
+
+    def settled(self, whole: Callable[[str], bool] = is_object) -> str:
+        """The arguments at the call's close: as deltas, unless undecided; then the first
+        reading that is ``whole``, else the first that can still be JSON, the deltas'
+        first."""
+        text = self.text
+        if self._snapshot is None:
+            return text
+        readings = (text, self._snapshot)
+        return next(
+            (r for r in readings if whole(r)),
+            next((r for r in readings if is_json_prefix(r)), text),
+        )

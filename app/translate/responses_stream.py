@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from app.translate.anthropic_to_openai import reasoning_text
-from app.translate.chat_deltas import new_arguments
+from app.translate.chat_deltas import ToolArguments
 from app.translate.responses_answer import (
     CALL,
     MESSAGE,
@@ -67,8 +67,8 @@ class _Call:
     raw_id: str | None  # the backend's id for it, if it sent one
     name: str
     custom: bool
-    arguments: list[str] = field(default_factory=list)
-    size: int = 0  # len("".join(arguments))
+    arguments: ToolArguments = field(default_factory=ToolArguments)
+    held_from: int | None = None  # characters sent before the call was held to its close
 
 
 class ResponsesStream:
@@ -78,10 +78,11 @@ class ResponsesStream:
     kind of item opens (tool calls stay open until the end: their argument fragments
     may interleave; a call whose chat index a new call id takes over closes then).
     Drops what `translate_response` drops, plus ``logprobs`` and the chat ids, and the
-    repeated start of arguments sent as cumulative snapshots. Invents the lifecycle
-    events, item ids and ``sequence_number``. A custom tool's input sits inside the
-    call's JSON arguments, so it goes out whole (one ``custom_tool_call_input.delta``)
-    when the call closes.
+    repeated start of arguments sent as cumulative snapshots (`ToolArguments`: a call it
+    cannot yet tell from one sending deltas sends the rest of its arguments in one delta
+    when it closes). Invents the lifecycle events, item ids and
+    ``sequence_number``. A custom tool's input sits inside the call's JSON arguments, so
+    it goes out whole (one ``custom_tool_call_input.delta``) when the call closes.
     """
 
     def __init__(self, ctx: ResponsesContext) -> None:
@@ -369,19 +370,15 @@ class ResponsesStream:
             out.append(
                 self._event("response.output_item.added", {"output_index": at, "item": added})
             )
-        fragment = arguments_text(function.get("arguments"))
-        if len(fragment) > call.size:  # only then may it be a snapshot of all so far
-            fragment = new_arguments("".join(call.arguments), fragment)
-        if fragment:
-            call.arguments.append(fragment)
-            call.size += len(fragment)
-            if not call.custom:
-                where = {"item_id": call.id, "output_index": call.index}
-                out.append(
-                    self._event(
-                        "response.function_call_arguments.delta", {**where, "delta": fragment}
-                    )
-                )
+        fragment = call.arguments.add(arguments_text(function.get("arguments")))
+        if call.arguments.undecided:
+            if call.held_from is None:  # what went out before this fragment
+                call.held_from = call.arguments.size - len(fragment)
+        elif fragment and not call.custom:
+            where = {"item_id": call.id, "output_index": call.index}
+            out.append(
+                self._event("response.function_call_arguments.delta", {**where, "delta": fragment})
+            )
         return out
 
     def _index_of(self, call_id: Any, name: Any) -> int:
@@ -394,11 +391,16 @@ class ResponsesStream:
         return last + 1 if call_id or name or last < 0 else last
 
     def _close_call(self, call: _Call, status: ItemStatus) -> list[bytes]:
-        arguments = "".join(call.arguments)
+        arguments = call.arguments.settled()
         done = call_item(self.ctx, call.index, call.call_id, call.name, arguments, status)
         self._output[call.index] = done
         where = {"item_id": done["id"], "output_index": call.index}
         out: list[bytes] = []
+        rest = arguments[call.held_from :] if call.held_from is not None else ""
+        if rest and not call.custom:
+            out.append(
+                self._event("response.function_call_arguments.delta", {**where, "delta": rest})
+            )
         if done["type"] == "custom_tool_call":
             text = done["input"]
             if text:
@@ -436,7 +438,12 @@ class ResponsesStream:
             output[msg.index] = message_item(msg.id, parts, "incomplete")
         for call in self._calls.values():
             output[call.index] = call_item(
-                self.ctx, call.index, call.call_id, call.name, "".join(call.arguments), "incomplete"
+                self.ctx,
+                call.index,
+                call.call_id,
+                call.name,
+                call.arguments.settled(),
+                "incomplete",
             )
         response = self._response(
             "failed",

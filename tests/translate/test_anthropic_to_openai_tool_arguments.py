@@ -17,17 +17,13 @@ import orjson
 import pytest
 
 from app.dialects.sse import SSEEvent
-from app.translate import anthropic_to_openai_stream as a2o_stream
 from app.translate.anthropic_to_openai import parse_arguments, translate_response
 from app.translate.anthropic_to_openai_stream import StreamTranslator
 from app.translate.json_repair import is_json_prefix
 from tests.translate.test_anthropic_to_openai import (
-    FIXTURES,
     MESSAGE_ID,
     _ctx,
     check_stream_grammar,
-    context_for,
-    run_stream,
     sdk_final_message,
 )
 
@@ -217,26 +213,6 @@ def test_a_held_call_sends_its_repaired_arguments_when_it_closes() -> None:
         b'"delta":{"type":"input_json_delta","partial_json":"{\\"city\\":\\"Paris\\"}"}}\n\n'
     )
     assert closing[1].startswith(b"event: content_block_stop\n")
-
-
-def test_the_grammar_runs_only_for_a_fragment_that_repeats_what_came_before(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Plain calls pay nothing per fragment; a snapshot stream is decided once."""
-    calls: list[str] = []
-
-    def counted(text: str) -> bool:
-        calls.append(text)
-        return is_json_prefix(text)
-
-    monkeypatch.setattr(a2o_stream, "is_json_prefix", counted)
-    for case in ("stream_tool_fragmented_args", "stream_parallel_calls"):
-        path = FIXTURES / case
-        run_stream(context_for(path), (path / "stream_in.sse").read_bytes())
-    assert calls == []
-    path = FIXTURES / "stream_cumulative_argument_snapshots"
-    run_stream(context_for(path), (path / "stream_in.sse").read_bytes())
-    assert calls == ['{{"city": ']
 
 
 @pytest.mark.parametrize(

@@ -224,6 +224,16 @@ def test_parallel_calls_sharing_index_0_are_told_apart_by_id() -> None:
             ["{", '"city": ', '"Paris"}'],
         ),
         (["", '{\\"city\\": ', '{\\"city\\": \\"Paris\\"}'], ['{"city": ', '"Paris"}']),
+        # A snapshot sent again, unchanged, adds nothing.
+        (
+            [
+                "{",
+                '{\\"city\\": \\"Paris\\"',
+                '{\\"city\\": \\"Paris\\"',
+                '{\\"city\\": \\"Paris\\"}',
+            ],
+            ["{", '"city": "Paris"', "}"],
+        ),
         # Plain deltas stay as they are.
         (['{\\"ci', 'ty\\": \\"Paris\\"}'], ['{"ci', 'ty": "Paris"}']),
     ],
@@ -233,6 +243,12 @@ def test_cumulative_argument_snapshots_go_out_as_their_new_part(
 ) -> None:
     """Some gateways send each argument fragment as a snapshot of all so far (PROTOCOL.md
     §5.5): the deltas add up to the arguments, as the Anthropic client's stream does."""
+    check_argument_deltas(fragments, deltas)
+
+
+def check_argument_deltas(fragments: list[str], deltas: list[str]) -> None:
+    """One call whose argument ``fragments`` (JSON string bodies, escaped) go out as the
+    exact ``deltas``, and end as their sum, as the whole answer has them."""
     head = '{"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"lookup",'
     data = chat_sse(
         [f'{head}"arguments":"{fragments[0]}"}}}}]}}']
@@ -259,4 +275,59 @@ def test_cumulative_argument_snapshots_go_out_as_their_new_part(
         ("response.function_call_arguments.done", 0, arguments),
         ("response.output_item.done", 0, added[:2] + ("completed",) + added[3:5] + (arguments,)),
         ("response.completed", None, "completed"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("fragments", "deltas"),
+    [
+        # Starts with all so far, but only a delta makes JSON of it: a nested object that
+        # repeats its parent's key (a startswith rule took it for a snapshot: ``{"q":1}}``).
+        (['{\\"q\\":', '{\\"q\\":1}}'], ['{"q":', '{"q":1}}']),
+        # Both readings are JSON until the call ends: it is held from the second fragment,
+        # and the reading that makes an object goes out at its close, in one delta.
+        (['{\\"a\\":', '{\\"a\\":', "1}}"], ['{"a":', '{"a":1}}']),
+        (['{\\"a\\": ', '{\\"a\\": 1}', "}"], ['{"a": ', '{"a": 1}}']),
+        # The same, resolved the other way: snapshots, trimmed to their new part.
+        (
+            ['{\\"a\\": ', '{\\"a\\": 1', '{\\"a\\": 1, \\"b\\": 2}'],
+            ['{"a": ', '1, "b": 2}'],
+        ),
+    ],
+)
+def test_a_fragment_that_repeats_all_so_far_is_a_snapshot_only_by_the_json_grammar(
+    fragments: list[str], deltas: list[str]
+) -> None:
+    """The rule the Anthropic client's stream follows (`chat_deltas.ToolArguments`): a
+    fragment that starts with everything received is a snapshot when the JSON grammar says
+    so, a delta when only a delta can still be JSON."""
+    check_argument_deltas(fragments, deltas)
+
+
+# -- content and refusal -------------------------------------------------------------------------
+
+
+def test_content_then_refusal_are_two_parts_as_in_the_whole_answer() -> None:
+    """The whole answer makes the content one part and the refusal another; so does the
+    stream, with nothing between them (the Anthropic client's single text joins them)."""
+    data = chat_sse(
+        ['{"role":"assistant","content":"Sure"}', '{"content":"."}', '{"refusal":"No, "}'],
+        "stop",
+    )
+    events = check_against_whole(
+        data,
+        whole_answer({"role": "assistant", "content": "Sure.", "refusal": "No, "}, "stop"),
+    )
+    assert [
+        (e["type"], e["delta"] if "delta" in e else e["part"]["type"])
+        for e in events
+        if e["type"].startswith("response.content_part.") or e["type"].endswith(".delta")
+    ] == [
+        ("response.content_part.added", "output_text"),
+        ("response.output_text.delta", "Sure"),
+        ("response.output_text.delta", "."),
+        ("response.content_part.done", "output_text"),
+        ("response.content_part.added", "refusal"),
+        ("response.refusal.delta", "No, "),
+        ("response.content_part.done", "refusal"),
     ]

@@ -253,6 +253,25 @@ def test_a2o_content_with_a_tool_call_or_usage_takes_the_full_path() -> None:
     assert b'"name":"f"' in fast
 
 
+def test_a2o_content_after_a_refusal_takes_the_full_path_until_it_shows() -> None:
+    """The blank line between a refusal and the content after it is `feed`'s to add: the
+    content's deltas skip the fast path until the content has shown text, then take it."""
+    events = [_openai_chunk({"role": "assistant", "content": ""})]
+    events += [_openai_chunk({"refusal": "No. "}), _openai_chunk({"refusal": "Sorry."})]
+    events += [_openai_chunk({"content": text}) for text in (" ", "But ", "here ", "is ", "more.")]
+    events.append(b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n')
+    make = lambda: a2o_stream.StreamTranslator(_a2o_ctx(), message_id="msg_1")  # noqa: E731
+    slow, fast, taken = _both_paths(make, "openai", events)
+    assert fast == slow
+    texts = [
+        orjson.loads(line[6:])["delta"]["text"]
+        for line in fast.split(b"\n")
+        if line.startswith(b'data: {"type":"content_block_delta"')
+    ]
+    assert texts == ["No. ", "Sorry.", "\n\n But ", "here ", "is ", "more."]
+    assert taken >= 2
+
+
 # -- O→A: Anthropic events -------------------------------------------------------------------
 
 
