@@ -31,7 +31,7 @@ from app.accounting import RateLimiter, UsageRecorder
 from app.auth import KeyTable, hash_password, verify_password
 from app.db import admins as admin_queries
 from app.db import keys as key_queries
-from app.db.catalog import sync_config
+from app.db.catalog import has_backends, sync_config
 from app.db.engine import ROOT, Database, sqlite_path, upgrade
 from app.db.models import ProxyKey
 from app.gateway import Gateway
@@ -73,6 +73,10 @@ async def _bootstrap(services: Services, settings: Settings) -> FirstStart:
     first = FirstStart()
     loop = asyncio.get_running_loop()
     async with services.db.session() as session, session.begin():
+        if settings.echo_default and await has_backends(session):
+            # Nothing in the file or the environment, but upstreams added in the dashboard:
+            # those are the configuration (and echo, deleted there, is not made again).
+            settings = services.settings = settings.without_echo_default()
         await sync_config(session, settings.upstreams, settings.models, services.secrets)
         for key in settings.keys:
             await key_queries.upsert_config_key(

@@ -86,6 +86,8 @@ class Services:
             self._fingerprint = fingerprint
             self.pool.update(catalog.upstreams, catalog.keys)
             s = self.settings
+            if s.echo_default and any(u.kind != "echo" for u in catalog.upstreams):
+                s = self.settings = s.without_echo_default()  # one added in the dashboard
             self.router = Router(
                 catalog.routes,
                 [u.name for u in catalog.upstreams],

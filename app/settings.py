@@ -13,7 +13,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -98,9 +98,17 @@ def timeout_problem(value: float) -> str | None:
 
 
 def password_problem(value: str) -> str | None:
-    """The dashboard's and ``admin set-password``'s rule, for the configured password."""
+    """What refuses a configured (file, environment) or scripted (``admin set-password``)
+    password: only an empty one. A short one is the operator's choice, with a warning
+    (`password_warning`); the dashboard's forms require `MIN_PASSWORD` characters."""
+    if not value:
+        return "the password must not be empty"
+    return None
+
+
+def password_warning(value: str) -> str | None:
     if len(value) < MIN_PASSWORD:
-        return f"the password must have at least {MIN_PASSWORD} characters"
+        return f"the admin password has fewer than {MIN_PASSWORD} characters"
     return None
 
 
@@ -130,15 +138,37 @@ def upstream_url_problem(url: str) -> str | None:
     return None
 
 
+# An upstream's name: in inline model names (``upstream:model``), URLs of the dashboard and
+# the metrics' labels, so no ":", "/" or spaces, and short enough for a table's column.
+_UPSTREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def upstream_name_problem(name: str) -> str | None:
+    if not _UPSTREAM_NAME.fullmatch(name):
+        return (
+            f"invalid upstream name {name[:80]!r}: up to 64 letters, digits, '.', '_' or '-',"
+            " starting with a letter or digit"
+        )
+    return None
+
+
 def database_url_problem(url: str) -> str | None:
-    """Why SQLAlchemy cannot use ``url`` (no driver is imported), or None."""
+    """Why Bridgekeeper cannot use ``url``, or None: SQLite and PostgreSQL only (SQLAlchemy
+    knows MySQL and others, whose drivers are not installed: a traceback at the first
+    connection). No driver is imported."""
     try:
-        make_url(url).get_dialect()
+        parsed = make_url(url)
+        parsed.get_dialect()
+    except ImportError:
+        parsed = None
     except ArgumentError:
         scheme = url.partition(":")[0] if "://" in url else ""
         if scheme:
             return f"unknown database kind {scheme!r} (expected sqlite:// or postgresql://)"
         return "not a database URL (expected sqlite:///FILE or postgresql://...)"
+    if parsed is None or parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        scheme = url.partition(":")[0]
+        return f"unsupported database kind {scheme!r} (expected sqlite:// or postgresql://)"
     return None
 
 
@@ -275,6 +305,11 @@ class Settings:
     models: tuple[ModelConfig, ...] = ()
     keys: tuple[KeyConfig, ...] = ()
 
+    def without_echo_default(self) -> Settings:
+        """These settings once upstreams were added in the dashboard: echo no longer the
+        default (it answered every unknown or misspelt model with a 200)."""
+        return replace(self, echo_default=False, upstreams=(), default_upstream=None)
+
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)
@@ -286,8 +321,11 @@ class Settings:
 class _Where:
     """Formats ``file: entry: problem`` for ConfigError."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, upstream_secrets: bool = True) -> None:
         self.path = path
+        # False: an upstream key naming an unset variable is left out, not an error (the
+        # commands that never call an upstream, run where its secrets are not set).
+        self.upstream_secrets = upstream_secrets
 
     def error(self, entry: str, problem: str) -> ConfigError:
         return ConfigError(f"{self.path}: {entry}: {problem}")
@@ -422,6 +460,9 @@ def _parse_upstream(
     name = table.get("name")
     if not isinstance(name, str) or not name:
         raise where.error(entry, "'name' is required")
+    problem = upstream_name_problem(name)
+    if problem:
+        raise where.error(entry, problem)
     entry = f"upstreams[{i}] ({name})"
     _check_keys(where, entry, table, _UPSTREAM_FIELDS)
     kind = table.get("kind")
@@ -435,6 +476,7 @@ def _parse_upstream(
     keys = tuple(
         _resolve_secret(where, f"{entry}.keys", k, env)
         for k in _strings(where, f"{entry}.keys", table.get("keys"))
+        if where.upstream_secrets or not k.startswith("env:") or k[4:] in env
     )
     timeout = _opt_float(where, f"{entry}.timeout", table.get("timeout"))
     problem = None if timeout is None else timeout_problem(timeout)
@@ -679,8 +721,11 @@ def load_settings(
     flags: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    upstream_secrets: bool = True,
 ) -> Settings:
-    """Merge file, ``.env``, environment and flags into one frozen Settings."""
+    """Merge file, ``.env``, environment and flags into one frozen Settings. Without
+    ``upstream_secrets``, upstream keys whose variables are unset are left out instead of
+    refused (for commands that call no upstream)."""
     base_env = dict(os.environ if environ is None else environ)
     env = {**read_dotenv((cwd or Path.cwd()) / ".env"), **base_env}
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
@@ -688,7 +733,7 @@ def load_settings(
     path = flags.get("config") or config_path or env.get("BRIDGEKEEPER_CONFIG")
     data: dict[str, Any] = {}
     if path:
-        where = _Where(str(path))
+        where = _Where(str(path), upstream_secrets=upstream_secrets)
         try:
             with open(path, "rb") as fh:
                 data = tomllib.load(fh)
@@ -696,7 +741,7 @@ def load_settings(
             raise ConfigError(f"{path}: file not found") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    where = _Where(str(path or "config"))
+    where = _Where(str(path or "config"), upstream_secrets=upstream_secrets)
 
     _check_keys(where, "top level", data, {"server", "upstreams", "models", "keys"})
     server = data.get("server", {})

@@ -102,6 +102,12 @@ async def upsert_route(
     return row
 
 
+async def has_backends(session: AsyncSession) -> bool:
+    """Whether any upstream but the echo backend is in the database (the dashboard's)."""
+    found = await session.scalar(select(Upstream.id).where(Upstream.kind != "echo").limit(1))
+    return found is not None
+
+
 async def sync_config(
     session: AsyncSession,
     upstreams: Sequence[UpstreamConfig],
