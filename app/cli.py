@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import getpass
+import importlib.metadata
 import logging
 import os
 import sys
@@ -16,6 +18,7 @@ from typing import Any, TextIO
 import orjson
 from sqlalchemy.exc import DBAPIError
 
+from app import __version__ as package_version
 from app.auth import hash_password
 from app.db import admins as admin_queries
 from app.db import keys as key_queries
@@ -29,11 +32,30 @@ from app.db.engine import (
 )
 from app.db.usage import CSV_HEADER, UsageFilter, csv_rows, iter_export, iter_export_pages
 from app.secretbox import SecretKeyError
-from app.settings import ConfigError, Settings, count_problem, expiry_problem, load_settings
+from app.settings import (
+    ConfigError,
+    Settings,
+    count_problem,
+    expiry_problem,
+    load_settings,
+    password_problem,
+    password_warning,
+)
 
 # Commands that only look at what is there: pointed at a SQLite file that does not exist
 # (a mistyped path), they say so instead of creating an empty database to look at.
 NEEDS_DATABASE = {("keys", "list"), ("keys", "revoke"), ("usage", "export")}
+
+# A listener that cannot bind: said with the address, not as a bare "Address already in use".
+BIND_ERRORS = {errno.EADDRINUSE, errno.EADDRNOTAVAIL}
+
+
+def version() -> str:
+    """The installed distribution's version; the package's own when run from a source tree."""
+    try:
+        return importlib.metadata.version("bridgekeeper")
+    except importlib.metadata.PackageNotFoundError:
+        return package_version
 
 
 def _date(value: str) -> date:
@@ -92,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="bridgekeeper",
         description="A self-hosted LLM API gateway speaking the Anthropic and OpenAI dialects.",
     )
+    parser.add_argument("--version", action="version", version=f"bridgekeeper {version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", parents=[common], help="run the gateway")
@@ -118,9 +141,16 @@ def build_parser() -> argparse.ArgumentParser:
         dest="admin_command", required=True, metavar="ACTION"
     )
     setpw = admin.add_parser(
-        "set-password", parents=[common], help="set an admin's password, read from stdin"
+        "set-password",
+        parents=[common],
+        help="set an admin's password (creating the admin if missing), read from stdin",
     )
-    setpw.add_argument("--username", type=_username, default="admin")
+    setpw.add_argument(
+        "--username",
+        type=_username,
+        default="admin",
+        help="the admin whose password is set; created when missing (default: %(default)s)",
+    )
 
     db = commands.add_parser("db", help="database").add_subparsers(
         dest="db_command", required=True, metavar="ACTION"
@@ -146,7 +176,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         "port": getattr(args, "port", None),
         "anthropic_port": getattr(args, "anthropic_port", None),
     }
-    return load_settings(flags=flags)
+    # Only `serve` calls upstreams: the other commands run where their secrets may be unset.
+    return load_settings(flags=flags, upstream_secrets=args.command == "serve")
 
 
 async def _with_db(url: str, work: Any) -> Any:
@@ -252,26 +283,41 @@ def cmd_keys_revoke(settings: Settings, args: argparse.Namespace, out: TextIO) -
     return 0
 
 
+def _read_password() -> str | None:
+    """The new password: typed twice on a terminal (None when the two differ), else the
+    first line of stdin."""
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\r\n")
+    password = getpass.getpass("New password: ")
+    if getpass.getpass("Repeat it: ") != password:
+        return None
+    return password
+
+
 def cmd_set_password(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
-    if sys.stdin.isatty():
-        password = getpass.getpass("New password: ")
-    else:
-        password = sys.stdin.readline().rstrip("\r\n")
-    if len(password) < admin_queries.MIN_PASSWORD:
-        print(
-            f"bridgekeeper: the password must have at least {admin_queries.MIN_PASSWORD}"
-            " characters",
-            file=sys.stderr,
-        )
+    password = _read_password()
+    if password is None:
+        print("bridgekeeper: the two passwords differ; nothing changed", file=sys.stderr)
         return 1
+    problem = password_problem(password)
+    if problem:
+        print(f"bridgekeeper: {problem}", file=sys.stderr)
+        return 1
+    warning = password_warning(password)
+    if warning:
+        print(f"bridgekeeper: warning: {warning}", file=sys.stderr)
     hashed = hash_password(password)
-    asyncio.run(
-        _with_db(
-            settings.database_url,
-            lambda s: admin_queries.set_admin_password(s, args.username, hashed),
-        )
-    )
-    print(f"Password set for admin {args.username!r}", file=out)
+
+    async def work(session: Any) -> bool:
+        existed = await admin_queries.get_admin(session, args.username) is not None
+        await admin_queries.set_admin_password(session, args.username, hashed)
+        return existed
+
+    # Said either way: a mistyped --username creates a new admin instead of failing.
+    if asyncio.run(_with_db(settings.database_url, work)):
+        print(f"Password changed for admin {args.username!r}", file=out)
+    else:
+        print(f"Created admin {args.username!r} with the given password", file=out)
     return 0
 
 
@@ -306,9 +352,37 @@ def cmd_usage_export(settings: Settings, args: argparse.Namespace, out: TextIO) 
     return 0
 
 
+def serve_warnings(settings: Settings, err: TextIO) -> None:
+    """What `serve` starts with but the operator should know (the config loader accepts it)."""
+    warning = password_warning(settings.admin_password) if settings.admin_password else None
+    if warning:
+        print(f"bridgekeeper: warning: {warning}", file=err, flush=True)
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _failed_port(settings: Settings) -> int:
+    """Which of the two ports could not be bound: `bind_listeners` binds the main one first
+    and closes it again when the Anthropic one fails, so the main one binding now clears it."""
+    from app.server import bind_listeners
+
+    if settings.anthropic_port is None:
+        return settings.port
+    try:
+        (sockets,) = bind_listeners(settings.host, settings.port)
+    except OSError:
+        return settings.port
+    for sock in sockets:
+        sock.close()
+    return settings.anthropic_port
+
+
 def cmd_serve(settings: Settings) -> int:
     from app.server import install_uvloop, serve_forever
 
+    serve_warnings(settings, sys.stderr)
     logging.basicConfig(
         level=getattr(logging, settings.log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -318,14 +392,18 @@ def cmd_serve(settings: Settings) -> int:
     # listen: a second `serve` started with this one waits its turn (`startup_lock`).
     lock = ExitStack()
 
+    listening = False
+
     def announce(server: Any, first: Any) -> None:
+        nonlocal listening
+        listening = True
         lock.close()
         host = settings.host
         base = f"http://{host}:{server.ports[0]}"
         lines = [f"Bridgekeeper listening on {base}" + (" (uvloop)" if fast else "")]
         if len(server.ports) > 1:
             lines.append(f"Anthropic dialect at the root on http://{host}:{server.ports[1]}")
-        if settings.echo_default:
+        if server.services.settings.echo_default:  # not once the dashboard added upstreams
             lines.append("No upstream configured: the built-in echo backend answers every model.")
         lines.append(f"Dashboard: {base}/admin/")
         if first.admin_password:
@@ -338,7 +416,18 @@ def cmd_serve(settings: Settings) -> int:
     with lock:
         upgrade(settings.database_url, lock.enter_context(startup_lock(settings.database_url)))
         fast = install_uvloop()
-        asyncio.run(serve_forever(settings, announce))
+        try:
+            asyncio.run(serve_forever(settings, announce))
+        except OSError as exc:
+            if listening or exc.errno not in BIND_ERRORS:
+                raise
+            where = _address(settings.host, _failed_port(settings))
+            reason = os.strerror(exc.errno)
+            print(
+                f"bridgekeeper: cannot listen on {where}: {reason[:1].lower()}{reason[1:]}",
+                file=sys.stderr,
+            )
+            return 1
     return 0
 
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import csv
+import getpass
+import importlib.metadata
 import io
 import os
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from subprocess import CompletedProcess
@@ -18,13 +22,14 @@ from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
+import app
 from app.auth import hash_key, verify_password
-from app.cli import main
+from app.cli import main, serve_warnings, version
 from app.db.admins import MIN_PASSWORD
 from app.db.engine import make_sync_engine
 from app.db.models import AdminUser, ProxyKey
 from app.db.usage import EXPORT_COLUMNS, UsageRecord, insert_events
-from app.settings import MAX_COUNT
+from app.settings import MAX_COUNT, load_settings
 from tests.databases import POSTGRES, database_url
 
 
@@ -251,7 +256,9 @@ def test_keys_list_shows_the_last_day_given(db: str) -> None:
     assert erin[header.index("EXPIRES") :].split()[0] == "2099-12-31"
 
 
-def cli(*args: str, stdin: str = "", env: dict[str, str] | None = None) -> CompletedProcess[str]:
+def cli(
+    *args: str, stdin: str = "", env: dict[str, str] | None = None, cwd: Path | None = None
+) -> CompletedProcess[str]:
     """The real command in a child process: exit status, stdout and stderr as a user sees them."""
     return subprocess.run(
         [sys.executable, "-m", "app", *args],
@@ -260,6 +267,7 @@ def cli(*args: str, stdin: str = "", env: dict[str, str] | None = None) -> Compl
         text=True,
         timeout=60,
         env={**os.environ, **(env or {})},
+        cwd=cwd,
     )
 
 
@@ -355,18 +363,95 @@ def test_serve_refuses_a_port_out_of_range(
     assert_one_line_error(result, 2, message)
 
 
-def test_admin_set_password_takes_the_shared_minimum_and_a_username(db: str) -> None:
-    short = "x" * (MIN_PASSWORD - 1)
-    result = cli("admin", "set-password", "--database-url", db, stdin=short + "\n")
-    assert_one_line_error(result, 1, f"at least {MIN_PASSWORD} characters")
-    assert MIN_PASSWORD == 8
+SHORT_PASSWORD_WARNING = "bridgekeeper: warning: the admin password has fewer than 8 characters\n"
+
+
+def test_admin_set_password_refuses_only_an_empty_password_and_warns_about_a_short_one(
+    db: str,
+) -> None:
+    for empty in ("\n", ""):  # an empty line, or nothing at all
+        result = cli("admin", "set-password", "--database-url", db, stdin=empty)
+        assert_one_line(result, 1, "bridgekeeper: the password must not be empty")
     for blank in ("", "   "):
         result = cli("admin", "set-password", "--username", blank, "--database-url", db,
                      stdin="long enough password\n")  # fmt: skip
         assert_one_line_error(result, 2, "an admin needs a username")
     assert rows(db, AdminUser) == []
-    result = cli("admin", "set-password", "--database-url", db, stdin="x" * MIN_PASSWORD + "\n")
+    # Short: the operator's choice (the configured password's rule), said on stderr.
+    short = "x" * (MIN_PASSWORD - 1)
+    result = cli("admin", "set-password", "--database-url", db, stdin=short + "\n")
     assert result.returncode == 0, result.stderr
+    assert result.stderr == SHORT_PASSWORD_WARNING
+    (admin,) = rows(db, AdminUser)
+    assert verify_password(short, admin.password_hash)
+    result = cli("admin", "set-password", "--database-url", db, stdin="x" * MIN_PASSWORD + "\n")
+    assert result.returncode == 0 and result.stderr == ""
+    assert MIN_PASSWORD == 8
+
+
+def run_with_stdin(*args: str, stdin: str = "long enough password\n") -> tuple[int, str]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "stdin", io.StringIO(stdin))
+        return run(*args)
+
+
+def test_admin_set_password_says_whether_it_created_an_admin_or_changed_one(db: str) -> None:
+    # It said "Password set for admin ..." either way: a mistyped --username went unnoticed.
+    code, out = run_with_stdin("admin", "set-password", "--database-url", db)
+    assert (code, out) == (0, "Created admin 'admin' with the given password\n")
+    code, out = run_with_stdin("admin", "set-password", "--database-url", db)
+    assert (code, out) == (0, "Password changed for admin 'admin'\n")
+    code, out = run_with_stdin("admin", "set-password", "--username", "bob", "--database-url", db)
+    assert (code, out) == (0, "Created admin 'bob' with the given password\n")
+    assert sorted(a.username for a in rows(db, AdminUser)) == ["admin", "bob"]
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(
+    ("typed", "code", "message"),
+    [
+        (["long enough password", "long enough password"], 0, ""),
+        (["long enough password", "long enough pasword"], 1, "the two passwords differ"),
+    ],
+)
+def test_admin_set_password_on_a_terminal_asks_twice(
+    db: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    typed: list[str],
+    code: int,
+    message: str,
+) -> None:
+    prompts: list[str] = []
+
+    def fake_getpass(prompt: str = "Password: ", stream: object = None) -> str:
+        prompts.append(prompt)
+        return typed[len(prompts) - 1]
+
+    monkeypatch.setattr(sys, "stdin", Terminal())
+    monkeypatch.setattr(getpass, "getpass", fake_getpass)
+    assert run("admin", "set-password", "--database-url", db)[0] == code
+    assert prompts == ["New password: ", "Repeat it: "]
+    err = capsys.readouterr().err
+    assert message in err
+    if code:
+        assert err.count("\n") == 1 and rows(db, AdminUser) == []
+    else:
+        (admin,) = rows(db, AdminUser)
+        assert verify_password("long enough password", admin.password_hash)
+
+
+def test_admin_set_password_help_shows_the_default_username(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["admin", "set-password", "--help"])
+    assert info.value.code == 0
+    assert "(default: admin)" in " ".join(capsys.readouterr().out.split())
 
 
 def test_revoking_a_revoked_key_says_so(db: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -623,3 +708,133 @@ def test_an_invalid_secret_key_or_secret_file_is_one_line(tmp_path: Path) -> Non
     (tmp_path / "serve.db.secret").write_text("damaged\n")
     result = cli("serve", "--port", "0", "--database-url", f"sqlite:///{db}")
     assert_one_line(result, 1, f"bridgekeeper: {tmp_path / 'serve.db.secret'}: not a Fernet key")
+
+
+@pytest.mark.parametrize(
+    ("config", "environ"),
+    [
+        ('[server]\nadmin_password = "short"\n', {}),
+        ("", {"BRIDGEKEEPER_ADMIN_PASSWORD": "1234567"}),
+    ],
+    ids=["config file", "environment"],
+)
+def test_serve_warns_about_a_short_configured_admin_password(
+    tmp_path: Path, config: str, environ: dict[str, str]
+) -> None:
+    path = tmp_path / "bk.toml"
+    path.write_text(config)
+    settings = load_settings(config_path=str(path), environ=environ, cwd=tmp_path)
+    err = io.StringIO()
+    serve_warnings(settings, err)
+    assert err.getvalue() == SHORT_PASSWORD_WARNING
+    for fine in ({}, {"BRIDGEKEEPER_ADMIN_PASSWORD": "x" * MIN_PASSWORD}):
+        err = io.StringIO()
+        serve_warnings(load_settings(environ=fine, cwd=tmp_path), err)
+        assert err.getvalue() == ""
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A port someone else listens on."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        yield int(busy.getsockname()[1])
+
+
+@pytest.mark.parametrize("which", ["--port", "--anthropic-port"])
+def test_serve_on_a_port_in_use_names_the_address(
+    tmp_path: Path, busy_port: int, which: str
+) -> None:
+    # It said only "bridgekeeper: Address already in use", not which of the two ports.
+    db = database_url(tmp_path, "serve.db")
+    ports = (
+        ["--port", str(busy_port)] if which == "--port" else ["--port", "0", which, str(busy_port)]
+    )
+    result = cli("serve", *ports, "--database-url", db)
+    assert_one_line(
+        result, 1, f"bridgekeeper: cannot listen on 127.0.0.1:{busy_port}: address already in use"
+    )
+
+
+def test_serve_warns_before_it_starts(tmp_path: Path, busy_port: int) -> None:
+    db = database_url(tmp_path, "serve.db")
+    env = {"BRIDGEKEEPER_ADMIN_PASSWORD": "short"}
+    result = cli("serve", "--port", str(busy_port), "--database-url", db, env=env)
+    assert result.returncode == 1
+    assert result.stderr.startswith(SHORT_PASSWORD_WARNING)
+    assert result.stderr.count("\n") == 2 and "cannot listen on" in result.stderr
+
+
+@pytest.fixture
+def no_bridgekeeper_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The config file alone decides (a BRIDGEKEEPER_DATABASE_URL would override its URL)."""
+    for name in list(os.environ):
+        if name.startswith("BRIDGEKEEPER_"):
+            monkeypatch.delenv(name)
+
+
+UNSET = "BK_TEST_UNSET_UPSTREAM_SECRET"
+
+
+@pytest.mark.usefixtures("no_bridgekeeper_environment")
+def test_commands_that_call_no_upstream_take_upstream_secrets_that_are_not_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every `keys create`, `keys list`, `usage export` failed with "environment variable
+    # ... is not set" where the gateway's upstream secrets are not exported.
+    monkeypatch.delenv(UNSET, raising=False)
+    (tmp_path / "bk.toml").write_text(
+        '[server]\ndatabase_url = "sqlite:///bk.db"\n\n'
+        '[[upstreams]]\nname = "up"\nkind = "openai"\nbase_url = "http://127.0.0.1:9/v1"\n'
+        f'keys = ["sk-literal", "env:{UNSET}"]\n'
+    )
+    config = ("--config", "bk.toml")
+    result = cli("keys", "create", "k", *config, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1].startswith("bk-")
+    result = cli("keys", "list", *config, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[1].split()[0] == "k"
+    for command in (["usage", "export"], ["db", "upgrade"], ["keys", "revoke", "k"]):
+        result = cli(*command, *config, cwd=tmp_path)
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+    result = cli("admin", "set-password", *config, stdin="long enough password\n", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    # `serve` calls the upstream: there the missing secret is still an error.
+    result = cli("serve", "--port", "0", *config, cwd=tmp_path)
+    assert_one_line(result, 2, f"environment variable {UNSET} is not set")
+
+
+@pytest.mark.usefixtures("no_bridgekeeper_environment")
+@pytest.mark.parametrize("url", ["mysql://x", "mysql+pymysql://u@h/db"])
+@pytest.mark.parametrize("command", [["keys", "list"], ["serve", "--port", "0"]], ids=" ".join)
+def test_an_unsupported_database_kind_is_one_line(
+    tmp_path: Path, command: list[str], url: str
+) -> None:
+    # SQLAlchemy knows MySQL: it was a traceback ending "No module named 'MySQLdb'".
+    kind = url.partition(":")[0]
+    result = cli(*command, "--database-url", url)
+    assert_one_line(result, 2, f"bridgekeeper: --database-url: unsupported database kind {kind!r}")
+    result = cli(*command, env={"BRIDGEKEEPER_DATABASE_URL": url})
+    assert_one_line(result, 2, "environment: BRIDGEKEEPER_DATABASE_URL: unsupported database kind")
+    (tmp_path / "bk.toml").write_text(f'[server]\ndatabase_url = "{url}"\n')
+    result = cli(*command, "--config", "bk.toml", cwd=tmp_path)
+    assert_one_line(result, 2, "bk.toml: server.database_url: unsupported database kind")
+
+
+def test_version(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    result = cli("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"bridgekeeper {importlib.metadata.version('bridgekeeper')}\n"
+
+    def not_installed(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    # Run from a source tree (not installed): the package's own version.
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    assert version() == app.__version__
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out == f"bridgekeeper {app.__version__}\n"

@@ -120,3 +120,57 @@ def test_serve_on_a_port_in_use_stops_before_writing_its_config(tmp_path: Path) 
         assert db.execute("select count(*) from upstreams").fetchone() == (0,)
         assert db.execute("select count(*) from model_routes").fetchone() == (0,)
         assert db.execute("select count(*) from admin_users").fetchone() == (0,)
+
+
+def _banner(tmp_path: Path, env: dict[str, str]) -> str:
+    """What `serve` prints up to the dashboard line, then stops it."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app", "serve", "--port", "0"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("Dashboard:"):
+                break
+        return "".join(lines)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        if proc.stdout:
+            proc.stdout.close()
+
+
+def test_the_echo_banner_goes_once_the_dashboard_has_an_upstream(tmp_path: Path) -> None:
+    import asyncio
+
+    from app.db import upstreams_admin
+    from app.db.engine import Database
+
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("ANTHROPIC_", "OPENAI_", "BRIDGEKEEPER_", "CLAUDE_"))
+    }
+    assert "the built-in echo backend answers every model" in _banner(tmp_path, env)
+
+    async def add_upstream() -> None:
+        db = Database(f"sqlite:///{tmp_path / 'bridgekeeper.db'}")
+        try:
+            async with db.session() as session, session.begin():
+                fields = upstreams_admin.UpstreamFields(
+                    name="local", kind="openai", base_url="http://127.0.0.1:9/v1"
+                )
+                await upstreams_admin.create_upstream(session, fields)
+        finally:
+            await db.close()
+
+    asyncio.run(add_upstream())
+    banner = _banner(tmp_path, env)
+    assert "Bridgekeeper listening on" in banner and "echo" not in banner
