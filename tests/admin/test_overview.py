@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Iterator
 from datetime import date, timedelta
@@ -154,3 +155,36 @@ async def test_upstream_key_states_on_the_overview(client: Client, services: Ser
     section = page[page.index("<h2>Upstream keys</h2>") :]
     assert '<a href="/admin/upstreams/1">echo</a>' in section
     assert "No keys (requests go without one)." in section
+
+
+def latency_chart(page: str) -> str:
+    start = page.index('id="chart-latency"')
+    return html.unescape(page[start : page.index("</svg>", start)])
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_latency_under_a_millisecond_is_charted(client: Client, services: Services) -> None:
+    """Rounded to whole milliseconds, a mean of 0.4 ms was 0, and the chart said "No
+    requests yet" above requests it had counted."""
+    await client.login()
+    today = services.now().date()
+    assert "No requests yet" in latency_chart(body(await client.get("/admin/")))
+    row = dict(day=today, key_name="alice", model="m", upstream="echo", errors=0)
+    await add_daily(services, [row | dict(requests=5, latency_ms_total=2.0)])
+    chart = latency_chart(body(await client.get("/admin/")))
+    assert f"<title>{today:%m-%d}: 0.4 ms</title>" in chart
+    assert "No requests yet" not in chart
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_requests_without_measurable_latency_are_not_no_requests(
+    client: Client, services: Services
+) -> None:
+    # Refused at once (a rate limit, a wrong key): a mean under 0.05 ms shows as 0.0.
+    await client.login()
+    yesterday = services.now().date() - timedelta(days=1)
+    row = dict(day=yesterday, key_name="", model="", upstream="", errors=4)
+    await add_daily(services, [row | dict(requests=4, latency_ms_total=0.1)])
+    chart = latency_chart(body(await client.get("/admin/")))
+    assert "Every day's mean is under 0.1 ms" in chart
+    assert "No requests yet" not in chart

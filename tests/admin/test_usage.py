@@ -337,3 +337,66 @@ async def test_csv_export_defuses_formulas_in_text_cells(
     assert (cells["upstream"], cells["request_id"]) == ("'+up", "'-r1")
     assert cells["target_model"] == "t\r=1+2"  # quoted: one row, not a row starting "=1+2"
     assert (cells["ttft_ms"], cells["input_tokens"]) == ("-1.5", "10")  # numbers stay numbers
+
+
+def timings(page: str) -> dict[str, tuple[str, str]]:
+    """Request id -> (latency, time to first token) as the usage table shows them."""
+    cells = re.findall(
+        r'<td class="num">([^<]*)</td>\s*<td class="num">([^<]*)</td>\s*'
+        r'<td><code class="small">([^<]+)</code>',
+        page,
+    )
+    return {request_id: (latency, ttft) for latency, ttft, request_id in cells}
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_latencies_under_a_millisecond_keep_a_decimal(
+    client: Client, services: Services
+) -> None:
+    """Rounded to whole milliseconds, they showed as 0, as if no time had passed."""
+    await client.login()
+    seed_usage(
+        services,
+        [
+            record(BASE, request_id="fast", latency_ms=0.42, ttft_ms=0.7),
+            record(BASE, request_id="slow", latency_ms=1234.4, ttft_ms=80.6),
+            record(BASE, request_id="edge", latency_ms=0.97, ttft_ms=0.04),
+            record(BASE, request_id="refused", latency_ms=0.0, status="rate_limited"),
+        ],
+    )
+    shown = timings(body(await client.get("/admin/usage")))
+    assert shown == {
+        "fast": ("0.4", "0.7"),
+        "slow": ("1\u202f234", "81"),
+        "edge": ("1", "0"),
+        "refused": ("0", ""),
+    }
+    # The export keeps its own one decimal for every value.
+    export = body(await client.get("/admin/usage.csv"))
+    latencies = {r["request_id"]: r["latency_ms"] for r in csv.DictReader(io.StringIO(export))}
+    assert latencies == {"fast": "0.4", "slow": "1234.4", "edge": "1.0", "refused": "0.0"}
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_days_out_of_order_are_a_form_error(client: Client, seeded: Services) -> None:
+    """A start after the end matched nothing, without a word: it looked like no traffic."""
+    await client.login()
+    page = body(await client.get("/admin/usage?since=2024-05-03&until=2024-05-01"))
+    assert "The start day is after the end day; choose the days in order." in page
+    assert len(rows_of(page)) == 50  # the days are left out, as a bad date is
+    assert 'id="f-since" name="since" type="date" value="2024-05-03"' in page
+    reversed_export = await client.get("/admin/usage.csv?since=2024-05-03&until=2024-05-01")
+    assert reversed_export.code == 400
+    one_day = body(await client.get("/admin/usage?since=2024-05-01&until=2024-05-01"))
+    assert "The start day" not in one_day and len(rows_of(one_day)) == 50
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_the_model_filter_says_it_takes_the_exact_name(
+    client: Client, seeded: Services
+) -> None:
+    await client.login()
+    page = body(await client.get("/admin/usage"))
+    assert 'aria-describedby="f-model-help"' in page
+    assert '<small id="f-model-help">The exact name the client asked for.</small>' in page
+    assert rows_of(body(await client.get("/admin/usage?model=gpt"))) == []

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection
 from datetime import date
 from typing import Any
 
-from app.settings import LAST_EXPIRY_DAY, MAX_COUNT, expiry_problem
+from app.settings import LAST_EXPIRY_DAY, MAX_COUNT, expiry_problem, timeout_problem
 
 
 class FormError(ValueError):
@@ -59,30 +60,34 @@ def optional_count(value: str, field: str) -> int | None:
     return optional_int(value, field, minimum=1, maximum=MAX_COUNT)
 
 
-def optional_float(
-    value: str,
-    field: str,
-    *,
-    minimum: float = 0.0,
-    above: float | None = None,
-    maximum: float | None = None,
-) -> float | None:
-    """A number in ``minimum..maximum`` (and more than ``above``, when given: a timeout
-    > 0, as `app.settings.timeout_problem` has it), or None when the field is empty."""
-    if not value:
-        return None
+def _float(value: str, field: str) -> float:
     try:
-        number = float(value)
+        return float(value)
     except ValueError:
         raise FormError("form.number", field=field) from None
-    if (
-        number != number
-        or number < minimum
-        or (above is not None and number <= above)
-        or (maximum is not None and number > maximum)
-    ):
-        low = minimum if above is None or above < minimum else above
-        raise FormError("form.range", field=field, min=low, max=maximum)
+
+
+def optional_float(
+    value: str, field: str, *, minimum: float = 0.0, maximum: float = math.inf
+) -> float | None:
+    """A number in ``minimum..maximum``, or None when the field is empty."""
+    if not value:
+        return None
+    number = _float(value, field)
+    if not minimum <= number <= maximum:  # NaN too
+        raise FormError("form.range", field=field, min=minimum, max=maximum)
+    return number
+
+
+def optional_timeout(value: str, field: str) -> float | None:
+    """Seconds, whatever the config file's ``timeout`` takes (`timeout_problem`: any
+    finite number above 0, so an upstream from the file can be saved as it is), or None
+    when the field is empty."""
+    if not value:
+        return None
+    number = _float(value, field)
+    if timeout_problem(number):
+        raise FormError("form.above", field=field, min=0)
     return number
 
 

@@ -4,6 +4,7 @@ state of every upstream key.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -12,9 +13,10 @@ from markupsafe import Markup
 from app.charts import hbar_chart, line_chart
 from app.db import dashboard
 from app.db import upstreams_admin as ua
-from app.db.dashboard import Totals
+from app.db.dashboard import DayPoint, Totals
 from app.handlers.admin.base import AdminHandler
 from app.handlers.admin.daily_charts import daily_usage_charts
+from app.handlers.admin.rendering import shown_ms
 from app.handlers.admin.upstreams import UpstreamRow, key_views
 
 CHART_DAYS = 30
@@ -32,6 +34,18 @@ class OverviewPage:
     keys_chart: Markup
     models_chart: Markup
     upstreams: list[UpstreamRow]
+
+
+def latency_chart(t: Callable[..., str], labels: list[str], series: list[DayPoint]) -> Markup:
+    """Mean latency per day. The request count, not the values, says whether there is
+    anything to show: means all under 0.05 ms (refused requests, an echo upstream) round
+    to 0, which the chart cannot draw, and it says so rather than "No requests yet"."""
+    values = [shown_ms(p.mean_latency_ms) for p in series]
+    requests = any(p.requests for p in series)
+    empty = t("chart.latency_tiny") if requests else t("chart.empty")
+    return line_chart(
+        "chart-latency", t("chart.latency"), labels, values, suffix=" ms", empty=empty
+    )
 
 
 class OverviewHandler(AdminHandler):
@@ -70,14 +84,7 @@ class OverviewHandler(AdminHandler):
                 suffix="%",
                 empty=t("chart.no_errors"),
             ),
-            latency_chart=line_chart(
-                "chart-latency",
-                t("chart.latency"),
-                labels,
-                [round(p.mean_latency_ms) for p in series],
-                suffix=" ms",
-                empty=t("chart.empty"),
-            ),
+            latency_chart=latency_chart(t, labels, series),
             keys_chart=hbar_chart(
                 "chart-keys",
                 t("chart.top_keys"),

@@ -39,6 +39,18 @@ def fmt_limit(value: int | None) -> str:
     return fmt_num(value) if value else "∞"
 
 
+def shown_ms(value: float) -> float:
+    """A latency as the dashboard shows it: whole milliseconds, one decimal under 1 ms (an
+    echo or a refused request takes a fraction of one; rounded to 0, it looked like none)."""
+    tenths = round(value, 1)
+    return tenths if tenths < 1 else float(round(value))
+
+
+def fmt_ms(value: float | None) -> str:
+    """A latency in milliseconds (`shown_ms`); empty for None."""
+    return "" if value is None else fmt_num(shown_ms(value))
+
+
 def make_environment(path: Path = TEMPLATES) -> Environment:
     env = Environment(
         loader=FileSystemLoader(str(path)),
@@ -51,5 +63,6 @@ def make_environment(path: Path = TEMPLATES) -> Environment:
     env.filters["epoch"] = fmt_epoch
     env.filters["num"] = fmt_num
     env.filters["limit"] = fmt_limit
+    env.filters["ms"] = fmt_ms
     env.filters["mask"] = mask
     return env

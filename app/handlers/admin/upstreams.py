@@ -13,12 +13,18 @@ from app.handlers.admin.base import AdminHandler, not_found
 from app.handlers.admin.forms import (
     FormError,
     choice,
-    optional_float,
     optional_text,
-    required,
+    optional_timeout,
 )
 from app.handlers.admin.probe import ProbeResult, probe
-from app.settings import KINDS, MAX_TOKENS_FIELDS, REASONING, ROTATIONS, upstream_url_problem
+from app.settings import (
+    KINDS,
+    MAX_TOKENS_FIELDS,
+    REASONING,
+    ROTATIONS,
+    upstream_name_problem,
+    upstream_url_problem,
+)
 from app.upstreams.base import shown_url
 from app.upstreams.keyring import KeyState
 
@@ -141,8 +147,16 @@ class UpstreamFormMixin(AdminHandler):
         form["enabled"] = "on" if self.arg("enabled") else ""
         return form
 
-    def parse(self, form: dict[str, str]) -> ua.UpstreamFields:
+    def parse(self, form: dict[str, str], kept_name: str | None = None) -> ua.UpstreamFields:
+        """The form's fields; ``kept_name`` is the upstream's name now, which may stay what
+        it is (a row from before names were checked must still be editable)."""
         t = self.t
+        name = form["name"]
+        if not name:
+            raise FormError("form.required", field=t("upstreams.name"))
+        # The config file's rule, its length included; a name kept as it is may be older.
+        if name != kept_name and upstream_name_problem(name):
+            raise FormError("upstreams.name_invalid")
         kind = choice(form["kind"], t("upstreams.kind"), KINDS)
         base_url = optional_text(form["base_url"], t("upstreams.base_url")) or ""
         if kind != "echo" and not base_url.startswith(("http://", "https://")):
@@ -155,10 +169,9 @@ class UpstreamFormMixin(AdminHandler):
             self._refuse_credentials(
                 form, "tokenize_url", tokenize_url, t("upstreams.tokenize_url")
             )
-        # > 0, as the config file's (a local backend may well answer within half a second).
-        timeout = optional_float(form["timeout"], t("upstreams.timeout"), above=0, maximum=3600)
+        timeout = optional_timeout(form["timeout"], t("upstreams.timeout"))
         return ua.UpstreamFields(
-            name=required(form["name"], t("upstreams.name")),
+            name=name,
             kind=kind,
             base_url=base_url.rstrip("/"),
             rotation=choice(form["rotation"], t("upstreams.rotation"), ROTATIONS),
@@ -311,28 +324,24 @@ class UpstreamHandler(UpstreamFormMixin):
 
     async def post(self, upstream_id: str) -> None:
         form = self.read_form()
-        try:
-            fields = self.parse(form)
-        except FormError as exc:
-            await self.show(int(upstream_id), form=form, error=self.t(exc.key, **exc.params))
-            return
+        error = None
         async with self.services.db.session() as session:
             row = await ua.get_upstream(session, int(upstream_id))
             if row is None:
                 not_found()
             before = form_of(row)
             try:
-                await ua.update_upstream(session, row, fields)
+                await ua.update_upstream(session, row, self.parse(form, kept_name=row.name))
+            except FormError as exc:
+                error = self.t(exc.key, **exc.params)
             except ua.UpstreamExistsError:
-                exists = True
+                error = self.t("upstreams.exists", name=form["name"])
             else:
-                exists = False
                 after = form_of(row)
                 changed = [f"{k}={after[k]}" for k in before if before[k] != after[k]]
                 await self.audit(session, "upstream_edited", row.name, " ".join(changed))
                 await session.commit()
-        if exists:
-            error = self.t("upstreams.exists", name=fields.name)
+        if error is not None:
             await self.show(int(upstream_id), form=form, error=error)
             return
         await self.services.reload()

@@ -31,12 +31,16 @@ STATUSES = ("ok", "error", "rate_limited", "client_closed")
 
 class UsageFilterMixin(AdminHandler):
     def read_filter(self) -> tuple[UsageFilter, dict[str, str], str | None]:
-        """The filter from the query string, the raw values, and an error for a bad date."""
+        """The filter from the query string, the raw values, and an error for a bad date or
+        days out of order (the dates are then left out of the filter)."""
         raw = {name: self.qarg(name) for name in FILTER_FIELDS}
         error = None
         try:
             since = optional_date(raw["since"], self.t("usage.since"))
             until = optional_date(raw["until"], self.t("usage.until"))
+            if since is not None and until is not None and since > until:
+                # No request can match: an empty page looked like no traffic.
+                raise FormError("usage.days_reversed")
         except FormError as exc:
             error = self.t(exc.key, **exc.params)
             since = until = None
