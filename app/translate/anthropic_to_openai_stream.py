@@ -235,6 +235,17 @@ class StreamTranslator:
             out += self._finalize()
         return out
 
+    def _off_fast_path(self) -> bool:
+        """Whether the next event needs the full path: the stream is not under way, is
+        finishing, waits for a decision, or holds content that follows a refusal."""
+        return (
+            self._finish is not None
+            or self._waiting
+            or self.done
+            or not self.started
+            or self._content_blank is not None
+        )
+
     def fast_event(self, part: bytes, meter: OutputMeter) -> bytes | None:
         """One event's bytes (``part``, without its blank line) framed for the client, when it
         is the bulk of every stream: a ``data:`` chunk whose only choice continues the open
@@ -245,13 +256,7 @@ class StreamTranslator:
         the text (`TextSlot`), the frame's constant head made once per block (issue 7: this
         translation cost ~14 µs an event, most of a 200-chunk stream's cost).
         """
-        if (
-            self._finish is not None
-            or self._waiting
-            or self.done
-            or not self.started
-            or self._content_blank is not None
-        ):
+        if self._off_fast_path():
             return None
         block = self._open
         slot = self._slots[block.kind] if block is not None and block.tool is None else None
@@ -303,13 +308,7 @@ class StreamTranslator:
     def fast_run(self, parts: list[bytes], at: int, out: list[bytes], meter: OutputMeter) -> int:
         """The text or thinking deltas at ``parts[at:]`` that continue the open block in its
         learned shape, framed onto ``out`` (`plain_run`); returns where they stop."""
-        if (
-            self._finish is not None
-            or self._waiting
-            or self.done
-            or not self.started
-            or self._content_blank is not None
-        ):
+        if self._off_fast_path():
             return at
         block = self._open
         if block is None or block.tool is not None:

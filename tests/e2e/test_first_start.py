@@ -21,12 +21,17 @@ def _post(url: str, body: dict, headers: dict[str, str]) -> tuple[int, bytes]:  
         return resp.status, resp.read()
 
 
-def test_first_start_prints_credentials_and_echo_answers_both_dialects(tmp_path: Path) -> None:
-    env = {
+def _environment() -> dict[str, str]:
+    """This environment without what would configure the gateway."""
+    return {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("ANTHROPIC_", "OPENAI_", "BRIDGEKEEPER_", "CLAUDE_"))
     }
+
+
+def test_first_start_prints_credentials_and_echo_answers_both_dialects(tmp_path: Path) -> None:
+    env = _environment()
     proc = subprocess.Popen(
         [sys.executable, "-m", "app", "serve", "--port", "0"],
         cwd=tmp_path,
@@ -153,11 +158,7 @@ def test_the_echo_banner_goes_once_the_dashboard_has_an_upstream(tmp_path: Path)
     from app.db import upstreams_admin
     from app.db.engine import Database
 
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("ANTHROPIC_", "OPENAI_", "BRIDGEKEEPER_", "CLAUDE_"))
-    }
+    env = _environment()
     assert "the built-in echo backend answers every model" in _banner(tmp_path, env)
 
     async def add_upstream() -> None:
