@@ -240,7 +240,7 @@ class StreamTranslator:
         finishing, waits for a decision, or holds content that follows a refusal."""
         return (
             self._finish is not None
-            or self._waiting
+            or bool(self._waiting)
             or self.done
             or not self.started
             or self._content_blank is not None
