@@ -146,7 +146,10 @@ class KeyTable:
         return key_hash in self._by_hash
 
     def add(self, record: KeyRecord) -> None:
-        self._by_hash = {**self._by_hash, record.key_hash: record}
+        """``record`` in, and any other secret of the same key out: a key rotated by another
+        process stops working once its new secret is seen, not only at the next refresh."""
+        others = {h: r for h, r in self._by_hash.items() if r.id != record.id}
+        self._by_hash = {**others, record.key_hash: record}
         self._seen = {}
 
     def authenticate(self, key: str | None, now: Callable[[], datetime]) -> KeyRecord:

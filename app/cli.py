@@ -44,7 +44,7 @@ from app.settings import (
 
 # Commands that only look at what is there: pointed at a SQLite file that does not exist
 # (a mistyped path), they say so instead of creating an empty database to look at.
-NEEDS_DATABASE = {("keys", "list"), ("keys", "revoke"), ("usage", "export")}
+NEEDS_DATABASE = {("keys", "list"), ("keys", "revoke"), ("keys", "rotate"), ("usage", "export")}
 
 # A listener that cannot bind: said with the address, not as a bare "Address already in use".
 BIND_ERRORS = {errno.EADDRINUSE, errno.EADDRNOTAVAIL}
@@ -136,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_parser("list", parents=[common], help="list keys (never the keys themselves)")
     revoke = keys.add_parser("revoke", parents=[common], help="revoke a key")
     revoke.add_argument("name")
+    rotate = keys.add_parser(
+        "rotate",
+        parents=[common],
+        help="give a key a new secret (shown once), keeping its name, limits and usage;"
+        " the old secret stops working",
+    )
+    rotate.add_argument("name")
 
     admin = commands.add_parser("admin", help="dashboard admins").add_subparsers(
         dest="admin_command", required=True, metavar="ACTION"
@@ -280,6 +287,34 @@ def cmd_keys_revoke(settings: Settings, args: argparse.Namespace, out: TextIO) -
         print(f"Key {row.name!r} ({row.prefix}...) was already revoked ({when} UTC)", file=out)
         return 0
     print(f"Revoked key {row.name!r} ({row.prefix}...)", file=out)
+    return 0
+
+
+def cmd_keys_rotate(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    async def work(session: Any) -> tuple[Any, str, str]:
+        row = await key_queries.get_key_by_name(session, args.name)
+        old_prefix = row.prefix if row is not None else ""
+        row, key = await key_queries.rotate_key(session, args.name)
+        return row, key, old_prefix
+
+    try:
+        row, key, old_prefix = asyncio.run(_with_db(settings.database_url, work))
+    except key_queries.KeyRotateError as exc:
+        print(f"bridgekeeper: {exc}", file=sys.stderr)
+        return 1
+    if row.expires_at is not None and row.expires_at <= key_queries.utcnow():
+        last = key_queries.last_day(row.expires_at)
+        print(
+            f"bridgekeeper: warning: the key expired (its last day was {last}, UTC): the new"
+            " key is refused as expired until its expiry is moved in the dashboard",
+            file=sys.stderr,
+        )
+    print(
+        f"Rotated key {row.name!r}: the old key ({old_prefix}...) no longer works; its name,"
+        f" limits and usage stay. The new key ({row.prefix}...) is shown only this once:",
+        file=out,
+    )
+    print(key, file=out)
     return 0
 
 
@@ -466,6 +501,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
                 return cmd_keys_create(settings, args, out)
             if args.keys_command == "list":
                 return cmd_keys_list(settings, out)
+            if args.keys_command == "rotate":
+                return cmd_keys_rotate(settings, args, out)
             return cmd_keys_revoke(settings, args, out)
         if args.command == "admin":
             return cmd_set_password(settings, args, out)

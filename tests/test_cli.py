@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import getpass
 import importlib.metadata
@@ -27,9 +28,10 @@ from app.auth import hash_key, verify_password
 from app.cli import main, serve_warnings, version
 from app.db.admins import MIN_PASSWORD
 from app.db.engine import make_sync_engine
-from app.db.models import AdminUser, ProxyKey
+from app.db.models import AdminUser, ProxyKey, UsageEvent
 from app.db.usage import EXPORT_COLUMNS, UsageRecord, insert_events
 from app.settings import MAX_COUNT, load_settings
+from tests.conftest import ECHO_CONFIG, Live, StartGateway, flushed, http
 from tests.databases import POSTGRES, database_url
 
 
@@ -581,6 +583,7 @@ EVERY_COMMAND = [
     ["keys", "create", "k"],
     ["keys", "list"],
     ["keys", "revoke", "k"],
+    ["keys", "rotate", "k"],
     ["admin", "set-password"],
     ["usage", "export"],
 ]
@@ -627,7 +630,12 @@ def test_without_the_postgresql_driver_one_line_says_what_to_install() -> None:
     assert_one_line(result, 1, "needs the psycopg driver: pip install 'bridgekeeper[postgres]'")
 
 
-READ_ONLY = [["keys", "list"], ["keys", "revoke", "k"], ["usage", "export"]]
+READ_ONLY = [
+    ["keys", "list"],
+    ["keys", "revoke", "k"],
+    ["keys", "rotate", "k"],
+    ["usage", "export"],
+]
 
 
 @pytest.mark.parametrize("command", READ_ONLY, ids=" ".join)
@@ -838,3 +846,141 @@ def test_version(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[
         main(["--version"])
     assert info.value.code == 0
     assert capsys.readouterr().out == f"bridgekeeper {app.__version__}\n"
+
+
+# keys rotate: a new secret for the same key (a leaked or lost one), the old one refused.
+
+
+def key_row(url: str, name: str) -> ProxyKey:
+    (row,) = (r for r in rows(url, ProxyKey) if r.name == name)
+    return row
+
+
+def test_keys_rotate_prints_the_new_key_alone_on_the_last_line_and_keeps_the_key(
+    db: str,
+) -> None:
+    code, out = run(
+        "keys", "create", "alice", "--rpm", "60", "--tpm", "1000", "--models", "claude-*,gpt-4o",
+        "--expires", "2031-02-03", "--database-url", db,
+    )  # fmt: skip
+    old_key = out.strip().splitlines()[-1]
+    before = key_row(db, "alice")
+    code, out = run("keys", "rotate", "alice", "--database-url", db)
+    assert code == 0
+    *said, new_key = out.strip().splitlines()
+    assert new_key.startswith("bk-") and len(new_key) == len(old_key) and new_key != old_key
+    after = key_row(db, "alice")
+    assert (after.id, after.created_at, after.source) == (before.id, before.created_at, "cli")
+    assert (after.rpm, after.tpm, after.models) == (60, 1000, ["claude-*", "gpt-4o"])
+    assert after.expires_at == datetime(2031, 2, 4)
+    assert after.key_hash == hash_key(new_key) and after.prefix == new_key[:10]
+    assert after.rotated_at is not None and after.rotations == 1
+    message = " ".join(said)
+    assert "Rotated key 'alice'" in message and new_key not in message
+    assert f"({before.prefix}...)" in message and f"({after.prefix}...)" in message
+    listing = run("keys", "list", "--database-url", db)[1]
+    assert f"{new_key[:10]}..." in listing and f"{old_key[:10]}..." not in listing
+    code, out = run("keys", "rotate", "alice", "--database-url", db)
+    third = out.strip().splitlines()[-1]
+    assert code == 0 and third not in (old_key, new_key)
+    again = key_row(db, "alice")
+    assert again.key_hash == hash_key(third) and again.rotations == 2
+
+
+def test_keys_rotate_refuses_unknown_revoked_and_config_file_keys(db: str) -> None:
+    for name in ("dave", "filed", "default"):
+        run("keys", "create", name, "--database-url", db)
+    run("keys", "revoke", "dave", "--database-url", db)
+    engine = make_sync_engine(db)
+    with engine.begin() as conn:  # what `serve` makes of a [[keys]] entry or CLAUDE_PROXY_API_KEY
+        conn.execute(text("UPDATE proxy_keys SET source = 'config' WHERE name <> 'dave'"))
+    engine.dispose()
+    hashes = {r.name: r.key_hash for r in rows(db, ProxyKey)}
+    for name, message in (
+        ("nobody", "bridgekeeper: no key named 'nobody'"),
+        (
+            "dave",
+            "bridgekeeper: key 'dave' is revoked and cannot be rotated; create a new key under"
+            " another name",
+        ),
+        (
+            "filed",
+            "bridgekeeper: key 'filed' is defined in the config file ([[keys]]): its secret"
+            " comes from there, so change it there and restart the gateway",
+        ),
+        (
+            "default",
+            "key 'default' is defined in the config file ([[keys]]) or CLAUDE_PROXY_API_KEY:",
+        ),
+    ):
+        result = cli("keys", "rotate", name, "--database-url", db)
+        assert_one_line(result, 1, message)
+        assert result.stdout == ""
+    assert {r.name: r.key_hash for r in rows(db, ProxyKey)} == hashes
+    assert all(r.rotations == 0 and r.rotated_at is None for r in rows(db, ProxyKey))
+
+
+async def run_in_thread(*args: str) -> tuple[int, str]:
+    """`run` from a test coroutine: the command runs an event loop of its own."""
+    return await asyncio.get_running_loop().run_in_executor(None, lambda: run(*args))
+
+
+async def chat_status(live: Live, key: str) -> int:
+    response = await http(
+        "POST",
+        live.url + "/v1/chat/completions",
+        json={"model": "echo-model", "messages": [{"role": "user", "content": "hi"}]},
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    return response.status
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_keys_rotate_reaches_a_running_gateway(gateway: StartGateway) -> None:
+    live = await gateway(ECHO_CONFIG)
+    url = live.services_db_url
+    code, out = await run_in_thread(
+        "keys", "create", "alice", "--rpm", "600", "--models", "echo-*", "--expires", "2999-12-31",
+        "--database-url", url,
+    )  # fmt: skip
+    old_key = out.strip().splitlines()[-1]
+    assert await chat_status(live, old_key) == 200
+    await live.services.reload()  # the creation seen: only the rotation is left to notice
+    code, out = await run_in_thread("keys", "rotate", "alice", "--database-url", url)
+    assert code == 0, out
+    new_key = out.strip().splitlines()[-1]
+    # The old key alone until it is refused: the key refresh must see the rotation (the new
+    # key's first use would take the old one out by itself).
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 15
+    while (status := await chat_status(live, old_key)) == 200:
+        assert loop.time() < deadline, "the rotation never reached the gateway"
+        await asyncio.sleep(0.1)
+    assert status == 401
+    assert await chat_status(live, new_key) == 200
+    assert await chat_status(live, old_key) == 401
+    record = await live.services.authenticate(new_key)
+    assert (record.name, record.rpm, record.models) == ("alice", 600, ("echo-*",))
+    assert record.expires_at == datetime(3000, 1, 1)
+    # One key's usage: the requests of both secrets under its name and row.
+    await flushed(live)
+    async with live.services.db.session() as session:
+        events = list(await session.scalars(select(UsageEvent).where(UsageEvent.status == "ok")))
+    alice = [(e.key_name, e.key_id) for e in events if e.key_name == "alice"]
+    assert len(alice) >= 2 and set(alice) == {("alice", record.id)}
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_rotated_keys_old_secret_stops_when_the_new_one_is_first_used(
+    gateway: StartGateway,
+) -> None:
+    """Before any refresh (an hour apart here): the new key's lookup drops the old secret."""
+    live = await gateway(ECHO_CONFIG, server="key_refresh_seconds = 3600")
+    url = live.services_db_url
+    old_key = (await run_in_thread("keys", "create", "bob", "--database-url", url))[1].split()[-1]
+    assert await chat_status(live, old_key) == 200
+    code, out = await run_in_thread("keys", "rotate", "bob", "--database-url", url)
+    new_key = out.split()[-1]
+    assert code == 0 and await chat_status(live, new_key) == 200
+    assert await chat_status(live, old_key) == 401
+    assert await chat_status(live, new_key) == 200

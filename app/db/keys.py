@@ -1,11 +1,12 @@
-"""Queries on ``proxy_keys``: create (returns the key once), list, edit, revoke, load for auth."""
+"""Queries on ``proxy_keys``: create and rotate (each returns the key once), list, edit, revoke,
+load for auth."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, time, timedelta
 
-from sqlalchemy import BigInteger, cast, func, select
+from sqlalchemy import BigInteger, cast, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth import KeyRecord, display_prefix, generate_key, hash_key
@@ -14,6 +15,33 @@ from app.db.models import ProxyKey
 
 class KeyExistsError(ValueError):
     """A key with that name already exists."""
+
+
+class KeyRotateError(ValueError):
+    """The key cannot be given a new secret; ``reason`` is "unknown", "revoked", "config" or
+    "rotated" (again since the caller looked)."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        self.reason = reason
+        if reason == "unknown":
+            message = f"no key named {name!r}"
+        elif reason == "rotated":
+            message = f"key {name!r} was rotated meanwhile; nothing changed"
+        elif reason == "revoked":
+            message = (
+                f"key {name!r} is revoked and cannot be rotated; create a new key under"
+                " another name"
+            )
+        else:
+            where = "the config file ([[keys]])"
+            if name == "default":
+                where += " or CLAUDE_PROXY_API_KEY"
+            message = (
+                f"key {name!r} is defined in {where}: its secret comes from there, so change it"
+                " there and restart the gateway"
+            )
+        super().__init__(message)
 
 
 def utcnow() -> datetime:
@@ -92,6 +120,47 @@ async def revoke_key(session: AsyncSession, name: str) -> ProxyKey | None:
     return row
 
 
+async def rotate_key(
+    session: AsyncSession, name: str, *, seen: int | None = None
+) -> tuple[ProxyKey, str]:
+    """A new secret for the key named ``name`` and the full key, never stored and never shown
+    again. The row stays (name, limits, allowed models, expiry, usage); the old secret's hash
+    is replaced, so the old key is refused once the gateway's key table is reloaded.
+
+    KeyRotateError for an unknown or revoked key, for one the config file defines (its
+    secret comes from the file, and the next start would put the file's back), and when
+    ``seen``, the key's `rotations` the caller saw, is out of date: a form sent twice (a
+    reload) must not take away the key its first answer showed.
+    """
+    row = await get_key_by_name(session, name)
+    if row is None:
+        raise KeyRotateError(name, "unknown")
+    secret = generate_key()
+    # Conditional: a revocation or rotation committed since the row was read is not undone
+    # (PostgreSQL re-checks the condition on the latest row).
+    conditions = [ProxyKey.id == row.id, ProxyKey.revoked_at.is_(None), ProxyKey.source != "config"]
+    if seen is not None:
+        conditions.append(ProxyKey.rotations == seen)
+    updated = await session.scalar(
+        update(ProxyKey)
+        .where(*conditions)
+        .values(
+            key_hash=hash_key(secret),
+            prefix=display_prefix(secret),
+            rotated_at=utcnow(),
+            rotations=ProxyKey.rotations + 1,
+        )
+        .returning(ProxyKey.id)
+        .execution_options(synchronize_session=False)
+    )
+    await session.refresh(row)
+    if updated is None:
+        if row.revoked_at is not None:
+            raise KeyRotateError(name, "revoked")
+        raise KeyRotateError(name, "config" if row.source == "config" else "rotated")
+    return row, secret
+
+
 async def upsert_config_key(
     session: AsyncSession,
     name: str,
@@ -119,6 +188,8 @@ async def upsert_config_key(
     digest = hash_key(key)
     if digest != row.key_hash:
         row.revoked_at = None  # a new secret for the name: a new key, not a revoked one
+        row.rotated_at = utcnow()
+        row.rotations += 1  # other running gateways notice it (`keys_fingerprint`)
     # The same secret stays revoked: a revocation (a leaked key) outlives restarts.
     row.key_hash = digest
     row.prefix = display_prefix(key)
@@ -152,7 +223,8 @@ async def get_key_by_hash(session: AsyncSession, key_hash: str) -> ProxyKey | No
 
 
 async def keys_fingerprint(session: AsyncSession) -> tuple[object, ...]:
-    """Changes whenever a key is created, revoked or edited (cheap: one aggregate row)."""
+    """Changes whenever a key is created, revoked, rotated or edited (cheap: one aggregate
+    row)."""
     row = (
         await session.execute(
             select(
@@ -161,6 +233,7 @@ async def keys_fingerprint(session: AsyncSession) -> tuple[object, ...]:
                 func.count(ProxyKey.revoked_at),
                 func.max(ProxyKey.revoked_at),
                 func.max(ProxyKey.expires_at),
+                func.sum(ProxyKey.rotations),
                 # In 64 bits: two limits near PostgreSQL's 32-bit INTEGER maximum overflow it.
                 func.sum(
                     cast(func.coalesce(ProxyKey.rpm, 0), BigInteger)

@@ -49,6 +49,10 @@ class ProxyKey(Base):
     models: Mapped[list[str]] = mapped_column(JSON, default=list)
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     source: Mapped[str] = mapped_column(String(16), default="cli")
+    # When the secret was last replaced (`keys.rotate_key`), and how many times: running
+    # gateways notice a rotation by the sum (a latest time can stand still across clocks).
+    rotated_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    rotations: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Upstream(Base):

@@ -399,3 +399,70 @@ def test_a_plain_click_on_revoke_revokes(live: LiveServer) -> None:
                 expect(page.get_by_role("status")).to_contain_text("The key was revoked")
                 expect(row).to_contain_text("revoked")
         browser.close()
+
+
+def test_rotate_key_gives_a_new_key_and_refuses_the_old_one(live: LiveServer) -> None:
+    """A leaked key: **Rotate key** on its page asks first (confirm.js), shows the new key
+    once, and from then on the API refuses the old one and takes the new one."""
+    from playwright.sync_api import expect, sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(locale="en-US")
+        page.goto(live.url + "/admin/keys")  # to the sign-in page, and back after it
+        page.get_by_label("Username").fill("admin")
+        page.get_by_label("Password").fill(ADMIN_PASSWORD)
+        page.get_by_role("button", name="Sign in").click()
+        expect(page).to_have_url(live.url + "/admin/keys")
+        page.get_by_label("Name", exact=True).fill("leaky")
+        page.get_by_label("Requests per minute").fill("7")
+        page.get_by_role("button", name="Create key").click()
+        old_key = page.get_by_test_id("new-key").inner_text().strip()
+        assert chat(live, old_key, "echo-model")[0] == 200
+        page.get_by_role("row").filter(has_text="leaky").get_by_role("link", name="leaky").click()
+
+        # Dismissed: nothing happens.
+        asked: list[str] = []
+
+        def answer(accept: bool) -> Any:
+            def handle(dialog: Any) -> None:
+                asked.append(dialog.message)
+                dialog.accept() if accept else dialog.dismiss()
+
+            return handle
+
+        page.once("dialog", answer(False))
+        page.get_by_role("button", name="Rotate key").click()
+        expect(page.get_by_test_id("new-key")).to_have_count(0)
+        assert asked == ["Rotate the key leaky? Its current secret stops working at once."]
+        assert chat(live, old_key, "echo-model")[0] == 200
+
+        # Accepted: the new key, once; the old one is refused at once.
+        page.once("dialog", answer(True))
+        page.get_by_role("button", name="Rotate key").click()
+        new_key = page.get_by_test_id("new-key").inner_text().strip()
+        assert new_key.startswith("bk-") and new_key != old_key and len(asked) == 2
+        expect(page.get_by_role("heading", name="New key for leaky")).to_be_visible()
+        expect(page.get_by_role("button", name="Copy")).to_be_visible()
+        expect(page.get_by_label("Requests per minute", exact=True)).to_have_value("7")
+        shot = SHOTS / "key-rotated.png"
+        page.screenshot(path=str(shot), full_page=True)
+        status, answer_ = chat(live, old_key, "echo-model")
+        assert status == 401, answer_
+        status, answer_ = chat(live, new_key, "echo-model", "after the rotation")
+        assert status == 200, answer_
+        assert answer_["choices"][0]["message"]["content"] == "echo: after the rotation"
+        # A reload sends the form again: refused, and the key just shown keeps working.
+        page.reload()
+        expect(page.get_by_role("alert")).to_contain_text("rotated again since this page")
+        expect(page.get_by_test_id("new-key")).to_have_count(0)
+        assert new_key not in page.content()
+        assert chat(live, new_key, "echo-model")[0] == 200
+
+        # The config file's key has no such button: its secret comes from the file.
+        page.goto(live.url + "/admin/keys")
+        page.get_by_role("row").filter(has_text="tester").get_by_role("link", name="tester").click()
+        expect(page.get_by_role("heading", name="tester")).to_be_visible()
+        expect(page.get_by_role("button", name="Rotate key")).to_have_count(0)
+        browser.close()

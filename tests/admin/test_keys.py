@@ -290,3 +290,149 @@ async def test_edit_refuses_out_of_range_but_keeps_a_past_expiry_it_has(
     async with services.db.session() as session:
         row = await keys.get_key_by_name(session, "erin")
     assert row is not None and row.rpm == 7 and row.expires_at == datetime(2020, 1, 2)
+
+
+ROTATE_BUTTON = '<button type="submit" class="danger">Rotate key</button>'
+FILED_KEY = "bk-filed-in-the-config-0123456789"
+
+
+async def key_id_of(services: Services, name: str) -> int:
+    async with services.db.session() as session:
+        row = await keys.get_key_by_name(session, name)
+    assert row is not None
+    return row.id
+
+
+async def key_hash_of(services: Services, name: str) -> str:
+    async with services.db.session() as session:
+        row = await keys.get_key_by_name(session, name)
+    assert row is not None
+    return row.key_hash
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_rotate_shows_the_new_key_once_and_the_old_one_stops_at_once(
+    client: Client, services: Services
+) -> None:
+    await client.login()
+    fields = {
+        "name": "alice",
+        "rpm": "60",
+        "tpm": "5000",
+        "models": "gpt-*",
+        "expires": "2999-12-31",
+    }
+    created = NEW_KEY.search(body(await client.post("/admin/keys", fields)))
+    assert created is not None
+    old_key = created.group(1)
+    key_id = await key_id_of(services, "alice")
+    page = body(await client.get(f"/admin/keys/{key_id}"))
+    form = re.search(r'<form method="post" action="/admin/keys/\d+" class="inline"[^>]*>', page)
+    assert form is not None
+    assert 'data-confirm="Rotate the key alice? Its current secret stops working at once."' in (
+        form.group(0)
+    )
+    assert ROTATE_BUTTON in page and 'name="action" value="rotate"' in page
+
+    response = await client.post(f"/admin/keys/{key_id}", {"action": "rotate"})
+    assert response.code == 200
+    page = body(response)
+    match = NEW_KEY.search(page)
+    assert match is not None
+    new_key = match.group(1)
+    assert new_key.startswith("bk-") and len(new_key) == 46 and new_key != old_key
+    assert "New key for alice" in page and "The previous secret no longer works." in page
+    # The gateway's table already refuses the old secret and knows the new one as the same key.
+    with pytest.raises(UnauthorizedError, match="Invalid API key"):
+        services.keys.authenticate(old_key, services.now)
+    live = services.keys.authenticate(new_key, services.now)
+    assert (live.id, live.name, live.rpm, live.tpm, live.models) == (
+        key_id,
+        "alice",
+        60,
+        5000,
+        ("gpt-*",),
+    )
+    assert live.expires_at == datetime(3000, 1, 1)
+    async with services.db.session() as session:
+        row = await keys.get_key(session, key_id)
+    assert row is not None and row.prefix == new_key[:10] and row.rotated_at is not None
+    # Shown once: never again on any page; the key's page says when it was rotated.
+    key_page = body(await client.get(f"/admin/keys/{key_id}"))
+    assert "<dt>Rotated</dt>" in key_page and f"<code>{new_key[:10]}…</code>" in key_page
+    for path in ("/admin/keys", f"/admin/keys/{key_id}", "/admin/audit", "/admin/"):
+        assert new_key not in body(await client.get(path))
+    assert ("key_rotated", "alice", f"{old_key[:10]}… -> {new_key[:10]}…") in (
+        await audit_rows(services)
+    )
+    assert "key rotated" in body(await client.get("/admin/audit"))
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_rotate_needs_the_xsrf_token(client: Client, services: Services) -> None:
+    await client.login()
+    await client.post("/admin/keys", {"name": "bob"})
+    key_id = await key_id_of(services, "bob")
+    before = await key_hash_of(services, "bob")
+    response = await client.post(f"/admin/keys/{key_id}", {"action": "rotate"}, xsrf=False)
+    assert response.code == 403
+    assert await key_hash_of(services, "bob") == before
+    assert "key_rotated" not in {action for action, _, _ in await audit_rows(services)}
+    response = await client.post(f"/admin/keys/{key_id}", {"action": "rotate"})
+    assert response.code == 200 and await key_hash_of(services, "bob") != before
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize("config_body", [f'[[keys]]\nname = "filed"\nkey = "{FILED_KEY}"\n'])
+async def test_rotate_is_refused_for_revoked_and_config_file_keys(
+    client: Client, services: Services
+) -> None:
+    await client.login()
+    await client.post("/admin/keys", {"name": "carol"})
+    carol = await key_id_of(services, "carol")
+    assert (await client.post(f"/admin/keys/{carol}/revoke")).code == 303
+    filed = await key_id_of(services, "filed")
+    cases = (
+        (carol, "carol", "A revoked key cannot be rotated; create a new key under another name."),
+        (filed, "filed", "This key is defined in the config file: its secret comes from there."),
+    )
+    for key_id, name, message in cases:
+        page = body(await client.get(f"/admin/keys/{key_id}"))
+        assert ROTATE_BUTTON not in page and 'value="rotate"' not in page
+        before = await key_hash_of(services, name)
+        response = await client.post(f"/admin/keys/{key_id}", {"action": "rotate"})
+        assert response.code == 400
+        page = body(response)
+        assert f'<p class="alert error" role="alert">{message}' in page
+        assert 'data-testid="new-key"' not in page
+        assert await key_hash_of(services, name) == before
+    # The file's key is told apart on its page, and keeps working.
+    assert "its secret comes from there" in body(await client.get(f"/admin/keys/{filed}"))
+    assert services.keys.authenticate(FILED_KEY, services.now).name == "filed"
+    assert "key_rotated" not in {action for action, _, _ in await audit_rows(services)}
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_rotate_form_sent_twice_rotates_once(client: Client, services: Services) -> None:
+    """A reload of the answer sends the form again: the key it showed must stay the key."""
+    await client.login()
+    await client.post("/admin/keys", {"name": "dora"})
+    key_id = await key_id_of(services, "dora")
+    page = body(await client.get(f"/admin/keys/{key_id}"))
+    assert '<input type="hidden" name="rotations" value="0">' in page
+    first = await client.post(f"/admin/keys/{key_id}", {"action": "rotate", "rotations": "0"})
+    match = NEW_KEY.search(body(first))
+    assert first.code == 200 and match is not None
+    rotated = await key_hash_of(services, "dora")
+    again = await client.post(f"/admin/keys/{key_id}", {"action": "rotate", "rotations": "0"})
+    assert again.code == 400
+    assert "This key was rotated again since this page was shown" in body(again)
+    assert 'data-testid="new-key"' not in body(again)
+    assert await key_hash_of(services, "dora") == rotated
+    assert services.keys.authenticate(match.group(1), services.now).name == "dora"
+    # The page as shown after the rotation rotates it once more.
+    assert '<input type="hidden" name="rotations" value="1">' in body(first)
+    third = await client.post(f"/admin/keys/{key_id}", {"action": "rotate", "rotations": "1"})
+    assert third.code == 200 and await key_hash_of(services, "dora") != rotated
+    actions = [action for action, target, _ in await audit_rows(services) if target == "dora"]
+    assert actions == ["key_created", "key_rotated", "key_rotated"]

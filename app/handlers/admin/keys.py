@@ -1,5 +1,5 @@
-"""Proxy keys: list with usage totals, create (the key shown once), edit limits, revoke,
-and one key's usage over time and by model.
+"""Proxy keys: list with usage totals, create (the key shown once), edit limits, rotate (the
+new key shown once), revoke, and one key's usage over time and by model.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from app.handlers.admin.forms import (
     names,
     optional_count,
     optional_expiry,
+    optional_int,
     optional_text,
     required,
 )
@@ -170,10 +171,14 @@ class KeyPage:
     models_chart: Markup
     models: list[Ranked]
     error: str | None = None
+    new_key: str | None = None  # just rotated: shown this once
+    # The file's keys get their secret from it; a revoked key stays revoked.
+    rotatable: bool = False
 
 
 class KeyHandler(KeyFormMixin):
-    """One key: its limits (editable) and its usage over time and by model."""
+    """One key: its limits (editable), a new secret on request, and its usage over time and
+    by model."""
 
     nav = "keys"
     flashes = frozenset({"key_updated"})
@@ -181,7 +186,9 @@ class KeyHandler(KeyFormMixin):
     async def get(self, key_id: str) -> None:
         await self._show(int(key_id))
 
-    async def _show(self, key_id: int, error: str | None = None) -> None:
+    async def _show(
+        self, key_id: int, error: str | None = None, new_key: str | None = None
+    ) -> None:
         today = self.services.now().date()
         since = today - timedelta(days=CHART_DAYS - 1)
         async with self.services.db.session() as session:
@@ -212,10 +219,15 @@ class KeyHandler(KeyFormMixin):
             ),
             models=models,
             error=error,
+            new_key=new_key,
+            rotatable=row.revoked_at is None and row.source != "config",
         )
         self.render_page("key.html", page, title=row.name, status=400 if error else 200)
 
     async def post(self, key_id: str) -> None:
+        if self.arg("action") == "rotate":
+            await self._rotate(int(key_id))
+            return
         error = None
         async with self.services.db.session() as session:
             row = await keys.get_key(session, int(key_id))
@@ -236,3 +248,40 @@ class KeyHandler(KeyFormMixin):
             return
         await self.services.reload()
         self.redirect_with(f"/admin/keys/{key_id}", "key_updated")
+
+    async def _rotate(self, key_id: int) -> None:
+        """A new secret for the key, shown on its page this once (never in a redirect)."""
+        try:
+            # The rotation count the page was shown with: a form sent twice rotates once.
+            seen = optional_int(self.arg("rotations"), "rotations")
+        except FormError as exc:
+            await self._show(key_id, self.t(exc.key, **exc.params))
+            return
+        error = secret = None
+        async with self.services.db.session() as session:
+            row = await keys.get_key(session, key_id)
+            if row is None:
+                not_found()
+            old_prefix = row.prefix
+            try:
+                row, secret = await keys.rotate_key(session, row.name, seen=seen)
+            except keys.KeyRotateError as exc:
+                if exc.reason == "unknown":
+                    not_found()
+                if exc.reason == "config":
+                    error = self.t("keys.rotate_config")
+                elif exc.reason == "rotated":
+                    error = self.t("keys.rotate_again")
+                else:
+                    error = self.t("keys.rotate_revoked")
+            else:
+                await self.audit(
+                    session, "key_rotated", row.name, f"{old_prefix}… -> {row.prefix}…"
+                )
+                await session.commit()
+        if secret is None:
+            await self._show(key_id, error)
+            return
+        # The old secret leaves this process's key table before the new one is shown.
+        await self.services.reload()
+        await self._show(key_id, new_key=secret)
