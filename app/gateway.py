@@ -23,6 +23,7 @@ from app.accounting import Admission
 from app.auth import KeyRecord
 from app.db.usage import UsageRecord
 from app.dialects import anthropic as anthropic_dialect
+from app.dialects import embeddings as embeddings_dialect
 from app.dialects import openai as openai_dialect
 from app.dialects.ratelimits import backend_limit_headers
 from app.dialects.sse import (
@@ -83,7 +84,7 @@ class ApiRequest:
 
     dialect: str  # "anthropic" | "openai": the client's dialect, from the endpoint
     # "messages" | "chat" | "count_tokens" | "responses" (OpenAI's Responses API: served as a
-    # chat request, its answer turned back into a Response)
+    # chat request, its answer turned back into a Response) | "embeddings"
     endpoint: str
     body: bytes
     headers: Mapping[str, str]
@@ -306,13 +307,24 @@ async def _open_stream(resp: UpstreamResponse) -> _Opened:
 class _Attempt:
     """One prepared try: an upstream, the body in its dialect, and how to read its answer."""
 
-    __slots__ = ("upstream", "route", "dialect", "body", "ctx", "translated", "parsed", "stale")
+    __slots__ = (
+        "upstream",
+        "route",
+        "dialect",
+        "endpoint",
+        "body",
+        "ctx",
+        "translated",
+        "parsed",
+        "stale",
+    )
 
     def __init__(
         self,
         upstream: Upstream,
         route: Route,
         dialect: str,
+        endpoint: str,
         body: bytes,
         ctx: Any,
         translated: bool,
@@ -321,11 +333,19 @@ class _Attempt:
         self.upstream = upstream
         self.route = route
         self.dialect = dialect
+        self.endpoint = endpoint  # the upstream's (`Upstream.send`)
         self.body = body
         self.ctx = ctx
         self.translated = translated
         self.parsed = parsed
         self.stale = False  # to be translated again (what the upstream takes has changed)
+
+
+# How `Gateway._try_routes` makes a route's request for its upstream, and reads a whole
+# answer: the endpoint's own (chat's, or embeddings'). Passed as the class's functions, not
+# bound methods, so a request makes no method objects for them.
+_Prepare = Callable[["Gateway", _Call, dict[str, Any], Route, Upstream, int], _Attempt]
+_ReadWhole = Callable[["Gateway", _Call, _Attempt, UpstreamResponse], Awaitable[Reply]]
 
 
 class Gateway:
@@ -339,17 +359,26 @@ class Gateway:
         self._refused: dict[tuple[str, str], frozenset[str]] = {}
         # (upstream, model) that refused a thinking budget: asked adaptively from then on.
         self._budgets_refused: set[tuple[str, str]] = set()
+        # The endpoints with a pipeline of their own; every other one is `handle`'s. One
+        # look-up whatever their number: a chat request pays nothing for them.
+        self._entries: dict[str, Callable[[ApiRequest], Awaitable[Reply]]] = {
+            "count_tokens": self.count_tokens,
+        }
 
     # -- entry points ------------------------------------------------------------------------
 
     def answer(self, req: ApiRequest) -> Awaitable[Reply]:
         """The reply to ``req``, whichever proxy endpoint it came to."""
-        return self.count_tokens(req) if req.endpoint == "count_tokens" else self.handle(req)
+        entry = self._entries.get(req.endpoint)
+        return self.handle(req) if entry is None else entry(req)
 
     async def handle(self, req: ApiRequest) -> Reply:
-        """A Messages or Chat Completions request, streamed or not."""
+        """A Messages, Chat Completions or Responses request, streamed or not, or an
+        embeddings request (`_embed`)."""
         call = _Call(req=req, started=self._perf())
         try:
+            if req.endpoint == "embeddings":
+                return await self._embed(call)
             return await self._handle(call)
         except GatewayError as err:
             await self._record(call, err)
@@ -417,8 +446,14 @@ class Gateway:
     # -- the pipeline ------------------------------------------------------------------------
 
     async def _authenticate_and_parse(
-        self, call: _Call, *, count_tokens: bool = False
+        self,
+        call: _Call,
+        *,
+        count_tokens: bool = False,
+        validate: Callable[[Any], Mapping[str, Any]] | None = None,
     ) -> dict[str, Any]:
+        """The request's body, its key authenticated and allowed its model; ``validate``:
+        the endpoint's own check of the body (embeddings'), else chat's or messages'."""
         req = call.req
         try:
             call.key = await self.services.authenticate_headers(req.headers)
@@ -431,22 +466,25 @@ class Gateway:
             raise InvalidRequestError(f"Request body is not valid JSON: {exc}") from None
         if type(body) is dict and type(model := body.get("model")) is str:
             call.model = model  # recorded even when the body is refused below
-        if req.endpoint == "responses":
-            body, call.responses = responses_request.translate_request(body)
-            req.body = orjson.dumps(body)  # what a chat client would have sent
-        if req.dialect == "anthropic":
-            anthropic_dialect.validate_request(body, count_tokens=count_tokens)
-            anthropic_dialect.validate_content(body)
-        elif call.responses is None:
-            openai_dialect.validate_request(body)
-            openai_dialect.validate_content(body)
+        if validate is not None:
+            validate(body)
         else:
-            try:
+            if req.endpoint == "responses":
+                body, call.responses = responses_request.translate_request(body)
+                req.body = orjson.dumps(body)  # what a chat client would have sent
+            if req.dialect == "anthropic":
+                anthropic_dialect.validate_request(body, count_tokens=count_tokens)
+                anthropic_dialect.validate_content(body)
+            elif call.responses is None:
                 openai_dialect.validate_request(body)
                 openai_dialect.validate_content(body)
-            except InvalidRequestError as err:
-                responses_request.blame_input(err, call.responses)
-                raise
+            else:
+                try:
+                    openai_dialect.validate_request(body)
+                    openai_dialect.validate_content(body)
+                except InvalidRequestError as err:
+                    responses_request.blame_input(err, call.responses)
+                    raise
         call.model = body["model"]
         call.stream = bool(body.get("stream")) and not count_tokens
         call.key.check_model(body["model"])
@@ -472,16 +510,74 @@ class Gateway:
         call.admission = self.services.limiter.admit(call.key, estimate, req.dialect)
 
         routes = [route] + self._fallback_routes(route, call.key)
-        reply, last_error, soonest = await self._try_routes(call, body, routes, estimate, False)
+        return await self._answer_from(
+            call, body, routes, estimate, Gateway._prepare, Gateway._whole_reply
+        )
+
+    async def _answer_from(
+        self,
+        call: _Call,
+        body: dict[str, Any],
+        routes: list[Route],
+        estimate: int,
+        prepare: _Prepare,
+        read: _ReadWhole,
+    ) -> Reply:
+        """The first reply of `routes` (`_try_routes`), else the error that ended them."""
+        reply, last_error, soonest = await self._try_routes(
+            call, body, routes, estimate, False, prepare, read
+        )
         if reply is None and last_error is None and soonest is not None:
             # No key could be tried: all are cooling down. Those a failure cooled (a 5xx, a
             # timeout) are tried all the same: their cooldown is to send requests to other
             # keys first, not to turn one upstream error into seconds of refusals. Keys a
             # 429 cooled stay out until their retry-after.
-            reply, last_error, soonest = await self._try_routes(call, body, routes, estimate, True)
+            reply, last_error, soonest = await self._try_routes(
+                call, body, routes, estimate, True, prepare, read
+            )
         if reply is None:
             raise self._exhausted(last_error, soonest)
         return reply
+
+    async def _embed(self, call: _Call) -> Reply:
+        """`_handle` for an embeddings request: no translation (OpenAI-dialect backends
+        only, a route to another refused with a 400), no per-model chat settings, never a
+        stream; the answer relayed as it came."""
+        body = await self._authenticate_and_parse(
+            call, validate=embeddings_dialect.validate_request
+        )
+        call.stream = False  # whatever a ``stream`` field says: this API has no streams
+        route = self._route(call, body["model"])
+        refusal = self._no_embeddings(route)
+        if refusal is not None:
+            raise refusal
+        request = cast(embeddings_dialect.EmbeddingsRequest, body)
+        estimate = embeddings_dialect.estimate_input(request)
+        call.usage = Usage(input_tokens=estimate, estimated=True)
+        assert call.key is not None
+        call.admission = self.services.limiter.admit(call.key, estimate, call.req.dialect)
+        fallbacks = self._fallback_routes(route, call.key)
+        routes = [route] + [r for r in fallbacks if self._no_embeddings(r) is None]
+        return await self._answer_from(
+            call, body, routes, estimate, Gateway._prepare_embeddings, Gateway._embeddings_reply
+        )
+
+    def _no_embeddings(self, route: Route) -> InvalidRequestError | None:
+        """The 400 for a route whose upstream has no embeddings API (Anthropic's); None
+        when it has one, or is not defined (which fails as it does for chat)."""
+        try:
+            upstream = self.services.pool.get(route.upstream)
+        except GatewayError:
+            return None
+        if upstream.serves("embeddings"):
+            return None
+        return InvalidRequestError(
+            f"Model {route.requested!r} is routed to upstream {upstream.name!r}, an "
+            f"{upstream.kind.capitalize()} backend, which has no embeddings API: route "
+            "embedding models to an OpenAI-compatible upstream (OpenAI, vLLM, Ollama, "
+            "llama.cpp).",
+            param="model",
+        )
 
     async def _try_routes(
         self,
@@ -490,10 +586,14 @@ class Gateway:
         routes: list[Route],
         estimate: int,
         last_resort: bool,
+        prepare: _Prepare,
+        read: _ReadWhole,
     ) -> tuple[Reply | None, GatewayError | None, float | None]:
         """Each route's upstream keys in turn until one answers: its reply, else None with
         the last failure and the soonest a cooling key is back (``last_resort``: only the
-        keys a failure cooled). A client's own mistake is raised, or relayed as it came."""
+        keys a failure cooled). A client's own mistake is raised, or relayed as it came.
+        ``prepare`` makes each route's request, ``read`` reads a whole answer: the
+        endpoint's own (`_prepare` and `_whole_reply` for chat and messages)."""
         req = call.req
         last_error: GatewayError | None = None
         soonest: float | None = None
@@ -503,12 +603,12 @@ class Gateway:
             except GatewayError as err:
                 last_error = err
                 continue
-            attempt = self._prepare(call, body, candidate, upstream, estimate)
+            attempt = prepare(self, call, body, candidate, upstream, estimate)
             again = True
             while again:
                 again = False
                 if attempt.stale:
-                    attempt = self._prepare(call, body, candidate, upstream, estimate)
+                    attempt = prepare(self, call, body, candidate, upstream, estimate)
                 for key in upstream.ring.candidates(last_resort=last_resort):
                     call.upstream = upstream.name
                     call.upstream_key = key.display or None
@@ -518,7 +618,7 @@ class Gateway:
                     call.sent = True
                     try:
                         resp = await upstream.send(
-                            "messages" if attempt.dialect == "anthropic" else "chat",
+                            attempt.endpoint,
                             attempt.body,
                             key,
                             stream=call.stream,
@@ -549,7 +649,7 @@ class Gateway:
                             attempt.parsed = {}
                             return self._stream_reply(call, attempt, opened), None, None
                         try:
-                            reply = await self._whole_reply(call, attempt, resp)
+                            reply = await read(self, call, attempt, resp)
                         except UpstreamError as exc:
                             # Cut or late mid-body, or not JSON: nothing reached the client.
                             upstream.ring.mark_failed(key, exc.message)
@@ -724,6 +824,7 @@ class Gateway:
         client = call.req.dialect
         settings = route.settings
         dialect = upstream.dialect(client)
+        endpoint = "messages" if dialect == "anthropic" else "chat"
         if dialect != client:
             # What the translation drops, checked on the client's own body: the route's
             # params, merged in next, are the backend's (service_tier = "flex").
@@ -759,7 +860,7 @@ class Gateway:
                     out["stream_options"] = dict(options or {}, include_usage=True)
                     drop_usage = True
             raw = call.req.body if out == body else orjson.dumps(out)
-            return _Attempt(upstream, route, dialect, raw, drop_usage, False, out)
+            return _Attempt(upstream, route, dialect, endpoint, raw, drop_usage, False, out)
         refused_budget = (
             bool(self._budgets_refused) and (upstream.name, route.target) in self._budgets_refused
         )
@@ -772,7 +873,18 @@ class Gateway:
         route_settings.force_params(translated, settings.params)
         if self._refused:
             without_refused(translated, self._refused.get((upstream.name, route.target), ()))
-        return _Attempt(upstream, route, dialect, orjson.dumps(translated), ctx, True, translated)
+        return _Attempt(
+            upstream, route, dialect, endpoint, orjson.dumps(translated), ctx, True, translated
+        )
+
+    def _prepare_embeddings(
+        self, call: _Call, body: dict[str, Any], route: Route, upstream: Upstream, estimate: int
+    ) -> _Attempt:
+        """An embeddings request for ``route``: the client's body with the route's target
+        model, nothing else changed (the route's chat settings do not apply)."""
+        out = dict(body, model=route.target)
+        raw = call.req.body if out == body else orjson.dumps(out)
+        return _Attempt(upstream, route, "openai", "embeddings", raw, False, False, out)
 
     @staticmethod
     def _fit_responses_chat(out: dict[str, Any], upstream: Upstream, route: Route) -> None:
@@ -898,6 +1010,23 @@ class Gateway:
             raw = orjson.dumps(responses_answer.translate_response(data, call.responses, parts))
         elif attempt.translated:
             raw = orjson.dumps(data)
+        headers = {
+            "Content-Type": JSON_TYPE,
+            **self._answer_limit_headers(call, attempt.dialect, resp.headers),
+        }
+        return Reply(200, headers, raw, after=functools.partial(self._record, call, None))
+
+    async def _embeddings_reply(
+        self, call: _Call, attempt: _Attempt, resp: UpstreamResponse
+    ) -> Reply:
+        """An embeddings answer relayed as it came; its usage read from its end alone
+        (`embeddings_dialect.answer_usage`: the vectors are not parsed)."""
+        raw = await resp.read()
+        call.ttft = self._perf() - call.started
+        if not embeddings_dialect.is_json_object(raw):
+            raise UpstreamError("upstream sent a response that is not a JSON object")
+        usage = embeddings_dialect.answer_usage(raw)
+        call.usage = usage if usage is not None else Usage(call.usage.input_tokens, estimated=True)
         headers = {
             "Content-Type": JSON_TYPE,
             **self._answer_limit_headers(call, attempt.dialect, resp.headers),

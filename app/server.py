@@ -189,6 +189,13 @@ def _api_routes(
                 dict(deps, dialect="openai", endpoint="responses"),
             )
         )
+        routes.append(
+            (
+                prefix + r"/v1/embeddings",
+                ProxyHandler,
+                dict(deps, dialect="openai", endpoint="embeddings"),
+            )
+        )
     if dialect in (None, "anthropic"):
         routes += [
             (

@@ -8,7 +8,9 @@ request asked to stream).
 from __future__ import annotations
 
 import asyncio
+import base64
 import socket
+import struct
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -138,6 +140,31 @@ def openai_stream(
         )
     out.append(OPENAI_DONE)
     return out
+
+
+def openai_embeddings(
+    vectors: list[list[float]],
+    model: str = "fake-model",
+    prompt_tokens: int = 5,
+    encoding_format: str | None = None,
+) -> dict[str, Any]:
+    """An embeddings answer, OpenAI's member order (``usage`` last); with ``encoding_format``
+    "base64", each vector as little-endian float32s in base64."""
+
+    def encoded(vector: list[float]) -> list[float] | str:
+        if encoding_format != "base64":
+            return vector
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+    return {
+        "object": "list",
+        "data": [
+            {"object": "embedding", "index": i, "embedding": encoded(v)}
+            for i, v in enumerate(vectors)
+        ],
+        "model": model,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    }
 
 
 def anthropic_message(
@@ -309,6 +336,15 @@ class FakeUpstream:
             )
         if received.path.endswith("/count_tokens"):
             return JsonReply(body={"input_tokens": 42})
+        if received.path.endswith("/embeddings"):
+            # One vector per input, ``[0.5, -0.25, index]`` (exact in float32).
+            asked = body if isinstance(body, dict) else {}
+            given = asked.get("input")
+            several = isinstance(given, list) and given and not isinstance(given[0], int)
+            count = len(given) if several else 1
+            vectors = [[0.5, -0.25, float(i)] for i in range(count)]
+            encoding = asked.get("encoding_format")
+            return JsonReply(body=openai_embeddings(vectors, model, encoding_format=encoding))
         if self.dialect == "openai":
             if stream:
                 return SSEReply(openai_stream(["fake ", "reply"], model))

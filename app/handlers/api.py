@@ -233,7 +233,7 @@ class BaseApiHandler(tornado.web.RequestHandler):
 @tornado.web.stream_request_body
 class ProxyHandler(BaseApiHandler):
     """``POST /v1/messages``, ``/v1/chat/completions``, ``/v1/responses``,
-    ``/v1/messages/count_tokens``."""
+    ``/v1/messages/count_tokens``, ``/v1/embeddings``."""
 
     def initialize(  # type: ignore[override]
         self, services: Services, gateway: Gateway, dialect: str, endpoint: str

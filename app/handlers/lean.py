@@ -1,11 +1,11 @@
 """The proxy endpoints' common case, served without `tornado.web.RequestHandler`.
 
 Tornado's HTTP server (`app.http1.LeanHTTPServer`) parses every request; `ApiRouter`
-then gives a POST to ``/v1/messages``, ``/v1/chat/completions``, ``/v1/responses`` or
-``/v1/messages/count_tokens`` (under any prefix) with a Content-Length within the
-limit and no Content-Encoding to `ApiCall`, a plain `HTTPMessageDelegate` that hands the
-body to `Gateway` and writes its `Reply` straight to the connection, its head as lines
-(no `HTTPHeaders`).
+then gives a POST to ``/v1/messages``, ``/v1/chat/completions``, ``/v1/responses``,
+``/v1/embeddings`` or ``/v1/messages/count_tokens`` (under any prefix) with a
+Content-Length within the limit and no Content-Encoding to `ApiCall`, a plain
+`HTTPMessageDelegate` that hands the body to `Gateway` and writes its `Reply` straight to
+the connection, its head as lines (no `HTTPHeaders`).
 Everything else (the dashboard, ``/v1/models``, other methods, chunked, compressed or
 oversized bodies, any request on a server other than the lean one) goes to the Tornado
 Application as before.

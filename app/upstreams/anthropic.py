@@ -26,6 +26,12 @@ def count_tokens_url(base_url: str) -> str:
     return _v1(base_url) + "/messages/count_tokens"
 
 
+def urls(base_url: str) -> dict[str, str]:
+    """The URL of each endpoint `Upstream.send` calls, by its name there (no embeddings:
+    Anthropic's API has none)."""
+    return {"messages": messages_url(base_url), "count_tokens": count_tokens_url(base_url)}
+
+
 def models_url(base_url: str) -> str:
     return _v1(base_url) + "/models"
 

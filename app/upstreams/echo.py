@@ -1,19 +1,33 @@
 """The built-in ``echo`` backend: answers deterministically in the client's own dialect.
 
 It repeats the last user text back (``echo: …``), streaming it word by word when
-asked, with usage from the local token estimate. It makes ``make run`` useful with
-no API key, and gives tests and demos a backend that needs no network.
+asked, with usage from the local token estimate; to an embeddings request, it gives each
+input a small unit vector made from a hash of it (the same input, the same vector). It
+makes ``make run`` useful with no API key, and gives tests and demos a backend that
+needs no network.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import math
 import re
+import struct
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
+from app.dialects.embeddings import (
+    EmbeddingObject,
+    EmbeddingsRequest,
+    EmbeddingsResponse,
+    estimate_input,
+    inputs,
+)
+from app.dialects.json_values import is_int
 from app.dialects.sse import OPENAI_DONE, anthropic_event, openai_chunk
 from app.dialects.tokens import estimate_anthropic_input, estimate_openai_input, estimate_text
 
@@ -176,6 +190,43 @@ def openai_stream(body: Mapping[str, Any], created: int = 0) -> list[bytes]:
     return out
 
 
+ECHO_DIMENSIONS = 8  # an embedding's length when the request asks for none
+MAX_ECHO_DIMENSIONS = 4096
+
+
+def embedding(item: str | list[int], dimensions: int) -> list[float]:
+    """A unit vector of ``dimensions`` float32 values made from ``item``'s hash."""
+    data = item.encode("utf-8", "surrogatepass") if isinstance(item, str) else orjson.dumps(item)
+    raw = hashlib.shake_256(data).digest(2 * dimensions)
+    values = [v / 32767.5 - 1.0 for v in struct.unpack(f"<{dimensions}H", raw)]
+    norm = math.sqrt(sum(v * v for v in values)) or 1.0
+    # Rounded to float32, so the base64 form and the float form carry the same numbers.
+    packed = struct.pack(f"<{dimensions}f", *(v / norm for v in values))
+    return list(struct.unpack(f"<{dimensions}f", packed))
+
+
+def openai_embeddings(body: Mapping[str, Any]) -> EmbeddingsResponse:
+    """The answer to a validated embeddings request: one `embedding` per input, of the
+    asked ``dimensions`` (at most `MAX_ECHO_DIMENSIONS`), in base64 when asked."""
+    asked = body.get("dimensions")
+    dimensions = min(asked, MAX_ECHO_DIMENSIONS) if is_int(asked) and asked > 0 else ECHO_DIMENSIONS
+    in_base64 = body.get("encoding_format") == "base64"
+    data: list[EmbeddingObject] = []
+    for index, item in enumerate(inputs(body["input"])):
+        vector = embedding(item, dimensions)
+        encoded: list[float] | str = vector
+        if in_base64:
+            encoded = base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode("ascii")
+        data.append({"object": "embedding", "index": index, "embedding": encoded})
+    prompt = estimate_input(cast(EmbeddingsRequest, body))
+    return {
+        "object": "list",
+        "data": data,
+        "model": body["model"],
+        "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
+    }
+
+
 class EchoResponse:
     """An echo answer behind the UpstreamResponse interface."""
 
@@ -208,6 +259,11 @@ class EchoResponse:
 
     def release(self) -> None:
         return None
+
+
+def embeddings_response(body: Mapping[str, Any]) -> EchoResponse:
+    """The echo answer to an embeddings request (`openai_embeddings`)."""
+    return EchoResponse(orjson.dumps(openai_embeddings(body)))
 
 
 def respond(dialect: str, body: Mapping[str, Any], stream: bool, created: int = 0) -> EchoResponse:

@@ -9,6 +9,15 @@ def chat_url(base_url: str) -> str:
     return base_url.rstrip("/") + "/chat/completions"
 
 
+def embeddings_url(base_url: str) -> str:
+    return base_url.rstrip("/") + "/embeddings"
+
+
+def urls(base_url: str) -> dict[str, str]:
+    """The URL of each endpoint `Upstream.send` calls, by its name there."""
+    return {"chat": chat_url(base_url), "embeddings": embeddings_url(base_url)}
+
+
 def models_url(base_url: str) -> str:
     return base_url.rstrip("/") + "/models"
 

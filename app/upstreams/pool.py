@@ -52,6 +52,12 @@ class Upstream:
         self.spec = spec
         self.ring = ring
         self.session = session
+        # Made once here rather than for every request (`send`).
+        self.urls: Mapping[str, str] = {}
+        if spec.kind == "anthropic":
+            self.urls = anthropic_kind.urls(spec.base_url)
+        elif spec.kind == "openai":
+            self.urls = openai_kind.urls(spec.base_url)
 
     @property
     def name(self) -> str:
@@ -73,6 +79,11 @@ class Upstream:
         """The field an OpenAI-dialect request names its output limit with, for ``model``."""
         return self.quirks(model).max_tokens_field or self.spec.max_tokens_field
 
+    def serves(self, endpoint: str) -> bool:
+        """Whether the backend has ``endpoint`` (an Anthropic one has no "embeddings");
+        echo answers every one."""
+        return self.spec.kind == "echo" or endpoint in self.urls
+
     def dialect(self, client_dialect: str) -> str:
         """The dialect this upstream speaks to a client of ``client_dialect`` (echo mirrors it)."""
         return client_dialect if self.spec.kind == "echo" else self.spec.kind
@@ -90,22 +101,20 @@ class Upstream:
     ) -> UpstreamResponse:
         """Send one request with ``key``; returns once status and headers are in.
 
-        ``endpoint`` is "messages" (Anthropic), "chat" (OpenAI) or "count_tokens".
-        The echo kind answers ``parsed`` in the client's dialect without any I/O.
+        ``endpoint`` is "messages" or "count_tokens" (Anthropic), "chat" or "embeddings"
+        (OpenAI): one the upstream `serves`. The echo kind answers ``parsed`` in the
+        client's dialect without any I/O.
         """
         spec = self.spec
         if spec.kind == "echo":
+            if endpoint == "embeddings":
+                return echo.embeddings_response(parsed or {})
             return echo.respond(client_dialect, parsed or {}, stream, int(time.time()))
         assert self.session is not None
+        url = self.urls[endpoint]
         if spec.kind == "anthropic":
-            url = (
-                anthropic_kind.count_tokens_url(spec.base_url)
-                if endpoint == "count_tokens"
-                else anthropic_kind.messages_url(spec.base_url)
-            )
             headers = anthropic_kind.headers(key.secret, client_headers)
         else:
-            url = openai_kind.chat_url(spec.base_url)
             headers = openai_kind.headers(key.secret)
         return await post(self.session, url, body, headers, timeout=spec.timeout, stream=stream)
 

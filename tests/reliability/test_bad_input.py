@@ -889,7 +889,7 @@ def test_a_body_that_does_not_decompress_is_a_400(
         ("GET", "/anthropic/v1/unknown", A, {}),
         ("POST", "/anthropic/v1/messages/batches", A, {}),
         ("GET", "/openai/v1/unknown", O, {}),
-        ("POST", "/openai/v1/embeddings", O, {}),
+        ("POST", "/openai/v1/images/generations", O, {}),
         ("POST", "/v2/chat/completions", O, {}),
     ],
 )
