@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import errno
 import getpass
 import importlib.metadata
 import logging
@@ -45,9 +44,6 @@ from app.settings import (
 # Commands that only look at what is there: pointed at a SQLite file that does not exist
 # (a mistyped path), they say so instead of creating an empty database to look at.
 NEEDS_DATABASE = {("keys", "list"), ("keys", "revoke"), ("keys", "rotate"), ("usage", "export")}
-
-# A listener that cannot bind: said with the address, not as a bare "Address already in use".
-BIND_ERRORS = {errno.EADDRINUSE, errno.EADDRNOTAVAIL}
 
 
 def version() -> str:
@@ -394,28 +390,8 @@ def serve_warnings(settings: Settings, err: TextIO) -> None:
         print(f"bridgekeeper: warning: {warning}", file=err, flush=True)
 
 
-def _address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _failed_port(settings: Settings) -> int:
-    """Which of the two ports could not be bound: `bind_listeners` binds the main one first
-    and closes it again when the Anthropic one fails, so the main one binding now clears it."""
-    from app.server import bind_listeners
-
-    if settings.anthropic_port is None:
-        return settings.port
-    try:
-        (sockets,) = bind_listeners(settings.host, settings.port)
-    except OSError:
-        return settings.port
-    for sock in sockets:
-        sock.close()
-    return settings.anthropic_port
-
-
 def cmd_serve(settings: Settings) -> int:
-    from app.server import install_uvloop, serve_forever
+    from app.server import BindError, install_uvloop, serve_forever
 
     serve_warnings(settings, sys.stderr)
     logging.basicConfig(
@@ -427,11 +403,7 @@ def cmd_serve(settings: Settings) -> int:
     # listen: a second `serve` started with this one waits its turn (`startup_lock`).
     lock = ExitStack()
 
-    listening = False
-
     def announce(server: Any, first: Any) -> None:
-        nonlocal listening
-        listening = True
         lock.close()
         host = settings.host
         base = f"http://{host}:{server.ports[0]}"
@@ -453,15 +425,8 @@ def cmd_serve(settings: Settings) -> int:
         fast = install_uvloop()
         try:
             asyncio.run(serve_forever(settings, announce))
-        except OSError as exc:
-            if listening or exc.errno not in BIND_ERRORS:
-                raise
-            where = _address(settings.host, _failed_port(settings))
-            reason = os.strerror(exc.errno)
-            print(
-                f"bridgekeeper: cannot listen on {where}: {reason[:1].lower()}{reason[1:]}",
-                file=sys.stderr,
-            )
+        except BindError as exc:
+            print(f"bridgekeeper: {exc}", file=sys.stderr)
             return 1
     return 0
 

@@ -373,15 +373,36 @@ class Server:
         await self.services.close()
 
 
+class BindError(OSError):
+    """A port that could not be bound, with the address: "Address already in use" alone
+    did not say which of the two ports."""
+
+    def __init__(self, host: str, port: int, exc: OSError) -> None:
+        super().__init__(exc.errno, exc.strerror)
+        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def __str__(self) -> str:
+        reason = self.strerror or "cannot bind"
+        return f"cannot listen on {self.address}: {reason[:1].lower()}{reason[1:]}"
+
+
+def _bind(host: str, port: int) -> list[socket.socket]:
+    try:
+        return tornado.netutil.bind_sockets(port, address=host)
+    except OSError as exc:
+        raise BindError(host, port, exc) from exc
+
+
 def bind_listeners(
     host: str, port: int, anthropic_port: int | None = None
 ) -> list[list[socket.socket]]:
     """The listening sockets of the main port and the Anthropic port, bound now (so a
-    port in use is found before anything else happens); closed again on failure."""
-    bound = [tornado.netutil.bind_sockets(port, address=host)]
+    port in use is found before anything else happens); closed again on failure
+    (`BindError`, naming the port)."""
+    bound = [_bind(host, port)]
     if anthropic_port is not None:
         try:
-            bound.append(tornado.netutil.bind_sockets(anthropic_port, address=host))
+            bound.append(_bind(host, anthropic_port))
         except OSError:
             for sock in bound[0]:
                 sock.close()
