@@ -1,5 +1,9 @@
 """Queries on ``proxy_keys``: create and rotate (each returns the key once), list, edit, revoke,
-load for auth."""
+load for auth, and the fingerprint by which running gateways notice each other's changes.
+
+Every change to what a key is (its secret, limits, allowed models, expiry, revocation)
+goes through a function here that moves the row's ``revision`` on; its use (the usage
+writer's ``last_used_at``) does not, or every flush would reload the key table."""
 
 from __future__ import annotations
 
@@ -48,6 +52,30 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+def _definition(row: ProxyKey) -> tuple[object, ...]:
+    """Everything a key is, as opposed to how it was used."""
+    return (
+        row.name,
+        row.key_hash,
+        row.prefix,
+        row.note,
+        row.expires_at,
+        row.revoked_at,
+        row.rpm,
+        row.tpm,
+        list(row.models or ()),
+        row.source,
+    )
+
+
+def _revise(row: ProxyKey) -> None:
+    """The key changed: running gateways reload their key table (`keys_fingerprint`).
+
+    Added in SQL, not from the value read: two processes editing one key at once would
+    both write the same number, and the second edit would go unseen."""
+    row.revision = ProxyKey.revision + 1
+
+
 def end_of_day(day: date) -> datetime:
     """A key that expires on D works through D (UTC) and stops at the next midnight."""
     return datetime.combine(day, time.min) + timedelta(days=1)
@@ -94,6 +122,7 @@ async def create_key(
         tpm=tpm,
         models=list(models),
         source=source,
+        revision=1,
     )
     session.add(row)
     await session.flush()
@@ -117,7 +146,27 @@ async def revoke_key(session: AsyncSession, name: str) -> ProxyKey | None:
     row = await get_key_by_name(session, name)
     if row is not None and row.revoked_at is None:
         row.revoked_at = utcnow()
+        _revise(row)
     return row
+
+
+def edit_key(
+    row: ProxyKey,
+    *,
+    rpm: int | None,
+    tpm: int | None,
+    models: Sequence[str],
+    expires: date | None,
+    note: str,
+) -> None:
+    """The dashboard's edit of a key's limits, allowed models, expiry and note (written
+    when the session commits)."""
+    before = _definition(row)
+    row.rpm, row.tpm, row.models = rpm, tpm, list(models)
+    row.expires_at = end_of_day(expires) if expires else None
+    row.note = note
+    if _definition(row) != before:
+        _revise(row)
 
 
 async def rotate_key(
@@ -149,6 +198,7 @@ async def rotate_key(
             prefix=display_prefix(secret),
             rotated_at=utcnow(),
             rotations=ProxyKey.rotations + 1,
+            revision=ProxyKey.revision + 1,
         )
         .returning(ProxyKey.id)
         .execution_options(synchronize_session=False)
@@ -185,17 +235,22 @@ async def upsert_config_key(
             key=key,
         )
         return row
+    before = _definition(row)
     digest = hash_key(key)
     if digest != row.key_hash:
         row.revoked_at = None  # a new secret for the name: a new key, not a revoked one
         row.rotated_at = utcnow()
-        row.rotations += 1  # other running gateways notice it (`keys_fingerprint`)
+        row.rotations += 1
     # The same secret stays revoked: a revocation (a leaked key) outlives restarts.
     row.key_hash = digest
     row.prefix = display_prefix(key)
     row.rpm, row.tpm, row.models = rpm, tpm, list(models)
     row.expires_at = end_of_day(expires) if expires else None
     row.source = "config"
+    # Only a change: every gateway upserts the file's keys at each start, and an unchanged
+    # file must not make the others reload.
+    if _definition(row) != before:
+        _revise(row)
     return row
 
 
@@ -223,22 +278,17 @@ async def get_key_by_hash(session: AsyncSession, key_hash: str) -> ProxyKey | No
 
 
 async def keys_fingerprint(session: AsyncSession) -> tuple[object, ...]:
-    """Changes whenever a key is created, revoked, rotated or edited (cheap: one aggregate
-    row)."""
+    """Changes whenever a key is created, deleted or changed by a function here (cheap: one
+    aggregate row). The sum of every row's ``revision`` moves with any one row's change,
+    where sums and maxima of the columns themselves missed an edit that kept them (allowed
+    models, an expiry not the latest, limits moved from one key to another)."""
     row = (
         await session.execute(
             select(
                 func.count(ProxyKey.id),
                 func.max(ProxyKey.id),
-                func.count(ProxyKey.revoked_at),
-                func.max(ProxyKey.revoked_at),
-                func.max(ProxyKey.expires_at),
-                func.sum(ProxyKey.rotations),
-                # In 64 bits: two limits near PostgreSQL's 32-bit INTEGER maximum overflow it.
-                func.sum(
-                    cast(func.coalesce(ProxyKey.rpm, 0), BigInteger)
-                    + cast(func.coalesce(ProxyKey.tpm, 0), BigInteger)
-                ),
+                # In 64 bits, as a sum of PostgreSQL INTEGERs may pass 2**31 - 1.
+                func.sum(cast(ProxyKey.revision, BigInteger)),
             )
         )
     ).one()

@@ -49,10 +49,13 @@ class ProxyKey(Base):
     models: Mapped[list[str]] = mapped_column(JSON, default=list)
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     source: Mapped[str] = mapped_column(String(16), default="cli")
-    # When the secret was last replaced (`keys.rotate_key`), and how many times: running
-    # gateways notice a rotation by the sum (a latest time can stand still across clocks).
+    # When the secret was last replaced (`keys.rotate_key`), and how many times (the
+    # dashboard's Rotate form sends the count it showed, so a form sent twice rotates once).
     rotated_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     rotations: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Moved on by every change to what the key is (`keys.py`), never by its use (the usage
+    # writer's ``last_used_at``): running gateways sum it to notice another process's edit.
+    revision: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Upstream(Base):

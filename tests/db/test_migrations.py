@@ -228,21 +228,21 @@ def test_alembic_run_directly_takes_the_apps_database_url_from_any_folder(tmp_pa
     env = {"BRIDGEKEEPER_DATABASE_URL": url}
     result = alembic("upgrade", "head", cwd=elsewhere, env=env)
     assert result.returncode == 0, result.stderr
-    assert revision_of(url) == "0007"
+    assert revision_of(url) == "0008"
     result = alembic("downgrade", "-1", cwd=elsewhere, env=env)
     assert result.returncode == 0, result.stderr
-    assert revision_of(url) == "0006"
+    assert revision_of(url) == "0007"
     result = alembic("current", cwd=elsewhere, env=env)
-    assert result.returncode == 0 and result.stdout.startswith("0006"), result.stderr
+    assert result.returncode == 0 and result.stdout.startswith("0007"), result.stderr
     # -x url=... wins over the environment.
     other = database_url(tmp_path, "other.db")
     result = alembic("-x", f"url={other}", "upgrade", "head", cwd=elsewhere, env=env)
     assert result.returncode == 0, result.stderr
-    assert (revision_of(other), revision_of(url)) == ("0007", "0006")
+    assert (revision_of(other), revision_of(url)) == ("0008", "0007")
     assert list(elsewhere.iterdir()) == []  # no ./bridgekeeper.db made on the side
     # The app's own URL is never replaced by the environment's.
     upgrade(url)
-    assert revision_of(url) == "0007"
+    assert revision_of(url) == "0008"
 
 
 def test_alembic_run_directly_says_what_is_wrong_in_one_line(tmp_path: Path) -> None:
@@ -284,4 +284,34 @@ def test_0007_adds_key_rotation_and_keeps_every_key(tmp_path: Path) -> None:
         columns = {c["name"] for c in inspect(conn).get_columns("proxy_keys")}
         assert conn.execute(text("SELECT count(*) FROM proxy_keys")).scalar() == 1
     assert "rotations" not in columns and "rotated_at" not in columns
+    engine.dispose()
+
+
+def test_0008_adds_the_key_revision_and_keeps_every_key(tmp_path: Path) -> None:
+    """A key at 0007 starts at revision 0; its row survives the upgrade and the downgrade."""
+    from alembic import command
+
+    from app.db.engine import alembic_config
+
+    url = database_url(tmp_path, "old.db")
+    cfg = alembic_config(url)
+    command.upgrade(cfg, "0007")
+    engine = make_sync_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO proxy_keys (name, key_hash, prefix, note, created_at, rpm, models,"
+                " source, rotations) VALUES ('alice', 'h', 'bk-abcdefg', '', '2026-12-07"
+                " 00:00:00', 5, '[]', 'cli', 2)"
+            )
+        )
+    command.upgrade(cfg, "head")
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT name, rpm, rotations, revision FROM proxy_keys")).one()
+    assert tuple(row) == ("alice", 5, 2, 0)
+    command.downgrade(cfg, "0007")
+    with engine.connect() as conn:
+        columns = {c["name"] for c in inspect(conn).get_columns("proxy_keys")}
+        assert conn.execute(text("SELECT count(*) FROM proxy_keys")).scalar() == 1
+    assert "revision" not in columns and "rotations" in columns
     engine.dispose()

@@ -238,9 +238,14 @@ class KeyHandler(KeyFormMixin):
             except FormError as exc:
                 error = self.t(exc.key, **exc.params)
             else:
-                row.rpm, row.tpm, row.models = limits.rpm, limits.tpm, list(limits.models)
-                row.expires_at = keys.end_of_day(limits.expires) if limits.expires else None
-                row.note = limits.note
+                keys.edit_key(
+                    row,
+                    rpm=limits.rpm,
+                    tpm=limits.tpm,
+                    models=limits.models,
+                    expires=limits.expires,
+                    note=limits.note,
+                )
                 await self.audit(session, "key_limits_edited", row.name, describe(limits))
                 await session.commit()
         if error is not None:
