@@ -14,6 +14,7 @@ from typing import Any, Literal, NotRequired, TypedDict, cast
 import orjson
 
 from app.dialects.json_values import is_int
+from app.dialects.openai import validate_model
 from app.dialects.tokens import estimate_text
 from app.dialects.usage import Usage
 from app.errors import InvalidRequestError
@@ -94,7 +95,7 @@ def _validate_input(value: Any) -> None:
                 )
 
 
-def validate_request(body: Any) -> EmbeddingsRequest:
+def validate_request(raw: Any) -> EmbeddingsRequest:
     """Check an embeddings body: ``model`` and ``input`` required, the optional fields'
     types; returns it. InvalidRequestError with ``param`` naming the field.
 
@@ -102,13 +103,7 @@ def validate_request(body: Any) -> EmbeddingsRequest:
     than OpenAI's 2,048 inputs, an empty string): local servers take what OpenAI does
     not. Other fields pass as they are (``stream`` too: this API has none).
     """
-    if not isinstance(body, dict):
-        raise InvalidRequestError("Request body must be a JSON object")
-    model = body.get("model")
-    if model is None:
-        raise _bad("you must provide a model parameter", "model")
-    if not isinstance(model, str) or not model:
-        raise _bad("model: expected a non-empty string", "model")
+    body = validate_model(raw)
     if body.get("input") is None:
         raise _bad("Missing required parameter: 'input'.", "input")
     _validate_input(body["input"])
@@ -127,7 +122,7 @@ def validate_request(body: Any) -> EmbeddingsRequest:
             )
     if body.get("user") is not None and not isinstance(body["user"], str):
         raise _bad("Invalid type for 'user': expected a string.", "user")
-    return body  # type: ignore[return-value]
+    return cast(EmbeddingsRequest, body)
 
 
 def inputs(value: EmbeddingsInput) -> Sequence[str | list[int]]:

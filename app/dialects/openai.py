@@ -153,11 +153,9 @@ def _validate_options(body: dict[str, Any]) -> None:
         raise _bad("Invalid type for 'user': expected a string.", "user")
 
 
-def validate_request(body: Any) -> dict[str, Any]:
-    """Check the top-level shape of a Chat Completions body; returns it.
-
-    Raises InvalidRequestError with ``param`` naming the field.
-    """
+def validate_model(body: Any) -> dict[str, Any]:
+    """An OpenAI request body (chat's, embeddings'): a JSON object with a ``model`` string;
+    returns it."""
     if not isinstance(body, dict):
         raise InvalidRequestError("Request body must be a JSON object")
     model = body.get("model")
@@ -165,6 +163,15 @@ def validate_request(body: Any) -> dict[str, Any]:
         raise _bad("you must provide a model parameter", "model")
     if not isinstance(model, str) or not model:
         raise _bad("model: expected a non-empty string", "model")
+    return body
+
+
+def validate_request(raw: Any) -> dict[str, Any]:
+    """Check the top-level shape of a Chat Completions body; returns it.
+
+    Raises InvalidRequestError with ``param`` naming the field.
+    """
+    body = validate_model(raw)
     messages = body.get("messages")
     if messages is None:
         raise _bad("Missing required parameter: 'messages'.", "messages")

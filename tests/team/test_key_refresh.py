@@ -11,6 +11,7 @@ import pytest
 
 from app.db import keys
 from tests.conftest import ECHO_CONFIG, Live, StartGateway, http
+from tests.db.test_keys import edit as edit_row
 from tests.team.support import eventually, openai_body
 
 pytestmark = pytest.mark.gen_test(timeout=30)
@@ -36,16 +37,7 @@ async def all_answer(expected: int, *gateways: Live, key: str, model: str = "ech
 async def edit(live: Live, name: str, **changes: Any) -> None:
     """What the dashboard's form does to a key, without its handler's own reload."""
     async with live.services.db.session() as session, session.begin():
-        row = await keys.get_key_by_name(session, name)
-        assert row is not None
-        fields: dict[str, Any] = {
-            "rpm": row.rpm,
-            "tpm": row.tpm,
-            "models": row.models,
-            "expires": keys.last_day(row.expires_at) if row.expires_at else None,
-            "note": row.note,
-        }
-        keys.edit_key(row, **(fields | changes))
+        await edit_row(session, name, **changes)
 
 
 async def test_an_edit_in_one_gateway_is_enforced_by_the_other(gateway: StartGateway) -> None:
