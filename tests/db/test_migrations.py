@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
@@ -257,61 +258,61 @@ def test_alembic_run_directly_says_what_is_wrong_in_one_line(tmp_path: Path) -> 
     assert f"FAILED: cannot open the database {missing}" in result.stdout
 
 
-def test_0007_adds_key_rotation_and_keeps_every_key(tmp_path: Path) -> None:
-    """A key at 0006 starts never rotated; its row survives the upgrade and the downgrade."""
+_KEY_AT_0006 = (
+    "INSERT INTO proxy_keys (name, key_hash, prefix, note, created_at, rpm, models, source)"
+    " VALUES ('alice', 'h', 'bk-abcdefg', '', '2026-12-07 00:00:00', 5, '[]', 'cli')"
+)
+_KEY_AT_0007 = (
+    "INSERT INTO proxy_keys (name, key_hash, prefix, note, created_at, rpm, models, source,"
+    " rotations) VALUES ('alice', 'h', 'bk-abcdefg', '', '2026-12-07 00:00:00', 5, '[]',"
+    " 'cli', 2)"
+)
+
+
+@pytest.mark.parametrize(
+    ("before", "insert", "columns", "upgraded", "added", "kept"),
+    [
+        # 0007: a key starts never rotated.
+        (
+            "0006",
+            _KEY_AT_0006,
+            "rotated_at, rotations",
+            (None, 0),
+            {"rotated_at", "rotations"},
+            set(),
+        ),
+        # 0008: a key starts at revision 0.
+        ("0007", _KEY_AT_0007, "rotations, revision", (2, 0), {"revision"}, {"rotations"}),
+    ],
+)
+def test_a_key_column_migration_keeps_every_key(
+    tmp_path: Path,
+    before: str,
+    insert: str,
+    columns: str,
+    upgraded: tuple[object, ...],
+    added: set[str],
+    kept: set[str],
+) -> None:
+    """A key stored before the migration survives the upgrade, with the new columns' starting
+    values, and the downgrade, without them."""
     from alembic import command
 
     from app.db.engine import alembic_config
 
     url = database_url(tmp_path, "old.db")
     cfg = alembic_config(url)
-    command.upgrade(cfg, "0006")
+    command.upgrade(cfg, before)
     engine = make_sync_engine(url)
     with engine.begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO proxy_keys (name, key_hash, prefix, note, created_at, rpm, models,"
-                " source) VALUES ('alice', 'h', 'bk-abcdefg', '', '2026-12-07 00:00:00', 5,"
-                " '[]', 'cli')"
-            )
-        )
+        conn.execute(text(insert))
     command.upgrade(cfg, "head")
     with engine.connect() as conn:
-        row = conn.execute(text("SELECT name, rpm, rotated_at, rotations FROM proxy_keys")).one()
-    assert tuple(row) == ("alice", 5, None, 0)
-    command.downgrade(cfg, "0006")
+        row = conn.execute(text(f"SELECT name, rpm, {columns} FROM proxy_keys")).one()
+    assert tuple(row) == ("alice", 5, *upgraded)
+    command.downgrade(cfg, before)
     with engine.connect() as conn:
-        columns = {c["name"] for c in inspect(conn).get_columns("proxy_keys")}
+        names = {c["name"] for c in inspect(conn).get_columns("proxy_keys")}
         assert conn.execute(text("SELECT count(*) FROM proxy_keys")).scalar() == 1
-    assert "rotations" not in columns and "rotated_at" not in columns
-    engine.dispose()
-
-
-def test_0008_adds_the_key_revision_and_keeps_every_key(tmp_path: Path) -> None:
-    """A key at 0007 starts at revision 0; its row survives the upgrade and the downgrade."""
-    from alembic import command
-
-    from app.db.engine import alembic_config
-
-    url = database_url(tmp_path, "old.db")
-    cfg = alembic_config(url)
-    command.upgrade(cfg, "0007")
-    engine = make_sync_engine(url)
-    with engine.begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO proxy_keys (name, key_hash, prefix, note, created_at, rpm, models,"
-                " source, rotations) VALUES ('alice', 'h', 'bk-abcdefg', '', '2026-12-07"
-                " 00:00:00', 5, '[]', 'cli', 2)"
-            )
-        )
-    command.upgrade(cfg, "head")
-    with engine.connect() as conn:
-        row = conn.execute(text("SELECT name, rpm, rotations, revision FROM proxy_keys")).one()
-    assert tuple(row) == ("alice", 5, 2, 0)
-    command.downgrade(cfg, "0007")
-    with engine.connect() as conn:
-        columns = {c["name"] for c in inspect(conn).get_columns("proxy_keys")}
-        assert conn.execute(text("SELECT count(*) FROM proxy_keys")).scalar() == 1
-    assert "revision" not in columns and "rotations" in columns
+    assert not names & added and kept <= names
     engine.dispose()
