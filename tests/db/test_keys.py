@@ -63,11 +63,16 @@ async def revoke(session: AsyncSession) -> None:
 Edit = Callable[[AsyncSession], Awaitable[None]]
 
 
-async def a_keys_database(tmp_path: Path) -> Database:
-    """alice (rpm 10, m-*, until 2030), bob (rpm 20, until 2031) and the file's "filed"."""
+def empty_database(tmp_path: Path) -> Database:
+    """The test's database, migrated and empty."""
     url = database_url(tmp_path, "keys.db")
     upgrade(url)
-    db = Database(url)
+    return Database(url)
+
+
+async def a_keys_database(tmp_path: Path) -> Database:
+    """alice (rpm 10, m-*, until 2030), bob (rpm 20, until 2031) and the file's "filed"."""
+    db = empty_database(tmp_path)
     async with db.session() as session, session.begin():
         await keys.create_key(session, "alice", rpm=10, models=["m-*"], expires=date(2030, 1, 1))
         await keys.create_key(session, "bob", rpm=20, expires=date(2031, 1, 1))
@@ -163,9 +168,7 @@ async def test_the_usage_writer_leaves_the_fingerprint(tmp_path: Path) -> None:
 
 @pytest.mark.gen_test(timeout=30)
 async def test_rotate_keeps_the_row_and_moves_the_fingerprint(tmp_path: Path) -> None:
-    url = database_url(tmp_path, "keys.db")
-    upgrade(url)
-    db = Database(url)
+    db = empty_database(tmp_path)
     try:
         async with db.session() as session, session.begin():
             row, old_key = await keys.create_key(session, "alice", rpm=5, models=["m-*"])
@@ -198,9 +201,7 @@ async def test_rotate_keeps_the_row_and_moves_the_fingerprint(tmp_path: Path) ->
 
 @pytest.mark.gen_test(timeout=30)
 async def test_rotate_refuses_unknown_revoked_and_config_keys(tmp_path: Path) -> None:
-    url = database_url(tmp_path, "keys.db")
-    upgrade(url)
-    db = Database(url)
+    db = empty_database(tmp_path)
     try:
         async with db.session() as session, session.begin():
             await keys.create_key(session, "gone")
@@ -223,9 +224,7 @@ async def test_rotate_refuses_unknown_revoked_and_config_keys(tmp_path: Path) ->
 @pytest.mark.gen_test(timeout=30)
 async def test_a_new_secret_from_the_config_file_counts_as_a_rotation(tmp_path: Path) -> None:
     """Other running gateways drop the file's old secret too (the fingerprint moves)."""
-    url = database_url(tmp_path, "keys.db")
-    upgrade(url)
-    db = Database(url)
+    db = empty_database(tmp_path)
     try:
         prints = []
         for secret in (FILED, FILED, FILED + "-new"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import math
+from typing import Any
 
 import openai
 import orjson
@@ -14,13 +15,18 @@ from sqlalchemy import select
 
 from app.db.models import UsageEvent
 from app.server import build_router
-from tests.conftest import TEST_KEY, flushed, http
+from tests.conftest import TEST_KEY, Live, flushed, http
 from tests.fakes import FakeUpstream, JsonReply, openai_embeddings
 from tests.team.support import FakeClock
 
 pytestmark = pytest.mark.gen_test(timeout=30)
 
 BEARER = {"Authorization": f"Bearer {TEST_KEY}"}
+
+
+async def embed(live: Live, body: object) -> Any:
+    """``POST /v1/embeddings`` with ``body`` and the test key."""
+    return await http("POST", live.url + "/v1/embeddings", json=body, headers=BEARER)
 
 
 def config(fake: FakeUpstream, *, keys: str = '["sk-upstream-one"]', route: str = "") -> str:
@@ -134,9 +140,7 @@ async def test_the_route_s_target_is_the_only_change_upstream(gateway, fake_open
         ("local:bge-m3", "bge-m3"),
         ("text-embedding-3-small", "text-embedding-3-small"),
     ]:
-        resp = await http(
-            "POST", live.url + "/v1/embeddings", json={"model": model, **body}, headers=BEARER
-        )
+        resp = await embed(live, {"model": model, **body})
         assert resp.status == 200, resp.content
         assert resp.headers["Content-Type"] == "application/json"
         assert fake_openai.received[-1].json == {"model": target, **body}
@@ -197,12 +201,7 @@ async def test_an_answer_without_usage_is_charged_the_estimate(gateway, fake_ope
     answer = openai_embeddings([[1.0]])
     del answer["usage"]
     fake_openai.push(JsonReply(body=answer))
-    resp = await http(
-        "POST",
-        live.url + "/v1/embeddings",
-        json={"model": "embed-small", "input": ["x" * 35, "y" * 7]},
-        headers=BEARER,
-    )
+    resp = await embed(live, {"model": "embed-small", "input": ["x" * 35, "y" * 7]})
     assert resp.status == 200
     (row,) = await usage_rows(live)
     assert (row.input_tokens, row.output_tokens, row.tokens_estimated) == (12, 0, True)
@@ -210,12 +209,7 @@ async def test_an_answer_without_usage_is_charged_the_estimate(gateway, fake_ope
 
 async def test_a_model_outside_the_key_s_globs_is_403_and_an_unknown_one_404(gateway, fake_openai):  # type: ignore[no-untyped-def]
     live = await gateway(config(fake_openai) + key_entry(models=["chat-*"]), with_key=False)
-    resp = await http(
-        "POST",
-        live.url + "/v1/embeddings",
-        json={"model": "embed-small", "input": "x"},
-        headers=BEARER,
-    )
+    resp = await embed(live, {"model": "embed-small", "input": "x"})
     assert resp.status == 403
     assert resp.json() == {
         "error": {
@@ -225,12 +219,7 @@ async def test_a_model_outside_the_key_s_globs_is_403_and_an_unknown_one_404(gat
             "code": None,
         }
     }
-    unknown = await http(
-        "POST",
-        live.url + "/v1/embeddings",
-        json={"model": "chat-embed", "input": "x"},
-        headers=BEARER,
-    )
+    unknown = await embed(live, {"model": "chat-embed", "input": "x"})
     assert unknown.status == 404
     assert unknown.json()["error"]["type"] == "invalid_request_error"
     assert unknown.json()["error"]["code"] == "model_not_found"
@@ -389,7 +378,7 @@ INPUT_TYPES = (
 )
 async def test_a_malformed_body_is_a_400_naming_the_field(gateway, fake_openai, body, expected):  # type: ignore[no-untyped-def]
     live = await gateway(config(fake_openai))
-    resp = await http("POST", live.url + "/v1/embeddings", json=body, headers=BEARER)
+    resp = await embed(live, body)
     assert (resp.status, resp.json()) == (400, expected)
     assert fake_openai.received == []
     (row,) = await usage_rows(live)
@@ -408,12 +397,7 @@ async def test_a_body_that_is_not_json_is_a_400_and_too_large_a_413(gateway, fak
     error = broken.json()["error"]
     assert error["message"].startswith("Request body is not valid JSON")
     assert error["type"] == "invalid_request_error"
-    large = await http(
-        "POST",
-        live.url + "/v1/embeddings",
-        json={"model": "embed-small", "input": "x" * 600_000},
-        headers=BEARER,
-    )
+    large = await embed(live, {"model": "embed-small", "input": "x" * 600_000})
     assert large.status == 413
     assert large.json()["error"] == {
         "message": "Request body exceeds the 0.5 MiB limit",
@@ -536,9 +520,7 @@ name = "embed-backup"
 upstream = "local"
 target = "bge-m3"
 """)
-    resp = await http(
-        "POST", live.url + "/v1/embeddings", json={"model": "embed", "input": "x"}, headers=BEARER
-    )
+    resp = await embed(live, {"model": "embed", "input": "x"})
     assert resp.status == 200
     assert fake_openai.received[0].json == {"model": "bge-m3", "input": "x"}
     assert fake_anthropic.received == []
@@ -559,12 +541,7 @@ async def test_an_upstream_4xx_is_relayed_as_it_came(gateway, fake_openai):  # t
         }
     }
     fake_openai.push(JsonReply(400, error))
-    resp = await http(
-        "POST",
-        live.url + "/v1/embeddings",
-        json={"model": "embed-small", "input": "x"},
-        headers=BEARER,
-    )
+    resp = await embed(live, {"model": "embed-small", "input": "x"})
     assert (resp.status, resp.json()) == (400, error)
     assert len(fake_openai.received) == 1  # the client's mistake: no other key is tried
     rows = await usage_rows(live)
