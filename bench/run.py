@@ -384,6 +384,12 @@ def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return chosen
 
 
+def _paired(tops: list[dict[str, Any]], bottoms: list[dict[str, Any]], field: str) -> float:
+    """The median over rounds of ``top[field] / bottom[field]``, each pair from one round."""
+    ratios = [t[field] / b[field] for t, b in zip(tops, bottoms, strict=True) if b[field]]
+    return statistics.median(ratios) if ratios else 0.0
+
+
 def throughput(bench: Bench, log: Callable[[str], None]) -> dict[str, Any]:
     args = bench.args
     out: dict[str, Any] = {}
@@ -401,8 +407,10 @@ def throughput(bench: Bench, log: Callable[[str], None]) -> dict[str, Any]:
         fwd_runs: list[dict[str, Any]] = []
         uv_runs: list[dict[str, Any]] = []
         gw_runs: list[dict[str, Any]] = []
-        # A B C C B A ...: the machine's speed drifts (other VMs, other jobs), and a drift
-        # during a scenario would otherwise favour whichever ran first.
+        # Short runs in many rounds, A B C C B A ...: the machine's pace drifts (other VMs,
+        # other jobs) by 20% over seconds, and a drift during a scenario would otherwise
+        # favour whichever ran first. The ratios are taken within each round, where the
+        # targets ran seconds apart, and their median reported.
         for i in range(args.repeat):
             order = [
                 (bench.forwarder_target(sc), bench.forwarder, fwd_runs),
@@ -424,19 +432,23 @@ def throughput(bench: Bench, log: Callable[[str], None]) -> dict[str, Any]:
             "forwarder": fwd,
             "forwarder_uvloop": uv,
             "bridgekeeper": gw,
-            "ratio": gw["rps"] / fwd["rps"] if fwd["rps"] else 0.0,
-            "ratio_uvloop": gw["rps"] / uv["rps"] if uv["rps"] else 0.0,
+            "ratio": _paired(gw_runs, fwd_runs, "rps"),
+            "ratio_uvloop": _paired(gw_runs, uv_runs, "rps"),
             # Forwarder CPU per request over Bridgekeeper's: the throughput ratio both would reach
-            # when CPU-bound, and far less sensitive to other load on a shared machine.
-            "cpu_ratio": fwd["cpu_ms_per_request"] / gw["cpu_ms_per_request"]
-            if gw["cpu_ms_per_request"]
-            else 0.0,
+            # when CPU-bound.
+            "cpu_ratio": _paired(fwd_runs, gw_runs, "cpu_ms_per_request"),
+            "round_ratios": [
+                round(g["rps"] / f["rps"], 3) if f["rps"] else 0.0
+                for g, f in zip(gw_runs, fwd_runs, strict=True)
+            ],
         }
         if args.profile:
             from bench import profile
 
             assert bench.gateway is not None
-            entry["profile"] = profile.record(bench, sc, Path(args.profile), duration=args.duration)
+            entry["profile"] = profile.record(
+                bench, sc, Path(args.profile), duration=max(args.duration, 5.0)
+            )
         out[sc.key] = entry
     return out
 
@@ -648,17 +660,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m bench.run", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--quick", action="store_true", help="short runs (about 2 minutes)")
-    parser.add_argument("--duration", type=float, help="seconds per throughput run (8; quick 2)")
-    parser.add_argument("--warmup", type=float, help="warm-up seconds per run (1; quick 0.5)")
+    parser.add_argument("--duration", type=float, help="seconds per throughput run (2; quick 1)")
+    parser.add_argument("--warmup", type=float, help="warm-up seconds per run (0.3)")
     parser.add_argument("--connections", type=int, default=32, help="closed-loop connections")
-    parser.add_argument("--repeat", type=int, help="throughput runs per target, ABBA (2; quick 1)")
+    parser.add_argument("--repeat", type=int, help="throughput rounds, ABC CBA (6; quick 2)")
     parser.add_argument("--seq-requests", type=int, help="sequential requests (2000; quick 300)")
     parser.add_argument("--ttfb-requests", type=int, help="streams per TTFB target (100; quick 20)")
     parser.add_argument("--ttfb-pause-ms", type=int, default=50, help="pause after first chunk")
     parser.add_argument("--pace-ms", type=int, default=10, help="paced stream: ms between chunks")
     parser.add_argument("--hold-streams", type=int, default=1000, help="concurrent slow streams")
     parser.add_argument("--hold-seconds", type=int, help="slow stream length (30; quick 10)")
-    parser.add_argument("--accounting-repeats", type=int, help="on/off rounds (7; quick 1)")
+    parser.add_argument("--accounting-repeats", type=int, help="on/off rounds (15; quick 2)")
     parser.add_argument(
         "--sections", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}"
     )
@@ -681,13 +693,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if getattr(args, name) is None:
             setattr(args, name, short if quick else full)
 
-    default("duration", 5.0, 2.0)
-    default("repeat", 2, 1)
-    default("warmup", 1.0, 0.5)
+    default("duration", 2.0, 1.0)
+    default("repeat", 6, 2)
+    default("warmup", 0.3, 0.3)
     default("seq_requests", 2000, 300)
     default("ttfb_requests", 100, 20)
     default("hold_seconds", 30, 10)
-    default("accounting_repeats", 7, 1)
+    default("accounting_repeats", 15, 2)
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = set(args.sections) - set(SECTIONS)
     if unknown:
