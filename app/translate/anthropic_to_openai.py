@@ -472,6 +472,23 @@ def _message_text(message: dict[str, Any]) -> str:
     return "\n\n".join(texts)
 
 
+def _thinking_and_text(message: dict[str, Any]) -> tuple[str, str]:
+    """A message's thinking and text as its stream gives them: the reasoning field, then
+    what the content writes inline as ``<think>…</think>`` at its start (PROTOCOL.md §5.5),
+    as one thinking text, and the content after the tag.
+
+    When a backend sends both, the stream continues the reasoning's open thinking block
+    with the inline part; the two are joined the same way here, without a separator.
+    """
+    reasoning = reasoning_text(message)
+    text = _message_text(message)
+    split = split_think_tags(text)
+    if split is None:
+        return reasoning, text
+    inline, text = split
+    return reasoning + inline, text
+
+
 def _tool_use_blocks(message: dict[str, Any], names: ToolNames) -> list[ToolUseBlock]:
     calls = message.get("tool_calls")
     raw_calls: list[Any] = list(calls) if isinstance(calls, list) else []
@@ -507,11 +524,12 @@ def translate_response(
     """An OpenAI chat.completion as an Anthropic Message (PROTOCOL.md §6.14).
 
     Uses ``choices[0]`` only. Drops: other choices, ``logprobs``, ``annotations``,
-    ``system_fingerprint``, reasoning text unless ``ctx.thinking``, whitespace-only text.
-    Splits reasoning written inline as ``<think>…</think>`` at the start of the content
-    into a thinking block. Invents: the ``msg_…`` id (unless given), ``signature: ""`` on
-    thinking blocks, ``toolu_…`` ids for calls without one, and estimated usage when the
-    backend sent none.
+    ``system_fingerprint``, reasoning text (inline ``<think>`` included) unless
+    ``ctx.thinking``, whitespace-only text. Splits reasoning written inline as
+    ``<think>…</think>`` at the start of the content into the thinking block, after the
+    reasoning field's text when there is one too, as the stream does (`_thinking_and_text`).
+    Invents: the ``msg_…`` id (unless given), ``signature: ""`` on thinking blocks,
+    ``toolu_…`` ids for calls without one, and estimated usage when the backend sent none.
     """
     if not isinstance(resp, dict):
         raise UpstreamError("upstream returned a response that is not a JSON object")
@@ -526,10 +544,7 @@ def translate_response(
         message = {}
 
     content: list[ThinkingBlock | TextBlock | ToolUseBlock] = []
-    reasoning = reasoning_text(message)
-    text = _message_text(message)
-    if not reasoning and (split := split_think_tags(text)) is not None:
-        reasoning, text = split  # written inline as <think>…</think> (PROTOCOL.md §5.5)
+    reasoning, text = _thinking_and_text(message)
     if reasoning and ctx.thinking:
         content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
     if nonblank(text):
