@@ -167,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--since", type=_date, help="first day (UTC), inclusive")
     export.add_argument("--until", type=_date, help="last day (UTC), inclusive")
     export.add_argument("--key", help="only this key's requests")
+    export.add_argument(
+        "--model",
+        metavar="GLOB",
+        help="only requests for this model: an exact name, or a glob where * matches any run"
+        " of characters and ? one (case-sensitive), as the dashboard's model filter",
+    )
     export.add_argument("--format", choices=("csv", "json"), default="csv")
     return parser
 
@@ -360,7 +366,9 @@ def cmd_usage_export(settings: Settings, args: argparse.Namespace, out: TextIO) 
             file=sys.stderr,
         )
         return 2
-    flt = UsageFilter(key_name=args.key, since=args.since, until=args.until)
+    flt = UsageFilter(
+        key_name=args.key, model=args.model or None, since=args.since, until=args.until
+    )
 
     async def work(session: Any) -> None:
         if args.key and await key_queries.get_key_by_name(session, args.key) is None:

@@ -232,6 +232,55 @@ def test_usage_export_json(db: str) -> None:
     assert orjson.loads(out) == []
 
 
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ("gpt-x", ["req_2", "req_3"]),  # an exact name, as the dashboard's filter takes it
+        ("gpt-*", ["req_2", "req_3"]),
+        ("*-?", ["req_1", "req_2", "req_3"]),
+        ("claude-?", ["req_1"]),
+        ("GPT-*", []),  # case counts, on SQLite as on PostgreSQL
+        ("gpt_x", []),  # "_" is no wildcard
+        ("%-x", []),  # nor is "%"
+        ("gpt", []),
+    ],
+)
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_usage_export_takes_a_model_glob(
+    db: str, model: str, expected: list[str], fmt: str
+) -> None:
+    _seed_usage(db)
+    code, out = run("usage", "export", "--database-url", db, "--model", model, "--format", fmt)
+    assert code == 0
+    if fmt == "csv":
+        exported = [row["request_id"] for row in csv.DictReader(io.StringIO(out))]
+    else:
+        exported = [row["request_id"] for row in orjson.loads(out)]
+    assert exported == expected
+
+
+def test_usage_export_model_glob_with_the_other_filters(db: str) -> None:
+    _seed_usage(db)
+    code, out = run(
+        "usage",
+        "export",
+        "--database-url",
+        db,
+        "--format",
+        "json",
+        "--model",
+        "*x",
+        "--key",
+        "alice",
+        "--since",
+        "2026-01-02",
+    )
+    assert code == 0
+    assert [(r["request_id"], r["requested_model"]) for r in orjson.loads(out)] == [
+        ("req_3", "gpt-x")
+    ]
+
+
 def test_bad_date_is_a_usage_error(db: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["usage", "export", "--since", "yesterday", "--database-url", db])

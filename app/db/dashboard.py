@@ -3,7 +3,8 @@ roll-up, per-key statistics, and the usage page (``usage_events`` in keyset page
 
 Charts and totals read the roll-up (days x keys x models x upstreams); the usage
 table walks one of ``usage_events``' ``(column, time)`` indexes newest first (for a
-failure status the failures' partial one), so no page scans the events table.
+failure status the failures' partial one, for a model glob the time index or another
+filter's), so no page sorts the events table.
 Independent queries of one page can run side by side on separate connections with
 `in_parallel`.
 """
@@ -21,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.engine import Database
 from app.db.models import UsageDaily, UsageEvent
-from app.db.usage import OK, UsageFilter
+from app.db.usage import OK, UsageFilter, model_match
 
 CHOICE_DAYS = 7
 
@@ -400,7 +401,7 @@ async def _rollup_totals(
     if flt.key_name:
         stmt = stmt.where(UsageDaily.key_name == flt.key_name)
     if flt.model:
-        stmt = stmt.where(UsageDaily.model == flt.model)
+        stmt = stmt.where(model_match(UsageDaily.model, flt.model))  # as the events match
     if flt.upstream:
         stmt = stmt.where(UsageDaily.upstream == flt.upstream)
     if flt.since:

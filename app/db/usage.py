@@ -1,5 +1,5 @@
 """Queries on ``usage_events`` and ``usage_daily``: batched inserts with the roll-up,
-filtered export (streamed in keyset pages), and retention.
+filtered export (streamed in keyset pages), the model filter's glob, and retention.
 """
 
 from __future__ import annotations
@@ -18,11 +18,16 @@ from operator import itemgetter
 from typing import Any, NamedTuple, TypeVar, cast
 
 from sqlalchemy import (
+    Boolean,
+    ColumnElement,
     Connection,
     Dialect,
     Executable,
     Select,
+    String,
     Table,
+    TypeDecorator,
+    and_,
     bindparam,
     delete,
     func,
@@ -34,7 +39,10 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 from app.db.models import ProxyKey, UsageDaily, UsageEvent
 
@@ -215,12 +223,96 @@ def csv_rows(events: Sequence[Any]) -> str:
 
 _S = TypeVar("_S", bound="Select[*tuple[Any, ...]]")
 
+# The model filter's wildcards, as the shell's: ``*`` any run of characters, ``?`` one.
+# Everything else is literal, ``[`` included (fnmatch's sets are not offered: a model name
+# such as ``gpt-4[beta]`` is typed as it is).
+GLOB_WILDCARDS = frozenset("*?")
+_LIKE_SPECIAL = {"*": "%", "?": "_", "%": "\\%", "_": "\\_", "\\": "\\\\"}
+
+
+def is_glob(value: str) -> bool:
+    """Whether the model filter ``value`` has a wildcard; without one it is an exact name."""
+    return not GLOB_WILDCARDS.isdisjoint(value)
+
+
+def like_pattern(glob: str) -> str:
+    """``glob`` as a LIKE pattern whose escape character is ``\\``: the wildcards become
+    ``%`` and ``_``, and a literal ``%``, ``_`` or ``\\`` is escaped."""
+    return "".join([_LIKE_SPECIAL.get(char, char) for char in glob])
+
+
+def sqlite_glob_pattern(glob: str) -> str:
+    """``glob`` as a pattern of SQLite's GLOB: the wildcards are its own, and a literal
+    ``[`` (which would open a set) is the set of it alone, ``[[]``."""
+    return glob.replace("[", "[[]")
+
+
+class _GlobPattern(TypeDecorator[str]):
+    """A model glob bound as the pattern of the database's case-sensitive match: GLOB's on
+    SQLite, LIKE's (escape ``\\``) elsewhere. Converted at bind time, where the dialect is
+    known, so one cached statement serves every pattern."""
+
+    impl = String
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        if value is None:
+            return None
+        return sqlite_glob_pattern(value) if dialect.name == "sqlite" else like_pattern(value)
+
+
+class _GlobMatch(FunctionElement[bool]):
+    """``column`` matches a `_GlobPattern` bound value; compiled per dialect below."""
+
+    type = Boolean()
+    inherit_cache = True
+    # A comparison already: without this, SQLite (no native boolean) got ``... GLOB ? = 1``.
+    _is_implicitly_boolean = True
+
+
+@compiles(_GlobMatch)
+def _compile_like(element: _GlobMatch, compiler: SQLCompiler, **kw: Any) -> str:
+    # PostgreSQL's LIKE compares case-sensitively, as the product's other globs do.
+    column, pattern = element.clauses
+    return compiler.process(column.like(pattern, escape="\\"), **kw)
+
+
+@compiles(_GlobMatch, "sqlite")
+def _compile_glob(element: _GlobMatch, compiler: SQLCompiler, **kw: Any) -> str:
+    # SQLite's LIKE ignores ASCII case (and PRAGMA case_sensitive_like is deprecated and
+    # holds for the whole connection); GLOB compares case-sensitively, like PostgreSQL's
+    # LIKE. The column behind a unary "+" (a no-op) is no index term: given a pattern's
+    # literal prefix, SQLite took the range of ix_usage_events_model_time and sorted all
+    # of its rows by time for every page, and an export's pages in all took time quadratic
+    # in their number. It walks the time index (or the key's) instead, stopping at a page.
+    column, pattern = element.clauses
+    return f"+{compiler.process(column, **kw)} GLOB {compiler.process(pattern, **kw)}"
+
+
+def model_match(
+    column: InstrumentedAttribute[str] | InstrumentedAttribute[str | None], model: str
+) -> ColumnElement[bool]:
+    """The model filter's condition on ``column`` (``usage_events.requested_model`` or
+    ``usage_daily.model``): an exact name as it was (``=``), or a glob (`is_glob`) matched
+    case-sensitively on every database, as a key's allowed-model globs are (fnmatchcase).
+
+    A glob matches only requests that named a model: the roll-up keeps a request without
+    one (NULL or "" in the events) under model "", which ``*`` would take and LIKE on NULL
+    would not, and its totals then differed from the rows."""
+    if not is_glob(model):
+        return column == model
+    match = _GlobMatch(column, bindparam(None, model, type_=_GlobPattern()))
+    if model.strip("*"):
+        return match  # a character or a ``?`` to match: never the empty name
+    return and_(column != "", match)
+
 
 @dataclass(frozen=True, slots=True)
 class UsageFilter:
     """Filters shared by the usage page, its CSV export and ``usage export``.
 
-    ``since`` and ``until`` are inclusive UTC days.
+    ``model`` is an exact name or a glob (`model_match`); ``since`` and ``until`` are
+    inclusive UTC days.
     """
 
     key_name: str | None = None
@@ -234,7 +326,7 @@ class UsageFilter:
         if self.key_name:
             stmt = stmt.where(UsageEvent.key_name == self.key_name)
         if self.model:
-            stmt = stmt.where(UsageEvent.requested_model == self.model)
+            stmt = stmt.where(model_match(UsageEvent.requested_model, self.model))
         if self.upstream:
             stmt = stmt.where(UsageEvent.upstream == self.upstream)
         if self.status:

@@ -42,6 +42,12 @@ FILTERS = [
     UsageFilter(until=date(2024, 5, 1)),
     UsageFilter(key_name="bob", since=date(2024, 5, 2), until=date(2024, 5, 2)),
     UsageFilter(key_name="nobody"),
+    # Model globs: the roll-up's model column matched as the events' is.
+    UsageFilter(model="m*"),
+    UsageFilter(model="?2", upstream="u2"),
+    UsageFilter(model="*", key_name="alice", since=date(2024, 5, 2)),
+    UsageFilter(model="M*"),  # case counts
+    UsageFilter(model="m_"),  # "_" is no wildcard
 ]
 
 
@@ -150,3 +156,49 @@ async def test_failures_are_read_through_their_partial_index(
             plan = await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params)  # type: ignore[arg-type]
             details = " | ".join(str(row[-1]) for row in plan)
             assert "ix_usage_events_failure_time" in details, (sql, details)
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize(
+    ("flt", "index"),
+    [
+        (UsageFilter(model="m*"), "ix_usage_events_time"),
+        (UsageFilter(model="*2"), "ix_usage_events_time"),
+        (UsageFilter(model="m?", key_name="alice"), "ix_usage_events_key_time"),
+    ],
+)
+async def test_a_model_glob_walks_a_time_ordered_index(
+    seeded: Services, flt: UsageFilter, index: str
+) -> None:
+    """A glob's page and export pages stop after their rows: given the literal prefix of
+    "m*", SQLite took a range of the model's index and sorted all of it by time, for every
+    page (an export's pages in all, quadratic in their number)."""
+    if seeded.db.engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's query plans")
+    from sqlalchemy import event
+
+    from app.db.usage import export_page
+
+    seen: list[tuple[str, object]] = []
+
+    def capture(_conn: object, _cursor: object, sql: str, params: object, *_: object) -> None:
+        if "FROM usage_events" in sql:
+            seen.append((sql, params))
+
+    engine = seeded.db.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        async with seeded.db.session() as session:
+            page = await dashboard.events_page(session, flt, limit=7)
+            await dashboard.events_page(session, flt, before=page.older, limit=7)
+            await session.execute(export_page(flt, None, 7))
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+    assert len(seen) >= 3
+    async with seeded.db.engine.connect() as conn:
+        for sql, params in seen:
+            if "ORDER BY" not in sql:
+                continue  # the page's own position, read by id
+            plan = await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params)  # type: ignore[arg-type]
+            details = " | ".join(str(row[-1]) for row in plan)
+            assert index in details and "TEMP B-TREE" not in details, (sql, details)

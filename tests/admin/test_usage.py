@@ -9,7 +9,7 @@ import re
 from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 
@@ -392,11 +392,131 @@ async def test_days_out_of_order_are_a_form_error(client: Client, seeded: Servic
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_the_model_filter_says_it_takes_the_exact_name(
-    client: Client, seeded: Services
+@pytest.mark.parametrize(
+    ("lang", "hint"),
+    [
+        (
+            "en",
+            "The exact name the client asked for, or a glob: * matches any run of characters,"
+            " ? one character (claude-*, *sonnet*, gpt-4?). Case-sensitive.",
+        ),
+        (
+            "zh",
+            "客户端请求的确切名称，或通配模式：* 匹配任意长度的字符，? 匹配一个字符"
+            "（claude-*、*sonnet*、gpt-4?）。区分大小写。",
+        ),
+        (
+            "fr",
+            "Le nom exact demandé par le client, ou un motif : * remplace toute suite de"
+            " caractères, ? un seul caractère (claude-*, *sonnet*, gpt-4?). Sensible à la casse.",
+        ),
+    ],
+)
+async def test_the_model_filter_says_it_takes_a_name_or_a_glob(
+    client: Client, seeded: Services, lang: str, hint: str
 ) -> None:
     await client.login()
+    client.cookies["bk_lang"] = lang
     page = body(await client.get("/admin/usage"))
     assert 'aria-describedby="f-model-help"' in page
-    assert '<small id="f-model-help">The exact name the client asked for.</small>' in page
+    assert f'<small id="f-model-help">{hint}</small>' in page
+    # Without a wildcard the name is matched whole, as before.
     assert rows_of(body(await client.get("/admin/usage?model=gpt"))) == []
+
+
+# Requests for names a glob should take or leave: case, "_" and "%" among them.
+MODEL_COUNTS = {
+    "claude-3-5-sonnet": 3,
+    "claude-3-haiku": 2,
+    "Claude-3-Opus": 1,
+    "gpt-4o": 2,
+    "gpt-40": 1,
+    "gpt-4o-mini": 1,
+    "my_model": 1,
+    "myXmodel": 1,
+    "50%off": 1,
+    "50Xoff": 1,
+}
+
+
+@pytest.fixture
+def models_seeded(services: Services) -> Services:
+    records = []
+    for model, count in MODEL_COUNTS.items():
+        for _ in range(count):
+            at = len(records)
+            records.append(
+                record(
+                    BASE + timedelta(minutes=at),
+                    key=["alice", "bob"][at % 2],
+                    model=model,
+                    status="error" if at % 5 == 4 else "ok",
+                    input_tokens=at,
+                    request_id=f"m-{at:02d}",
+                )
+            )
+    seed_usage(services, records)
+    return services
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ("claude-*", {"claude-3-5-sonnet": 3, "claude-3-haiku": 2}),
+        ("*sonnet*", {"claude-3-5-sonnet": 3}),
+        ("gpt-4?", {"gpt-4o": 2, "gpt-40": 1}),
+        ("gpt-4o", {"gpt-4o": 2}),  # an exact name: not gpt-4o-mini
+        ("Claude-*", {"Claude-3-Opus": 1}),  # case counts, on SQLite as on PostgreSQL
+        ("CLAUDE-*", {}),
+        ("*SONNET*", {}),
+        ("my_model", {"my_model": 1}),
+        ("my_mode?", {"my_model": 1}),  # "_" is no wildcard: not myXmodel
+        ("50%*", {"50%off": 1}),  # "%" is no wildcard: not 50Xoff
+        ("%", {}),
+        ("_y_model", {}),
+        ("*", MODEL_COUNTS),  # every request that named a model
+    ],
+)
+async def test_a_model_glob_filters_the_table_its_totals_and_the_export(
+    client: Client, models_seeded: Services, model: str, expected: dict[str, int]
+) -> None:
+    await client.login()
+    page = body(await client.get("/admin/usage?" + urlencode({"model": model})))
+    rows = rows_of(page)
+    assert Counter(r[2] for r in rows) == Counter(expected)
+    assert f'name="model" list="f-models" value="{model}"' in page
+    assert tiles(page)["Requests"] == str(len(rows))
+    export_url = link(page, "Export CSV")
+    assert export_url == "/admin/usage.csv?" + urlencode({"model": model})
+    exported = list(csv.DictReader(io.StringIO(body(await client.get(export_url)))))
+    assert Counter(r["requested_model"] for r in exported) == Counter(expected)
+    # The totals agree with the rows, from the roll-up and, for a status, the events.
+    ids = {r["request_id"]: r for r in exported}
+    shown = sum(int(r["input_tokens"]) for r in ids.values())
+    assert tiles(page)["Tokens in"] == f"{shown:,}".replace(",", "\u202f")
+    failed = [r for r in ids.values() if r["status"] != "ok"]
+    assert tiles(page)["Errors"] == str(len(failed))
+    for status, count in (("ok", len(ids) - len(failed)), ("error", len(failed))):
+        filtered = body(
+            await client.get("/admin/usage?" + urlencode({"model": model, "status": status}))
+        )
+        assert len(rows_of(filtered)) == count and tiles(filtered)["Requests"] == str(count)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_paging_keeps_a_model_glob(client: Client, seeded: Services) -> None:
+    await client.login()
+    page = body(await client.get("/admin/usage?model=%2A4o"))  # "*4o"
+    assert {r[2] for r in rows_of(page)} == {"gpt-4o"} and len(rows_of(page)) == 50
+    assert tiles(page)["Requests"] == "61"  # 60 on May 1st and the late one
+    older = link(page, "Older ›")
+    assert older is not None and parse_qs(urlsplit(older).query)["model"] == ["*4o"]
+    rest = body(await client.get(older))
+    assert {r[2] for r in rows_of(rest)} == {"gpt-4o"} and len(rows_of(rest)) == 11
+    assert link(rest, "Older ›") is None
+    back = body(await client.get(link(rest, "‹ Newer") or ""))
+    assert rows_of(back) == rows_of(page)
+    one_key = body(await client.get("/admin/usage?key=alice&model=claude-3-%3F%3F%3F%3F%3F"))
+    # alice is i % 3 == 0, claude-3-haiku i odd: i % 6 == 3, 20 of them.
+    assert len(rows_of(one_key)) == 20 and tiles(one_key)["Requests"] == "20"
