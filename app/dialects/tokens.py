@@ -39,6 +39,30 @@ def _estimate_base64(data: str) -> int:
 
 
 def _estimate_block(block: Any) -> int:
+    """Tokens in a content block, the blocks in a tool result's content counted with it.
+
+    Tool results inside tool results are walked with a list, not by recursion: the gateway
+    estimates a body before a translation or a backend refuses such nesting, and a client
+    can nest them as deep as JSON is read (1,024 levels, two a tool result), past Python's
+    recursion limit, where a recursive walk ended the request in a 500."""
+    total = 0
+    pending = [block]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict) and item.get("type") == "tool_result":
+            content = item.get("content")
+            total += MESSAGE_OVERHEAD
+            if isinstance(content, list):
+                pending += content
+            else:
+                total += estimate_text(str(content or ""))
+        else:
+            total += _estimate_leaf(item)
+    return total
+
+
+def _estimate_leaf(block: Any) -> int:
+    """Tokens in a content block other than a tool result."""
     if isinstance(block, str):
         return estimate_text(block)
     if not isinstance(block, dict):
@@ -54,11 +78,6 @@ def _estimate_block(block: Any) -> int:
         return estimate_text(str(block.get("name") or "")) + estimate_text(
             orjson.dumps(block.get("input") or {}).decode()
         )
-    if btype == "tool_result":
-        content = block.get("content")
-        if isinstance(content, list):
-            return MESSAGE_OVERHEAD + sum(_estimate_block(b) for b in content)
-        return MESSAGE_OVERHEAD + estimate_text(str(content or ""))
     if btype in ("document", "file"):
         source = block.get("source") or block.get("file") or {}
         if isinstance(source, dict):
