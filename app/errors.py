@@ -134,6 +134,25 @@ class UpstreamError(GatewayError):
     kind = "api_error"
 
 
+def nested_too_deeply(exc: BaseException) -> bool:
+    """Whether ``exc`` is orjson refusing to write JSON nested past 254 levels (it reads
+    1,024), or Python's recursion limit meeting such nesting."""
+    return isinstance(exc, RecursionError) or (
+        isinstance(exc, TypeError) and str(exc) == "Recursion limit reached"
+    )
+
+
+def answer_error(exc: Exception) -> Exception:
+    """What to raise for ``exc`` met writing an upstream's answer: the 502 when the answer
+    is nested deeper than the gateway can write (`nested_too_deeply`), else ``exc``."""
+    if not nested_too_deeply(exc):
+        return exc
+    return UpstreamError(
+        "upstream answered with JSON nested too deeply to translate (more than 254 levels "
+        "of objects and arrays)"
+    )
+
+
 class UpstreamConnectError(UpstreamError):
     """The upstream could not be reached (refused, unresolvable, TLS)."""
 

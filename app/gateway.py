@@ -43,7 +43,9 @@ from app.errors import (
     UnauthorizedError,
     UpstreamError,
     UpstreamTimeoutError,
+    answer_error,
     from_upstream_status,
+    nested_too_deeply,
 )
 from app.routing import Route
 from app.secretbox import redact, redact_text, redactable
@@ -412,10 +414,11 @@ class Gateway:
     async def _unexpected(self, call: _Call, exc: Exception) -> Reply:
         """An exception that is not a `GatewayError`: a 500 with the traceback in the log,
         but for JSON nested deeper than orjson writes (254 levels; it reads 1,024), which
-        is the client's to fix: a 400."""
+        is the client's to fix: a 400 (an upstream answer nested so deep is a 502, raised
+        where the answer is written: `answer_error`)."""
         req = call.req
         err: GatewayError
-        if isinstance(exc, TypeError) and str(exc) == "Recursion limit reached":
+        if nested_too_deeply(exc):  # the answer's nesting is caught where it is written
             err = InvalidRequestError(
                 "The request's JSON is nested too deeply: at most 254 levels of objects and "
                 "arrays are accepted."
@@ -1001,15 +1004,20 @@ class Gateway:
         # An Anthropic answer's pieces in the order of its content blocks, which the chat
         # answer's one content string loses and a Response's output items keep.
         parts: list[o2a.AnswerPart] | None = None
-        if attempt.translated:
-            if attempt.dialect == "openai":
-                data = a2o.translate_response(data, attempt.ctx)
-            else:
-                data, parts = o2a.translate_response_parts(data, attempt.ctx)
+        try:
+            if attempt.translated:
+                if attempt.dialect == "openai":
+                    data = a2o.translate_response(data, attempt.ctx)
+                else:
+                    data, parts = o2a.translate_response_parts(data, attempt.ctx)
+                if call.responses is None:
+                    raw = orjson.dumps(data)
+        except (TypeError, RecursionError) as exc:
+            raise answer_error(exc) from None
         if call.responses is not None:
+            # A Response echoes the request's tools and settings: nested too deep, they are
+            # the request's (`_unexpected`'s 400).
             raw = orjson.dumps(responses_answer.translate_response(data, call.responses, parts))
-        elif attempt.translated:
-            raw = orjson.dumps(data)
         headers = {
             "Content-Type": JSON_TYPE,
             **self._answer_limit_headers(call, attempt.dialect, resp.headers),
@@ -1074,7 +1082,10 @@ class Gateway:
                     out = translator.ping()
                 else:
                     ended = not chunk
-                    out = pipeline.finish() if ended else pipeline.feed(chunk)
+                    try:
+                        out = pipeline.finish() if ended else pipeline.feed(chunk)
+                    except (TypeError, RecursionError) as exc:
+                        raise answer_error(exc) from None
                     if not out:
                         watch.still_quiet()
                 if out:

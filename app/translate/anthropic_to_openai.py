@@ -427,7 +427,7 @@ def arguments_object(raw: str) -> dict[str, Any] | None:
         if start >= 0:
             try:
                 value, _ = _DECODER.raw_decode(text, start)
-            except ValueError:
+            except (ValueError, RecursionError):  # nested past Python's recursion limit
                 value = None
     return value if isinstance(value, dict) else None
 

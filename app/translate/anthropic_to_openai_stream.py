@@ -664,7 +664,11 @@ class StreamTranslator:
             # Counted as the whole answer counts json.dumps(input): the object the client
             # makes of the fragments, without the backend's blanks.
             given = arguments_object("".join(tool.streamed))
-            self._produced.add(orjson.dumps(given if given is not None else {}).decode())
+            try:
+                counted = orjson.dumps(given if given is not None else {}).decode()
+            except TypeError:  # nested past the 254 levels orjson writes: relayed, not counted
+                counted = "{}"
+            self._produced.add(counted)
         out.append(
             anthropic_event(
                 "content_block_stop", {"type": "content_block_stop", "index": self._open.index}

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import select
 
 from app.db.models import Upstream, UpstreamKey
-from app.dialects.sse import SSEEvent, SSEParser, anthropic_event, openai_chunk
+from app.dialects.sse import OPENAI_DONE, SSEEvent, SSEParser, anthropic_event, openai_chunk
 from app.upstreams.keyring import FAILURE_COOLDOWN, RATE_LIMIT_COOLDOWN
 from tests.conftest import RawResponse, http
 from tests.fakes import (
@@ -522,6 +522,117 @@ async def test_malformed_json_answer(gateway, fakes, dialect, model):  # type: i
     assert sent_keys(fake) == list(BOTH_KEYS[model])  # the second key was tried too
     rows = await usage_rows(live)
     assert [(r.status, r.http_status, r.error_type) for r in rows] == [("error", 502, "api_error")]
+
+
+def nested(depth: int) -> str:
+    """A JSON object whose one value is ``depth`` arrays, one inside the other."""
+    return '{"a": ' + "[" * depth + "]" * depth + "}"
+
+
+def tool_answer(model: str, arguments: str) -> JsonReply:
+    """A whole answer calling one tool with ``arguments`` (JSON text), raw: orjson writes no
+    more than 254 levels, and the tests need more."""
+    if model == "m-oa":
+        call = '{"id": "call_1", "type": "function", "function": {"name": "probe", '
+        call += '"arguments": ' + orjson.dumps(arguments).decode() + "}}"
+        raw = (
+            '{"id": "chatcmpl-deep", "object": "chat.completion", "created": 1700000000, '
+            '"model": "fake-model", "choices": [{"index": 0, "message": {"role": "assistant", '
+            '"content": null, "tool_calls": [' + call + ']}, "finish_reason": "tool_calls"}], '
+            '"usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}}'
+        )
+    else:
+        raw = (
+            '{"id": "msg_deep", "type": "message", "role": "assistant", "model": "fake-model", '
+            '"content": [{"type": "tool_use", "id": "toolu_1", "name": "probe", "input": '
+            + arguments
+            + '}], "stop_reason": "tool_use", "stop_sequence": null, '
+            '"usage": {"input_tokens": 11, "output_tokens": 7}}'
+        )
+    return JsonReply(200, raw=raw.encode())
+
+
+@pytest.mark.parametrize(
+    ("dialect", "model"),
+    [
+        pytest.param("anthropic", "m-oa", id="anthropic-translated"),
+        pytest.param("openai", "m-an", id="openai-translated"),
+    ],
+)
+async def test_an_answer_nested_deeper_than_can_be_written_is_a_502(gateway, fakes, dialect, model):  # type: ignore[no-untyped-def]
+    """Tool input nested 600 levels: read (orjson reads 1,024), not writable in the client's
+    dialect (254). The backend's fault, so a 502, not the 400 a request that deep gets."""
+    live = await faked(gateway, fakes)
+    fake = upstream_of(model, *fakes)
+    fake.push(tool_answer(model, nested(600)), tool_answer(model, nested(600)))
+    resp = await send(live, dialect, model)
+    expect(dialect, resp, BAD_GATEWAY, "upstream answered with JSON nested too deeply")
+    rows = await usage_rows(live)
+    assert [(r.status, r.http_status, r.error_type) for r in rows] == [("error", 502, "api_error")]
+
+
+async def test_tool_arguments_nested_past_the_recursion_limit_become_an_empty_input(gateway, fakes):  # type: ignore[no-untyped-def]
+    """Arguments text nested 5,000 levels: orjson refuses it, the lenient reading (a
+    complete object followed by junk) runs out of stack; unparsable, so ``{}`` as for any
+    arguments that are not an object, in the whole answer and in the stream."""
+    live = await faked(gateway, fakes)
+    fo, _ = fakes
+    deep = nested(5000)
+    fo.push(tool_answer("m-oa", deep))
+    resp = await send(live, "anthropic", "m-oa")
+    assert resp.status == 200, resp.content[:300]
+    (block,) = orjson.loads(resp.content)["content"]
+    assert (block["type"], block["name"], block["input"]) == ("tool_use", "probe", {})
+    call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "probe"}}
+    chunk = {"id": "chatcmpl-deep", "object": "chat.completion.chunk", "created": 1700000000}
+    chunk["model"] = "fake-model"
+    first = dict(chunk, choices=[{"index": 0, "delta": {"tool_calls": [call]}}])
+    end = dict(chunk, choices=[{"index": 0, "delta": {}, "finish_reason": "tool_calls"}])
+    # 600 levels too: a stream relays the arguments as text, so only its count of the
+    # tool's input (orjson writing the object read back) meets the depth.
+    for text in (deep, nested(600)):
+        args = {"index": 0, "function": {"arguments": text}}
+        second = dict(chunk, choices=[{"index": 0, "delta": {"tool_calls": [args]}}])
+        fo.push(SSEReply([openai_chunk(c) for c in (first, second, end)] + [OPENAI_DONE]))
+        resp = await send(live, "anthropic", "m-oa", stream=True)
+        events = events_of(resp)
+        names = [e.event for e in events]
+        assert names[-3:] == ["content_block_stop", "message_delta", "message_stop"], names
+        assert "error" not in names
+        streamed = "".join(
+            e.json()["delta"]["partial_json"]
+            for e in events
+            if e.event == "content_block_delta" and e.json()["delta"]["type"] == "input_json_delta"
+        )
+        assert streamed == text
+    rows = await usage_rows(live)
+    assert [(r.status, r.http_status) for r in rows] == [("ok", 200)] * 3
+
+
+async def test_a_stream_event_nested_deeper_than_can_be_written_ends_in_an_error(gateway, fakes):  # type: ignore[no-untyped-def]
+    """A tool_use block opening with its input nested 600 levels (an Anthropic backend's
+    stream to a chat client, which gets the input as arguments text written by the
+    gateway): the stream ends in the 502's error event, not in a broken connection."""
+    live = await faked(gateway, fakes)
+    _, fa = fakes
+    events = anthropic_stream(["Hi"])
+    start = (
+        b'event: content_block_start\ndata: {"type": "content_block_start", "index": 1, '
+        b'"content_block": {"type": "tool_use", "id": "toolu_1", "name": "probe", "input": '
+        + nested(600).encode()
+        + b"}}\n\n"
+    )
+    fa.push(SSEReply(events[:4] + [start] + events[4:]))
+    resp = await send(live, "openai", "m-an", stream=True)
+    # Last; the content before it may be cut: the error replaces what its read gave.
+    *before, last = events_of(resp)
+    assert all("error" not in e.json() for e in before)
+    error = last.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "server_error"
+    assert "upstream answered with JSON nested too deeply" in error["message"]
+    rows = await usage_rows(live)
+    assert [(r.status, r.http_status, r.error_type) for r in rows] == [("error", 200, "api_error")]
 
 
 # -- broken streams --------------------------------------------------------------------------------
