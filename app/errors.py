@@ -142,15 +142,18 @@ def nested_too_deeply(exc: BaseException) -> bool:
     )
 
 
-def answer_error(exc: Exception) -> Exception:
-    """What to raise for ``exc`` met writing an upstream's answer: the 502 when the answer
-    is nested deeper than the gateway can write (`nested_too_deeply`), else ``exc``."""
-    if not nested_too_deeply(exc):
-        return exc
+def nested_answer() -> UpstreamError:
+    """The 502 for an upstream answer nested deeper than the gateway can write."""
     return UpstreamError(
         "upstream answered with JSON nested too deeply to translate (more than 254 levels "
         "of objects and arrays)"
     )
+
+
+def answer_error(exc: Exception) -> Exception:
+    """What to raise for ``exc`` met writing an upstream's answer: `nested_answer` when the
+    answer is nested deeper than the gateway can write (`nested_too_deeply`), else ``exc``."""
+    return nested_answer() if nested_too_deeply(exc) else exc
 
 
 class UpstreamConnectError(UpstreamError):

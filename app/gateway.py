@@ -1082,10 +1082,7 @@ class Gateway:
                     out = translator.ping()
                 else:
                     ended = not chunk
-                    try:
-                        out = pipeline.finish() if ended else pipeline.feed(chunk)
-                    except (TypeError, RecursionError) as exc:
-                        raise answer_error(exc) from None
+                    out = pipeline.finish() if ended else pipeline.feed(chunk)
                     if not out:
                         watch.still_quiet()
                 if out:

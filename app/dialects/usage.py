@@ -218,7 +218,10 @@ class OutputMeter(TextCount):
         self.add(block.get("name"))
         tool_input = block.get("input")
         if isinstance(tool_input, dict) and tool_input:
-            self.add(orjson.dumps(tool_input).decode())
+            try:
+                self.add(orjson.dumps(tool_input).decode())
+            except TypeError:  # nested past the 254 levels orjson writes: not counted
+                pass
 
     def charge(self, usage: Usage) -> Usage:
         """``usage`` with at least the output seen so far (flagged estimated if raised)."""

@@ -29,6 +29,8 @@ from app.errors import (
     UnauthorizedError,
     UpstreamError,
     UpstreamTimeoutError,
+    nested_answer,
+    nested_too_deeply,
 )
 from app.translate.ids import new_tool_id
 from app.translate.openai_to_anthropic import (
@@ -325,7 +327,12 @@ class StreamTranslator:
             self._open(out, True)
             return out
         if name == "content_block_start":
-            return self._block_start(data)
+            try:
+                return self._block_start(data)
+            except TypeError as exc:  # a tool input nested past the 254 levels orjson writes
+                if not nested_too_deeply(exc):
+                    raise
+                return self._fail(nested_answer())
         if name == "content_block_delta":
             return self._block_delta(data)
         if name == "message_delta":

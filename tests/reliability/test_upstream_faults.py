@@ -609,12 +609,9 @@ async def test_tool_arguments_nested_past_the_recursion_limit_become_an_empty_in
     assert [(r.status, r.http_status) for r in rows] == [("ok", 200)] * 3
 
 
-async def test_a_stream_event_nested_deeper_than_can_be_written_ends_in_an_error(gateway, fakes):  # type: ignore[no-untyped-def]
-    """A tool_use block opening with its input nested 600 levels (an Anthropic backend's
-    stream to a chat client, which gets the input as arguments text written by the
-    gateway): the stream ends in the 502's error event, not in a broken connection."""
-    live = await faked(gateway, fakes)
-    _, fa = fakes
+def deep_tool_stream() -> list[bytes]:
+    """An Anthropic stream with a tool_use block whose start holds an input nested 600
+    levels (raw: orjson writes no more than 254)."""
     events = anthropic_stream(["Hi"])
     start = (
         b'event: content_block_start\ndata: {"type": "content_block_start", "index": 1, '
@@ -622,14 +619,36 @@ async def test_a_stream_event_nested_deeper_than_can_be_written_ends_in_an_error
         + nested(600).encode()
         + b"}}\n\n"
     )
-    fa.push(SSEReply(events[:4] + [start] + events[4:]))
+    return events[:4] + [start] + events[4:]
+
+
+async def test_a_stream_event_nested_deeper_than_can_be_written_is_relayed_as_it_came(
+    gateway, fakes
+):  # type: ignore[no-untyped-def]
+    """Passthrough: the gateway counts the tool's input for the usage trail but never
+    writes it; the stream reaches the client byte for byte."""
+    live = await faked(gateway, fakes)
+    _, fa = fakes
+    fa.push(SSEReply(deep_tool_stream()))
+    resp = await send(live, "anthropic", "m-an", stream=True)
+    assert resp.status == 200
+    assert resp.content == b"".join(deep_tool_stream())
+    rows = await usage_rows(live)
+    assert [(r.status, r.http_status) for r in rows] == [("ok", 200)]
+
+
+async def test_a_stream_event_nested_deeper_than_can_be_written_ends_in_an_error(gateway, fakes):  # type: ignore[no-untyped-def]
+    """A tool_use block opening with its input nested 600 levels (an Anthropic backend's
+    stream to a chat client, which gets the input as arguments text written by the
+    gateway): the stream ends in the 502's error event after the content before it, not
+    in a broken connection."""
+    live = await faked(gateway, fakes)
+    _, fa = fakes
+    fa.push(SSEReply(deep_tool_stream()))
     resp = await send(live, "openai", "m-an", stream=True)
-    # Last; the content before it may be cut: the error replaces what its read gave.
-    *before, last = events_of(resp)
-    assert all("error" not in e.json() for e in before)
-    error = last.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
+    error = stream_error("openai", resp)
     assert error["type"] == "server_error"
+    assert "Hi" in resp.content.decode()  # what came before it, in the same read too
     assert "upstream answered with JSON nested too deeply" in error["message"]
     rows = await usage_rows(live)
     assert [(r.status, r.http_status, r.error_type) for r in rows] == [("error", 200, "api_error")]
