@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import date, datetime, timedelta
 
 import pytest
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import dashboard
 from app.db.usage import UsageFilter
@@ -49,6 +52,34 @@ FILTERS = [
     UsageFilter(model="M*"),  # case counts
     UsageFilter(model="m_"),  # "_" is no wildcard
 ]
+
+
+async def event_query_plans(
+    seeded: Services, run: Callable[[AsyncSession], Awaitable[None]]
+) -> list[tuple[str, str]]:
+    """SQLite's query plan (its details joined) of each ``usage_events`` query ``run`` makes;
+    the test is skipped on another database."""
+    if seeded.db.engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's query plans")
+    seen: list[tuple[str, object]] = []
+
+    def capture(_conn: object, _cursor: object, sql: str, params: object, *_: object) -> None:
+        if "FROM usage_events" in sql:
+            seen.append((sql, params))
+
+    engine = seeded.db.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        async with seeded.db.session() as session:
+            await run(session)
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+    plans = []
+    async with seeded.db.engine.connect() as conn:
+        for sql, params in seen:
+            plan = await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params)  # type: ignore[arg-type]
+            plans.append((sql, " | ".join(str(row[-1]) for row in plan)))
+    return plans
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -129,33 +160,18 @@ async def test_failures_are_read_through_their_partial_index(
 ) -> None:
     """A failure status's page and totals, and the failures subtracted for "ok", all walk
     the failures' partial index: SQLite uses it only when the query states its condition."""
-    if seeded.db.engine.dialect.name != "sqlite":
-        pytest.skip("SQLite's query plans")
-    from sqlalchemy import event
 
-    seen: list[tuple[str, object]] = []
+    async def run(session: AsyncSession) -> None:
+        if status is None:  # "ok": the roll-up minus the failures
+            await dashboard.filter_totals(session, UsageFilter(status="ok"))
+        else:
+            await dashboard.filter_totals(session, UsageFilter(status=status))
+            await dashboard.events_page(session, UsageFilter(status=status), limit=7)
 
-    def capture(_conn: object, _cursor: object, sql: str, params: object, *_: object) -> None:
-        if "FROM usage_events" in sql:
-            seen.append((sql, params))
-
-    engine = seeded.db.engine.sync_engine
-    event.listen(engine, "before_cursor_execute", capture)
-    try:
-        async with seeded.db.session() as session:
-            if status is None:  # "ok": the roll-up minus the failures
-                await dashboard.filter_totals(session, UsageFilter(status="ok"))
-            else:
-                await dashboard.filter_totals(session, UsageFilter(status=status))
-                await dashboard.events_page(session, UsageFilter(status=status), limit=7)
-    finally:
-        event.remove(engine, "before_cursor_execute", capture)
-    assert seen
-    async with seeded.db.engine.connect() as conn:
-        for sql, params in seen:
-            plan = await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params)  # type: ignore[arg-type]
-            details = " | ".join(str(row[-1]) for row in plan)
-            assert "ix_usage_events_failure_time" in details, (sql, details)
+    plans = await event_query_plans(seeded, run)
+    assert plans
+    for sql, details in plans:
+        assert "ix_usage_events_failure_time" in details, (sql, details)
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -173,32 +189,16 @@ async def test_a_model_glob_walks_a_time_ordered_index(
     """A glob's page and export pages stop after their rows: given the literal prefix of
     "m*", SQLite took a range of the model's index and sorted all of it by time, for every
     page (an export's pages in all, quadratic in their number)."""
-    if seeded.db.engine.dialect.name != "sqlite":
-        pytest.skip("SQLite's query plans")
-    from sqlalchemy import event
-
     from app.db.usage import export_page
 
-    seen: list[tuple[str, object]] = []
+    async def run(session: AsyncSession) -> None:
+        page = await dashboard.events_page(session, flt, limit=7)
+        await dashboard.events_page(session, flt, before=page.older, limit=7)
+        await session.execute(export_page(flt, None, 7))
 
-    def capture(_conn: object, _cursor: object, sql: str, params: object, *_: object) -> None:
-        if "FROM usage_events" in sql:
-            seen.append((sql, params))
-
-    engine = seeded.db.engine.sync_engine
-    event.listen(engine, "before_cursor_execute", capture)
-    try:
-        async with seeded.db.session() as session:
-            page = await dashboard.events_page(session, flt, limit=7)
-            await dashboard.events_page(session, flt, before=page.older, limit=7)
-            await session.execute(export_page(flt, None, 7))
-    finally:
-        event.remove(engine, "before_cursor_execute", capture)
-    assert len(seen) >= 3
-    async with seeded.db.engine.connect() as conn:
-        for sql, params in seen:
-            if "ORDER BY" not in sql:
-                continue  # the page's own position, read by id
-            plan = await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params)  # type: ignore[arg-type]
-            details = " | ".join(str(row[-1]) for row in plan)
-            assert index in details and "TEMP B-TREE" not in details, (sql, details)
+    plans = await event_query_plans(seeded, run)
+    assert len(plans) >= 3
+    for sql, details in plans:
+        if "ORDER BY" not in sql:
+            continue  # the page's own position, read by id
+        assert index in details and "TEMP B-TREE" not in details, (sql, details)
