@@ -38,8 +38,15 @@ class Usage:
         return self.prompt_tokens + self.output_tokens
 
 
+# The most tokens one count may say: the usage table's INTEGER columns stop at 2**31 - 1 on
+# PostgreSQL (and SQLite at 2**63 - 1), and no context window comes near it. A backend's
+# larger count is garbage, read as no count; kept, it was a row the recorder could never
+# write, and every event queued behind it stayed unwritten.
+MAX_TOKENS = 2**31 - 1
+
+
 def _int(value: Any) -> int:
-    return value if is_int(value) and value > 0 else 0
+    return value if is_int(value) and 0 < value <= MAX_TOKENS else 0
 
 
 def from_anthropic(usage: dict[str, Any] | None, into: Usage | None = None) -> Usage:

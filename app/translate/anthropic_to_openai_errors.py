@@ -12,7 +12,13 @@ from typing import Any
 import orjson
 
 from app.dialects.json_values import is_int
-from app.errors import GatewayError, InvalidRequestError, from_upstream_status
+from app.errors import (
+    GatewayError,
+    InvalidRequestError,
+    UpstreamError,
+    from_upstream_status,
+    nested_too_deeply,
+)
 
 # "…maximum context length is 8192 tokens. However, you requested 9000 tokens (5000 in the
 # messages, 4000 in the completion)…" (OpenAI, DeepSeek, older vLLM).
@@ -100,6 +106,17 @@ _TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.I | re.S)
 _MAX_MESSAGE = 2000
 
 
+def _json_text(value: Any) -> str:
+    """``value`` as JSON text for an error message; described instead when it is nested
+    past the 254 levels orjson writes (it reads 1,024: an upstream can send that)."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError as exc:
+        if not nested_too_deeply(exc):
+            raise
+        return "upstream sent an error nested too deeply to show (more than 254 levels)"
+
+
 def _detail_text(detail: Any) -> str:
     if isinstance(detail, str):
         return detail
@@ -112,9 +129,9 @@ def _detail_text(detail: Any) -> str:
                 where = ".".join(str(x) for x in loc) if isinstance(loc, list) else ""
                 items.append(f"{where}: {item['msg']}" if where else item["msg"])
             else:
-                items.append(orjson.dumps(item).decode())
+                items.append(_json_text(item))
         return "; ".join(items)
-    return orjson.dumps(detail).decode()
+    return _json_text(detail)
 
 
 def _error_fields(data: Any) -> tuple[str, str | None, int | None]:
@@ -122,11 +139,11 @@ def _error_fields(data: Any) -> tuple[str, str | None, int | None]:
     if isinstance(data, str):
         return data, None, None
     if not isinstance(data, dict):
-        return orjson.dumps(data).decode(), None, None
+        return _json_text(data), None, None
     err = data.get("error")
     if isinstance(err, dict):
         msg = err.get("message")
-        message = msg if isinstance(msg, str) and msg else orjson.dumps(err).decode()
+        message = msg if isinstance(msg, str) and msg else _json_text(err)
         code = err.get("code")
         etype = err.get("type")
         code_str = code if isinstance(code, str) else etype if isinstance(etype, str) else None
@@ -142,7 +159,7 @@ def _error_fields(data: Any) -> tuple[str, str | None, int | None]:
         status = code if is_int(code) else None
         etype = data.get("type")
         return msg, etype if isinstance(etype, str) else None, status
-    return orjson.dumps(data).decode(), None, None
+    return _json_text(data), None, None
 
 
 def _build_error(
@@ -216,10 +233,12 @@ _STREAM_STATUS_HINTS = (
 
 def error_from_payload(payload: Any) -> GatewayError:
     """An error object inside a 200 answer (``data: {"error": …}`` or a JSON body) as a
-    GatewayError: the status comes from an integer ``code`` (vLLM) or the type/code words."""
+    GatewayError: the status comes from an integer ``code`` (vLLM) or the type/code words;
+    without either, a 502: the backend answered 200 and failed, which is no 500 of the
+    gateway's (nor one the backend sent: that keeps its status, `upstream_error`)."""
     message, code, status = _error_fields({"error": payload})
     if status is None or not 400 <= status <= 599:
-        status = 500
+        status = UpstreamError.status
         hint = (code or "").lower()
         for word, mapped in _STREAM_STATUS_HINTS:
             if word in hint:

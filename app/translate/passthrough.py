@@ -117,13 +117,18 @@ class AnthropicSniffer:
                 data = orjson.loads(event.data)
             except orjson.JSONDecodeError:
                 return
+            if not isinstance(data, dict):
+                return  # relayed as it came; nothing in it to read
             if name == "message_start":
-                from_anthropic((data.get("message") or {}).get("usage"), self.usage)
+                message = data.get("message")
+                if isinstance(message, dict):
+                    from_anthropic(message.get("usage"), self.usage)
             else:
                 from_anthropic(data.get("usage"), self.usage)
                 delta = data.get("delta")
-                if isinstance(delta, dict):
-                    self.stop_reason = delta.get("stop_reason") or self.stop_reason
+                reason = delta.get("stop_reason") if isinstance(delta, dict) else None
+                if isinstance(reason, str) and reason:
+                    self.stop_reason = reason
         elif name == "message_stop":
             self.completed = True
         elif name == "error":
@@ -179,8 +184,9 @@ class OpenAISniffer:
         choices = data.get("choices")
         if isinstance(choices, list):
             for choice in choices:
-                if isinstance(choice, dict) and choice.get("finish_reason"):
-                    self.finish_reason = choice["finish_reason"]
+                reason = choice.get("finish_reason") if isinstance(choice, dict) else None
+                if isinstance(reason, str) and reason:
+                    self.finish_reason = reason
         return usage is not None and not choices
 
 
