@@ -178,6 +178,11 @@ class Services:
         await self.db.close()
 
 
+# What a database says of a row it will not take, as opposed to being out of reach. SQLite's
+# driver refuses an integer past 64 bits with a bare OverflowError, no DBAPI error.
+_REFUSED = (DataError, IntegrityError, OverflowError)
+
+
 def make_writer(
     database_url: str,
 ) -> tuple[
@@ -195,7 +200,7 @@ def make_writer(
             with Session(engine) as session, session.begin():
                 insert_events(session, records)
                 save_key_states(session, keys)
-        except (DataError, IntegrityError) as exc:
+        except _REFUSED as exc:
             # A row the database refuses must not hold back the rest for good (the batch
             # is kept and retried while the database is unreachable): rows one by one,
             # dropping only those refused again.
@@ -204,7 +209,7 @@ def make_writer(
                 try:
                     with Session(engine) as session, session.begin():
                         insert_events(session, [record])
-                except (DataError, IntegrityError) as row_exc:
+                except _REFUSED as row_exc:
                     log.error("usage event %s dropped: %s", record.request_id, row_exc)
             with Session(engine) as session, session.begin():
                 save_key_states(session, keys)

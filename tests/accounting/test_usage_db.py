@@ -447,16 +447,25 @@ def test_sqlite_rows_go_to_the_driver_in_the_records_own_order() -> None:
     assert plan[1] == UsageRecord._fields
 
 
-def test_a_row_the_database_refuses_is_dropped_alone(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "broken",
+    [
+        pytest.param({"status": None}, id="not-null"),
+        # SQLite's driver refuses it with an OverflowError, no DBAPI error at all.
+        pytest.param({"input_tokens": 2**70}, id="integer-past-the-column"),
+    ],
+)
+def test_a_row_the_database_refuses_is_dropped_alone(tmp_path: Path, broken: dict) -> None:
     """The recorder's writer: a batch the database refuses for one row's sake (a NOT NULL
-    broken here; PostgreSQL's VARCHAR limits in life) goes row by row, and only that row is
-    lost; otherwise the batch would be kept and retried, and refused, for good."""
+    broken, an integer past the column; PostgreSQL's VARCHAR limits in life) goes row by
+    row, and only that row is lost; otherwise the batch would be kept and retried, and
+    refused, for good."""
     url = database_url(tmp_path, "refused.db")
     upgrade(url)
     write_batch, _, close = make_writer(url)
     when = datetime(2025, 6, 15, 12, 0)
     good = [rec(when + timedelta(seconds=i), model=f"m{i}") for i in range(3)]
-    bad = rec(when, model="bad", status=None)
+    bad = rec(when, model="bad")._replace(**broken)
     try:
         write_batch([good[0], bad, good[1], good[2]], [])
     finally:
