@@ -266,13 +266,19 @@ def bed_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[.
     """Start gateways on background loops; everything is stopped when the module ends."""
     made: list[Bed] = []
 
-    def make(server: str = "", extra: str = "", **kwargs: Any) -> Bed:
+    def make(
+        server: str = "",
+        extra: str | Callable[[FakeUpstream, FakeUpstream], str] = "",
+        **kwargs: Any,
+    ) -> Bed:
+        """``extra``: more config, or a function of the two fakes making it."""
         bg = BackgroundLoop()
 
         async def setup() -> Bed:
             fo = await FakeUpstream("openai").start()
             fa = await FakeUpstream("anthropic").start()
-            config = two_upstreams(fo.url, fa.url, server=server, **kwargs) + extra
+            more = extra(fo, fa) if callable(extra) else extra
+            config = two_upstreams(fo.url, fa.url, server=server, **kwargs) + more
             live = await start_live(tmp_path_factory.mktemp("bed"), config)
             return Bed(bg, live, fo, fa)
 

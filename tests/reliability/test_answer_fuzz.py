@@ -36,7 +36,6 @@ import pytest
 
 from app.dialects.sse import OPENAI_DONE, anthropic_event
 from tests.fakes import (
-    FakeUpstream,
     JsonReply,
     SSEReply,
     anthropic_block,
@@ -47,14 +46,11 @@ from tests.fakes import (
     openai_usage,
 )
 from tests.reliability.conftest import (
-    BackgroundLoop,
     Bed,
     Resp,
     auth,
     call,
     check_error,
-    start_live,
-    two_upstreams,
     usage_rows,
 )
 from tests.reliability.test_mutation_fuzz import (
@@ -83,25 +79,8 @@ DEEP = 300  # levels of objects: past the 254 orjson writes, under the 1,024 it 
 
 
 @pytest.fixture(scope="module")
-def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
-    bg = BackgroundLoop()
-
-    async def setup() -> Bed:
-        fo = await FakeUpstream("openai").start()
-        fa = await FakeUpstream("anthropic").start()
-        live = await start_live(tmp_path_factory.mktemp("answers"), two_upstreams(fo.url, fa.url))
-        return Bed(bg, live, fo, fa)
-
-    bed = bg.run(setup())
-    yield bed
-
-    async def teardown() -> None:
-        await bed.live.server.stop(2)
-        await bed.fo.stop()
-        await bed.fa.stop()
-
-    bed.run(teardown())
-    bg.close()
+def bed(bed_factory: Callable[..., Bed]) -> Bed:
+    return bed_factory()
 
 
 # -- the seed answers ----------------------------------------------------------------------------

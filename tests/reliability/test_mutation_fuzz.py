@@ -35,15 +35,11 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.fakes import FakeUpstream
 from tests.reliability.conftest import (
-    BackgroundLoop,
     Bed,
     Resp,
     auth,
     call,
-    start_live,
-    two_upstreams,
 )
 
 A, O = "anthropic", "openai"  # noqa: E741
@@ -98,26 +94,8 @@ def model_for(dialect: str, route: str, tuned: bool) -> str:
 
 
 @pytest.fixture(scope="module")
-def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
-    bg = BackgroundLoop()
-
-    async def setup() -> Bed:
-        fo = await FakeUpstream("openai").start()
-        fa = await FakeUpstream("anthropic").start()
-        config = two_upstreams(fo.url, fa.url) + TUNED.format(openai_url=fo.url)
-        live = await start_live(tmp_path_factory.mktemp("fuzz"), config)
-        return Bed(bg, live, fo, fa)
-
-    bed = bg.run(setup())
-    yield bed
-
-    async def teardown() -> None:
-        await bed.live.server.stop(2)
-        await bed.fo.stop()
-        await bed.fa.stop()
-
-    bed.run(teardown())
-    bg.close()
+def bed(bed_factory: Callable[..., Bed]) -> Bed:
+    return bed_factory(extra=lambda fo, _fa: TUNED.format(openai_url=fo.url))
 
 
 # -- the seed bodies ---------------------------------------------------------------------------
