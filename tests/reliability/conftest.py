@@ -157,6 +157,29 @@ def check_error(
     assert isinstance(message, str) and says in message, (says, message)
 
 
+def message_blocks(
+    events: list[dict[str, Any]],
+    names: list[str],
+    closed: Callable[[dict[str, Any]], bool] = lambda event: False,
+) -> tuple[int, int | None]:
+    """A Messages stream's content blocks (its events' data, ``names`` their types): opened
+    at 0, 1, 2... one at a time, each delta and stop in the open one, and none open at an
+    event ``closed`` says finds them all closed. How many opened, and the one left open."""
+    open_block: int | None = None
+    count = 0
+    for event in events:
+        if event["type"] == "content_block_start":
+            assert open_block is None and event["index"] == count, names
+            open_block, count = event["index"], count + 1
+        elif event["type"] in ("content_block_delta", "content_block_stop"):
+            assert event["index"] == open_block, names
+            if event["type"] == "content_block_stop":
+                open_block = None
+        elif closed(event):
+            assert open_block is None, names
+    return count, open_block
+
+
 # -- a blocking HTTP client ------------------------------------------------------------------
 
 

@@ -51,6 +51,7 @@ from tests.reliability.conftest import (
     auth,
     call,
     check_error,
+    message_blocks,
     usage_rows,
 )
 from tests.reliability.test_mutation_fuzz import (
@@ -531,18 +532,11 @@ def check_message_stream(raw: bytes) -> None:
         return  # failed before the answer began
     assert names[0] == "message_start" and names.count("message_start") == 1, names
     assert names.count("message_delta") <= 1, names
-    open_block: int | None = None
-    count = 0
-    for event in events:
-        if event["type"] == "content_block_start":
-            assert open_block is None and event["index"] == count, names
-            open_block, count = event["index"], count + 1
-        elif event["type"] in ("content_block_delta", "content_block_stop"):
-            assert event["index"] == open_block, names
-            if event["type"] == "content_block_stop":
-                open_block = None
-        elif event["type"] == "message_delta" or event is events[-1] and cut_short(event):
-            assert open_block is None, names
+    count, _ = message_blocks(
+        events,
+        names,
+        closed=lambda e: e["type"] == "message_delta" or e is events[-1] and cut_short(e),
+    )
     if names[-1] == "message_stop":
         delta = events[-2]
         assert count, names

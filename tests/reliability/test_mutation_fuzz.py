@@ -40,6 +40,7 @@ from tests.reliability.conftest import (
     Resp,
     auth,
     call,
+    message_blocks,
 )
 
 A, O = "anthropic", "openai"  # noqa: E741
@@ -769,16 +770,7 @@ def check_message_stream(raw: bytes) -> None:
     assert "error" not in names, events
     assert names[0] == "message_start" and names[-2:] == ["message_delta", "message_stop"], names
     assert names.count("message_start") == names.count("message_delta") == 1, names
-    open_block: int | None = None
-    count = 0
-    for event in events:
-        if event["type"] == "content_block_start":
-            assert open_block is None and event["index"] == count, names
-            open_block, count = event["index"], count + 1
-        elif event["type"] in ("content_block_delta", "content_block_stop"):
-            assert event["index"] == open_block, names
-            if event["type"] == "content_block_stop":
-                open_block = None
+    count, open_block = message_blocks(events, names)
     assert open_block is None and count, names
     delta = events[-2]
     assert isinstance(delta["delta"]["stop_reason"], str), delta
