@@ -22,7 +22,9 @@ test: $(STAMP)
 
 # The database-facing tests again, on PostgreSQL: POSTGRES_URL names a server and a role
 # that may create databases (each test gets its own). `.ci/run` starts one and runs this.
-PG_TESTS := tests/admin tests/e2e tests/accounting tests/team tests/reliability tests/db tests/test_cli.py
+# The two fuzz modules exercise the translation, not the database: run once, on SQLite.
+PG_TESTS := tests/admin tests/e2e tests/accounting tests/team tests/reliability tests/db tests/test_cli.py \
+	--ignore=tests/reliability/test_mutation_fuzz.py --ignore=tests/reliability/test_answer_fuzz.py
 test-postgres: $(STAMP)
 	@test -n "$(POSTGRES_URL)" || { echo "usage: make test-postgres POSTGRES_URL=postgresql://user:password@host:5432/postgres"; exit 2; }
 	$(BIN)/pip install -q -e '.[test,dev,fast,postgres]'
