@@ -64,10 +64,10 @@ from tests.reliability.test_mutation_fuzz import (
     _set,
     _short,
     _text,
+    chat_data,
     check_completion,
     check_message,
     named_events,
-    sse_frames,
 )
 
 A, O = "anthropic", "openai"  # noqa: E741
@@ -552,13 +552,7 @@ def check_chat_stream(raw: bytes) -> None:
     """``data:`` chunks of ``chat.completion.chunk``, then ``[DONE]`` after one finish
     reason, or an error chunk last (after at most one: the upstream may garble its
     stream's terminator after its finish)."""
-    data = []
-    for lines in sse_frames(raw):
-        payload = [line for line in lines if not line.startswith(":")]
-        if not payload:
-            continue  # a keep-alive comment
-        assert len(payload) == 1 and payload[0].startswith("data: "), lines
-        data.append(payload[0][6:])
+    data = chat_data(raw)
     assert data, raw[:300]
     failed = data[-1] != "[DONE]"
     chunks = [orjson.loads(d) for d in (data if failed else data[:-1])]

@@ -777,8 +777,9 @@ def check_message_stream(raw: bytes) -> None:
     assert _is_int(delta["usage"]["output_tokens"]), delta
 
 
-def check_chat_stream(raw: bytes) -> None:
-    """``data:`` chunks of ``chat.completion.chunk``, one finish reason, then ``[DONE]``."""
+def chat_data(raw: bytes) -> list[str]:
+    """A chat stream's ``data:`` payloads in order (keep-alive comments left out); each
+    event holds exactly one ``data:`` line."""
     data = []
     for lines in sse_frames(raw):
         payload = [line for line in lines if not line.startswith(":")]
@@ -786,6 +787,12 @@ def check_chat_stream(raw: bytes) -> None:
             continue  # a keep-alive comment
         assert len(payload) == 1 and payload[0].startswith("data: "), lines
         data.append(payload[0][6:])
+    return data
+
+
+def check_chat_stream(raw: bytes) -> None:
+    """``data:`` chunks of ``chat.completion.chunk``, one finish reason, then ``[DONE]``."""
+    data = chat_data(raw)
     assert data and data[-1] == "[DONE]", data[-3:]
     chunks = [orjson.loads(d) for d in data[:-1]]
     assert chunks, data
